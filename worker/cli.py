@@ -1,0 +1,74 @@
+"""`processor`: the daemon (`processor run`) and the local stack (`processor local`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from worker import __version__, exitcodes
+from worker.config import config_path, load_settings
+from worker.errors import ConfigError, LedgerError, ProcessorError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="processor", description="Process files uploaded to S3 (see `processor CMD --help`)."
+    )
+    parser.add_argument("--version", action="version", version=f"processor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground (systemd ExecStart)")
+    run.add_argument("--config", help="config file (default: $PROCESSOR_CONFIG or /etc/processor/processor.toml)")
+    local = sub.add_parser(
+        "local", help="run the whole pipeline on this machine against an embedded S3/SSM emulator"
+    )
+    from worker.local.options import add_arguments  # stdlib-only module
+
+    add_arguments(local)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return run_daemon(args.config)
+    from worker.local.stack import run_local  # imports moto: only when asked for
+
+    return run_local(args)
+
+
+def run_daemon(config: str | None) -> int:
+    """Build everything once from the config, then hand over to the daemon loop."""
+    try:
+        settings = load_settings(config_path(config, os.environ))
+    except ConfigError as exc:
+        print(f"processor: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+
+    from worker import logs
+    from worker.daemon import Daemon
+    from worker.ledger import Ledger
+    from worker.pipeline import Pipeline
+    from worker.s3 import S3Store
+
+    logs.configure(settings.logging.level, settings.paths.logs)
+    try:
+        for directory in (settings.paths.work, settings.paths.logs / "jobs"):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        ledger = Ledger(settings.paths.ledger)
+    except (OSError, LedgerError) as exc:
+        print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    try:
+        pipeline = Pipeline(settings, S3Store.from_settings(settings.s3), ledger)
+        return Daemon(settings, ledger, pipeline).run()
+    except ProcessorError as exc:
+        print(f"processor: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    finally:
+        ledger.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

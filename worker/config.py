@@ -1,0 +1,280 @@
+"""Settings: one TOML file plus ``PROCESSOR_*`` environment overrides.
+
+Built once in ``main()`` and passed down; nothing reads the environment at
+import time. Every key is validated here, at start, with an error that names
+it; unknown keys are an error so a typo never silently falls back to a default.
+
+Environment overrides are ``PROCESSOR_<SECTION>_<KEY>``, e.g.
+``PROCESSOR_S3_OUTPUT_BUCKET=my-bucket`` or ``PROCESSOR_PROCESSING_CONCURRENCY=4``.
+Lists (``processing.command``) are given as a JSON array.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ConfigError
+
+#: Where the daemon and processorctl look when neither --config nor PROCESSOR_CONFIG is given.
+DEFAULT_CONFIG_PATH = Path("/etc/processor/processor.toml")
+
+#: Environment variable naming the config file.
+CONFIG_ENV = "PROCESSOR_CONFIG"
+
+#: Prefix of per-key environment overrides.
+ENV_PREFIX = "PROCESSOR_"
+
+_LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    output_bucket: str
+    output_prefix: str = ""
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    command: tuple[str, ...] = ("/opt/processor/bin/process", "{input}", "{output_dir}")
+    concurrency: int = 2
+    timeout_s: int = 3600
+    max_attempts: int = 3
+    #: Seconds between SIGTERM and SIGKILL when a command must be stopped.
+    kill_grace_s: int = 10
+    #: First retry delay for a retryable failure; doubles per attempt, with jitter.
+    retry_base_s: int = 30
+    #: Upper bound of the retry delay.
+    retry_max_s: int = 900
+    #: On SIGTERM, how long running jobs may take to finish before they are
+    #: stopped and left queued. Keep the unit's TimeoutStopSec above this.
+    drain_timeout_s: int = 60
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    state_dir: Path = Path("/var/lib/processor")
+    socket: Path = Path("/run/processor/processor.sock")
+
+    @property
+    def ledger(self) -> Path:
+        return self.state_dir / "ledger" / "ledger.db"
+
+    @property
+    def work(self) -> Path:
+        return self.state_dir / "work"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    journald: bool = True
+    cloudwatch_log_group: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    s3: S3Settings
+    processing: ProcessingSettings
+    paths: PathSettings
+    logging: LoggingSettings
+
+
+_SECTIONS: Mapping[str, type[Any]] = {
+    "s3": S3Settings,
+    "processing": ProcessingSettings,
+    "paths": PathSettings,
+    "logging": LoggingSettings,
+}
+
+# Field types as written in the dataclasses above (strings, because of the
+# __future__ import); the coercion below switches on them.
+_STR, _INT, _BOOL, _PATH, _ARGV = "str", "int", "bool", "Path", "tuple[str, ...]"
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
+    """The config file to read: --config, else $PROCESSOR_CONFIG, else the default."""
+    if cli_value:
+        return Path(cli_value)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError naming the bad key."""
+    environ = os.environ if environ is None else environ
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError as exc:
+        raise ConfigError(f"config file {path} is not readable: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return settings_from_mapping(raw, environ, source=str(path))
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], environ: Mapping[str, str], *, source: str = "config"
+) -> Settings:
+    """Validate a parsed TOML document merged with environment overrides."""
+    for section in raw:
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section}] (known: {', '.join(_SECTIONS)})",
+                key=section,
+            )
+        if not isinstance(raw[section], Mapping):
+            raise ConfigError(f"{source}: [{section}] must be a table", key=section)
+    merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    _apply_env(merged, environ)
+    built = {name: _build_section(name, cls, merged[name], source) for name, cls in _SECTIONS.items()}
+    settings = Settings(**built)
+    _check(settings, source)
+    return settings
+
+
+def _apply_env(merged: dict[str, dict[str, Any]], environ: Mapping[str, str]) -> None:
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                merged[section][rest[len(section) + 1:]] = _EnvValue(var, value)
+                break
+
+
+class _EnvValue(str):
+    """A string from the environment, remembering its variable for error messages."""
+
+    variable: str
+
+    def __new__(cls, variable: str, value: str) -> _EnvValue:
+        obj = super().__new__(cls, value)
+        obj.variable = variable
+        return obj
+
+
+def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], source: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            where = values[key].variable if isinstance(values[key], _EnvValue) else source
+            raise ConfigError(
+                f"{where}: unknown key {name}.{key} (known in [{name}]: {', '.join(known)})",
+                key=f"{name}.{key}",
+            )
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        kwargs[key] = _coerce(f"{name}.{key}", str(known[key].type), value, source)
+    for key, spec in known.items():
+        if key not in kwargs and spec.default is MISSING and spec.default_factory is MISSING:
+            raise ConfigError(f"{source}: missing required key {name}.{key}", key=f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(key: str, kind: str, value: Any, source: str) -> Any:
+    where = value.variable if isinstance(value, _EnvValue) else source
+    if isinstance(value, _EnvValue):
+        value = _parse_env(key, kind, str(value), where)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} must be {expected}, got {value!r}", key=key)
+
+    if kind == _STR:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind == _PATH:
+        if not isinstance(value, str) or not value:
+            raise bad("a non-empty path string")
+        return Path(value)
+    if kind == _INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind == _BOOL:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == _ARGV:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(part, str) for part in value)
+        ):
+            raise bad("a non-empty array of strings")
+        return tuple(value)
+    raise AssertionError(f"unhandled config type {kind} for {key}")  # pragma: no cover
+
+
+def _parse_env(key: str, kind: str, text: str, where: str) -> Any:
+    if kind == _INT:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{where}: {key} must be an integer, got {text!r}", key=key) from None
+    if kind == _BOOL:
+        lowered = text.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: {key} must be true or false, got {text!r}", key=key)
+    if kind == _ARGV:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{where}: {key} must be a JSON array of strings, got {text!r}", key=key
+            ) from None
+    return text
+
+
+def _check(settings: Settings, source: str) -> None:
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{source}: {key} {message}", key=key)
+
+    if not settings.s3.output_bucket.strip():
+        fail("s3.output_bucket", "must name the output bucket")
+    if settings.s3.endpoint_url and not settings.s3.endpoint_url.startswith(("http://", "https://")):
+        fail("s3.endpoint_url", f"must be empty or an http(s) URL, got {settings.s3.endpoint_url!r}")
+    if settings.s3.output_prefix.startswith("/"):
+        fail("s3.output_prefix", "must not start with '/'")
+    p = settings.processing
+    if p.concurrency < 1:
+        fail("processing.concurrency", f"must be at least 1, got {p.concurrency}")
+    if p.timeout_s < 1:
+        fail("processing.timeout_s", f"must be at least 1, got {p.timeout_s}")
+    if p.max_attempts < 1:
+        fail("processing.max_attempts", f"must be at least 1, got {p.max_attempts}")
+    if p.kill_grace_s < 0:
+        fail("processing.kill_grace_s", f"must not be negative, got {p.kill_grace_s}")
+    if p.drain_timeout_s < 0:
+        fail("processing.drain_timeout_s", f"must not be negative, got {p.drain_timeout_s}")
+    if p.retry_base_s < 0 or p.retry_max_s < p.retry_base_s:
+        fail("processing.retry_max_s", "must be >= processing.retry_base_s >= 0")
+    if "{input}" not in p.command:
+        fail("processing.command", "must contain the argument \"{input}\"")
+    if not settings.paths.state_dir.is_absolute():
+        fail("paths.state_dir", f"must be an absolute path, got {str(settings.paths.state_dir)!r}")
+    if not settings.paths.socket.is_absolute():
+        fail("paths.socket", f"must be an absolute path, got {str(settings.paths.socket)!r}")
+    if len(str(settings.paths.socket).encode()) > 107:
+        fail("paths.socket", "is longer than a Unix socket path may be (107 bytes)")
+    if settings.logging.level.lower() not in _LOG_LEVELS:
+        fail("logging.level", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")

@@ -1,0 +1,231 @@
+"""`processorctl`: submit jobs and inspect the ledger.
+
+It runs once per SSM command, so it starts fast: stdlib plus the ledger, never
+boto3. ``submit`` writes to the ledger directly (durable while the daemon is
+stopped) and then pokes the daemon over its socket if it is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from worker import __version__, exitcodes
+from worker.config import Settings, config_path, load_settings
+from worker.control import request
+from worker.errors import ConfigError, ControlError, JobNotFound, LedgerError
+from worker.job import Identity, Job, JobState, normalise_etag
+from worker.ledger import Ledger
+
+#: S3's limit on a key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+
+
+class UsageError(Exception):
+    """A command-line value is unusable; the message names the option."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="processorctl",
+        description="Submit and inspect processor jobs.",
+        epilog="Exit status: 0 ok, 1 failure, 2 usage or configuration error, "
+        "3 no such job, 4 ledger unavailable, 5 daemon not reachable.",
+    )
+    parser.add_argument("--version", action="version", version=f"processorctl {__version__}")
+    parser.add_argument("--config", help="config file (default: $PROCESSOR_CONFIG or /etc/processor/processor.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="durably queue one S3 object; prints the job id")
+    submit.add_argument("--bucket", required=True)
+    submit.add_argument("--key", required=True, help="the object key, decoded (use --key=VALUE for keys starting with '-')")
+    submit.add_argument("--version-id", default="", help="S3 version id (versioned buckets)")
+    submit.add_argument("--etag", default="", help="the object's ETag, when not versioned")
+    submit.add_argument("--json", action="store_true")
+
+    listing = sub.add_parser("list", help="list jobs, oldest first")
+    listing.add_argument("--state", choices=[s.value for s in JobState])
+    listing.add_argument("--limit", type=int, default=None)
+    listing.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="one job in full, with its transitions")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="counts per state and what the daemon is doing")
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(config_path(args.config, os.environ))
+    except ConfigError as exc:
+        print(f"processorctl: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    try:
+        with Ledger(settings.paths.ledger) as ledger:
+            handler = {"submit": _submit, "list": _list, "show": _show, "status": _status}[args.command]
+            return handler(args, settings, ledger, out)
+    except UsageError as exc:
+        print(f"processorctl: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    except JobNotFound as exc:
+        print(f"processorctl: {exc}", file=sys.stderr)
+        return exitcodes.NOT_FOUND
+    except LedgerError as exc:
+        print(f"processorctl: ledger unavailable: {exc}", file=sys.stderr)
+        return exitcodes.LEDGER_UNAVAILABLE
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    identity = _identity(args.bucket, args.key, args.version_id, args.etag)
+    job, created = ledger.submit(identity)
+    try:
+        request(settings.paths.socket, "wake", timeout=1.0)
+    except ControlError:
+        pass  # the daemon picks the job up when it (re)starts
+    if args.json:
+        _json(out, {"job_id": job.id, "created": created, "state": job.state.value})
+    else:
+        print(job.id, file=out)
+        if not created:
+            print(f"processorctl: already submitted; job is {job.state.value}", file=sys.stderr)
+    return exitcodes.OK
+
+
+def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
+    if not bucket:
+        raise UsageError("--bucket must not be empty")
+    if not key:
+        raise UsageError("--key must not be empty")
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--key is not valid UTF-8: {key!r}") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise UsageError(f"--key is {len(encoded)} bytes; S3 keys are at most {MAX_KEY_BYTES}")
+    return Identity(bucket, key, version_id or None, normalise_etag(etag))
+
+
+def _list(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    state = JobState(args.state) if args.state else None
+    jobs = ledger.list(state, limit=args.limit)
+    if args.json:
+        _json(out, [job.to_dict() for job in jobs])
+        return exitcodes.OK
+    rows = [("JOB", "STATE", "ATTEMPTS", "UPDATED", "KEY")]
+    rows += [
+        (j.id, j.state.value, str(j.attempts), _when(j.updated_at), _printable(j.key, 80))
+        for j in jobs
+    ]
+    _table(out, rows)
+    return exitcodes.OK
+
+
+def _show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    job = ledger.get(args.job_id)
+    history = ledger.history(job.id)
+    if args.json:
+        _json(out, {**job.to_dict(), "transitions": history})
+        return exitcodes.OK
+    _describe(out, job, settings)
+    print("transitions:", file=out)
+    for t in history:
+        reason = f"  ({_printable(t['reason'], 200)})" if t["reason"] else ""
+        print(f"  {_when(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}"
+              f"  attempt {t['attempt']}{reason}", file=out)
+    return exitcodes.OK
+
+
+def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    try:
+        live: dict[str, Any] | None = request(settings.paths.socket, "status", timeout=2.0)
+    except ControlError:
+        live = None
+    counts = ledger.counts()
+    if args.json:
+        _json(out, {"daemon": live, "counts": counts})
+        return exitcodes.OK
+    if live is None:
+        print(f"daemon: not reachable on {settings.paths.socket}", file=out)
+    else:
+        mode = "draining" if live["draining"] else "running"
+        print(f"daemon: {mode}, pid {live['pid']}, version {live['version']}, "
+              f"{live['busy']}/{live['slots']} slots busy", file=out)
+        if live.get("oldest_queued_age_s") is not None:
+            print(f"oldest queued job: {live['oldest_queued_age_s']}s old", file=out)
+    print("jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
+    return exitcodes.OK
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def _describe(out: TextIO, job: Job, settings: Settings) -> None:
+    fields: list[tuple[str, str]] = [
+        ("job", job.id),
+        ("state", job.state.value + (f" ({job.phase.value})" if job.phase.value else "")),
+        ("source", f"s3://{job.bucket}/{_printable(job.key, 2000)}"),
+        ("version id", job.version_id or "-"),
+        ("etag", job.etag or "-"),
+        ("attempts", str(job.attempts)),
+        ("submitted", _when(job.created_at)),
+        ("updated", _when(job.updated_at)),
+    ]
+    if job.state is JobState.RUNNING and job.bytes_total:
+        fields.append(("progress", f"{job.bytes_done}/{job.bytes_total} bytes"))
+    if job.state is JobState.QUEUED and job.next_attempt_at:
+        fields.append(("next attempt", _when(job.next_attempt_at)))
+    if job.exit_code is not None:
+        fields.append(("exit code", str(job.exit_code)))
+    if job.error:
+        fields.append(("error", _printable(job.error, 2000)))
+    if job.result_prefix:
+        fields.append(("results", f"s3://{settings.s3.output_bucket}/{_printable(job.result_prefix, 2000)}"))
+    fields.append(("log", str(settings.paths.logs / "jobs" / f"{job.id}.log")))
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name + ':':<{width + 1}} {value}", file=out)
+    if job.stderr_tail:
+        print("stderr (tail):", file=out)
+        for line in job.stderr_tail.splitlines()[-20:]:
+            print(f"  | {_printable(line, 500)}", file=out)
+
+
+def _printable(text: str, limit: int) -> str:
+    """Escape control characters so a hostile key cannot drive the terminal."""
+    escaped = "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape", "backslashreplace").decode()
+        for ch in text
+    )
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(out: TextIO, rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
+
+
+def _json(out: TextIO, value: object) -> None:
+    json.dump(value, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The daemon's lifecycle: start, dispatch jobs to slots, drain, exit.
+
+Signal handlers only put the signal on a queue; ``signal.set_wakeup_fd`` and a
+self-pipe wake the main loop, which does all the work (dispatch, sd_notify,
+watchdog) and never sleeps past the next due job. SIGTERM/SIGINT start a
+graceful drain: no new jobs, running ones get ``processing.drain_timeout_s``
+to finish, then they are stopped and left queued. A second signal is a fast
+stop. On start, jobs a crash left running go back to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from worker import __version__, systemd
+from worker.config import Settings
+from worker.control import ControlServer
+from worker.job import Job, JobState
+from worker.ledger import Ledger
+from worker.pipeline import Pipeline
+from worker.process import StopToken
+
+#: Longest the main loop sleeps with nothing to do (also the watchdog cadence).
+IDLE_WAKE_S = 1.0
+
+log = structlog.get_logger("processor.daemon")
+
+
+@dataclass
+class _Slot:
+    job: Job
+    token: StopToken
+    thread: threading.Thread
+    started: float
+
+
+class Daemon:
+    def __init__(
+        self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
+        *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.pipeline = pipeline
+        self._clock = clock
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._slots: dict[str, _Slot] = {}
+        self._slots_lock = threading.Lock()
+        self._draining = False
+        self._drain_deadline = 0.0
+        self._last_status = ""
+
+    # -- public ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until a stop signal; return the exit status (0 on a clean stop)."""
+        for job in self.ledger.requeue_interrupted("interrupted: daemon restarted"):
+            log.warning("job_requeued", job_id=job.id, key=job.key, state=job.state.value,
+                        attempt=job.attempts, reason="interrupted by a previous stop or crash")
+        server = ControlServer(self.settings.paths.socket, self._handlers())
+        previous = self._install_signals()
+        try:
+            server.start()
+            log.info("daemon_started", version=__version__, pid=os.getpid(),
+                     socket=str(self.settings.paths.socket),
+                     concurrency=self.settings.processing.concurrency)
+            systemd.ready(self._status_text())
+            self._loop()
+        finally:
+            server.stop()
+            self._restore_signals(previous)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        log.info("daemon_stopped")
+        return 0
+
+    def wake(self) -> None:
+        """Wake the main loop (a job was submitted or finished). Safe from any thread."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is waking anyway
+
+    # -- main loop ------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            self._handle_signals()
+            if self._draining:
+                if not self._busy():
+                    return
+                if self._clock() >= self._drain_deadline:
+                    self._stop_running("drain timeout")
+                    self._join_all(self.settings.processing.kill_grace_s + 15)
+                    return
+            else:
+                self._dispatch()
+            systemd.watchdog()
+            self._publish_status()
+            self._sleep(self._sleep_for())
+
+    def _sleep_for(self) -> float:
+        if self._draining:
+            return min(IDLE_WAKE_S, max(0.0, self._drain_deadline - self._clock()))
+        due = self.ledger.next_due_at()
+        if due is None or self._free_slots() == 0:
+            return IDLE_WAKE_S
+        return min(IDLE_WAKE_S, max(0.0, due - self._clock()))
+
+    def _sleep(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _dispatch(self) -> None:
+        while self._free_slots() > 0:
+            job = self.ledger.claim_next()
+            if job is None:
+                return
+            token = StopToken()
+            thread = threading.Thread(
+                target=self._run_job, args=(job, token), name=f"job-{job.id}", daemon=True
+            )
+            with self._slots_lock:
+                self._slots[job.id] = _Slot(job, token, thread, time.monotonic())
+            log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
+                     state=job.state.value, attempt=job.attempts)
+            thread.start()
+
+    def _run_job(self, job: Job, token: StopToken) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id)
+        started = time.monotonic()
+        final = job
+        try:
+            final = self.pipeline.run(job, token)
+        except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the daemon
+            log.exception("job_crashed", job_id=job.id, key=job.key)
+            try:
+                final = self.pipeline.retry_or_fail(
+                    job, log.bind(job_id=job.id), error=f"internal error: {type(exc).__name__}: {exc}"
+                )
+            except Exception:  # noqa: BLE001
+                log.exception("job_not_recorded", job_id=job.id)
+        finally:
+            log.info(
+                "job_finished", job_id=final.id, bucket=final.bucket, key=final.key,
+                state=final.state.value, attempt=final.attempts,
+                duration_s=round(time.monotonic() - started, 3), bytes_in=final.bytes_total,
+                exit_code=final.exit_code, error=final.error,
+            )
+            with self._slots_lock:
+                self._slots.pop(job.id, None)
+            structlog.contextvars.clear_contextvars()
+            self.wake()
+
+    # -- signals and drain ----------------------------------------------------
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # Only enqueue: logging or locking inside a handler can deadlock.
+            previous[signum] = signal.signal(signum, lambda s, _f: self._signals.put(s))
+        previous[-1] = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: Mapping[int, Any]) -> None:
+        signal.set_wakeup_fd(previous[-1])
+        for signum, handler in previous.items():
+            if signum != -1:
+                signal.signal(signum, handler)
+
+    def _handle_signals(self) -> None:
+        while True:
+            try:
+                signum = self._signals.get_nowait()
+            except queue.Empty:
+                return
+            if signum == signal.SIGHUP:
+                log.info("signal_ignored", signal="SIGHUP", reason="reload is not supported; restart the unit")
+            elif not self._draining:
+                self._handle_term(signum)
+            else:
+                log.warning("fast_stop", signal=signal.Signals(signum).name)
+                self._stop_running("second stop signal")
+                self._drain_deadline = self._clock()
+
+    def _handle_term(self, signum: int) -> None:
+        self._draining = True
+        self._drain_deadline = self._clock() + self.settings.processing.drain_timeout_s
+        running = len(self._slots)
+        log.info("drain_started", signal=signal.Signals(signum).name, running=running,
+                 drain_timeout_s=self.settings.processing.drain_timeout_s)
+        systemd.stopping(f"draining: {running} running")
+
+    def _stop_running(self, why: str) -> None:
+        with self._slots_lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            log.warning("job_interrupted", job_id=slot.job.id, key=slot.job.key, reason=why)
+            slot.token.stop(StopToken.SHUTDOWN)
+
+    def _join_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._slots_lock:
+            threads = [slot.thread for slot in self._slots.values()]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- status ---------------------------------------------------------------
+
+    def _busy(self) -> int:
+        with self._slots_lock:
+            return len(self._slots)
+
+    def _free_slots(self) -> int:
+        return self.settings.processing.concurrency - self._busy()
+
+    def _status_text(self) -> str:
+        counts = self.ledger.counts()
+        return (
+            f"{counts['running']} running, {counts['queued']} queued, "
+            f"{counts['succeeded']} succeeded, {counts['failed']} failed"
+        )
+
+    def _publish_status(self) -> None:
+        text = self._status_text()
+        if text != self._last_status:
+            systemd.status(("draining: " if self._draining else "") + text)
+            self._last_status = text
+
+    def status(self) -> dict[str, Any]:
+        counts = self.ledger.counts()
+        queued = self.ledger.list(JobState.QUEUED, limit=1)
+        with self._slots_lock:
+            running = [
+                {"job_id": s.job.id, "key": s.job.key, "attempt": s.job.attempts,
+                 "running_s": round(time.monotonic() - s.started, 1)}
+                for s in self._slots.values()
+            ]
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "draining": self._draining,
+            "slots": self.settings.processing.concurrency,
+            "busy": len(running),
+            "running": running,
+            "counts": counts,
+            "oldest_queued_age_s": round(self._clock() - queued[0].created_at, 1) if queued else None,
+        }
+
+    def _handlers(self) -> dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]]:
+        def wake(_request: Mapping[str, Any]) -> Mapping[str, Any]:
+            self.wake()
+            return {}
+
+        return {
+            "ping": lambda _r: {"pid": os.getpid(), "version": __version__},
+            "wake": wake,
+            "status": lambda _r: self.status(),
+        }

@@ -1,0 +1,118 @@
+"""The exception tree of the worker.
+
+::
+
+    ProcessorError                  base of every error the worker raises on purpose
+    ├── ConfigError                 the configuration is invalid; names the key
+    ├── LedgerError                 the SQLite ledger cannot be opened or written
+    │   ├── JobNotFound             no job with that id
+    │   └── InvalidTransition       a state change the transition table forbids
+    ├── StorageError                an object-store call failed (.retryable, .code)
+    │   └── ObjectChanged           the object no longer matches the job's identity
+    ├── CommandError                the processing command could not run or failed
+    │   ├── CommandFailed           it exited non-zero (.returncode, .stderr_tail)
+    │   └── CommandTimedOut         it ran past processing.timeout_s
+    ├── OutputError                 the command's outputs break the contract
+    ├── InsufficientSpace           the state dir cannot hold the job's input
+    └── ControlError                the control socket could not be reached
+
+    ShutdownRequested (BaseException) asks the daemon to stop; no `except Exception`
+                                      may swallow it.
+"""
+
+from __future__ import annotations
+
+
+class ProcessorError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+
+class ConfigError(ProcessorError):
+    """The configuration is invalid; the message names the offending key."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class LedgerError(ProcessorError):
+    """The SQLite ledger cannot be opened or written."""
+
+
+class JobNotFound(LedgerError):
+    """No job with that id exists in the ledger."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidTransition(LedgerError):
+    """A state change that the transition table forbids."""
+
+    def __init__(self, job_id: str, current: str, target: str) -> None:
+        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+class StorageError(ProcessorError):
+    """An object-store call failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+
+class ObjectChanged(StorageError):
+    """The object no longer matches the job's identity (overwritten or deleted version)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False, code="PreconditionFailed")
+
+
+class CommandError(ProcessorError):
+    """The processing command could not run or did not succeed."""
+
+
+class CommandFailed(CommandError):
+    """The processing command exited non-zero."""
+
+    def __init__(self, returncode: int, stderr_tail: str) -> None:
+        super().__init__(f"processing command exited with status {returncode}")
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class CommandTimedOut(CommandError):
+    """The processing command ran past its time limit and was stopped."""
+
+    def __init__(self, timeout_s: float, stderr_tail: str) -> None:
+        super().__init__(f"processing command timed out after {timeout_s:g}s")
+        self.timeout_s = timeout_s
+        self.stderr_tail = stderr_tail
+
+
+class OutputError(ProcessorError):
+    """The command's outputs break the processing-command contract."""
+
+
+class InsufficientSpace(ProcessorError):
+    """The state directory has too little free space for the job's input."""
+
+    def __init__(self, needed: int, free: int) -> None:
+        super().__init__(
+            f"the object needs {needed} bytes (with reserve) but the state dir has {free} bytes free"
+        )
+        self.needed = needed
+        self.free = free
+
+
+class ControlError(ProcessorError):
+    """The daemon's control socket could not be reached or answered an error."""
+
+
+class ShutdownRequested(BaseException):
+    """Asks the daemon to stop; a BaseException so `except Exception` cannot eat it."""

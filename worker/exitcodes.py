@@ -1,0 +1,19 @@
+"""Exit statuses of `processor` and `processorctl` (documented in the README).
+
+Stdlib only: processorctl imports this and must start fast.
+"""
+
+from __future__ import annotations
+
+#: Success.
+OK = 0
+#: A runtime failure: the daemon crashed, a local run had failed jobs.
+FAILURE = 1
+#: Bad usage or invalid configuration (the message names the key or option).
+USAGE = 2
+#: No job with that id.
+NOT_FOUND = 3
+#: The ledger could not be opened or written; nothing was recorded.
+LEDGER_UNAVAILABLE = 4
+#: The operation needs the running daemon and it is not reachable.
+DAEMON_UNAVAILABLE = 5

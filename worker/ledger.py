@@ -1,0 +1,347 @@
+"""The job ledger: SQLite in WAL mode on the state volume.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction that updates the job
+row and appends to ``transitions``, committed (``synchronous=FULL``) before the
+step it announces starts. ``processorctl submit`` writes here directly, so a
+job is durable even while the daemon is stopped; the daemon and processorctl
+are separate processes and SQLite's locking serialises them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from worker.errors import InvalidTransition, JobNotFound, LedgerError
+from worker.job import Identity, Job, JobState, Phase, check_transition
+
+#: Bumped whenever the schema changes; older ledgers are migrated on open.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id              TEXT PRIMARY KEY,
+    bucket          TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    version_id      TEXT,
+    etag            TEXT,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    phase           TEXT NOT NULL DEFAULT '',
+    bytes_total     INTEGER NOT NULL DEFAULT 0,
+    bytes_done      INTEGER NOT NULL DEFAULT 0,
+    exit_code       INTEGER,
+    error           TEXT,
+    stderr_tail     TEXT,
+    started_at      REAL,
+    finished_at     REAL,
+    result_prefix   TEXT,
+    UNIQUE (bucket, key, version)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);
+CREATE TABLE IF NOT EXISTS transitions (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id     TEXT NOT NULL REFERENCES jobs (id),
+    from_state TEXT,
+    to_state   TEXT NOT NULL,
+    at         REAL NOT NULL,
+    attempt    INTEGER NOT NULL,
+    reason     TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions (job_id, seq);
+"""
+
+_UPDATABLE = frozenset(
+    {
+        "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
+        "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
+    }
+)
+
+
+class Ledger:
+    """Durable record of every job and every transition."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer
+            # takes the lock up front instead of failing on upgrade mid-transaction.
+            self._db = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before submit returns 0 or a step starts.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path} is not writable: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._db.execute("ROLLBACK")
+                    raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"ledger {self.path} has schema {version}, newer than this "
+                    f"processor ({SCHEMA_VERSION}); refusing to touch it"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- commands -----------------------------------------------------------
+
+    def submit(self, identity: Identity) -> tuple[Job, bool]:
+        """Record a job for this identity; return it and whether it is new.
+
+        A duplicate submission of the same identity returns the existing job,
+        whatever its state: the same object version is processed once.
+        """
+        now = self._clock()
+        job_id = identity.job_id()
+        with self._write() as db:
+            row = self._row_by_identity(db, identity)
+            if row is not None:
+                return _job(row), False
+            db.execute(
+                "INSERT INTO jobs (id, bucket, key, version, version_id, etag, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id, identity.bucket, identity.key, identity.version,
+                    identity.version_id, identity.etag, JobState.QUEUED.value, now, now,
+                ),
+            )
+            self._log(db, job_id, None, JobState.QUEUED, now, 0, "submitted")
+            return _job(self._row(db, job_id)), True
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        *,
+        reason: str | None = None,
+        expect: JobState | None = None,
+        **fields: Any,
+    ) -> Job:
+        """Move a job to ``target`` (checked against the table) and set ``fields``.
+
+        ``expect`` guards against races: the move only happens from that state.
+        """
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        now = self._clock()
+        with self._write() as db:
+            row = self._row(db, job_id)
+            current = JobState(row["state"])
+            if expect is not None and current is not expect:
+                raise InvalidTransition(job_id, current.value, target.value)
+            check_transition(job_id, current, target)
+            attempts = row["attempts"] + (1 if target is JobState.RUNNING else 0)
+            values: dict[str, Any] = {"state": target.value, "updated_at": now, "attempts": attempts}
+            if target is not JobState.RUNNING:
+                values.setdefault("phase", Phase.NONE.value)
+            for name, value in fields.items():
+                values[name] = value.value if isinstance(value, Phase) else value
+            _update(db, job_id, values)
+            self._log(db, job_id, current, target, now, attempts, reason)
+            return _job(self._row(db, job_id))
+
+    def claim_next(self) -> Job | None:
+        """Move the oldest due queued job to running (attempt counted) and return it."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, created_at LIMIT 1",
+                (JobState.QUEUED.value, now),
+            ).fetchone()
+            if row is None:
+                return None
+            job_id = row["id"]
+            current = self._row(db, job_id)
+            attempts = current["attempts"] + 1
+            _update(
+                db, job_id,
+                {
+                    "state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
+                    "started_at": now, "finished_at": None, "phase": Phase.NONE.value,
+                    "bytes_done": 0, "bytes_total": 0,
+                },
+            )
+            self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts, "claimed")
+            return _job(self._row(db, job_id))
+
+    def requeue_interrupted(self, reason: str) -> list[Job]:
+        """On start: every job left running by a crash goes back to the queue."""
+        now = self._clock()
+        with self._write() as db:
+            ids = [
+                r["id"] for r in db.execute(
+                    "SELECT id FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
+                )
+            ]
+            for job_id in ids:
+                attempts = self._row(db, job_id)["attempts"]
+                _update(
+                    db, job_id,
+                    {"state": JobState.QUEUED.value, "updated_at": now, "phase": "",
+                     "next_attempt_at": now},
+                )
+                self._log(db, job_id, JobState.RUNNING, JobState.QUEUED, now, attempts, reason)
+            return [_job(self._row(db, job_id)) for job_id in ids]
+
+    def set_progress(
+        self, job_id: str, *, phase: Phase | None = None,
+        bytes_done: int | None = None, bytes_total: int | None = None,
+    ) -> None:
+        """Record what a running job is doing; not a transition, so not logged."""
+        values: dict[str, Any] = {"updated_at": self._clock()}
+        if phase is not None:
+            values["phase"] = phase.value
+        if bytes_done is not None:
+            values["bytes_done"] = bytes_done
+        if bytes_total is not None:
+            values["bytes_total"] = bytes_total
+        with self._write() as db:
+            _update(db, job_id, values)
+
+    # -- queries ------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            return _job(self._row(self._db, job_id))
+
+    def find(self, identity: Identity) -> Job | None:
+        with self._lock:
+            row = self._row_by_identity(self._db, identity)
+            return None if row is None else _job(row)
+
+    def list(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
+        sql = "SELECT * FROM jobs"
+        args: list[Any] = []
+        if state is not None:
+            sql += " WHERE state = ?"
+            args.append(state.value)
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            return [_job(r) for r in self._db.execute(sql, args)]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            found = {r["state"]: r["n"] for r in rows}
+        return {s.value: found.get(s.value, 0) for s in JobState}
+
+    def next_due_at(self) -> float | None:
+        """When the earliest queued job becomes due (None when the queue is empty)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = ?",
+                (JobState.QUEUED.value,),
+            ).fetchone()
+        return None if row["t"] is None else float(row["t"])
+
+    def history(self, job_id: str) -> list[Mapping[str, Any]]:
+        with self._lock:
+            self._row(self._db, job_id)
+            rows = self._db.execute(
+                "SELECT from_state, to_state, at, attempt, reason FROM transitions"
+                " WHERE job_id = ? ORDER BY seq", (job_id,),
+            )
+            return [dict(r) for r in rows]
+
+    # -- helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row
+
+    @staticmethod
+    def _row_by_identity(db: sqlite3.Connection, identity: Identity) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM jobs WHERE bucket = ? AND key = ? AND version = ?",
+            (identity.bucket, identity.key, identity.version),
+        ).fetchone()
+        return row
+
+    @staticmethod
+    def _log(
+        db: sqlite3.Connection, job_id: str, current: JobState | None, target: JobState,
+        at: float, attempt: int, reason: str | None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO transitions (job_id, from_state, to_state, at, attempt, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, None if current is None else current.value, target.value, at, attempt, reason),
+        )
+
+
+def _update(db: sqlite3.Connection, job_id: str, values: Mapping[str, Any]) -> None:
+    columns = ", ".join(f"{name} = ?" for name in values)
+    db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], bucket=row["bucket"], key=row["key"], version_id=row["version_id"],
+        etag=row["etag"], state=JobState(row["state"]), attempts=row["attempts"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        next_attempt_at=row["next_attempt_at"], phase=Phase(row["phase"]),
+        bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],
+        exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        result_prefix=row["result_prefix"],
+    )

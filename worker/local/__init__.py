@@ -1,0 +1,8 @@
+"""`processor local`: the whole pipeline on one machine against an embedded emulator.
+
+Modules: ``options`` (the CLI flags, stdlib only), ``stack`` (wiring and the
+run loop), ``emulator`` (moto server on loopback and the AWS resources),
+``pump`` (S3 events from SQS into the real Lambda handler), ``agent`` (the
+local stand-in for the SSM agent) and ``cfn`` (reads the SSM documents out of
+the CloudFormation template, so local and AWS run the same content).
+"""

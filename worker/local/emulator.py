@@ -1,0 +1,123 @@
+"""The embedded AWS emulator (moto server on loopback) and the stack's resources in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from moto.server import ThreadedMotoServer
+
+from worker.errors import ConfigError
+from worker.local import cfn
+
+#: Region and dummy credentials of the emulator; real AWS is never contacted.
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+#: The name the local stack plays, so document names match a deployed stack's.
+STACK_NAME = "processor"
+
+
+@dataclass(frozen=True)
+class Resources:
+    endpoint: str
+    input_bucket: str
+    output_bucket: str
+    queue_url: str
+    dead_letter_queue_url: str
+    instance_id: str
+    submit_document: str
+
+
+class Emulator:
+    """moto server on 127.0.0.1:port, started and stopped with the stack."""
+
+    def __init__(self, port: int) -> None:
+        _check_port_free(port)
+        # One access-log line per emulated request drowns the console.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server.start()
+        host, bound = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{bound}"
+
+    def env(self) -> dict[str, str]:
+        """Environment that points any AWS SDK or CLI at the emulator."""
+        return {**CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+                "AWS_ENDPOINT_URL": self.endpoint}
+
+    def client(self, service: str) -> Any:
+        return boto3.session.Session(
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name=REGION,
+        ).client(service, endpoint_url=self.endpoint,
+                 config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}))
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def _check_port_free(port: int) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+    except OSError as exc:
+        raise ConfigError(
+            f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            "is another `processor local` running? Pick another with --port", key="--port",
+        ) from None
+    finally:
+        probe.close()
+
+
+def provision(emulator: Emulator, *, input_bucket: str, output_bucket: str) -> Resources:
+    """Create what the CloudFormation stack would: buckets, the event path, documents, an instance."""
+    s3, sqs, ssm, ec2 = (emulator.client(name) for name in ("s3", "sqs", "ssm", "ec2"))
+    for bucket in (input_bucket, output_bucket):
+        s3.create_bucket(Bucket=bucket)
+    # Versioned input, as in the stack: a new upload of a key is a new job.
+    s3.put_bucket_versioning(Bucket=input_bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    dlq_url = sqs.create_queue(QueueName=f"{STACK_NAME}-events-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_url = sqs.create_queue(
+        QueueName=f"{STACK_NAME}-events",
+        Attributes={
+            # A failed Lambda call leaves the message; it is retried after the
+            # visibility timeout and parked in the DLQ after 3 receives, like
+            # Lambda's async retries and its on-failure destination.
+            "VisibilityTimeout": "5",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    # S3 -> SQS stands in for S3 -> Lambda, which the emulator only runs in Docker.
+    s3.put_bucket_notification_configuration(
+        Bucket=input_bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+
+    specs = cfn.ssm_documents(cfn.load_template(cfn.default_template_path()), STACK_NAME)
+    cfn.create_documents(ssm, specs)
+    submit = next(spec.name for spec in specs if spec.logical_id == "SubmitDocument")
+
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.small",
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "processor:fleet", "Value": STACK_NAME}]}],
+    )["Instances"][0]["InstanceId"]
+    return Resources(
+        endpoint=emulator.endpoint, input_bucket=input_bucket, output_bucket=output_bucket,
+        queue_url=queue_url, dead_letter_queue_url=dlq_url, instance_id=instance,
+        submit_document=submit,
+    )

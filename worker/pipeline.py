@@ -1,0 +1,372 @@
+"""Run one job: download -> run the processing command -> upload -> record.
+
+The pipeline sees the object store through the small ``ObjectStore`` protocol
+(``worker.s3.S3Store`` in production, an in-memory fake in tests) and never
+botocore. Local paths come only from the job id, never from the object key:
+the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from worker import __version__
+from worker.config import Settings
+from worker.errors import InsufficientSpace, ObjectChanged, OutputError, StorageError
+from worker.job import Job, JobState, Phase
+from worker.ledger import Ledger
+from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
+
+#: Files the pipeline itself writes at the top of a job's result prefix.
+MANIFEST_NAME = "_manifest.json"
+FAILED_NAME = "_failed.json"
+RESERVED_NAMES = frozenset({MANIFEST_NAME, FAILED_NAME})
+
+#: Free space kept in reserve on the state volume beyond the object's size
+#: (the ledger and logs live there too).
+DISK_HEADROOM_BYTES = 64 * 1024 * 1024
+
+#: How often byte counters are written to the ledger during a transfer.
+PROGRESS_INTERVAL_S = 0.5
+
+
+class ObjectInfoLike(Protocol):
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str | None: ...
+    @property
+    def version_id(self) -> str | None: ...
+
+
+class ObjectStore(Protocol):
+    """What the pipeline needs from S3."""
+
+    def head(
+        self, bucket: str, key: str, *, version_id: str | None = None, etag: str | None = None
+    ) -> ObjectInfoLike: ...
+
+    def download(
+        self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None: ...
+
+    def upload_file(
+        self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None: ...
+
+    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None: ...
+
+    def delete(self, bucket: str, key: str) -> None: ...
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: ObjectStore
+    ledger: Ledger
+    clock: Callable[[], float] = time.time
+
+    def result_prefix(self, job: Job) -> str:
+        """``<output prefix><source key>/``: where every result of this job lands."""
+        return f"{self.settings.s3.output_prefix}{job.key}/"
+
+    def run(self, job: Job, cancel: StopToken | None = None) -> Job:
+        """Take a job the ledger has marked RUNNING to its next state, and return it."""
+        log = structlog.get_logger("processor.pipeline").bind(
+            job_id=job.id, bucket=job.bucket, key=job.key, attempt=job.attempts
+        )
+        work = self.settings.paths.work / job.id
+        timings: dict[str, float] = {}
+        try:
+            shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
+            (work / "output").mkdir(parents=True)
+            (work / "tmp").mkdir()
+            info = self._download(job, work / "input", timings, log)
+            return self._process(job, work, info, timings, cancel, log)
+        except ObjectChanged as exc:
+            return self._finish(job, JobState.CANCELLED, log, error=f"superseded: {exc}")
+        except StorageError as exc:
+            if exc.retryable:
+                return self.retry_or_fail(job, log, error=str(exc))
+            return self._fail(job, log, error=str(exc))
+        except (OutputError, InsufficientSpace) as exc:
+            return self._fail(job, log, error=str(exc))
+        except OSError as exc:
+            # Local trouble: full disk, unreadable output, command not found.
+            return self._fail(job, log, error=f"local error: {exc}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # -- steps ----------------------------------------------------------------
+
+    def _download(
+        self, job: Job, dest: Path, timings: dict[str, float], log: Any
+    ) -> ObjectInfoLike:
+        started = time.monotonic()
+        self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING)
+        info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
+        free = shutil.disk_usage(dest.parent).free
+        if info.size + DISK_HEADROOM_BYTES > free:
+            raise InsufficientSpace(info.size + DISK_HEADROOM_BYTES, free)
+        self.ledger.set_progress(job.id, bytes_total=info.size, bytes_done=0)
+        progress = _Progress(lambda done: self.ledger.set_progress(job.id, bytes_done=done))
+        log.info("download_started", size=info.size)
+        self.store.download(
+            job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
+            progress=progress,
+        )
+        got = dest.stat().st_size
+        if got != info.size:
+            raise StorageError(
+                f"download of s3://{job.bucket}/{job.key} is {got} bytes, expected {info.size}",
+                retryable=True, code="SizeMismatch",
+            )
+        progress.flush()
+        timings["download_s"] = time.monotonic() - started
+        log.info("download_finished", size=got, duration_s=round(timings["download_s"], 3))
+        return info
+
+    def _process(
+        self, job: Job, work: Path, info: ObjectInfoLike, timings: dict[str, float],
+        cancel: StopToken | None, log: Any,
+    ) -> Job:
+        p = self.settings.processing
+        self.ledger.set_progress(job.id, phase=Phase.RUNNING)
+        argv = render_argv(
+            p.command, {"{input}": str(work / "input"), "{output_dir}": str(work / "output")}
+        )
+        log.info("command_started", argv0=argv[0])
+        result = run_command(
+            argv, cwd=work, env=self._command_env(job, work),
+            log_path=self.settings.paths.logs / "jobs" / f"{job.id}.log",
+            timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
+        )
+        timings["process_s"] = result.duration_s
+        log.info(
+            "command_finished", returncode=result.returncode,
+            duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
+        )
+        if result.cancelled and cancel is not None and cancel.reason == StopToken.SHUTDOWN:
+            return self._requeue(job, log, reason="interrupted by daemon shutdown")
+        if result.cancelled:
+            return self._finish(job, JobState.CANCELLED, log, error="cancelled while running")
+        if result.timed_out:
+            return self._fail(
+                job, log, error=f"timed out after {p.timeout_s}s",
+                exit_code=result.returncode, stderr_tail=result.stderr_tail,
+            )
+        if result.returncode == EX_TEMPFAIL:
+            return self.retry_or_fail(
+                job, log, error=f"command asked for a retry (exit {EX_TEMPFAIL})",
+                exit_code=result.returncode, stderr_tail=result.stderr_tail,
+            )
+        if result.returncode != 0:
+            return self._fail(
+                job, log, error=f"command exited with status {result.returncode}",
+                exit_code=result.returncode, stderr_tail=result.stderr_tail,
+            )
+        self.ledger.set_progress(job.id, phase=Phase.UPLOADING)
+        started = time.monotonic()
+        outputs = self._upload_outputs(job, work / "output", log)
+        timings["upload_s"] = time.monotonic() - started
+        prefix = self.result_prefix(job)
+        # A success replaces an earlier failure record, then the manifest goes
+        # last: its presence is what tells consumers the result set is complete.
+        self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
+        manifest = self._manifest(job, info, outputs, timings)
+        self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
+        return self._finish(job, JobState.SUCCEEDED, log, exit_code=0, result_prefix=prefix)
+
+    def _command_env(self, job: Job, work: Path) -> dict[str, str]:
+        # A clean environment: the command gets the contract's variables, not
+        # the daemon's (which may hold credentials or endpoints).
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": str(work),
+            "TMPDIR": str(work / "tmp"),
+            "PROCESSOR_JOB_ID": job.id,
+            "PROCESSOR_INPUT": str(work / "input"),
+            "PROCESSOR_OUTPUT_DIR": str(work / "output"),
+            "PROCESSOR_SOURCE_BUCKET": job.bucket,
+            "PROCESSOR_SOURCE_KEY": job.key,
+            "PROCESSOR_ATTEMPT": str(job.attempts),
+        }
+        if job.version_id:
+            env["PROCESSOR_SOURCE_VERSION_ID"] = job.version_id
+        if job.etag:
+            env["PROCESSOR_SOURCE_ETAG"] = job.etag
+        return env
+
+    def _upload_outputs(self, job: Job, out_dir: Path, log: Any) -> list[dict[str, Any]]:
+        files = collect_outputs(out_dir)
+        total = sum(size for _, _, size in files)
+        self.ledger.set_progress(job.id, bytes_total=total, bytes_done=0)
+        progress = _Progress(lambda done: self.ledger.set_progress(job.id, bytes_done=done))
+        prefix = self.result_prefix(job)
+        outputs = []
+        for path, relative, size in files:
+            digest = _sha256(path)
+            key = prefix + relative
+            self.store.upload_file(
+                path, self.settings.s3.output_bucket, key,
+                content_type=mimetypes.guess_type(relative)[0], progress=progress,
+            )
+            outputs.append({"key": key, "path": relative, "size": size, "sha256": digest})
+        progress.flush()
+        log.info("upload_finished", files=len(outputs), bytes=total)
+        return outputs
+
+    def _manifest(
+        self, job: Job, info: ObjectInfoLike, outputs: list[dict[str, Any]],
+        timings: Mapping[str, float],
+    ) -> dict[str, Any]:
+        return {
+            "job_id": job.id,
+            "source": {
+                "bucket": job.bucket, "key": job.key,
+                "version_id": job.version_id or info.version_id, "etag": job.etag or info.etag,
+                "size": info.size,
+            },
+            "outputs": outputs,
+            "attempts": job.attempts,
+            "timings": {
+                "submitted_at": job.created_at, "started_at": job.started_at,
+                "finished_at": self.clock(),
+                **{name: round(value, 3) for name, value in timings.items()},
+            },
+            "processor_version": __version__,
+        }
+
+    # -- outcomes -------------------------------------------------------------
+
+    def retry_or_fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
+        p = self.settings.processing
+        if job.attempts >= p.max_attempts:
+            return self._fail(job, log, error=f"{error}; gave up after {job.attempts} attempts", **fields)
+        delay = backoff_delay(job.attempts, p.retry_base_s, p.retry_max_s)
+        updated = self.ledger.transition(
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=error,
+            next_attempt_at=self.clock() + delay, error=error, **fields,
+        )
+        log.warning("job_retry_scheduled", state=updated.state.value, error=error, delay_s=round(delay, 1))
+        return updated
+
+    def _requeue(self, job: Job, log: Any, *, reason: str) -> Job:
+        updated = self.ledger.transition(
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=reason,
+            next_attempt_at=self.clock(),
+        )
+        log.info("job_requeued", state=updated.state.value, reason=reason)
+        return updated
+
+    def _fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
+        failed = self.ledger.transition(
+            job.id, JobState.FAILED, expect=JobState.RUNNING, reason=error, error=error,
+            finished_at=self.clock(), **fields,
+        )
+        record = {
+            "job_id": job.id,
+            "source": {"bucket": job.bucket, "key": job.key, "version_id": job.version_id, "etag": job.etag},
+            "state": failed.state.value,
+            "error": error,
+            "exit_code": failed.exit_code,
+            "stderr_tail": failed.stderr_tail,
+            "attempts": failed.attempts,
+            "failed_at": failed.finished_at,
+            "processor_version": __version__,
+        }
+        try:
+            self.store.put_json(
+                self.settings.s3.output_bucket, self.result_prefix(job) + FAILED_NAME, record
+            )
+        except StorageError as exc:
+            # The ledger already holds the failure; the bucket copy is a courtesy.
+            log.warning("failure_record_not_written", error=str(exc))
+        log.error("job_failed", state=failed.state.value, error=error)
+        return failed
+
+    def _finish(self, job: Job, state: JobState, log: Any, **fields: Any) -> Job:
+        done = self.ledger.transition(
+            job.id, state, expect=JobState.RUNNING, reason=fields.get("error"),
+            finished_at=self.clock(), **fields,
+        )
+        log.info("job_state_changed", state=done.state.value)
+        return done
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
+    """Every regular file under ``out_dir`` as (path, relative key part, size).
+
+    Symlinks are refused (a link to /etc/shadow must not be uploaded) and the
+    reserved names may not appear at the top level.
+    """
+    found: list[tuple[Path, str, int]] = []
+    for root, dirs, names in os.walk(out_dir, followlinks=False):
+        for name in sorted(dirs):
+            if (Path(root) / name).is_symlink():
+                raise OutputError(f"output {Path(root, name).relative_to(out_dir)} is a symlink")
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            relative = path.relative_to(out_dir).as_posix()
+            if relative in RESERVED_NAMES:
+                raise OutputError(f"the command wrote {relative}, a name reserved for the pipeline")
+            if path.is_symlink() or not path.is_file():
+                raise OutputError(f"output {relative} is not a regular file")
+            found.append((path, relative, path.stat().st_size))
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Progress:
+    """Counts transferred bytes (boto3 calls back from several threads) and
+    writes them to the ledger at most every PROGRESS_INTERVAL_S."""
+
+    def __init__(self, sink: Callable[[int], None]) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._done = 0
+        self._last = 0.0
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self._done += amount
+            now = time.monotonic()
+            if now - self._last < PROGRESS_INTERVAL_S:
+                return
+            self._last = now
+            done = self._done
+        self._sink(done)
+
+    def flush(self) -> None:
+        with self._lock:
+            done = self._done
+        self._sink(done)

@@ -1,0 +1,170 @@
+"""The processing command as a child process.
+
+The command runs without a shell, in its own session (so its whole process
+group can be signalled), with stdout and stderr appended to the job's log
+file. A bounded tail of stderr is kept for the failure record. On timeout or
+cancellation the group gets SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+#: How much of stderr is kept for the ledger and `_failed.json`.
+STDERR_TAIL_BYTES = 4096
+
+#: Exit status that asks for a retry (sysexits.h EX_TEMPFAIL).
+EX_TEMPFAIL = 75
+
+
+class StopToken:
+    """Asks a running job to stop, saying why: ``cancel`` (operator) or ``shutdown``."""
+
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    timed_out: bool
+    cancelled: bool
+    stderr_tail: str
+    duration_s: float
+
+
+def render_argv(template: Sequence[str], substitutions: Mapping[str, str]) -> list[str]:
+    """Substitute ``{input}``/``{output_dir}`` as whole arguments, never by splicing text.
+
+    Only an argument that *is* a placeholder is replaced, so no value can turn
+    into extra arguments or options, whatever characters it holds.
+    """
+    return [substitutions.get(part, part) for part in template]
+
+
+class _TailBuffer:
+    def __init__(self, limit: int) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._limit = limit
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= self._limit:
+            self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self._chunks)[-self._limit:].decode("utf-8", "replace")
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout_s: float,
+    kill_grace_s: float,
+    cancel: StopToken | None = None,
+) -> CommandResult:
+    """Run ``argv`` to completion, timeout or cancellation; never raises on exit status.
+
+    Raises OSError when the command cannot be started at all (missing binary,
+    not executable): the caller decides what that means for the job.
+    """
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail = _TailBuffer(STDERR_TAIL_BYTES)
+    with open(log_path, "ab", buffering=0) as log:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+        assert proc.stderr is not None
+        reader = threading.Thread(
+            target=_pump_stderr, args=(proc.stderr, log, tail), daemon=True,
+            name=f"stderr-{proc.pid}",
+        )
+        reader.start()
+        timed_out = cancelled = False
+        deadline = started + timeout_s
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                # Reap anything the command left running in its group.
+                _kill_group(proc.pid)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+            elif time.monotonic() >= deadline:
+                timed_out = True
+            if timed_out or cancelled:
+                _stop_group(proc, kill_grace_s)
+                break
+        reader.join(timeout=5)
+    return CommandResult(
+        returncode=proc.returncode,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        stderr_tail=tail.text(),
+        duration_s=time.monotonic() - started,
+    )
+
+
+def _pump_stderr(stream: IO[bytes], log: IO[bytes], tail: _TailBuffer) -> None:
+    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+        log.write(chunk)
+        tail.add(chunk)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the command's process group, SIGKILL it if still alive after the grace."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; make sure nothing it forked lingers in the group.
+        _kill_group(proc.pid)
+        return
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,185 @@
+"""The object store on S3 (or any S3-compatible endpoint): the only boto3 user in worker/.
+
+Every botocore/boto3 error is translated here, once, into StorageError with
+``retryable`` set, so the pipeline never sees botocore. Transfers use boto3's
+managed transfer (multipart, parallel ranges) with a bounded chunk size so the
+daemon's memory stays flat whatever the object size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from worker.config import S3Settings
+from worker.errors import ObjectChanged, StorageError
+from worker.job import normalise_etag
+
+#: Error codes worth another try (throttling, S3-side faults, timeouts).
+_RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+        "RequestTimeoutException", "Throttling", "ThrottlingException",
+        "RequestLimitExceeded", "500", "502", "503", "504", "OperationAborted",
+    }
+)
+
+#: Managed-transfer tuning: parts of 16 MiB, at most 4 in flight, so a transfer
+#: holds a bounded amount of memory (roughly max_concurrency x io queue).
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=32 * 1024 * 1024,
+    multipart_chunksize=16 * 1024 * 1024,
+    max_concurrency=4,
+    max_io_queue=64,
+    io_chunksize=256 * 1024,
+    use_threads=True,
+)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str | None
+    version_id: str | None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, StorageError) and exc.retryable
+
+
+#: Retries on top of botocore's own (which cover single HTTP requests): a whole
+#: call is retried a few times with jittered backoff before the job is requeued.
+_retrying = retry(
+    retry=retry_if_exception(_is_retryable),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential_jitter(initial=0.5, max=8.0),
+    reraise=True,
+)
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn boto3/botocore errors into StorageError naming the operation and object."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        message = err.get("Message") or str(exc)
+        if code in {"PreconditionFailed", "412"}:
+            raise ObjectChanged(f"{what}: object changed since the event ({message})") from exc
+        if code in {"NoSuchKey", "404", "NoSuchVersion", "NotFound"}:
+            raise StorageError(f"{what}: object not found ({code})", retryable=False, code=code) from exc
+        raise StorageError(
+            f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES, code=code
+        ) from exc
+    except (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectionClosedError,
+        botocore.exceptions.ReadTimeoutError,
+        botocore.exceptions.ConnectTimeoutError,
+        botocore.exceptions.ResponseStreamingError,
+        botocore.exceptions.IncompleteReadError,
+    ) as exc:
+        raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
+    except S3UploadFailedError as exc:
+        text = str(exc)
+        permanent = any(code in text for code in ("AccessDenied", "NoSuchBucket", "InvalidBucketName"))
+        raise StorageError(f"{what}: {text}", retryable=not permanent, code="UploadFailed") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
+
+
+class S3Store:
+    """ObjectStore backed by boto3."""
+
+    def __init__(self, client: Any, transfer_config: TransferConfig = TRANSFER_CONFIG) -> None:
+        self._client = client
+        self._transfer = transfer_config
+
+    @classmethod
+    def from_settings(cls, settings: S3Settings) -> S3Store:
+        config = Config(
+            region_name=settings.region,
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=10,
+            read_timeout=60,
+            # Path-style for custom endpoints: emulators and most S3-compatible
+            # stores do not resolve virtual-hosted bucket names.
+            s3={"addressing_style": "path"} if settings.endpoint_url else {},
+        )
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=settings.endpoint_url or None, config=config
+        )
+        return cls(client)
+
+    @_retrying
+    def head(
+        self, bucket: str, key: str, *, version_id: str | None = None, etag: str | None = None
+    ) -> ObjectInfo:
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            args["VersionId"] = version_id
+        elif etag:
+            args["IfMatch"] = f'"{etag}"'
+        with _translated(f"head s3://{bucket}/{key}"):
+            response = self._client.head_object(**args)
+        return ObjectInfo(
+            size=int(response["ContentLength"]),
+            etag=normalise_etag(response.get("ETag")),
+            version_id=response.get("VersionId") or None,
+        )
+
+    @_retrying
+    def download(
+        self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        extra = {"VersionId": version_id} if version_id else None
+        with _translated(f"download s3://{bucket}/{key}"):
+            self._client.download_file(
+                bucket, key, str(dest), ExtraArgs=extra, Callback=progress, Config=self._transfer
+            )
+
+    @_retrying
+    def upload_file(
+        self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+        if content_type:
+            extra["ContentType"] = content_type
+        with _translated(f"upload s3://{bucket}/{key}"):
+            self._client.upload_file(
+                str(src), bucket, key, ExtraArgs=extra, Callback=progress, Config=self._transfer
+            )
+
+    @_retrying
+    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
+        body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode()
+        with _translated(f"put s3://{bucket}/{key}"):
+            self._client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+            )
+
+    @_retrying
+    def delete(self, bucket: str, key: str) -> None:
+        with _translated(f"delete s3://{bucket}/{key}"):
+            self._client.delete_object(Bucket=bucket, Key=key)
