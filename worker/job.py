@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,8 +40,9 @@ class Phase(str, enum.Enum):
     UPLOADING = "uploading"
 
 
-#: The only legal moves. QUEUED -> QUEUED is a reschedule (next attempt time
-#: changed); RUNNING -> QUEUED is a retryable failure or an interrupted run.
+#: The only legal moves. RUNNING -> QUEUED is a retryable failure or an
+#: interrupted run; QUEUED -> FAILED is a job that can never run (its object
+#: is gone before the first attempt, or an operator gives up on it).
 #: FAILED and CANCELLED go back to QUEUED only through `processorctl retry`.
 _NEXT: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
@@ -89,9 +91,9 @@ class Identity:
 
     def job_id(self) -> str:
         """A stable, path-safe id: the same identity always yields the same id."""
-        digest = hashlib.sha256(
-            "\0".join((self.bucket, self.key, self.version)).encode("utf-8", "surrogatepass")
-        ).hexdigest()
+        # JSON framing: no field's content can shift into another field.
+        framed = json.dumps([self.bucket, self.key, self.version], ensure_ascii=True)
+        digest = hashlib.sha256(framed.encode("ascii")).hexdigest()
         return f"j-{digest[:20]}"
 
 

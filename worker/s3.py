@@ -24,7 +24,7 @@ from tenacity import (
     retry,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from worker.config import S3Settings
@@ -68,7 +68,7 @@ def _is_retryable(exc: BaseException) -> bool:
 _retrying = retry(
     retry=retry_if_exception(_is_retryable),
     stop=stop_after_attempt(3),
-    wait=wait_exponential_jitter(initial=0.5, max=8.0),
+    wait=wait_random_exponential(multiplier=0.5, max=8.0),
     reraise=True,
 )
 

@@ -1,0 +1,72 @@
+"""Small in-memory fakes for pure-logic tests (the adapters are tested on the emulator)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ObjectChanged, StorageError
+
+
+@dataclass(frozen=True)
+class Info:
+    size: int
+    etag: str | None
+    version_id: str | None
+
+
+@dataclass
+class FakeStore:
+    """Buckets as dicts; records every call so tests can check the order of writes."""
+
+    objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+    fail_head: Exception | None = None
+    size_override: int | None = None
+
+    def put(self, bucket: str, key: str, body: bytes) -> str:
+        self.objects[(bucket, key)] = body
+        return hashlib.md5(body).hexdigest()  # noqa: S324 - an ETag, not security
+
+    def head(self, bucket: str, key: str, *, version_id: str | None = None,
+             etag: str | None = None) -> Info:
+        self.calls.append(("head", bucket, key))
+        if self.fail_head is not None:
+            raise self.fail_head
+        if (bucket, key) not in self.objects:
+            raise StorageError(f"head s3://{bucket}/{key}: object not found (NoSuchKey)",
+                               retryable=False, code="NoSuchKey")
+        body = self.objects[(bucket, key)]
+        current = hashlib.md5(body).hexdigest()  # noqa: S324
+        if etag and not version_id and etag != current:
+            raise ObjectChanged(f"head s3://{bucket}/{key}: etag is {current}, not {etag}")
+        size = self.size_override if self.size_override is not None else len(body)
+        return Info(size, current, version_id)
+
+    def download(self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.calls.append(("download", bucket, key))
+        body = self.objects[(bucket, key)]
+        dest.write_bytes(body)
+        if progress:
+            progress(len(body))
+
+    def upload_file(self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> None:
+        self.calls.append(("upload", bucket, key))
+        self.objects[(bucket, key)] = src.read_bytes()
+
+    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
+        self.calls.append(("put_json", bucket, key))
+        self.objects[(bucket, key)] = json.dumps(document).encode()
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.calls.append(("delete", bucket, key))
+        self.objects.pop((bucket, key), None)
+
+    def json(self, bucket: str, key: str) -> Any:
+        return json.loads(self.objects[(bucket, key)])

@@ -1,0 +1,158 @@
+"""The real daemon (`processor run`) as a child process, on the emulator and a real ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CREDENTIALS, processorctl, write_config
+from worker.control import request
+from worker.errors import ControlError
+
+IN, OUT = "daemon-in", "daemon-out"
+
+
+@contextmanager
+def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--config", str(config)],
+        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                request(socket, "ping", timeout=1)
+                break
+            except ControlError:
+                assert time.monotonic() < deadline, "daemon did not answer on its socket"
+                time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def wait_state(config: Path, job_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = processorctl(config, "show", job_id, "--json")
+        job: dict[str, Any] = json.loads(shown.stdout)
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, f"job stayed {job['state']}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def s3(aws: Callable[[str], Any]) -> Any:
+    client = aws("s3")
+    client.create_bucket(Bucket=IN)
+    client.create_bucket(Bucket=OUT)
+    return client
+
+
+def submit(config: Path, key: str, etag: str) -> str:
+    done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_submitted_job_is_processed_and_listed(s3: Any, moto_endpoint: str, short_tmp: Path) -> None:
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint)
+    etag = s3.put_object(Bucket=IN, Key="reports/q3.csv", Body=b"a,b\n1,2\n3,4\n")["ETag"]
+    with daemon(config, short_tmp / "p.sock") as proc:
+        job_id = submit(config, "reports/q3.csv", etag)
+        job = wait_state(config, job_id, {"succeeded", "failed"})
+        assert job["state"] == "succeeded", job
+        manifest = json.loads(s3.get_object(Bucket=OUT, Key="reports/q3.csv/_manifest.json")["Body"].read())
+        assert manifest["job_id"] == job_id
+        summary = json.loads(s3.get_object(Bucket=OUT, Key="reports/q3.csv/summary.json")["Body"].read())
+        assert summary["rows"] == 2
+        listing = processorctl(config, "list")
+        assert job_id in listing.stdout and "succeeded" in listing.stdout
+        assert [j["id"] for j in json.loads(processorctl(config, "list", "--json", "--state", "succeeded").stdout)] == [job_id]
+        status = json.loads(processorctl(config, "status", "--json").stdout)
+        assert status["daemon"]["pid"] == proc.pid and status["counts"]["succeeded"] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    log_lines = (short_tmp / "state" / "logs" / "processor.jsonl").read_text().splitlines()
+    finished = [json.loads(line) for line in log_lines if '"job_finished"' in line]
+    assert finished and finished[0]["job_id"] == job_id and finished[0]["state"] == "succeeded"
+
+
+def test_jobs_submitted_while_down_run_when_the_daemon_starts(
+    s3: Any, moto_endpoint: str, short_tmp: Path
+) -> None:
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint)
+    ids = []
+    for n in range(3):
+        etag = s3.put_object(Bucket=IN, Key=f"while-down/{n}.txt", Body=b"word " * n)["ETag"]
+        ids.append(submit(config, f"while-down/{n}.txt", etag))
+    with daemon(config, short_tmp / "p.sock"):
+        for job_id in ids:
+            assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"
+
+
+def test_kill_9_mid_job_is_requeued_and_completes(s3: Any, moto_endpoint: str, short_tmp: Path) -> None:
+    marker = short_tmp / "attempts"
+    # Slow on the first attempt only, so the kill lands while the command runs.
+    body = (
+        "import sys, time, pathlib; m = pathlib.Path(%r); n = len(m.read_text()) if m.exists() else 0;"
+        "m.write_text('x' * (n + 1)); time.sleep(30 if n == 0 else 0);"
+        "(pathlib.Path(sys.argv[2]) / 'done.txt').write_text(str(n + 1))" % str(marker)
+    )
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
+                          command=[sys.executable, "-c", body, "{input}", "{output_dir}"])
+    etag = s3.put_object(Bucket=IN, Key="crash.txt", Body=b"x")["ETag"]
+    job_id = submit(config, "crash.txt", etag)
+    with daemon(config, short_tmp / "p.sock") as proc:
+        wait_state(config, job_id, {"running"})
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert json.loads(processorctl(config, "show", job_id, "--json").stdout)["state"] == "running"
+    with daemon(config, short_tmp / "p.sock"):
+        job = wait_state(config, job_id, {"succeeded", "failed"})
+    assert job["state"] == "succeeded" and job["attempts"] == 2
+    reasons = [t["reason"] for t in job["transitions"]]
+    assert "interrupted: daemon restarted" in reasons
+    assert s3.get_object(Bucket=OUT, Key="crash.txt/done.txt")["Body"].read() == b"2"
+    assert not any((short_tmp / "state" / "work").iterdir())
+
+
+def test_unknown_config_key_stops_the_daemon_with_a_clear_error(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    config.write_text(config.read_text().replace("[processing]", "[processing]\nconcurency = 4"))
+    done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "processing.concurency" in done.stderr
+    bad = processorctl(config, "list")
+    assert bad.returncode == 2 and "processing.concurency" in bad.stderr
+
+
+def test_missing_output_bucket_is_named(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    config.write_text(config.read_text().replace('output_bucket = "out"', ""))
+    done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "s3.output_bucket" in done.stderr

@@ -1,0 +1,84 @@
+"""The S3 adapter against the emulator over real HTTP (no patching of boto3)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from worker.config import S3Settings
+from worker.errors import ObjectChanged, StorageError
+from worker.s3 import S3Store
+
+
+@pytest.fixture
+def store(aws: Callable[[str], Any], moto_endpoint: str) -> S3Store:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket="in-bucket")
+    s3.create_bucket(Bucket="out-bucket")
+    return S3Store.from_settings(S3Settings(output_bucket="out-bucket", endpoint_url=moto_endpoint))
+
+
+def test_head_and_download_round_trip(store: S3Store, aws: Callable[[str], Any], tmp_path: Path) -> None:
+    body = b"x" * (40 * 1024 * 1024 + 7)  # above the multipart threshold: ranged GETs
+    aws("s3").put_object(Bucket="in-bucket", Key="dir/big file.bin", Body=body)
+    info = store.head("in-bucket", "dir/big file.bin")
+    assert info.size == len(body) and info.etag
+    seen: list[int] = []
+    store.download("in-bucket", "dir/big file.bin", tmp_path / "input", progress=seen.append)
+    assert (tmp_path / "input").read_bytes() == body
+    assert sum(seen) == len(body)
+
+
+def test_head_with_a_stale_etag_is_object_changed(store: S3Store, aws: Callable[[str], Any]) -> None:
+    aws("s3").put_object(Bucket="in-bucket", Key="k", Body=b"v2")
+    with pytest.raises(ObjectChanged) as info:
+        store.head("in-bucket", "k", etag=hashlib.md5(b"v1").hexdigest())  # noqa: S324
+    assert not info.value.retryable
+    assert store.head("in-bucket", "k", etag=hashlib.md5(b"v2").hexdigest()).size == 2  # noqa: S324
+
+
+def test_versioned_head_and_download_pin_the_version(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path
+) -> None:
+    s3 = aws("s3")
+    s3.put_bucket_versioning(Bucket="in-bucket", VersioningConfiguration={"Status": "Enabled"})
+    v1 = s3.put_object(Bucket="in-bucket", Key="k", Body=b"first")["VersionId"]
+    s3.put_object(Bucket="in-bucket", Key="k", Body=b"second!")
+    assert store.head("in-bucket", "k", version_id=v1).size == 5
+    store.download("in-bucket", "k", tmp_path / "f", version_id=v1)
+    assert (tmp_path / "f").read_bytes() == b"first"
+
+
+def test_missing_object_and_bucket_are_permanent_errors(store: S3Store) -> None:
+    with pytest.raises(StorageError) as info:
+        store.head("in-bucket", "nope.csv")
+    assert not info.value.retryable and "nope.csv" in str(info.value)
+    with pytest.raises(StorageError) as info:
+        store.put_json("no-such-bucket", "k", {"a": 1})
+    assert not info.value.retryable and "NoSuchBucket" in str(info.value)
+
+
+def test_upload_put_json_and_delete(store: S3Store, aws: Callable[[str], Any], tmp_path: Path) -> None:
+    src = tmp_path / "r.json"
+    src.write_bytes(b'{"ok": true}')
+    key = "res/$(rm -rf ~) ../x/r.json"
+    store.upload_file(src, "out-bucket", key, content_type="application/json")
+    s3 = aws("s3")
+    assert s3.get_object(Bucket="out-bucket", Key=key)["Body"].read() == b'{"ok": true}'
+    store.put_json("out-bucket", "m/_manifest.json", {"key": "日本"})
+    assert "日本" in s3.get_object(Bucket="out-bucket", Key="m/_manifest.json")["Body"].read().decode()
+    store.delete("out-bucket", "m/_manifest.json")
+    store.delete("out-bucket", "m/_manifest.json")  # deleting a missing key is fine
+    assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="m/")
+
+
+def test_unreachable_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    dead = S3Store.from_settings(S3Settings(output_bucket="out-bucket", endpoint_url="http://127.0.0.1:9"))
+    with pytest.raises(StorageError) as info:
+        dead.head("in-bucket", "k")
+    assert info.value.retryable and info.value.code == "Transport"

@@ -1,0 +1,131 @@
+"""Configuration: exact key names, env overrides, clear errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import DEFAULT_CONFIG_PATH, config_path, load_settings, settings_from_mapping
+from worker.errors import ConfigError
+
+MINIMAL = {"s3": {"output_bucket": "out"}}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "processor.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[s3]
+output_bucket = "processor-output"
+output_prefix = ""
+endpoint_url = ""
+region = "us-east-1"
+[processing]
+command = ["/opt/processor/bin/process", "{input}", "{output_dir}"]
+concurrency = 2
+timeout_s = 3600
+max_attempts = 3
+[paths]
+state_dir = "/var/lib/processor"
+socket = "/run/processor/processor.sock"
+[logging]
+level = "info"
+journald = true
+cloudwatch_log_group = ""
+""")
+    s = load_settings(path, environ={})
+    assert s.s3.output_bucket == "processor-output"
+    assert s.processing.command == ("/opt/processor/bin/process", "{input}", "{output_dir}")
+    assert s.processing.concurrency == 2
+    assert s.paths.ledger == Path("/var/lib/processor/ledger/ledger.db")
+    assert s.logging.journald is True
+
+
+def test_defaults_fill_everything_but_the_bucket() -> None:
+    s = settings_from_mapping(MINIMAL, {})
+    assert s.s3.region == "us-east-1"
+    assert s.paths.state_dir == Path("/var/lib/processor")
+    assert s.processing.max_attempts == 3
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"s3": {"output_bucket": "o", "outptu_prefix": "x"}}, {})
+    assert info.value.key == "s3.outptu_prefix"
+    assert "s3.outptu_prefix" in str(info.value)
+
+
+def test_unknown_section_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"\[s4\]"):
+        settings_from_mapping({**MINIMAL, "s4": {}}, {})
+
+
+def test_missing_output_bucket_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"s3": {"region": "eu-west-1"}}, {})
+    assert info.value.key == "s3.output_bucket"
+    with pytest.raises(ConfigError, match="s3.output_bucket"):
+        settings_from_mapping({"s3": {"output_bucket": "  "}}, {})
+
+
+@pytest.mark.parametrize("section,key,value,fragment", [
+    ("processing", "concurrency", 0, "processing.concurrency"),
+    ("processing", "concurrency", "2", "processing.concurrency must be an integer"),
+    ("processing", "concurrency", True, "processing.concurrency must be an integer"),
+    ("processing", "command", [], "processing.command"),
+    ("processing", "command", "process {input}", "processing.command must be a non-empty array"),
+    ("processing", "command", ["/bin/x", "{output_dir}"], "{input}"),
+    ("processing", "max_attempts", 0, "processing.max_attempts"),
+    ("paths", "state_dir", "relative/dir", "paths.state_dir must be an absolute path"),
+    ("paths", "socket", "/" + "s" * 120, "paths.socket"),
+    ("logging", "level", "loud", "logging.level"),
+    ("logging", "journald", "yes", "logging.journald must be true or false"),
+    ("s3", "endpoint_url", "localhost:4566", "s3.endpoint_url"),
+])
+def test_bad_values_are_named(section: str, key: str, value: object, fragment: str) -> None:
+    raw = {"s3": {"output_bucket": "o"}}
+    raw.setdefault(section, {})[key] = value  # type: ignore[index]
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, {})
+    assert fragment in str(info.value)
+
+
+def test_environment_overrides_the_file() -> None:
+    env = {
+        "PROCESSOR_S3_OUTPUT_BUCKET": "from-env",
+        "PROCESSOR_PROCESSING_CONCURRENCY": "4",
+        "PROCESSOR_LOGGING_JOURNALD": "false",
+        "PROCESSOR_PROCESSING_COMMAND": '["/bin/p", "{input}"]',
+        "PROCESSOR_CONFIG": "/ignored/here",
+        "UNRELATED": "x",
+    }
+    s = settings_from_mapping(MINIMAL, env)
+    assert s.s3.output_bucket == "from-env"
+    assert s.processing.concurrency == 4
+    assert s.logging.journald is False
+    assert s.processing.command == ("/bin/p", "{input}")
+
+
+def test_bad_environment_override_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="PROCESSOR_PROCESSING_CONCURRENCY"):
+        settings_from_mapping(MINIMAL, {"PROCESSOR_PROCESSING_CONCURRENCY": "many"})
+    with pytest.raises(ConfigError, match="PROCESSOR_S3_BUKET.*s3.buket"):
+        settings_from_mapping(MINIMAL, {"PROCESSOR_S3_BUKET": "x"})
+
+
+def test_file_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[s3\n"), environ={})
+
+
+def test_config_path_precedence() -> None:
+    assert config_path("/a.toml", {"PROCESSOR_CONFIG": "/b.toml"}) == Path("/a.toml")
+    assert config_path(None, {"PROCESSOR_CONFIG": "/b.toml"}) == Path("/b.toml")
+    assert config_path(None, {}) == DEFAULT_CONFIG_PATH

@@ -1,0 +1,153 @@
+"""The SQLite ledger: durable submit, one row per identity, checked transitions."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import processorctl, write_config
+from worker.errors import InvalidTransition, JobNotFound, LedgerError
+from worker.job import Identity, JobState
+from worker.ledger import Ledger
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: Clock) -> Ledger:
+    with Ledger(tmp_path / "ledger" / "ledger.db", clock=clock) as opened:
+        yield opened
+
+
+def test_submit_is_idempotent_per_identity(ledger: Ledger) -> None:
+    ident = Identity("in", "a.csv", None, "etag1")
+    job, created = ledger.submit(ident)
+    again, created_again = ledger.submit(ident)
+    assert created and not created_again
+    assert again.id == job.id and again.state is JobState.QUEUED
+    assert len(ledger.list()) == 1
+    assert ledger.history(job.id) == [
+        {"from_state": None, "to_state": "queued", "at": 1000.0, "attempt": 0, "reason": "submitted"}
+    ]
+
+
+def test_duplicate_of_a_finished_job_returns_it_unchanged(ledger: Ledger) -> None:
+    job, _ = ledger.submit(Identity("in", "a", "v1"))
+    ledger.claim_next()
+    ledger.transition(job.id, JobState.SUCCEEDED, finished_at=1.0)
+    again, created = ledger.submit(Identity("in", "a", "v1"))
+    assert not created and again.state is JobState.SUCCEEDED
+    # A new version of the same key is a new job.
+    newer, created = ledger.submit(Identity("in", "a", "v2"))
+    assert created and newer.id != job.id
+
+
+def test_claim_counts_attempts_and_respects_due_time(ledger: Ledger, clock: Clock) -> None:
+    first, _ = ledger.submit(Identity("in", "first", None, "e"))
+    clock.now += 1
+    second, _ = ledger.submit(Identity("in", "second", None, "e"))
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == first.id
+    assert claimed.state is JobState.RUNNING and claimed.attempts == 1
+    # Retry later: not due yet, so the other job goes first.
+    ledger.transition(first.id, JobState.QUEUED, next_attempt_at=clock.now + 60, reason="retry")
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == second.id
+    assert ledger.claim_next() is None
+    assert ledger.next_due_at() == clock.now + 60
+    clock.now += 61
+    again = ledger.claim_next()
+    assert again is not None and again.id == first.id and again.attempts == 2
+
+
+def test_illegal_transition_raises_and_changes_nothing(ledger: Ledger) -> None:
+    job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    with pytest.raises(InvalidTransition):
+        ledger.transition(job.id, JobState.SUCCEEDED)
+    assert ledger.get(job.id).state is JobState.QUEUED
+    assert len(ledger.history(job.id)) == 1
+    with pytest.raises(InvalidTransition):
+        ledger.transition(job.id, JobState.CANCELLED, expect=JobState.RUNNING)
+    with pytest.raises(JobNotFound):
+        ledger.transition("j-nope", JobState.RUNNING)
+
+
+def test_interrupted_jobs_are_requeued_on_start(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(path, clock=clock) as first:
+        job, _ = first.submit(Identity("in", "k", None, "e"))
+        first.claim_next()
+    # A new process (a restarted daemon) opens the same file.
+    with Ledger(path, clock=clock) as second:
+        requeued = second.requeue_interrupted("restart")
+        assert [j.id for j in requeued] == [job.id]
+        state = second.get(job.id)
+        assert state.state is JobState.QUEUED and state.attempts == 1
+        assert second.history(job.id)[-1]["reason"] == "restart"
+
+
+def test_counts_cover_every_state(ledger: Ledger) -> None:
+    ledger.submit(Identity("in", "a", None, "e"))
+    assert ledger.counts() == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+
+
+def test_ledger_is_wal_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(path) as ledger:
+        job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    with Ledger(path) as ledger:
+        assert ledger.get(job.id).key == "k"
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger(blocker / "ledger.db")
+
+
+def _submit_many(path: str, worker: int) -> list[str]:
+    ids = []
+    with Ledger(Path(path)) as ledger:
+        for i in range(30):
+            job, _ = ledger.submit(Identity("in", f"key-{i}", None, "e"))
+            ids.append(job.id)
+    return ids
+
+
+def test_concurrent_submitters_in_separate_processes(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.starmap(_submit_many, [(str(path), n) for n in range(4)])
+    assert all(r == results[0] for r in results)
+    with Ledger(path) as ledger:
+        assert len(ledger.list()) == 30
+
+
+def test_processorctl_submit_works_with_the_daemon_down(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    done = processorctl(config, "submit", "--bucket", "in", "--key=-rf $(reboot)", "--etag", '"abc"')
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    dup = processorctl(config, "submit", "--bucket", "in", "--key=-rf $(reboot)", "--etag", "abc", "--json")
+    assert dup.returncode == 0 and f'"job_id": "{job_id}"' in dup.stdout and '"created": false' in dup.stdout
+    with Ledger(short_tmp / "state" / "ledger" / "ledger.db") as ledger:
+        job = ledger.get(job_id)
+    assert job.key == "-rf $(reboot)" and job.etag == "abc" and job.state is JobState.QUEUED

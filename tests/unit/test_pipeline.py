@@ -1,0 +1,214 @@
+"""One job through download -> command -> upload, on a fake store and a real SQLite ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from tests.fakes import FakeStore
+from worker.config import settings_from_mapping
+from worker.errors import StorageError
+from worker.job import Identity, Job, JobState
+from worker.ledger import Ledger
+from worker.pipeline import FAILED_NAME, MANIFEST_NAME, Pipeline
+from worker.process import StopToken
+
+OUT = "out"
+
+
+def script(body: str) -> list[str]:
+    """A processing command: Python code with argv[1]=input, argv[2]=output dir."""
+    return [sys.executable, "-c", body, "{input}", "{output_dir}"]
+
+
+COPY_UPPER = script(
+    "import sys, pathlib; o = pathlib.Path(sys.argv[2]);"
+    "(o / 'upper.txt').write_bytes(pathlib.Path(sys.argv[1]).read_bytes().upper());"
+    "(o / 'nested').mkdir(); (o / 'nested' / 'n.txt').write_text('n')"
+)
+
+
+def make(tmp_path: Path, command: list[str], **processing: object) -> tuple[Pipeline, Ledger, FakeStore]:
+    settings = settings_from_mapping(
+        {
+            "s3": {"output_bucket": OUT, "output_prefix": "results/"},
+            "processing": {"command": command, "retry_base_s": 10, "timeout_s": 30,
+                           "kill_grace_s": 1, **processing},
+            "paths": {"state_dir": str(tmp_path / "state"), "socket": str(tmp_path / "s.sock")},
+        },
+        {},
+    )
+    clock = Clock()
+    ledger = Ledger(settings.paths.ledger, clock=clock)
+    store = FakeStore()
+    return Pipeline(settings, store, ledger, clock=clock), ledger, store
+
+
+class Clock:
+    """Wall time, plus an offset a test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def claim(ledger: Ledger, store: FakeStore, key: str, body: bytes = b"hello") -> Job:
+    etag = store.put("in", key, body)
+    ledger.submit(Identity("in", key, None, etag))
+    job = ledger.claim_next()
+    assert job is not None
+    return job
+
+
+def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    store.put(OUT, "results/a/b.txt/_failed.json", b"{}")  # from an earlier failed version
+    job = claim(ledger, store, "a/b.txt")
+    with structlog.testing.capture_logs() as logs:
+        done = pipeline.run(job)
+    assert done.state is JobState.SUCCEEDED and done.result_prefix == "results/a/b.txt/"
+    assert store.objects[(OUT, "results/a/b.txt/upper.txt")] == b"HELLO"
+    assert store.objects[(OUT, "results/a/b.txt/nested/n.txt")] == b"n"
+    assert (OUT, "results/a/b.txt/_failed.json") not in store.objects
+    writes = [c for c in store.calls if c[0] in {"upload", "put_json", "delete"}]
+    assert writes[-1] == ("put_json", OUT, "results/a/b.txt/_manifest.json")
+    manifest = store.json(OUT, "results/a/b.txt/" + MANIFEST_NAME)
+    assert manifest["job_id"] == job.id and manifest["attempts"] == 1
+    assert manifest["source"]["key"] == "a/b.txt" and manifest["source"]["size"] == 5
+    by_path = {o["path"]: o for o in manifest["outputs"]}
+    assert by_path["upper.txt"]["sha256"] == hashlib.sha256(b"HELLO").hexdigest()
+    assert by_path["upper.txt"]["size"] == 5 and set(by_path) == {"upper.txt", "nested/n.txt"}
+    assert {"download_s", "process_s", "upload_s", "started_at"} <= set(manifest["timings"])
+    assert not (tmp_path / "state" / "work" / job.id).exists()
+    assert any(e["event"] == "upload_finished" for e in logs)
+
+
+def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, script("import sys; sys.stderr.write('bad row 7\\n'); sys.exit(3)"))
+    job = claim(ledger, store, "x.csv")
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and done.exit_code == 3
+    assert "bad row 7" in (done.stderr_tail or "")
+    failed = store.json(OUT, "results/x.csv/" + FAILED_NAME)
+    assert failed["exit_code"] == 3 and "bad row 7" in failed["stderr_tail"]
+    assert failed["source"]["key"] == "x.csv" and failed["job_id"] == job.id
+    assert (OUT, "results/x.csv/" + MANIFEST_NAME) not in store.objects
+    log = (tmp_path / "state" / "logs" / "jobs" / f"{job.id}.log").read_text()
+    assert "bad row 7" in log
+    assert not (tmp_path / "state" / "work" / job.id).exists()
+
+
+def test_exit_75_retries_with_backoff_then_gives_up(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, script("import sys; sys.exit(75)"), max_attempts=2)
+    job = claim(ledger, store, "t.csv")
+    before = time.time()
+    again = pipeline.run(job)
+    assert again.state is JobState.QUEUED
+    assert before + 5 <= again.next_attempt_at <= time.time() + 10  # equal jitter of 10 s
+    assert (OUT, "results/t.csv/" + FAILED_NAME) not in store.objects
+    assert ledger.claim_next() is None  # not due yet
+    pipeline.clock.offset += 11  # type: ignore[attr-defined]
+    second = ledger.claim_next()
+    assert second is not None and second.attempts == 2
+    final = pipeline.run(second)
+    assert final.state is JobState.FAILED and "gave up after 2 attempts" in (final.error or "")
+    assert store.json(OUT, "results/t.csv/" + FAILED_NAME)["attempts"] == 2
+
+
+def test_missing_object_fails_at_once_naming_the_key(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "gone.csv")
+    del store.objects[("in", "gone.csv")]
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and "gone.csv" in (done.error or "")
+    assert "not found" in (done.error or "")
+
+
+def test_retryable_storage_error_requeues(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "k")
+    store.fail_head = StorageError("head s3://in/k: SlowDown", retryable=True, code="SlowDown")
+    done = pipeline.run(job)
+    assert done.state is JobState.QUEUED and "SlowDown" in (done.error or "")
+
+
+def test_overwritten_object_is_cancelled_as_superseded(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "k", b"v1")
+    store.put("in", "k", b"v2 is newer")
+    done = pipeline.run(job)
+    assert done.state is JobState.CANCELLED and "superseded" in (done.error or "")
+    assert (OUT, "results/k/" + FAILED_NAME) not in store.objects
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("import sys, pathlib; (pathlib.Path(sys.argv[2]) / '_manifest.json').write_text('{}')", "reserved"),
+    ("import sys, os; os.symlink('/etc/passwd', os.path.join(sys.argv[2], 'leak'))", "not a regular file"),
+])
+def test_outputs_that_break_the_contract_fail_the_job(tmp_path: Path, body: str, fragment: str) -> None:
+    pipeline, ledger, store = make(tmp_path, script(body))
+    job = claim(ledger, store, "k")
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and fragment in (done.error or "")
+    assert (OUT, "results/k/" + MANIFEST_NAME) not in store.objects
+
+
+def test_hostile_key_never_reaches_a_path_or_an_option(tmp_path: Path) -> None:
+    record = tmp_path / "argv.json"
+    body = (
+        "import sys, os, json; json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(),"
+        " 'key': os.environ['PROCESSOR_SOURCE_KEY'], 'input': os.environ['PROCESSOR_INPUT']},"
+        f" open({str(record)!r}, 'w'))"
+    )
+    pipeline, ledger, store = make(tmp_path, script(body))
+    key = "--help ../../etc/$(touch pwned);`id`|&\n\x1b[2J日本/" + "x" * 900
+    job = claim(ledger, store, key)
+    done = pipeline.run(job)
+    assert done.state is JobState.SUCCEEDED
+    seen = json.loads(record.read_text())
+    work = tmp_path / "state" / "work" / job.id
+    assert seen["argv"] == [str(work / "input"), str(work / "output")]
+    assert seen["key"] == key and seen["cwd"] == str(work)
+    assert not (tmp_path / "pwned").exists() and not list(tmp_path.glob("**/pwned"))
+
+
+def test_timeout_stops_the_command_and_is_recorded(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, script("import time; time.sleep(60)"), timeout_s=1)
+    job = claim(ledger, store, "slow")
+    started = time.monotonic()
+    done = pipeline.run(job)
+    assert time.monotonic() - started < 20
+    assert done.state is JobState.FAILED and "timed out after 1s" in (done.error or "")
+
+
+def test_cancel_and_shutdown_tokens(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, script("import time; time.sleep(60)"))
+    for reason, expected in ((StopToken.CANCEL, JobState.CANCELLED), (StopToken.SHUTDOWN, JobState.QUEUED)):
+        job = claim(ledger, store, f"k-{reason}")
+        token = StopToken()
+        token.stop(reason)
+        assert pipeline.run(job, token).state is expected
+
+
+def test_object_larger_than_free_space_is_refused(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "huge")
+    store.size_override = 1 << 60
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and "bytes free" in (done.error or "")
+    assert ("download", "in", "huge") not in store.calls
+
+
+def test_command_that_cannot_start_fails_clearly(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, ["/nonexistent/processor-bin", "{input}"])
+    job = claim(ledger, store, "k")
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and "/nonexistent/processor-bin" in (done.error or "")

@@ -1,0 +1,613 @@
+"""A local stand-in for the SSM Agent: runs our Command documents on "this instance".
+
+The emulator (moto) records ``SendCommand`` but runs nothing, so ``processor
+local`` needs something that does what the SSM Agent does on EC2: poll for
+commands aimed at this instance, fetch the document, check the parameters, and
+run each ``aws:runShellScript`` step with ``/bin/sh``. What it copies from the
+real service and agent, and where it differs:
+
+* Parameters are checked as the service and the agent do: unknown names,
+  missing required values, several values for a ``String``, ``allowedValues``,
+  ``minChars``/``maxChars`` and ``allowedPattern``; defaults are filled in and
+  checked too. On AWS a bad parameter makes ``SendCommand`` itself fail; the
+  emulator accepts anything, so here the command ends ``InvalidParameters``
+  and nothing runs.
+* ``allowedPattern`` is matched the way the agent (Go, RE2) matches it:
+  ``regexp.MatchString`` - an unanchored search with the pattern exactly as
+  written, so the pattern carries its own ``^...$``. RE2's ``$`` is the end of
+  the text, while Python's also matches before a final newline; the pattern is
+  translated so ``"a.csv\\n"`` fails here as it fails there. RE2 features that
+  Python lacks, and RE2's limits (counted repetition above 1000, lookaround,
+  back-references), are rejected, so a pattern that works here compiles on the
+  agent too.
+* A parameter declared with ``interpolationType: ENV_VAR`` reaches the script
+  as the environment variable ``SSM_<Name>`` (AWS: "the system creates an
+  environment variable named SSM_parameter-name containing the parameter
+  value"). The script text is left as written: double-brace placeholders of an
+  ENV_VAR parameter are NOT filled in, and a warning is logged. AWS's own
+  example still writes such a placeholder next to ENV_VAR and says
+  allowedPattern is only unneeded when a document uses no double braces - i.e.
+  the agent may still paste the value there. Leaving them unfilled makes a
+  document that relies on that fail visibly here instead of working by the
+  same injectable path; our documents use none (a test checks).
+* Parameters without ENV_VAR are pasted into the step inputs textually, as the
+  agent's ``ReplaceParameter`` does (``{{\\s*Name\\s*}}``, every occurrence,
+  value inserted raw). This is what makes such documents injectable, and the
+  tests show it.
+* Scripts run one at a time, in request order, each in its own session so a
+  timeout kills the whole process group; values never appear on a command
+  line, and ``shell=True`` is never used.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+LOGGER = logging.getLogger("processor.local.agent")
+
+#: Command statuses this agent reports (a subset of SSM's invocation statuses).
+STATUS_SUCCESS = "Success"
+STATUS_FAILED = "Failed"
+STATUS_INVALID_PARAMETERS = "InvalidParameters"
+STATUS_TIMED_OUT = "TimedOut"
+
+#: The agent's default for a step without ``timeoutSeconds`` (aws:runShellScript: 3600 s).
+DEFAULT_STEP_TIMEOUT_S = 3600
+#: Longest value preview an error message shows.
+_PREVIEW_CHARS = 60
+#: RE2 rejects counted repetitions above this (Go regexp/syntax docs).
+_RE2_MAX_REPEAT = 1000
+#: Command statuses that mean "do not run".
+_SKIP_STATUSES = frozenset({"Cancelled", "Cancelling"})
+
+
+class InvalidParameters(ValueError):
+    """A command's parameters do not fit its document; ``name`` is the parameter."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"parameter {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class InvalidDocument(ValueError):
+    """The document is one this agent cannot run (bad pattern, unsupported action...)."""
+
+
+class SsmClient(Protocol):
+    """The calls of a boto3 SSM client that the agent makes."""
+
+    def list_commands(self, **kwargs: Any) -> Any: ...
+
+    def get_document(self, **kwargs: Any) -> Any: ...
+
+
+@dataclass
+class CommandResult:
+    """What happened to one command on this instance."""
+
+    command_id: str
+    instance_id: str
+    document_name: str
+    status: str
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    parameters: dict[str, list[str]] = field(default_factory=dict)
+
+
+# --- allowedPattern: RE2 semantics in Python ---------------------------------------------
+
+
+def _preview(value: str) -> str:
+    if len(value) <= _PREVIEW_CHARS:
+        return repr(value)
+    return f"{value[:_PREVIEW_CHARS]!r}... ({len(value)} characters)"
+
+
+_COUNTED_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+_UNSUPPORTED_GROUPS = ("(?=", "(?!", "(?<=", "(?<!", "(?>", "(?<")
+_UNSUPPORTED_ESCAPES = {
+    "Z": "\\Z (RE2 has only \\z)",
+    "p": "\\p{...} Unicode classes (Python's re lacks them)",
+    "P": "\\P{...} Unicode classes (Python's re lacks them)",
+    "Q": "\\Q...\\E quoting (Python's re lacks it)",
+}
+
+
+@functools.lru_cache(maxsize=128)
+def _compile_allowed_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile an RE2 ``allowedPattern`` into a Python regex with the same meaning.
+
+    Raises ``ValueError`` for syntax the agent would reject or Python would read
+    differently.
+    """
+    multiline = re.search(r"\(\?[a-zA-Z]*m[a-zA-Z]*[:)]", pattern) is not None
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            if i + 1 >= n:
+                raise ValueError("pattern ends with a backslash")
+            nxt = pattern[i + 1]
+            if not in_class and nxt in "123456789":
+                raise ValueError("back-references are not supported by RE2")
+            if nxt in _UNSUPPORTED_ESCAPES:
+                raise ValueError(f"unsupported escape: {_UNSUPPORTED_ESCAPES[nxt]}")
+            if nxt == "x" and pattern[i + 2 : i + 3] == "{":
+                raise ValueError("unsupported escape: \\x{...} (Python's re lacks it)")
+            # RE2's \z (end of text) is Python's \Z.
+            out.append("\\Z" if nxt == "z" and not in_class else pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if pattern.startswith("[:", i):
+                raise ValueError("POSIX classes [[:name:]] are not supported by Python's re")
+            if ch == "]":
+                in_class = False
+            out.append(ch)
+            i += 1
+            continue
+        if ch == "[":
+            in_class = True
+            # A "]" right after "[" or "[^" is a literal in both dialects.
+            j = i + 1
+            if pattern[j : j + 1] == "^":
+                j += 1
+            if pattern[j : j + 1] == "]":
+                j += 1
+            out.append(pattern[i:j])
+            i = j
+            continue
+        if ch == "(" and pattern.startswith(_UNSUPPORTED_GROUPS, i):
+            raise ValueError("lookaround, atomic and (?<name>) groups are not supported")
+        if ch == "{":
+            match = _COUNTED_REPEAT.match(pattern, i)
+            if match:
+                counts = [int(c) for c in match.groups() if c]
+                if any(c > _RE2_MAX_REPEAT for c in counts):
+                    raise ValueError(
+                        f"counted repetition {match.group(0)} exceeds RE2's limit of "
+                        f"{_RE2_MAX_REPEAT}"
+                    )
+                out.append(match.group(0))
+                i = match.end()
+                continue
+            # Not a repetition in RE2 (e.g. "{,3}"), so a literal; Python might disagree.
+            out.append("\\{")
+            i += 1
+            continue
+        # RE2's "$" without (?m) is the end of the text (like \z), never "before a final \n".
+        out.append("\\Z" if ch == "$" and not multiline else ch)
+        i += 1
+    if in_class:
+        raise ValueError("unterminated character class")
+    # RE2's \d \w \s \b are ASCII-only.
+    return re.compile("".join(out), re.ASCII)
+
+
+def pattern_matches(pattern: str, value: str) -> bool:
+    """Whether ``value`` passes ``allowedPattern`` as the SSM Agent checks it.
+
+    The agent calls Go's ``regexp.MatchString``: a search, not a full match, so
+    the pattern must be anchored to be strict. Raises ``ValueError`` for a
+    pattern the agent could not compile.
+    """
+    return _compile_allowed_pattern(pattern).search(value) is not None
+
+
+# --- parameters ------------------------------------------------------------------------
+
+
+def _as_int(definition: Mapping[str, Any], key: str) -> int | None:
+    raw = definition.get(key)
+    return None if raw is None else int(raw)
+
+
+def _check_value(name: str, definition: Mapping[str, Any], value: str) -> None:
+    allowed_values = definition.get("allowedValues")
+    if allowed_values is not None and value not in [str(v) for v in allowed_values]:
+        raise InvalidParameters(
+            name, f"value {_preview(value)} is not one of the allowed values {allowed_values}"
+        )
+    min_chars, max_chars = _as_int(definition, "minChars"), _as_int(definition, "maxChars")
+    if min_chars is not None and len(value) < min_chars:
+        raise InvalidParameters(name, f"value {_preview(value)} is shorter than {min_chars}")
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidParameters(name, f"value {_preview(value)} is longer than {max_chars}")
+    pattern = definition.get("allowedPattern")
+    if pattern is None:
+        return
+    try:
+        ok = pattern_matches(str(pattern), value)
+    except (ValueError, re.error) as exc:
+        raise InvalidDocument(
+            f"parameter {name!r}: allowedPattern {pattern!r} cannot be used: {exc}"
+        ) from exc
+    if not ok:
+        raise InvalidParameters(
+            name, f"value {_preview(value)} does not match the allowed pattern {pattern}"
+        )
+
+
+def validate_parameters(
+    content: Mapping[str, Any], parameters: Mapping[str, Sequence[str]]
+) -> dict[str, str]:
+    """Check ``SendCommand``-style ``parameters`` against the document ``content``.
+
+    Returns every declared parameter's value, defaults included. Raises
+    :class:`InvalidParameters` naming the first bad parameter, or
+    :class:`InvalidDocument` when the document itself cannot be used.
+    """
+    declared: Mapping[str, Any] = content.get("parameters") or {}
+    for name in parameters:
+        if name not in declared:
+            raise InvalidParameters(name, "is not a parameter of this document")
+    resolved: dict[str, str] = {}
+    for name, definition in declared.items():
+        if not isinstance(definition, Mapping):
+            raise InvalidDocument(f"parameter {name!r}: definition must be a mapping")
+        param_type = definition.get("type", "String")
+        if param_type != "String":
+            raise InvalidDocument(
+                f"parameter {name!r}: type {param_type!r} is not supported by the local agent"
+            )
+        if name in parameters:
+            values = parameters[name]
+            if isinstance(values, str) or len(values) != 1:
+                count = "a bare string" if isinstance(values, str) else f"{len(values)} values"
+                raise InvalidParameters(
+                    name, f"a String parameter takes exactly one value, got {count}"
+                )
+            value = values[0]
+            if not isinstance(value, str):
+                raise InvalidParameters(name, f"value must be a string, got {type(value).__name__}")
+        elif "default" in definition:
+            value = str(definition["default"])
+        else:
+            raise InvalidParameters(name, "is required and has no default")
+        _check_value(name, definition, value)
+        resolved[name] = value
+    return resolved
+
+
+# --- steps -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RenderedStep:
+    name: str
+    script: str
+    env: dict[str, str]
+    timeout_s: float
+    working_directory: str | None
+
+
+def _is_env_var(definitions: Mapping[str, Any], name: str) -> bool:
+    definition = definitions.get(name)
+    return isinstance(definition, Mapping) and definition.get("interpolationType") == "ENV_VAR"
+
+
+def _placeholder(name: str) -> re.Pattern[str]:
+    return re.compile(r"\{\{\s*" + re.escape(name) + r"\s*\}\}")
+
+
+def _render(
+    step: Mapping[str, Any], values: Mapping[str, str], definitions: Mapping[str, Any]
+) -> _RenderedStep:
+    action = step.get("action")
+    step_name = str(step.get("name", action))
+    if action != "aws:runShellScript":
+        raise InvalidDocument(f"step {step_name!r}: action {action!r} is not supported")
+    inputs: Mapping[str, Any] = step.get("inputs") or {}
+    env_names = [name for name in values if _is_env_var(definitions, name)]
+    textual = {name: v for name, v in values.items() if name not in env_names}
+    # One pass over all placeholders, so a pasted value is never itself re-read
+    # as a placeholder (the Go agent's map-order loop could do that).
+    combined = (
+        re.compile(r"\{\{\s*(" + "|".join(re.escape(n) for n in textual) + r")\s*\}\}")
+        if textual
+        else None
+    )
+
+    def paste(text: str) -> str:
+        if combined is None:
+            return text
+        return combined.sub(lambda m: textual[m.group(1)], text)
+
+    commands = inputs.get("runCommand")
+    if isinstance(commands, str):
+        commands = [commands]
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise InvalidDocument(f"step {step_name!r}: runCommand must be a list of strings")
+    script = "\n".join(paste(line) for line in commands) + "\n"
+    for name in env_names:
+        if _placeholder(name).search(script):
+            LOGGER.warning(
+                "ENV_VAR parameter %s also appears as a double-brace placeholder in step %s; "
+                'left unfilled (read it as "$SSM_%s")',
+                name,
+                step_name,
+                name,
+            )
+    timeout_raw = inputs.get("timeoutSeconds")
+    timeout_s = (
+        float(paste(str(timeout_raw))) if timeout_raw is not None else DEFAULT_STEP_TIMEOUT_S
+    )
+    working_directory = inputs.get("workingDirectory")
+    return _RenderedStep(
+        name=step_name,
+        script=script,
+        env={f"SSM_{name}": values[name] for name in env_names},
+        timeout_s=timeout_s,
+        working_directory=paste(str(working_directory)) if working_directory else None,
+    )
+
+
+def render_step(
+    step: Mapping[str, Any],
+    values: Mapping[str, str],
+    definitions: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """The script text and the ``SSM_*`` environment for one ``aws:runShellScript`` step.
+
+    ``definitions`` is the document's ``parameters`` section: a parameter with
+    ``interpolationType: ENV_VAR`` goes to the environment only; any other is
+    pasted into the script text where its double-brace placeholder stands.
+    Without ``definitions`` every value is pasted (the pre-ENV_VAR behaviour).
+    """
+    rendered = _render(step, values, definitions or {})
+    return rendered.script, rendered.env
+
+
+def _precondition_holds(step: Mapping[str, Any]) -> bool:
+    precondition = step.get("precondition")
+    if not precondition:
+        return True
+    for operator, args in precondition.items():
+        if operator != "StringEquals" or not isinstance(args, list) or len(args) != 2:
+            raise InvalidDocument(f"unsupported precondition {precondition!r}")
+        if args[0] != "platformType":
+            raise InvalidDocument(f"unsupported precondition {precondition!r}")
+        if str(args[1]) != ("Linux" if sys.platform.startswith("linux") else sys.platform):
+            return False
+    return True
+
+
+def _parse_content(response: Mapping[str, Any]) -> dict[str, Any]:
+    text = response["Content"]
+    if response.get("DocumentFormat", "JSON") == "YAML":
+        content = yaml.safe_load(text)
+    else:
+        content = json.loads(text)
+    if not isinstance(content, dict):
+        raise InvalidDocument("document content is not a mapping")
+    if not str(content.get("schemaVersion", "")).startswith("2."):
+        raise InvalidDocument(f"schemaVersion {content.get('schemaVersion')!r} is not supported")
+    return content
+
+
+# --- the agent -------------------------------------------------------------------------
+
+
+class LocalSsmAgent:
+    """Polls the emulator for commands aimed at ``instance_id`` and runs them here."""
+
+    def __init__(
+        self,
+        ssm_client: SsmClient,
+        instance_id: str,
+        *,
+        env: Mapping[str, str],
+        work_dir: Path,
+        poll_interval: float = 0.2,
+        on_result: Callable[[CommandResult], None] | None = None,
+    ) -> None:
+        self._ssm = ssm_client
+        self.instance_id = instance_id
+        self._env = dict(env)
+        self._work_dir = Path(work_dir)
+        self._poll_interval = poll_interval
+        self._on_result = on_result
+        meta = getattr(ssm_client, "meta", None)
+        self._region = str(getattr(meta, "region_name", None) or "us-east-1")
+        self._seen: set[str] = set()
+        self._documents: dict[tuple[str, str], dict[str, Any]] = {}
+        self._results: list[CommandResult] = []
+        self._lock = threading.Lock()  # guards _results
+        self._run_lock = threading.Lock()  # one run_once at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def results(self) -> list[CommandResult]:
+        """Every command result so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._results)
+
+    def start(self) -> None:
+        """Poll every ``poll_interval`` seconds in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            raise RuntimeError("agent already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="local-ssm-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop polling; wait up to ``timeout`` for a running command to finish."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the loop outlives any one bad poll, like the real agent
+                LOGGER.exception("local SSM agent poll failed; retrying")
+            self._stop.wait(self._poll_interval)
+
+    def run_once(self) -> list[CommandResult]:
+        """Run every new command for this instance, in request order; return their results."""
+        with self._run_lock:
+            results = []
+            for command in self._pending_commands():
+                if self._stop.is_set() and self._thread is not None:
+                    break
+                self._seen.add(command["CommandId"])
+                result = self._execute(command)
+                with self._lock:
+                    self._results.append(result)
+                results.append(result)
+                if self._on_result is not None:
+                    try:
+                        self._on_result(result)
+                    except Exception:
+                        LOGGER.exception("on_result callback failed for %s", result.command_id)
+            return results
+
+    def _pending_commands(self) -> list[dict[str, Any]]:
+        commands: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"InstanceId": self.instance_id}
+        while True:
+            page = self._ssm.list_commands(**kwargs)
+            commands.extend(page.get("Commands", []))
+            token = page.get("NextToken")
+            if not token:
+                break
+            kwargs["NextToken"] = token
+        epoch = _dt.datetime.min.replace(tzinfo=_dt.UTC)
+        pending = [
+            c
+            for c in commands
+            if self.instance_id in c.get("InstanceIds", [])
+            and c["CommandId"] not in self._seen
+            and c.get("Status") not in _SKIP_STATUSES
+        ]
+        # Stable: ties keep the emulator's order. The real API lists newest first.
+        return sorted(pending, key=lambda c: c.get("RequestedDateTime") or epoch)
+
+    def _document(self, name: str, version: str | None) -> dict[str, Any]:
+        cacheable = version is not None and version.isdigit()
+        if cacheable and (name, str(version)) in self._documents:
+            return self._documents[(name, str(version))]
+        kwargs = {"Name": name}
+        if version:
+            kwargs["DocumentVersion"] = version
+        content = _parse_content(self._ssm.get_document(**kwargs))
+        if cacheable:
+            self._documents[(name, str(version))] = content
+        return content
+
+    def _execute(self, command: Mapping[str, Any]) -> CommandResult:
+        command_id = str(command["CommandId"])
+        raw_parameters = {k: list(v) for k, v in (command.get("Parameters") or {}).items()}
+        result = CommandResult(
+            command_id=command_id,
+            instance_id=self.instance_id,
+            document_name=str(command.get("DocumentName", "")),
+            status=STATUS_FAILED,
+            parameters=raw_parameters,
+        )
+        try:
+            content = self._document(result.document_name, command.get("DocumentVersion"))
+            values = validate_parameters(content, raw_parameters)
+            steps = content.get("mainSteps") or []
+            if not steps:
+                raise InvalidDocument("document has no mainSteps")
+            rendered = [
+                _render(step, values, content.get("parameters") or {})
+                for step in steps
+                if _precondition_holds(step)
+            ]
+        except InvalidParameters as exc:
+            result.status = STATUS_INVALID_PARAMETERS
+            result.error = str(exc)
+            LOGGER.warning("command %s rejected: %s", command_id, exc)
+            return result
+        except Exception as exc:  # noqa: BLE001 - a bad document or emulator error fails this command only
+            result.error = f"{type(exc).__name__}: {exc}"
+            LOGGER.warning("command %s failed before running: %s", command_id, result.error)
+            return result
+        result.status = STATUS_SUCCESS
+        for index, step in enumerate(rendered):
+            status, exit_code, stdout, stderr = self._run_step(command_id, index, step)
+            result.exit_code = exit_code
+            result.stdout += stdout
+            result.stderr += stderr
+            if status != STATUS_SUCCESS:
+                result.status = status
+                result.error = (
+                    f"step {step.name!r} timed out after {step.timeout_s:g}s"
+                    if status == STATUS_TIMED_OUT
+                    else f"step {step.name!r} exited with {exit_code}"
+                )
+                break
+        LOGGER.info(
+            "command %s (%s) finished: %s exit=%s",
+            command_id,
+            result.document_name,
+            result.status,
+            result.exit_code,
+        )
+        return result
+
+    def _run_step(
+        self, command_id: str, index: int, step: _RenderedStep
+    ) -> tuple[str, int | None, str, str]:
+        # Like the agent's orchestration dir: <work>/<command id>/<step>/_script.sh.
+        safe_step = re.sub(r"[^A-Za-z0-9_.-]", "_", step.name) or f"step{index}"
+        step_dir = self._work_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", command_id) / safe_step
+        step_dir.mkdir(parents=True, exist_ok=True)
+        script_path = step_dir / "_script.sh"
+        script_path.write_text(step.script, encoding="utf-8")
+        script_path.chmod(0o700)
+        env = dict(self._env)
+        env.update(step.env)
+        env["AWS_SSM_INSTANCE_ID"] = self.instance_id
+        env["AWS_SSM_REGION_NAME"] = self._region
+        cwd = Path(step.working_directory) if step.working_directory else step_dir
+        # Popen rather than run(): on timeout the whole session is killed, not just sh.
+        with subprocess.Popen(
+            ["/bin/sh", str(script_path)],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        ) as proc:
+            try:
+                out, err = proc.communicate(timeout=step.timeout_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                out, err = proc.communicate()
+                return STATUS_TIMED_OUT, None, _decode(out), _decode(err)
+        status = STATUS_SUCCESS if proc.returncode == 0 else STATUS_FAILED
+        return status, proc.returncode, _decode(out), _decode(err)
+
+
+def _decode(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
