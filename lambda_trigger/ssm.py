@@ -1,0 +1,188 @@
+"""SendCommand of the submit document for one job request, and the SSM client.
+
+The only module in lambda_trigger/ that knows botocore: its ClientError and
+BotoCoreError become SendError here, so the handler never inspects them.
+
+Targeting is a fixed instance id, always passed as ``InstanceIds``. A
+``Targets`` tag query would run the submit on *every* matching instance, i.e.
+the same job once per instance; fleet targeting (rendezvous hashing over the
+online instances, §3 of ARCHITECTURE.md) is a later change.
+
+Exceptions::
+
+    SendError       one SendCommand failed (request, AWS error code)
+    DeliveryError   the invocation failed: carries every FailedRecord
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import boto3  # type: ignore[import-untyped, unused-ignore]
+from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
+from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    BotoCoreError,
+    ClientError,
+)
+
+from lambda_trigger.events import JobRequest
+
+#: SendCommand rejects a Comment longer than this (API reference); moto does not.
+COMMENT_MAX_CHARS = 100
+
+#: botocore "standard" mode retries ThrottlingException (and the other
+#: throttling codes, 5xx and connection errors) with exponential backoff and
+#: jitter. Note botocore reads ``max_attempts`` here as *retries*: it becomes
+#: total_max_attempts 9 (one call + 8 retries), enough to ride out a burst of
+#: S3 events; the timeouts bound a hung connection.
+CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 8},
+    connect_timeout=5,
+    read_timeout=15,
+)
+
+#: Not in botocore's standard-mode retryable codes (checked against botocore
+#: 1.44 retries/standard.py and the SSM model, which marks nothing retryable),
+#: so it gets the explicit loop in send_submit.
+TOO_MANY_UPDATES = "TooManyUpdates"
+#: Attempts, first backoff and backoff cap of that loop. Short on purpose:
+#: botocore has already spent its own retries inside each attempt.
+UPDATE_ATTEMPTS = 4
+UPDATE_BACKOFF_BASE_S = 0.25
+UPDATE_BACKOFF_CAP_S = 2.0
+
+
+class SsmClient(Protocol):
+    """The one call we make; a boto3 SSM client satisfies it, as do test fakes."""
+
+    def send_command(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+
+class SendError(Exception):
+    """SendCommand failed for ``request``; ``code`` is the AWS error code or botocore error name."""
+
+    def __init__(self, request: JobRequest, code: str, message: str) -> None:
+        super().__init__(f"s3://{request.bucket}/{request.key}: {code}: {message}")
+        self.request = request
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """A record that was not delivered: the object if known, an error code, the detail."""
+
+    bucket: str | None
+    key: str | None
+    error: str
+    detail: str
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.key}" if self.key is not None else "record"
+        return f"{where} ({self.error}: {self.detail})"
+
+
+class DeliveryError(Exception):
+    """Some records were not delivered; raised so Lambda retries the invocation."""
+
+    def __init__(self, failures: Sequence[FailedRecord]) -> None:
+        self.failures = list(failures)
+        listed = "; ".join(failure.describe() for failure in self.failures)
+        super().__init__(f"{len(self.failures)} record(s) not delivered: {listed}")
+
+
+def make_client() -> SsmClient:
+    """A boto3 SSM client with retrying, time-bounded calls.
+
+    Endpoint, region and credentials come from the standard AWS environment
+    (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_SSM is how the local stack points it
+    at the emulator). A fresh Session: boto3's default one is shared module
+    state that is not thread-safe to build clients from.
+    """
+    client: SsmClient = boto3.session.Session().client("ssm", config=CLIENT_CONFIG)
+    return client
+
+
+def submit_parameters(request: JobRequest) -> dict[str, list[str]]:
+    """The submit document's parameters; unset ones are left to the document's defaults."""
+    parameters = {"Bucket": [request.bucket], "Key": [request.key]}
+    if request.version_id:
+        parameters["VersionId"] = [request.version_id]
+    if request.etag:
+        parameters["ETag"] = [request.etag]
+    return parameters
+
+
+def submit_comment(request: JobRequest) -> str:
+    """A console-friendly Comment, cut to SSM's limit (the key is in the parameters)."""
+    comment = f"processor submit s3://{request.bucket}/{request.key}"
+    if len(comment) <= COMMENT_MAX_CHARS:
+        return comment
+    return comment[: COMMENT_MAX_CHARS - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
+def send_submit(
+    client: SsmClient,
+    *,
+    document_name: str,
+    instance_id: str,
+    request: JobRequest,
+    document_version: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Send the submit document for ``request`` to ``instance_id``; return the CommandId.
+
+    Raises SendError. ``sleep`` is injectable so tests do not wait.
+    """
+    kwargs: dict[str, Any] = {
+        "DocumentName": document_name,
+        "InstanceIds": [instance_id],
+        "Parameters": submit_parameters(request),
+        "Comment": submit_comment(request),
+    }
+    if document_version:
+        kwargs["DocumentVersion"] = document_version
+
+    attempt = 1
+    while True:
+        try:
+            response = client.send_command(**kwargs)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code != TOO_MANY_UPDATES or attempt >= UPDATE_ATTEMPTS:
+                raise SendError(request, code, _error_message(exc)) from exc
+        except BotoCoreError as exc:
+            # Connection/timeout errors left over after botocore's own retries.
+            raise SendError(request, type(exc).__name__, str(exc)) from exc
+        else:
+            return _command_id(response, request)
+        sleep(_backoff(attempt))
+        attempt += 1
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with "equal jitter": never zero, never in lockstep."""
+    ceiling = min(UPDATE_BACKOFF_CAP_S, UPDATE_BACKOFF_BASE_S * 2.0 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _command_id(response: Mapping[str, Any], request: JobRequest) -> str:
+    command = response.get("Command")
+    command_id = command.get("CommandId") if isinstance(command, Mapping) else None
+    if not isinstance(command_id, str) or not command_id:
+        raise SendError(request, "InvalidResponse", "SendCommand returned no Command.CommandId")
+    return command_id
+
+
+def _error_code(exc: Any) -> str:
+    error = exc.response.get("Error", {})
+    return str(error.get("Code") or "ClientError")
+
+
+def _error_message(exc: Any) -> str:
+    error = exc.response.get("Error", {})
+    return str(error.get("Message") or exc)
