@@ -20,5 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## Static checks only (they also run inside `make test`).
+lint: $(STAMP)
+	$(BIN)/python -m mypy
+	$(BIN)/ruff check worker lambda_trigger tests $(wildcard bench)
+
 clean:
 	rm -rf $(VENV) .processor-local build *.egg-info

@@ -46,9 +46,13 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
         )
 
     yield client
-    urllib.request.urlopen(  # noqa: S310 - loopback emulator
+    urllib.request.urlopen(
         urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10
     ).close()
+
+
+#: The bundled summariser, as the processing command of test daemons.
+DEFAULT_COMMAND = [sys.executable, "-m", "worker.examples.summarize", "{input}", "{output_dir}"]
 
 
 def write_config(
@@ -60,7 +64,7 @@ def write_config(
     lines = [
         "[s3]", f"output_bucket = {json.dumps(output_bucket)}", f"endpoint_url = {json.dumps(endpoint)}",
         "[processing]",
-        f"command = {json.dumps(command or [sys.executable, '-m', 'worker.examples.summarize', '{input}', '{output_dir}'])}",
+        f"command = {json.dumps(command or DEFAULT_COMMAND)}",
         *(f"{k} = {json.dumps(v)}" for k, v in processing.items()),
         "[paths]", f"state_dir = {json.dumps(str(state))}",
         f"socket = {json.dumps(str(directory / 'p.sock'))}",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from worker import __version__, exitcodes
-from worker.config import config_path, load_settings
+from worker.config import CONFIG_HELP, config_path, load_settings
 from worker.errors import ConfigError, LedgerError, ProcessorError
 
 
@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"processor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground (systemd ExecStart)")
-    run.add_argument("--config", help="config file (default: $PROCESSOR_CONFIG or /etc/processor/processor.toml)")
+    run.add_argument("--config", help=CONFIG_HELP)
     local = sub.add_parser(
         "local", help="run the whole pipeline on this machine against an embedded S3/SSM emulator"
     )

@@ -24,6 +24,9 @@ from worker.errors import ConfigError
 #: Where the daemon and processorctl look when neither --config nor PROCESSOR_CONFIG is given.
 DEFAULT_CONFIG_PATH = Path("/etc/processor/processor.toml")
 
+#: --config's help text, shared by `processor` and `processorctl`.
+CONFIG_HELP = "config file (default: $PROCESSOR_CONFIG, else /etc/processor/processor.toml)"
+
 #: Environment variable naming the config file.
 CONFIG_ENV = "PROCESSOR_CONFIG"
 

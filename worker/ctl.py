@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from worker import __version__, exitcodes
-from worker.config import Settings, config_path, load_settings
+from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.control import request
 from worker.errors import ConfigError, ControlError, JobNotFound, LedgerError
 from worker.job import Identity, Job, JobState, normalise_etag
@@ -38,12 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         "3 no such job, 4 ledger unavailable, 5 daemon not reachable.",
     )
     parser.add_argument("--version", action="version", version=f"processorctl {__version__}")
-    parser.add_argument("--config", help="config file (default: $PROCESSOR_CONFIG or /etc/processor/processor.toml)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     submit = sub.add_parser("submit", help="durably queue one S3 object; prints the job id")
     submit.add_argument("--bucket", required=True)
-    submit.add_argument("--key", required=True, help="the object key, decoded (use --key=VALUE for keys starting with '-')")
+    submit.add_argument(
+        "--key", required=True, help="the object key, decoded (write --key=VALUE: keys may start with '-')"
+    )
     submit.add_argument("--version-id", default="", help="S3 version id (versioned buckets)")
     submit.add_argument("--etag", default="", help="the object's ETag, when not versioned")
     submit.add_argument("--json", action="store_true")
@@ -120,7 +122,7 @@ def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
 
 def _list(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     state = JobState(args.state) if args.state else None
-    jobs = ledger.list(state, limit=args.limit)
+    jobs = ledger.list_jobs(state, limit=args.limit)
     if args.json:
         _json(out, [job.to_dict() for job in jobs])
         return exitcodes.OK
@@ -216,10 +218,10 @@ def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _table(out: TextIO, rows: list[tuple[str, ...]]) -> None:
+def _table(out: TextIO, rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
 def _json(out: TextIO, value: object) -> None:

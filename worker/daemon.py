@@ -151,13 +151,13 @@ class Daemon:
         final = job
         try:
             final = self.pipeline.run(job, token)
-        except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the daemon
+        except Exception as exc:
             log.exception("job_crashed", job_id=job.id, key=job.key)
             try:
                 final = self.pipeline.retry_or_fail(
                     job, log.bind(job_id=job.id), error=f"internal error: {type(exc).__name__}: {exc}"
                 )
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("job_not_recorded", job_id=job.id)
         finally:
             log.info(
@@ -195,7 +195,8 @@ class Daemon:
             except queue.Empty:
                 return
             if signum == signal.SIGHUP:
-                log.info("signal_ignored", signal="SIGHUP", reason="reload is not supported; restart the unit")
+                log.info("signal_ignored", signal="SIGHUP",
+                         reason="reload is not supported; restart the unit")
             elif not self._draining:
                 self._handle_term(signum)
             else:
@@ -249,7 +250,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         counts = self.ledger.counts()
-        queued = self.ledger.list(JobState.QUEUED, limit=1)
+        queued = self.ledger.list_jobs(JobState.QUEUED, limit=1)
         with self._slots_lock:
             running = [
                 {"job_id": s.job.id, "key": s.job.key, "attempt": s.job.attempts,

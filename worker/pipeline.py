@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +73,20 @@ class ObjectStore(Protocol):
     def delete(self, bucket: str, key: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, decided before it is recorded (after the work dir is gone).
+
+    ``state`` QUEUED means "retry if attempts remain"; with ``interrupted`` it
+    means "requeue now" (shutdown), without counting against the job.
+    """
+
+    state: JobState
+    error: str | None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+
+
 @dataclass
 class Pipeline:
     settings: Settings
@@ -90,6 +104,14 @@ class Pipeline:
             job_id=job.id, bucket=job.bucket, key=job.key, attempt=job.attempts
         )
         work = self.settings.paths.work / job.id
+        try:
+            outcome = self._attempt(job, work, cancel, log)
+        finally:
+            # Free the space first: on a full disk the ledger needs it to record the outcome.
+            shutil.rmtree(work, ignore_errors=True)
+        return self._record(job, outcome, log)
+
+    def _attempt(self, job: Job, work: Path, cancel: StopToken | None, log: Any) -> Outcome:
         timings: dict[str, float] = {}
         try:
             shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
@@ -98,18 +120,27 @@ class Pipeline:
             info = self._download(job, work / "input", timings, log)
             return self._process(job, work, info, timings, cancel, log)
         except ObjectChanged as exc:
-            return self._finish(job, JobState.CANCELLED, log, error=f"superseded: {exc}")
+            return Outcome(JobState.CANCELLED, f"superseded: {exc}")
         except StorageError as exc:
-            if exc.retryable:
-                return self.retry_or_fail(job, log, error=str(exc))
-            return self._fail(job, log, error=str(exc))
+            return Outcome(JobState.QUEUED if exc.retryable else JobState.FAILED, str(exc))
         except (OutputError, InsufficientSpace) as exc:
-            return self._fail(job, log, error=str(exc))
+            return Outcome(JobState.FAILED, str(exc))
         except OSError as exc:
             # Local trouble: full disk, unreadable output, command not found.
-            return self._fail(job, log, error=f"local error: {exc}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            return Outcome(JobState.FAILED, f"local error: {exc}")
+
+    def _record(self, job: Job, outcome: Outcome, log: Any) -> Job:
+        fields = dict(outcome.fields)
+        if outcome.state is JobState.SUCCEEDED:
+            return self._finish(job, JobState.SUCCEEDED, log, **fields)
+        assert outcome.error is not None
+        if outcome.state is JobState.FAILED:
+            return self._fail(job, log, error=outcome.error, **fields)
+        if outcome.state is JobState.CANCELLED:
+            return self._finish(job, JobState.CANCELLED, log, error=outcome.error, **fields)
+        if outcome.interrupted:
+            return self._requeue(job, log, reason=outcome.error)
+        return self.retry_or_fail(job, log, error=outcome.error, **fields)
 
     # -- steps ----------------------------------------------------------------
 
@@ -143,7 +174,7 @@ class Pipeline:
     def _process(
         self, job: Job, work: Path, info: ObjectInfoLike, timings: dict[str, float],
         cancel: StopToken | None, log: Any,
-    ) -> Job:
+    ) -> Outcome:
         p = self.settings.processing
         self.ledger.set_progress(job.id, phase=Phase.RUNNING)
         argv = render_argv(
@@ -160,25 +191,17 @@ class Pipeline:
             "command_finished", returncode=result.returncode,
             duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
         )
+        details = {"exit_code": result.returncode, "stderr_tail": result.stderr_tail}
         if result.cancelled and cancel is not None and cancel.reason == StopToken.SHUTDOWN:
-            return self._requeue(job, log, reason="interrupted by daemon shutdown")
+            return Outcome(JobState.QUEUED, "interrupted by daemon shutdown", interrupted=True)
         if result.cancelled:
-            return self._finish(job, JobState.CANCELLED, log, error="cancelled while running")
+            return Outcome(JobState.CANCELLED, "cancelled by an operator while running", details)
         if result.timed_out:
-            return self._fail(
-                job, log, error=f"timed out after {p.timeout_s}s",
-                exit_code=result.returncode, stderr_tail=result.stderr_tail,
-            )
+            return Outcome(JobState.FAILED, f"timed out after {p.timeout_s}s", details)
         if result.returncode == EX_TEMPFAIL:
-            return self.retry_or_fail(
-                job, log, error=f"command asked for a retry (exit {EX_TEMPFAIL})",
-                exit_code=result.returncode, stderr_tail=result.stderr_tail,
-            )
+            return Outcome(JobState.QUEUED, f"command asked for a retry (exit {EX_TEMPFAIL})", details)
         if result.returncode != 0:
-            return self._fail(
-                job, log, error=f"command exited with status {result.returncode}",
-                exit_code=result.returncode, stderr_tail=result.stderr_tail,
-            )
+            return Outcome(JobState.FAILED, f"command exited with status {result.returncode}", details)
         self.ledger.set_progress(job.id, phase=Phase.UPLOADING)
         started = time.monotonic()
         outputs = self._upload_outputs(job, work / "output", log)
@@ -189,7 +212,7 @@ class Pipeline:
         self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
         manifest = self._manifest(job, info, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
-        return self._finish(job, JobState.SUCCEEDED, log, exit_code=0, result_prefix=prefix)
+        return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix})
 
     def _command_env(self, job: Job, work: Path) -> dict[str, str]:
         # A clean environment: the command gets the contract's variables, not
@@ -311,7 +334,7 @@ class Pipeline:
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
-    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    ceiling = min(max_s, base_s * 2.0 ** max(attempt - 1, 0))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -98,7 +98,7 @@ def run_command(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail = _TailBuffer(STDERR_TAIL_BYTES)
     with open(log_path, "ab", buffering=0) as log:
-        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 
 try:  # optional at run time
-    from systemd import daemon as _sd_daemon  # type: ignore[import-not-found]
+    from systemd import daemon as _sd_daemon
 except ImportError:  # pragma: no cover - depends on the host
     _sd_daemon = None
 

@@ -107,7 +107,8 @@ def test_upload_produces_results_and_manifest(local_stack: Running) -> None:
     s3 = local_stack.client("s3")
     body = b"city,visitors\nLyon,120\nKyoto,80\nLima,\n"
     put = s3.put_object(Bucket="processor-input", Key="uploads/city stats+2026.csv", Body=body)
-    manifest = json.loads(wait_for_object(s3, "processor-output", "uploads/city stats+2026.csv/_manifest.json"))
+    prefix = "uploads/city stats+2026.csv/"
+    manifest = json.loads(wait_for_object(s3, "processor-output", prefix + "_manifest.json"))
     assert manifest["source"]["key"] == "uploads/city stats+2026.csv"
     assert manifest["source"]["etag"] == put["ETag"].strip('"')
     assert manifest["source"]["size"] == len(body)

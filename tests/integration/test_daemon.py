@@ -86,7 +86,8 @@ def test_submitted_job_is_processed_and_listed(s3: Any, moto_endpoint: str, shor
         assert summary["rows"] == 2
         listing = processorctl(config, "list")
         assert job_id in listing.stdout and "succeeded" in listing.stdout
-        assert [j["id"] for j in json.loads(processorctl(config, "list", "--json", "--state", "succeeded").stdout)] == [job_id]
+        listed = json.loads(processorctl(config, "list", "--json", "--state", "succeeded").stdout)
+        assert [j["id"] for j in listed] == [job_id]
         status = json.loads(processorctl(config, "status", "--json").stdout)
         assert status["daemon"]["pid"] == proc.pid and status["counts"]["succeeded"] == 1
         proc.send_signal(signal.SIGTERM)
@@ -113,9 +114,10 @@ def test_kill_9_mid_job_is_requeued_and_completes(s3: Any, moto_endpoint: str, s
     marker = short_tmp / "attempts"
     # Slow on the first attempt only, so the kill lands while the command runs.
     body = (
-        "import sys, time, pathlib; m = pathlib.Path(%r); n = len(m.read_text()) if m.exists() else 0;"
+        f"import sys, time, pathlib; m = pathlib.Path({str(marker)!r});"
+        "n = len(m.read_text()) if m.exists() else 0;"
         "m.write_text('x' * (n + 1)); time.sleep(30 if n == 0 else 0);"
-        "(pathlib.Path(sys.argv[2]) / 'done.txt').write_text(str(n + 1))" % str(marker)
+        "(pathlib.Path(sys.argv[2]) / 'done.txt').write_text(str(n + 1))"
     )
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c", body, "{input}", "{output_dir}"])

@@ -16,15 +16,14 @@ import yaml
 
 from worker.local import agent as agent_mod
 from worker.local import cfn
-from worker.local.agent import (
-    CommandResult,
+from worker.local.agent import CommandResult, LocalSsmAgent
+from worker.local.params import (
     InvalidDocument,
     InvalidParameters,
-    LocalSsmAgent,
-    pattern_matches,
     render_step,
     validate_parameters,
 )
+from worker.local.patterns import pattern_matches
 
 FAKE_PROCESSORCTL = """#!/bin/sh
 # Records its argv, NUL-separated, exactly as it received it; prints a job id.

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from worker.local import cfn
-from worker.local.agent import pattern_matches
+from worker.local.patterns import pattern_matches
 
 TEMPLATE = cfn.default_template_path()
 

@@ -59,6 +59,8 @@ def test_hostile_keys_give_path_safe_ids() -> None:
         assert "/" not in job_id and ".." not in job_id and not job_id.startswith("-")
 
 
-@pytest.mark.parametrize("raw,bare", [('"abc"', "abc"), ("abc", "abc"), ("", None), (None, None), ('""', None)])
+@pytest.mark.parametrize(
+    "raw,bare", [('"abc"', "abc"), ("abc", "abc"), ("", None), (None, None), ('""', None)]
+)
 def test_normalise_etag(raw: str | None, bare: str | None) -> None:
     assert normalise_etag(raw) == bare

@@ -39,7 +39,7 @@ def test_submit_is_idempotent_per_identity(ledger: Ledger) -> None:
     again, created_again = ledger.submit(ident)
     assert created and not created_again
     assert again.id == job.id and again.state is JobState.QUEUED
-    assert len(ledger.list()) == 1
+    assert len(ledger.list_jobs()) == 1
     assert ledger.history(job.id) == [
         {"from_state": None, "to_state": "queued", "at": 1000.0, "attempt": 0, "reason": "submitted"}
     ]
@@ -138,7 +138,7 @@ def test_concurrent_submitters_in_separate_processes(tmp_path: Path) -> None:
         results = pool.starmap(_submit_many, [(str(path), n) for n in range(4)])
     assert all(r == results[0] for r in results)
     with Ledger(path) as ledger:
-        assert len(ledger.list()) == 30
+        assert len(ledger.list_jobs()) == 30
 
 
 def test_processorctl_submit_works_with_the_daemon_down(short_tmp: Path) -> None:

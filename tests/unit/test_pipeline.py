@@ -92,7 +92,8 @@ def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
 
 
 def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path) -> None:
-    pipeline, ledger, store = make(tmp_path, script("import sys; sys.stderr.write('bad row 7\\n'); sys.exit(3)"))
+    failing = script("import sys; sys.stderr.write('bad row 7\\n'); sys.exit(3)")
+    pipeline, ledger, store = make(tmp_path, failing)
     job = claim(ledger, store, "x.csv")
     done = pipeline.run(job)
     assert done.state is JobState.FAILED and done.exit_code == 3

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from worker.examples import summarize
+from worker.examples import formats, stats, summarize
 from worker.examples.summarize import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_unicode_text(tmp_path: Path, out: Path) -> None:
 
 def test_long_lines_are_read_in_pieces_without_splitting_words(
         tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(summarize, "MAX_LINE_BYTES", 7)
+    monkeypatch.setattr(formats, "MAX_LINE_BYTES", 7)
     src = tmp_path / "long.txt"
     line = "alpha beta gamma ünïcödé delta"  # pieces of 7 bytes cut words
     src.write_text(line + "\nshort\n", encoding="utf-8")
@@ -278,7 +278,7 @@ def test_reserved_names_are_refused(tmp_path: Path) -> None:
 # --- bounded memory -------------------------------------------------------
 
 def test_bounded_counter_is_exact_below_the_cap_then_keeps_heavy_hitters() -> None:
-    counter = summarize._BoundedCounter(10)
+    counter = stats.BoundedCounter(10)
     for value in "aabbbc":
         counter.add(value)
     assert counter.exact and counter.distinct() == 3

@@ -42,7 +42,6 @@ real service and agent, and where it differs:
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import logging
 import os
@@ -51,12 +50,20 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+
+from worker.local.params import (
+    InvalidDocument,
+    InvalidParameters,
+    RenderedStep,
+    prepare_step,
+    validate_parameters,
+)
 
 LOGGER = logging.getLogger("processor.local.agent")
 
@@ -66,27 +73,8 @@ STATUS_FAILED = "Failed"
 STATUS_INVALID_PARAMETERS = "InvalidParameters"
 STATUS_TIMED_OUT = "TimedOut"
 
-#: The agent's default for a step without ``timeoutSeconds`` (aws:runShellScript: 3600 s).
-DEFAULT_STEP_TIMEOUT_S = 3600
-#: Longest value preview an error message shows.
-_PREVIEW_CHARS = 60
-#: RE2 rejects counted repetitions above this (Go regexp/syntax docs).
-_RE2_MAX_REPEAT = 1000
 #: Command statuses that mean "do not run".
 _SKIP_STATUSES = frozenset({"Cancelled", "Cancelling"})
-
-
-class InvalidParameters(ValueError):
-    """A command's parameters do not fit its document; ``name`` is the parameter."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"parameter {name!r}: {reason}")
-        self.name = name
-        self.reason = reason
-
-
-class InvalidDocument(ValueError):
-    """The document is one this agent cannot run (bad pattern, unsupported action...)."""
 
 
 class SsmClient(Protocol):
@@ -112,270 +100,7 @@ class CommandResult:
     parameters: dict[str, list[str]] = field(default_factory=dict)
 
 
-# --- allowedPattern: RE2 semantics in Python ---------------------------------------------
-
-
-def _preview(value: str) -> str:
-    if len(value) <= _PREVIEW_CHARS:
-        return repr(value)
-    return f"{value[:_PREVIEW_CHARS]!r}... ({len(value)} characters)"
-
-
-_COUNTED_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
-_UNSUPPORTED_GROUPS = ("(?=", "(?!", "(?<=", "(?<!", "(?>", "(?<")
-_UNSUPPORTED_ESCAPES = {
-    "Z": "\\Z (RE2 has only \\z)",
-    "p": "\\p{...} Unicode classes (Python's re lacks them)",
-    "P": "\\P{...} Unicode classes (Python's re lacks them)",
-    "Q": "\\Q...\\E quoting (Python's re lacks it)",
-}
-
-
-@functools.lru_cache(maxsize=128)
-def _compile_allowed_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile an RE2 ``allowedPattern`` into a Python regex with the same meaning.
-
-    Raises ``ValueError`` for syntax the agent would reject or Python would read
-    differently.
-    """
-    multiline = re.search(r"\(\?[a-zA-Z]*m[a-zA-Z]*[:)]", pattern) is not None
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            if i + 1 >= n:
-                raise ValueError("pattern ends with a backslash")
-            nxt = pattern[i + 1]
-            if not in_class and nxt in "123456789":
-                raise ValueError("back-references are not supported by RE2")
-            if nxt in _UNSUPPORTED_ESCAPES:
-                raise ValueError(f"unsupported escape: {_UNSUPPORTED_ESCAPES[nxt]}")
-            if nxt == "x" and pattern[i + 2 : i + 3] == "{":
-                raise ValueError("unsupported escape: \\x{...} (Python's re lacks it)")
-            # RE2's \z (end of text) is Python's \Z.
-            out.append("\\Z" if nxt == "z" and not in_class else pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            if pattern.startswith("[:", i):
-                raise ValueError("POSIX classes [[:name:]] are not supported by Python's re")
-            if ch == "]":
-                in_class = False
-            out.append(ch)
-            i += 1
-            continue
-        if ch == "[":
-            in_class = True
-            # A "]" right after "[" or "[^" is a literal in both dialects.
-            j = i + 1
-            if pattern[j : j + 1] == "^":
-                j += 1
-            if pattern[j : j + 1] == "]":
-                j += 1
-            out.append(pattern[i:j])
-            i = j
-            continue
-        if ch == "(" and pattern.startswith(_UNSUPPORTED_GROUPS, i):
-            raise ValueError("lookaround, atomic and (?<name>) groups are not supported")
-        if ch == "{":
-            match = _COUNTED_REPEAT.match(pattern, i)
-            if match:
-                counts = [int(c) for c in match.groups() if c]
-                if any(c > _RE2_MAX_REPEAT for c in counts):
-                    raise ValueError(
-                        f"counted repetition {match.group(0)} exceeds RE2's limit of "
-                        f"{_RE2_MAX_REPEAT}"
-                    )
-                out.append(match.group(0))
-                i = match.end()
-                continue
-            # Not a repetition in RE2 (e.g. "{,3}"), so a literal; Python might disagree.
-            out.append("\\{")
-            i += 1
-            continue
-        # RE2's "$" without (?m) is the end of the text (like \z), never "before a final \n".
-        out.append("\\Z" if ch == "$" and not multiline else ch)
-        i += 1
-    if in_class:
-        raise ValueError("unterminated character class")
-    # RE2's \d \w \s \b are ASCII-only.
-    return re.compile("".join(out), re.ASCII)
-
-
-def pattern_matches(pattern: str, value: str) -> bool:
-    """Whether ``value`` passes ``allowedPattern`` as the SSM Agent checks it.
-
-    The agent calls Go's ``regexp.MatchString``: a search, not a full match, so
-    the pattern must be anchored to be strict. Raises ``ValueError`` for a
-    pattern the agent could not compile.
-    """
-    return _compile_allowed_pattern(pattern).search(value) is not None
-
-
-# --- parameters ------------------------------------------------------------------------
-
-
-def _as_int(definition: Mapping[str, Any], key: str) -> int | None:
-    raw = definition.get(key)
-    return None if raw is None else int(raw)
-
-
-def _check_value(name: str, definition: Mapping[str, Any], value: str) -> None:
-    allowed_values = definition.get("allowedValues")
-    if allowed_values is not None and value not in [str(v) for v in allowed_values]:
-        raise InvalidParameters(
-            name, f"value {_preview(value)} is not one of the allowed values {allowed_values}"
-        )
-    min_chars, max_chars = _as_int(definition, "minChars"), _as_int(definition, "maxChars")
-    if min_chars is not None and len(value) < min_chars:
-        raise InvalidParameters(name, f"value {_preview(value)} is shorter than {min_chars}")
-    if max_chars is not None and len(value) > max_chars:
-        raise InvalidParameters(name, f"value {_preview(value)} is longer than {max_chars}")
-    pattern = definition.get("allowedPattern")
-    if pattern is None:
-        return
-    try:
-        ok = pattern_matches(str(pattern), value)
-    except (ValueError, re.error) as exc:
-        raise InvalidDocument(
-            f"parameter {name!r}: allowedPattern {pattern!r} cannot be used: {exc}"
-        ) from exc
-    if not ok:
-        raise InvalidParameters(
-            name, f"value {_preview(value)} does not match the allowed pattern {pattern}"
-        )
-
-
-def validate_parameters(
-    content: Mapping[str, Any], parameters: Mapping[str, Sequence[str]]
-) -> dict[str, str]:
-    """Check ``SendCommand``-style ``parameters`` against the document ``content``.
-
-    Returns every declared parameter's value, defaults included. Raises
-    :class:`InvalidParameters` naming the first bad parameter, or
-    :class:`InvalidDocument` when the document itself cannot be used.
-    """
-    declared: Mapping[str, Any] = content.get("parameters") or {}
-    for name in parameters:
-        if name not in declared:
-            raise InvalidParameters(name, "is not a parameter of this document")
-    resolved: dict[str, str] = {}
-    for name, definition in declared.items():
-        if not isinstance(definition, Mapping):
-            raise InvalidDocument(f"parameter {name!r}: definition must be a mapping")
-        param_type = definition.get("type", "String")
-        if param_type != "String":
-            raise InvalidDocument(
-                f"parameter {name!r}: type {param_type!r} is not supported by the local agent"
-            )
-        if name in parameters:
-            values = parameters[name]
-            if isinstance(values, str) or len(values) != 1:
-                count = "a bare string" if isinstance(values, str) else f"{len(values)} values"
-                raise InvalidParameters(
-                    name, f"a String parameter takes exactly one value, got {count}"
-                )
-            value = values[0]
-            if not isinstance(value, str):
-                raise InvalidParameters(name, f"value must be a string, got {type(value).__name__}")
-        elif "default" in definition:
-            value = str(definition["default"])
-        else:
-            raise InvalidParameters(name, "is required and has no default")
-        _check_value(name, definition, value)
-        resolved[name] = value
-    return resolved
-
-
-# --- steps -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _RenderedStep:
-    name: str
-    script: str
-    env: dict[str, str]
-    timeout_s: float
-    working_directory: str | None
-
-
-def _is_env_var(definitions: Mapping[str, Any], name: str) -> bool:
-    definition = definitions.get(name)
-    return isinstance(definition, Mapping) and definition.get("interpolationType") == "ENV_VAR"
-
-
-def _placeholder(name: str) -> re.Pattern[str]:
-    return re.compile(r"\{\{\s*" + re.escape(name) + r"\s*\}\}")
-
-
-def _render(
-    step: Mapping[str, Any], values: Mapping[str, str], definitions: Mapping[str, Any]
-) -> _RenderedStep:
-    action = step.get("action")
-    step_name = str(step.get("name", action))
-    if action != "aws:runShellScript":
-        raise InvalidDocument(f"step {step_name!r}: action {action!r} is not supported")
-    inputs: Mapping[str, Any] = step.get("inputs") or {}
-    env_names = [name for name in values if _is_env_var(definitions, name)]
-    textual = {name: v for name, v in values.items() if name not in env_names}
-    # One pass over all placeholders, so a pasted value is never itself re-read
-    # as a placeholder (the Go agent's map-order loop could do that).
-    combined = (
-        re.compile(r"\{\{\s*(" + "|".join(re.escape(n) for n in textual) + r")\s*\}\}")
-        if textual
-        else None
-    )
-
-    def paste(text: str) -> str:
-        if combined is None:
-            return text
-        return combined.sub(lambda m: textual[m.group(1)], text)
-
-    commands = inputs.get("runCommand")
-    if isinstance(commands, str):
-        commands = [commands]
-    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
-        raise InvalidDocument(f"step {step_name!r}: runCommand must be a list of strings")
-    script = "\n".join(paste(line) for line in commands) + "\n"
-    for name in env_names:
-        if _placeholder(name).search(script):
-            LOGGER.warning(
-                "ENV_VAR parameter %s also appears as a double-brace placeholder in step %s; "
-                'left unfilled (read it as "$SSM_%s")',
-                name,
-                step_name,
-                name,
-            )
-    timeout_raw = inputs.get("timeoutSeconds")
-    timeout_s = (
-        float(paste(str(timeout_raw))) if timeout_raw is not None else DEFAULT_STEP_TIMEOUT_S
-    )
-    working_directory = inputs.get("workingDirectory")
-    return _RenderedStep(
-        name=step_name,
-        script=script,
-        env={f"SSM_{name}": values[name] for name in env_names},
-        timeout_s=timeout_s,
-        working_directory=paste(str(working_directory)) if working_directory else None,
-    )
-
-
-def render_step(
-    step: Mapping[str, Any],
-    values: Mapping[str, str],
-    definitions: Mapping[str, Any] | None = None,
-) -> tuple[str, dict[str, str]]:
-    """The script text and the ``SSM_*`` environment for one ``aws:runShellScript`` step.
-
-    ``definitions`` is the document's ``parameters`` section: a parameter with
-    ``interpolationType: ENV_VAR`` goes to the environment only; any other is
-    pasted into the script text where its double-brace placeholder stands.
-    Without ``definitions`` every value is pasted (the pre-ENV_VAR behaviour).
-    """
-    rendered = _render(step, values, definitions or {})
-    return rendered.script, rendered.env
+# --- documents -------------------------------------------------------------------------
 
 
 def _precondition_holds(step: Mapping[str, Any]) -> bool:
@@ -461,18 +186,21 @@ class LocalSsmAgent:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self._run_pending(stoppable=True)
             except Exception:  # the loop outlives any one bad poll, like the real agent
                 LOGGER.exception("local SSM agent poll failed; retrying")
             self._stop.wait(self._poll_interval)
 
     def run_once(self) -> list[CommandResult]:
         """Run every new command for this instance, in request order; return their results."""
+        return self._run_pending(stoppable=False)
+
+    def _run_pending(self, *, stoppable: bool) -> list[CommandResult]:
         with self._run_lock:
             results = []
             for command in self._pending_commands():
-                if self._stop.is_set() and self._thread is not None:
-                    break
+                if stoppable and self._stop.is_set():
+                    break  # the rest stay unseen: a later start() runs them
                 self._seen.add(command["CommandId"])
                 result = self._execute(command)
                 with self._lock:
@@ -535,7 +263,7 @@ class LocalSsmAgent:
             if not steps:
                 raise InvalidDocument("document has no mainSteps")
             rendered = [
-                _render(step, values, content.get("parameters") or {})
+                prepare_step(step, values, content.get("parameters") or {})
                 for step in steps
                 if _precondition_holds(step)
             ]
@@ -572,7 +300,7 @@ class LocalSsmAgent:
         return result
 
     def _run_step(
-        self, command_id: str, index: int, step: _RenderedStep
+        self, command_id: str, index: int, step: RenderedStep
     ) -> tuple[str, int | None, str, str]:
         # Like the agent's orchestration dir: <work>/<command id>/<step>/_script.sh.
         safe_step = re.sub(r"[^A-Za-z0-9_.-]", "_", step.name) or f"step{index}"

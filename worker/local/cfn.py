@@ -144,7 +144,7 @@ def default_template_path() -> Path:
 def load_template(path: Path) -> dict[str, Any]:
     """Parse a CloudFormation YAML (or JSON) template into plain dicts and lists."""
     with open(path, encoding="utf-8") as stream:
-        template = yaml.load(stream, Loader=CfnLoader)  # CfnLoader is a SafeLoader
+        template = yaml.load(stream, Loader=CfnLoader)  # noqa: S506 - CfnLoader is a SafeLoader
     if not isinstance(template, dict):
         raise TypeError(f"{path}: a CloudFormation template must be a mapping")
     return template

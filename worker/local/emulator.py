@@ -86,7 +86,7 @@ def provision(emulator: Emulator, *, input_bucket: str, output_bucket: str) -> R
     s3.put_bucket_versioning(Bucket=input_bucket, VersioningConfiguration={"Status": "Enabled"})
 
     dlq_url = sqs.create_queue(QueueName=f"{STACK_NAME}-events-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq_arn = _queue_arn(sqs, dlq_url)
     queue_url = sqs.create_queue(
         QueueName=f"{STACK_NAME}-events",
         Attributes={
@@ -97,7 +97,7 @@ def provision(emulator: Emulator, *, input_bucket: str, output_bucket: str) -> R
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
         },
     )["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_arn = _queue_arn(sqs, queue_url)
     # S3 -> SQS stands in for S3 -> Lambda, which the emulator only runs in Docker.
     s3.put_bucket_notification_configuration(
         Bucket=input_bucket,
@@ -121,3 +121,8 @@ def provision(emulator: Emulator, *, input_bucket: str, output_bucket: str) -> R
         queue_url=queue_url, dead_letter_queue_url=dlq_url, instance_id=instance,
         submit_document=submit,
     )
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    return str(attributes["QueueArn"])

@@ -86,6 +86,6 @@ class EventPump:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - keep pumping; the emulator may be stopping
+            except Exception:
                 log.exception("event pump error")
                 self._stop.wait(0.5)

@@ -243,7 +243,8 @@ def _on_command(console: _Console, failures: list[str], result: CommandResult) -
         console.say(f"ssm     {result.command_id[:8]} ran {result.document_name}: "
                     f"{result.stdout.strip()[:80]}")
     else:
-        failures.append(f"SSM command {result.command_id}: {result.status}: {result.error or result.stderr.strip()}")
+        reason = result.error or result.stderr.strip()
+        failures.append(f"SSM command {result.command_id}: {result.status}: {reason}")
         console.say(f"ssm     {result.command_id[:8]} {result.status}: "
                     f"{(result.error or result.stderr.strip())[:300]}")
 
@@ -278,7 +279,7 @@ def _once(
     deadline = time.monotonic() + timeout
     jobs: dict[str, Job] = {}
     while time.monotonic() < deadline and not stop.is_set():
-        jobs = {job.key: job for job in ledger.list() if job.key in keys}
+        jobs = {job.key: job for job in ledger.list_jobs() if job.key in keys}
         if len(jobs) == len(keys) and all(job.state in TERMINAL for job in jobs.values()):
             break
         if failures and len(jobs) + len(failures) >= len(keys) and all(
@@ -306,7 +307,8 @@ def _once(
 
 def _report(console: _Console, s3: Any, res: Resources, job: Job) -> bool:
     if job.state is not JobState.SUCCEEDED:
-        console.say(f"  {job.state.value.upper():<10} s3://{job.bucket}/{job.key} (job {job.id}): {job.error}")
+        state = job.state.value.upper()
+        console.say(f"  {state:<10} s3://{job.bucket}/{job.key} (job {job.id}): {job.error}")
         return False
     manifest_key = f"{job.result_prefix}_manifest.json"
     manifest = json.loads(s3.get_object(Bucket=res.output_bucket, Key=manifest_key)["Body"].read())
@@ -322,7 +324,7 @@ def _watch(console: _Console, ledger: Ledger, res: Resources, stop: threading.Ev
     console.say("waiting for uploads; Ctrl-C to stop")
     seen: dict[str, str] = {}
     while not stop.wait(0.5):
-        for job in ledger.list():
+        for job in ledger.list_jobs():
             if job.state in TERMINAL and seen.get(job.id) != job.state.value:
                 seen[job.id] = job.state.value
                 where = (f"s3://{res.output_bucket}/{job.result_prefix}" if job.result_prefix

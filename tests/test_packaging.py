@@ -1,0 +1,48 @@
+"""The wheel carries what `processor local` needs when installed without the repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
+         str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0 and "No module named" in done.stderr:
+        pytest.skip(f"cannot build a wheel here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    (path,) = out.glob("processor-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_wheel_has_packages_samples_and_the_template(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
+    assert {"worker/ctl.py", "worker/local/stack.py", "lambda_trigger/handler.py",
+            "worker/examples/summarize.py"} <= names
+    samples = [n for n in names if n.startswith("worker/local/samples/")]
+    assert len(samples) >= 3
+    assert any(n.endswith("data/share/processor/cloudformation/processor.yaml") for n in names)
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def test_wheel_declares_console_scripts_and_extras(wheel: zipfile.ZipFile) -> None:
+    (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
+    text = wheel.read(entry_points).decode()
+    assert "processor = worker.cli:main" in text and "processorctl = worker.ctl:main" in text
+    (metadata,) = [n for n in wheel.namelist() if n.endswith("METADATA")]
+    meta = wheel.read(metadata).decode()
+    for requirement in ("boto3>=", "structlog>=", "tenacity>=", "watchtower>="):
+        assert f"Requires-Dist: {requirement}" in meta
+    assert "Provides-Extra: local" in meta and "Provides-Extra: test" in meta

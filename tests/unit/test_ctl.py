@@ -1,0 +1,116 @@
+"""processorctl: output for people and machines, exit codes, start-up without boto3."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import processorctl, write_config
+from worker import exitcodes
+from worker.ctl import main
+from worker.job import Identity, JobState
+from worker.ledger import Ledger
+
+
+@pytest.fixture
+def config(short_tmp: Path) -> Path:
+    return write_config(short_tmp)
+
+
+def run(config: Path, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["--config", str(config), *args], out=out)
+    return code, out.getvalue()
+
+
+def test_processorctl_does_not_import_boto3() -> None:
+    probe = ("import sys, worker.ctl, worker.ledger, worker.control;"
+             "bad = [m for m in ('boto3', 'botocore', 'structlog', 'moto') if m in sys.modules];"
+             "print(','.join(bad))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
+
+
+def test_submit_list_show(config: Path) -> None:
+    code, out = run(config, "submit", "--bucket", "in-b", "--key=a b/c.csv", "--version-id", "v1")
+    assert code == exitcodes.OK
+    job_id = out.strip()
+    code, out = run(config, "list")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["JOB", "STATE", "ATTEMPTS", "UPDATED", "KEY"]
+    assert row.startswith(job_id) and "queued" in row and row.endswith("a b/c.csv")
+    code, out = run(config, "show", job_id)
+    assert code == 0 and "state:" in out and "s3://in-b/a b/c.csv" in out and "v1" in out
+    assert "-> queued" in out
+    code, out = run(config, "show", job_id, "--json")
+    shown = json.loads(out)
+    assert shown["key"] == "a b/c.csv" and shown["transitions"][0]["to_state"] == "queued"
+    code, out = run(config, "list", "--json", "--state", "succeeded")
+    assert json.loads(out) == []
+
+
+def test_hostile_key_is_escaped_for_the_terminal(config: Path) -> None:
+    key = "evil\x1b[2J\nrm -rf /\r.csv"
+    run(config, "submit", "--bucket", "in-b", f"--key={key}")
+    code, out = run(config, "list")
+    assert "\x1b" not in out and "\r" not in out and len(out.splitlines()) == 2
+    assert "\\x1b[2J\\nrm -rf /\\r.csv" in out
+    _, out = run(config, "list", "--json")
+    assert json.loads(out)[0]["key"] == key
+
+
+def test_show_unknown_job_exits_3(config: Path) -> None:
+    done = processorctl(config, "show", "j-doesnotexist")
+    assert done.returncode == exitcodes.NOT_FOUND and "j-doesnotexist" in done.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--bucket", "", "--key=k"], "--bucket"),
+    (["--bucket", "b", "--key="], "--key"),
+    (["--bucket", "b", "--key=" + "k" * 1025], "1025 bytes"),
+])
+def test_submit_rejects_bad_values_naming_the_option(config: Path, args: list[str], fragment: str) -> None:
+    done = processorctl(config, "submit", *args)
+    assert done.returncode == exitcodes.USAGE and fragment in done.stderr
+    with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
+        assert ledger.list_jobs() == []
+
+
+def test_key_of_exactly_1024_bytes_is_accepted(config: Path) -> None:
+    key = "é" * 512  # 2 bytes each in UTF-8
+    assert processorctl(config, "submit", "--bucket", "b", f"--key={key}").returncode == 0
+
+
+def test_unusable_ledger_exits_4_and_says_so(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    (short_tmp / "state").write_text("a file where the state dir should be")
+    done = processorctl(config, "submit", "--bucket", "b", "--key=k")
+    assert done.returncode == exitcodes.LEDGER_UNAVAILABLE and "ledger unavailable" in done.stderr
+
+
+def test_status_without_a_daemon(config: Path) -> None:
+    run(config, "submit", "--bucket", "b", "--key=k")
+    code, out = run(config, "status")
+    assert code == 0 and "daemon: not reachable" in out and "1 queued" in out
+    code, out = run(config, "status", "--json")
+    assert json.loads(out) == {"daemon": None, "counts": {
+        "queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}}
+
+
+def test_finished_job_shows_results_and_failure_details(config: Path) -> None:
+    code, out = run(config, "submit", "--bucket", "b", "--key=k.csv")
+    job_id = out.strip()
+    with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
+        ledger.claim_next()
+        ledger.transition(job_id, JobState.FAILED, error="command exited with status 3",
+                          exit_code=3, stderr_tail="line one\nbad row 7\n")
+        assert ledger.find(Identity("b", "k.csv")) is not None
+    _, out = run(config, "show", job_id)
+    assert re.search(r"exit code: +3", out) and "| bad row 7" in out and "command exited with status 3" in out
