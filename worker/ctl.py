@@ -12,13 +12,15 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.control import request
-from worker.errors import ConfigError, ControlError, JobNotFound, LedgerError
+from worker.errors import ConfigError, ControlError, InvalidTransition, JobNotFound, LedgerError
 from worker.job import Identity, Job, JobState, normalise_etag
 from worker.ledger import Ledger
 
@@ -61,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="counts per state and what the daemon is doing")
     status.add_argument("--json", action="store_true")
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--json", action="store_true")
+
+    retry = sub.add_parser("retry", help="put a failed or cancelled job back in the queue")
+    retry.add_argument("job_id")
+    retry.add_argument("--json", action="store_true")
+
+    logs = sub.add_parser("logs", help="the processing command's output for a job")
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing until the job leaves the running state")
     return parser
 
 
@@ -74,7 +89,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return exitcodes.USAGE
     try:
         with Ledger(settings.paths.ledger) as ledger:
-            handler = {"submit": _submit, "list": _list, "show": _show, "status": _status}[args.command]
+            handler = COMMANDS[args.command]
             return handler(args, settings, ledger, out)
     except UsageError as exc:
         print(f"processorctl: {exc}", file=sys.stderr)
@@ -169,6 +184,98 @@ def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
             print(f"oldest queued job: {live['oldest_queued_age_s']}s old", file=out)
     print("jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
     return exitcodes.OK
+
+
+def _cancel(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    job = ledger.get(args.job_id)
+    if job.state is JobState.QUEUED:
+        try:
+            job = ledger.transition(job.id, JobState.CANCELLED, expect=JobState.QUEUED,
+                                    reason="cancelled by an operator", finished_at=time.time())
+        except InvalidTransition:
+            job = ledger.get(job.id)  # the daemon claimed it meanwhile: cancel it there
+    if job.state is JobState.RUNNING:
+        try:
+            job = _cancel_running(settings, ledger, job)
+        except ControlError as exc:
+            print(f"processorctl: {job.id} is running but the daemon is not reachable ({exc}); "
+                  "a stopped daemon requeues it at start: cancel it then", file=sys.stderr)
+            return exitcodes.DAEMON_UNAVAILABLE
+    if job.state is not JobState.CANCELLED:
+        print(f"processorctl: {job.id} is {job.state.value}; only queued or running jobs "
+              "can be cancelled", file=sys.stderr)
+        return exitcodes.FAILURE
+    _report(out, args.json, job)
+    return exitcodes.OK
+
+
+def _cancel_running(settings: Settings, ledger: Ledger, job: Job) -> Job:
+    """Ask the daemon to stop the job, then wait (TERM, grace, KILL) until it has."""
+    deadline = time.monotonic() + settings.processing.kill_grace_s + 30
+    asked = False
+    while job.state is JobState.RUNNING and time.monotonic() < deadline:
+        if not asked:
+            # False while the daemon is between claiming the job and starting it.
+            asked = bool(request(settings.paths.socket, "cancel", job_id=job.id)["running"])
+        time.sleep(0.1)
+        job = ledger.get(job.id)
+    return job
+
+
+def _retry(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    try:
+        job = ledger.retry(args.job_id)
+    except InvalidTransition as exc:
+        print(f"processorctl: {args.job_id} is {exc.current}; only failed or cancelled jobs "
+              "can be retried", file=sys.stderr)
+        return exitcodes.FAILURE
+    try:
+        request(settings.paths.socket, "wake", timeout=1.0)
+    except ControlError:
+        pass  # runs when the daemon starts
+    _report(out, args.json, job)
+    return exitcodes.OK
+
+
+def _logs(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    job = ledger.get(args.job_id)
+    path = settings.paths.logs / "jobs" / f"{job.id}.log"
+    offset = 0
+    while True:
+        offset = _copy_from(path, offset, out)
+        if not args.follow or job.state not in (JobState.QUEUED, JobState.RUNNING):
+            break
+        time.sleep(0.25)
+        job = ledger.get(job.id)
+    _copy_from(path, offset, out)
+    if offset == 0 and not path.exists():
+        print(f"processorctl: no output recorded yet for {job.id} ({path})", file=sys.stderr)
+    return exitcodes.OK
+
+
+def _copy_from(path: Path, offset: int, out: TextIO) -> int:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return offset
+    out.write(data.decode("utf-8", "replace"))
+    out.flush()
+    return offset + len(data)
+
+
+def _report(out: TextIO, as_json: bool, job: Job) -> None:
+    if as_json:
+        _json(out, job.to_dict())
+    else:
+        print(f"{job.id} {job.state.value}", file=out)
+
+
+COMMANDS = {
+    "submit": _submit, "list": _list, "show": _show, "status": _status,
+    "cancel": _cancel, "retry": _retry, "logs": _logs,
+}
 
 
 # -- rendering ----------------------------------------------------------------

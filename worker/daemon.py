@@ -31,6 +31,7 @@ from worker.pipeline import Pipeline
 from worker.process import StopToken
 
 #: Longest the main loop sleeps with nothing to do (also the watchdog cadence).
+#: Work never waits for it: submissions and finished jobs wake the loop at once.
 IDLE_WAKE_S = 1.0
 
 log = structlog.get_logger("processor.daemon")
@@ -47,12 +48,15 @@ class _Slot:
 class Daemon:
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
-        *, clock: Callable[[], float] = time.time,
+        *, clock: Callable[[], float] = time.time, idle_wake_s: float = IDLE_WAKE_S,
+        install_signals: bool = True,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.pipeline = pipeline
         self._clock = clock
+        self._idle_wake_s = idle_wake_s
+        self._install = install_signals
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._slots: dict[str, _Slot] = {}
@@ -69,7 +73,7 @@ class Daemon:
             log.warning("job_requeued", job_id=job.id, key=job.key, state=job.state.value,
                         attempt=job.attempts, reason="interrupted by a previous stop or crash")
         server = ControlServer(self.settings.paths.socket, self._handlers())
-        previous = self._install_signals()
+        previous = self._install_signals() if self._install else None
         try:
             server.start()
             log.info("daemon_started", version=__version__, pid=os.getpid(),
@@ -79,16 +83,38 @@ class Daemon:
             self._loop()
         finally:
             server.stop()
-            self._restore_signals(previous)
+            if previous is not None:
+                self._restore_signals(previous)
+            # Mark the pipe closed before closing it, so a late wake() cannot
+            # write into whatever file reuses the descriptor number.
+            wake_w, self._wake_w = self._wake_w, -1
+            os.close(wake_w)
             os.close(self._wake_r)
-            os.close(self._wake_w)
         log.info("daemon_stopped")
         return 0
 
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Act as if ``signum`` arrived (tests, and embedding without signals)."""
+        self._signals.put(signum)
+        self.wake()
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a running job as on timeout; it ends cancelled. False if not running here."""
+        with self._slots_lock:
+            slot = self._slots.get(job_id)
+        if slot is None:
+            return False
+        log.info("job_cancel_requested", job_id=job_id, key=slot.job.key)
+        slot.token.stop(StopToken.CANCEL)
+        return True
+
     def wake(self) -> None:
         """Wake the main loop (a job was submitted or finished). Safe from any thread."""
+        fd = self._wake_w
+        if fd < 0:
+            return  # the daemon has stopped
         try:
-            os.write(self._wake_w, b"\0")
+            os.write(fd, b"\0")
         except BlockingIOError:
             pass  # the pipe is full: the loop is waking anyway
 
@@ -112,11 +138,11 @@ class Daemon:
 
     def _sleep_for(self) -> float:
         if self._draining:
-            return min(IDLE_WAKE_S, max(0.0, self._drain_deadline - self._clock()))
+            return min(self._idle_wake_s, max(0.0, self._drain_deadline - self._clock()))
         due = self.ledger.next_due_at()
         if due is None or self._free_slots() == 0:
-            return IDLE_WAKE_S
-        return min(IDLE_WAKE_S, max(0.0, due - self._clock()))
+            return self._idle_wake_s
+        return min(self._idle_wake_s, max(0.0, due - self._clock()))
 
     def _sleep(self, timeout: float) -> None:
         try:
@@ -273,8 +299,12 @@ class Daemon:
             self.wake()
             return {}
 
+        def cancel(request: Mapping[str, Any]) -> Mapping[str, Any]:
+            return {"running": self.cancel(str(request.get("job_id", "")))}
+
         return {
             "ping": lambda _r: {"pid": os.getpid(), "version": __version__},
             "wake": wake,
             "status": lambda _r: self.status(),
+            "cancel": cancel,
         }

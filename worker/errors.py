@@ -14,6 +14,7 @@
     │   └── CommandTimedOut         it ran past processing.timeout_s
     ├── OutputError                 the command's outputs break the contract
     ├── InsufficientSpace           the state dir cannot hold the job's input
+    ├── Interrupted                 a job was asked to stop mid-transfer (.reason)
     └── ControlError                the control socket could not be reached
 
     ShutdownRequested (BaseException) asks the daemon to stop; no `except Exception`
@@ -108,6 +109,14 @@ class InsufficientSpace(ProcessorError):
         )
         self.needed = needed
         self.free = free
+
+
+class Interrupted(ProcessorError):
+    """A job was asked to stop (cancel or shutdown) while it was transferring."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"interrupted ({reason})")
+        self.reason = reason
 
 
 class ControlError(ProcessorError):

@@ -218,6 +218,23 @@ class Ledger:
             self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts, "claimed")
             return _job(self._row(db, job_id))
 
+    def retry(self, job_id: str, reason: str = "retry requested by an operator") -> Job:
+        """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._row(db, job_id)
+            current = JobState(row["state"])
+            if current not in (JobState.FAILED, JobState.CANCELLED):
+                raise InvalidTransition(job_id, current.value, JobState.QUEUED.value)
+            _update(
+                db, job_id,
+                {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0,
+                 "next_attempt_at": now, "error": None, "exit_code": None, "stderr_tail": None,
+                 "finished_at": None, "phase": ""},
+            )
+            self._log(db, job_id, current, JobState.QUEUED, now, 0, reason)
+            return _job(self._row(db, job_id))
+
     def requeue_interrupted(self, reason: str) -> list[Job]:
         """On start: every job left running by a crash goes back to the queue."""
         now = self._clock()

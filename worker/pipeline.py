@@ -24,7 +24,14 @@ import structlog
 
 from worker import __version__
 from worker.config import Settings
-from worker.errors import InsufficientSpace, ObjectChanged, OutputError, StorageError
+from worker.errors import (
+    InsufficientSpace,
+    Interrupted,
+    LedgerError,
+    ObjectChanged,
+    OutputError,
+    StorageError,
+)
 from worker.job import Job, JobState, Phase
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
@@ -117,8 +124,11 @@ class Pipeline:
             shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
             (work / "output").mkdir(parents=True)
             (work / "tmp").mkdir()
-            info = self._download(job, work / "input", timings, log)
+            info = self._download(job, work / "input", timings, cancel, log)
+            _check(cancel)
             return self._process(job, work, info, timings, cancel, log)
+        except Interrupted as exc:
+            return _stopped(exc.reason)
         except ObjectChanged as exc:
             return Outcome(JobState.CANCELLED, f"superseded: {exc}")
         except StorageError as exc:
@@ -145,7 +155,7 @@ class Pipeline:
     # -- steps ----------------------------------------------------------------
 
     def _download(
-        self, job: Job, dest: Path, timings: dict[str, float], log: Any
+        self, job: Job, dest: Path, timings: dict[str, float], cancel: StopToken | None, log: Any
     ) -> ObjectInfoLike:
         started = time.monotonic()
         self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING)
@@ -154,7 +164,7 @@ class Pipeline:
         if info.size + DISK_HEADROOM_BYTES > free:
             raise InsufficientSpace(info.size + DISK_HEADROOM_BYTES, free)
         self.ledger.set_progress(job.id, bytes_total=info.size, bytes_done=0)
-        progress = _Progress(lambda done: self.ledger.set_progress(job.id, bytes_done=done))
+        progress = _Progress(self._progress_sink(job.id, log), cancel)
         log.info("download_started", size=info.size)
         self.store.download(
             job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
@@ -192,19 +202,18 @@ class Pipeline:
             duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
         )
         details = {"exit_code": result.returncode, "stderr_tail": result.stderr_tail}
-        if result.cancelled and cancel is not None and cancel.reason == StopToken.SHUTDOWN:
-            return Outcome(JobState.QUEUED, "interrupted by daemon shutdown", interrupted=True)
-        if result.cancelled:
-            return Outcome(JobState.CANCELLED, "cancelled by an operator while running", details)
+        if result.cancelled and cancel is not None:
+            return _stopped(cancel.reason or StopToken.CANCEL, details)
         if result.timed_out:
             return Outcome(JobState.FAILED, f"timed out after {p.timeout_s}s", details)
         if result.returncode == EX_TEMPFAIL:
             return Outcome(JobState.QUEUED, f"command asked for a retry (exit {EX_TEMPFAIL})", details)
         if result.returncode != 0:
             return Outcome(JobState.FAILED, f"command exited with status {result.returncode}", details)
+        _check(cancel)
         self.ledger.set_progress(job.id, phase=Phase.UPLOADING)
         started = time.monotonic()
-        outputs = self._upload_outputs(job, work / "output", log)
+        outputs = self._upload_outputs(job, work / "output", cancel, log)
         timings["upload_s"] = time.monotonic() - started
         prefix = self.result_prefix(job)
         # A success replaces an earlier failure record, then the manifest goes
@@ -213,6 +222,16 @@ class Pipeline:
         manifest = self._manifest(job, info, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
         return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix})
+
+    def _progress_sink(self, job_id: str, log: Any) -> Callable[[int], None]:
+        def sink(done: int) -> None:
+            try:
+                self.ledger.set_progress(job_id, bytes_done=done)
+            except LedgerError as exc:
+                # Progress is for display; a busy or full ledger must not fail the transfer.
+                log.warning("progress_not_recorded", error=str(exc))
+
+        return sink
 
     def _command_env(self, job: Job, work: Path) -> dict[str, str]:
         # A clean environment: the command gets the contract's variables, not
@@ -235,11 +254,13 @@ class Pipeline:
             env["PROCESSOR_SOURCE_ETAG"] = job.etag
         return env
 
-    def _upload_outputs(self, job: Job, out_dir: Path, log: Any) -> list[dict[str, Any]]:
+    def _upload_outputs(
+        self, job: Job, out_dir: Path, cancel: StopToken | None, log: Any
+    ) -> list[dict[str, Any]]:
         files = collect_outputs(out_dir)
         total = sum(size for _, _, size in files)
         self.ledger.set_progress(job.id, bytes_total=total, bytes_done=0)
-        progress = _Progress(lambda done: self.ledger.set_progress(job.id, bytes_done=done))
+        progress = _Progress(self._progress_sink(job.id, log), cancel)
         prefix = self.result_prefix(job)
         outputs = []
         for path, relative, size in files:
@@ -332,6 +353,17 @@ class Pipeline:
         return done
 
 
+def _check(cancel: StopToken | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Interrupted(cancel.reason or StopToken.CANCEL)
+
+
+def _stopped(reason: str, details: Mapping[str, Any] | None = None) -> Outcome:
+    if reason == StopToken.SHUTDOWN:
+        return Outcome(JobState.QUEUED, "interrupted by daemon shutdown", interrupted=True)
+    return Outcome(JobState.CANCELLED, "cancelled by an operator", details or {})
+
+
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
     ceiling = min(max_s, base_s * 2.0 ** max(attempt - 1, 0))
@@ -370,16 +402,20 @@ def _sha256(path: Path) -> str:
 
 
 class _Progress:
-    """Counts transferred bytes (boto3 calls back from several threads) and
-    writes them to the ledger at most every PROGRESS_INTERVAL_S."""
+    """Counts transferred bytes (boto3 calls back from several threads), writes
+    them to the ledger at most every PROGRESS_INTERVAL_S, and aborts the
+    transfer when the job is asked to stop."""
 
-    def __init__(self, sink: Callable[[int], None]) -> None:
+    def __init__(self, sink: Callable[[int], None], cancel: StopToken | None = None) -> None:
         self._sink = sink
+        self._cancel = cancel
         self._lock = threading.Lock()
         self._done = 0
         self._last = 0.0
 
     def __call__(self, amount: int) -> None:
+        # Raising here aborts the managed transfer: how a cancel reaches a download.
+        _check(self._cancel)
         with self._lock:
             self._done += amount
             now = time.monotonic()

@@ -1,0 +1,230 @@
+"""The daemon's scheduling and lifecycle, with a fake pipeline and a real SQLite ledger.
+
+The daemon runs in a thread (signals off); stop requests go through the same
+queue a SIGTERM would use.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.config import Settings, settings_from_mapping
+from worker.control import request
+from worker.errors import ControlError
+from worker.job import Identity, Job, JobState
+from worker.ledger import Ledger
+from worker.process import StopToken
+
+WAIT_S = 20
+
+
+class FakePipeline:
+    """Runs a job by waiting until the test releases it, or until asked to stop."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.release = threading.Event()
+        self.running: set[str] = set()
+        self.peak = 0
+        self.started: list[str] = []
+        self.crash_keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    def run(self, job: Job, token: StopToken | None = None) -> Job:
+        with self._lock:
+            self.running.add(job.id)
+            self.started.append(job.key)
+            self.peak = max(self.peak, len(self.running))
+        try:
+            if job.key in self.crash_keys:
+                raise RuntimeError("bug in the pipeline")
+            while not self.release.is_set():
+                if token is not None and token.is_set():
+                    if token.reason == StopToken.SHUTDOWN:
+                        return self.ledger.transition(job.id, JobState.QUEUED, reason="shutdown")
+                    return self.ledger.transition(job.id, JobState.CANCELLED, reason="cancel")
+                time.sleep(0.01)
+            return self.ledger.transition(job.id, JobState.SUCCEEDED, finished_at=time.time())
+        finally:
+            with self._lock:
+                self.running.discard(job.id)
+
+    def retry_or_fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
+        return self.ledger.transition(job.id, JobState.FAILED, error=error, **fields)
+
+
+def settings(tmp: Path, **processing: Any) -> Settings:
+    return settings_from_mapping({
+        "s3": {"output_bucket": "out"},
+        "processing": {"command": ["/bin/true", "{input}"], **processing},
+        "paths": {"state_dir": str(tmp / "state"), "socket": str(tmp / "d.sock")},
+    }, {})
+
+
+@contextmanager
+def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> Iterator[Any]:
+    from worker.daemon import Daemon
+
+    conf = settings(tmp, **processing)
+    ledger = Ledger(conf.paths.ledger)
+    fake = FakePipeline(ledger)
+    daemon = Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s, install_signals=False)  # type: ignore[arg-type]
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            request(conf.paths.socket, "ping", timeout=1)
+            break
+        except ControlError:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    try:
+        yield daemon, ledger, fake, conf, thread, result
+    finally:
+        fake.release.set()
+        daemon.request_stop(signal.SIGTERM)
+        daemon.request_stop(signal.SIGTERM)
+        thread.join(WAIT_S)
+        ledger.close()
+
+
+def until(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def submit(ledger: Ledger, key: str) -> Job:
+    return ledger.submit(Identity("in-bucket", key, None, "e"))[0]
+
+
+def test_concurrency_slots_cap_running_jobs(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, concurrency=2) as (daemon, ledger, fake, conf, _, _):
+        for n in range(5):
+            submit(ledger, f"k{n}")
+        daemon.wake()
+        until(lambda: len(fake.running) == 2, "two jobs running")
+        time.sleep(0.2)
+        assert len(fake.running) == 2 and ledger.counts()["queued"] == 3
+        status = request(conf.paths.socket, "status")
+        assert status["busy"] == 2 and status["slots"] == 2 and status["counts"]["queued"] == 3
+        fake.release.set()
+        until(lambda: ledger.counts()["succeeded"] == 5, "all five succeeded")
+        assert fake.peak == 2
+
+
+def test_dispatch_is_driven_by_events_not_polling(short_tmp: Path) -> None:
+    # The idle tick is a minute: a job must start because the submit woke the loop.
+    with running_daemon(short_tmp, idle_wake_s=60.0) as (_, ledger, fake, conf, _, _):
+        submit(ledger, "now")
+        request(conf.paths.socket, "wake")
+        until(lambda: fake.started == ["now"], "job started without waiting for the tick")
+        fake.release.set()
+        until(lambda: ledger.counts()["succeeded"] == 1, "job finished")
+
+
+def test_finishing_job_frees_its_slot_for_the_next_at_once(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, idle_wake_s=60.0, concurrency=1) as (daemon, ledger, fake, _, _, _):
+        submit(ledger, "first")
+        submit(ledger, "second")
+        daemon.wake()
+        until(lambda: fake.started == ["first"], "first started")
+        fake.release.set()
+        until(lambda: ledger.counts()["succeeded"] == 2, "second ran after the first, without a tick")
+
+
+def test_sigterm_drains_running_jobs_and_takes_no_new_ones(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, concurrency=1, drain_timeout_s=30) as (
+        daemon, ledger, fake, _, thread, result
+    ):
+        running = submit(ledger, "running")
+        daemon.wake()
+        until(lambda: fake.started == ["running"], "started")
+        waiting = submit(ledger, "waiting")
+        daemon.request_stop(signal.SIGTERM)
+        time.sleep(0.3)
+        assert thread.is_alive()  # still draining
+        fake.release.set()
+        thread.join(WAIT_S)
+        assert result["rc"] == 0
+        assert ledger.get(running.id).state is JobState.SUCCEEDED
+        assert ledger.get(waiting.id).state is JobState.QUEUED
+        assert fake.started == ["running"]
+
+
+def test_drain_timeout_stops_jobs_and_leaves_them_queued(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, drain_timeout_s=0) as (daemon, ledger, fake, _, thread, result):
+        job = submit(ledger, "long")
+        daemon.wake()
+        until(lambda: fake.started == ["long"], "started")
+        daemon.request_stop(signal.SIGTERM)
+        thread.join(WAIT_S)
+        assert result["rc"] == 0
+        assert ledger.get(job.id).state is JobState.QUEUED
+
+
+def test_second_signal_is_a_fast_stop(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, ledger, fake, _, thread, result):
+        job = submit(ledger, "long")
+        daemon.wake()
+        until(lambda: fake.started == ["long"], "started")
+        daemon.request_stop(signal.SIGTERM)
+        time.sleep(0.2)
+        assert thread.is_alive()
+        daemon.request_stop(signal.SIGINT)
+        thread.join(WAIT_S)
+        assert not thread.is_alive() and result["rc"] == 0
+        assert ledger.get(job.id).state is JobState.QUEUED
+
+
+def test_cancel_stops_a_running_job(short_tmp: Path) -> None:
+    with running_daemon(short_tmp) as (daemon, ledger, fake, conf, _, _):
+        job = submit(ledger, "cancel-me")
+        daemon.wake()
+        until(lambda: fake.started == ["cancel-me"], "started")
+        assert request(conf.paths.socket, "cancel", job_id=job.id)["running"] is True
+        until(lambda: ledger.get(job.id).state is JobState.CANCELLED, "cancelled")
+        assert request(conf.paths.socket, "cancel", job_id=job.id)["running"] is False
+
+
+def test_a_crashing_job_is_recorded_and_the_daemon_keeps_serving(short_tmp: Path) -> None:
+    with running_daemon(short_tmp) as (daemon, ledger, fake, _, _, _):
+        fake.crash_keys.add("bad")
+        fake.release.set()
+        bad = submit(ledger, "bad")
+        good = submit(ledger, "good")
+        daemon.wake()
+        until(lambda: ledger.get(good.id).state is JobState.SUCCEEDED, "good job done")
+        failed = ledger.get(bad.id)
+        assert failed.state is JobState.FAILED and "bug in the pipeline" in (failed.error or "")
+
+
+def test_jobs_left_running_by_a_crash_are_requeued_at_start(short_tmp: Path) -> None:
+    conf = settings(short_tmp)
+    with Ledger(conf.paths.ledger) as ledger:
+        job = submit(ledger, "interrupted")
+        ledger.claim_next()
+    with running_daemon(short_tmp) as (_, ledger, fake, _, _, _):
+        fake.release.set()
+        until(lambda: ledger.get(job.id).state is JobState.SUCCEEDED, "requeued and run")
+        assert ledger.get(job.id).attempts == 2
+
+
+def test_a_second_daemon_on_the_same_socket_refuses_to_start(short_tmp: Path) -> None:
+    from worker.daemon import Daemon
+
+    with running_daemon(short_tmp) as (_, ledger, _, conf, _, _):
+        other = Daemon(conf, ledger, FakePipeline(ledger), install_signals=False)  # type: ignore[arg-type]
+        with pytest.raises(ControlError, match="already listening"):
+            other.run()
