@@ -10,13 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import ObjectChanged, StorageError
-
-
-@dataclass(frozen=True)
-class Info:
-    size: int
-    etag: str | None
-    version_id: str | None
+from worker.store import ObjectInfo
 
 
 @dataclass
@@ -33,7 +27,7 @@ class FakeStore:
         return hashlib.md5(body).hexdigest()
 
     def head(self, bucket: str, key: str, *, version_id: str | None = None,
-             etag: str | None = None) -> Info:
+             etag: str | None = None) -> ObjectInfo:
         self.calls.append(("head", bucket, key))
         if self.fail_head is not None:
             raise self.fail_head
@@ -45,7 +39,7 @@ class FakeStore:
         if etag and not version_id and etag != current:
             raise ObjectChanged(f"head s3://{bucket}/{key}: etag is {current}, not {etag}")
         size = self.size_override if self.size_override is not None else len(body)
-        return Info(size, current, version_id)
+        return ObjectInfo(size, current, version_id)
 
     def download(self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
                  progress: Callable[[int], None] | None = None) -> None:

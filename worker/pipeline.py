@@ -8,7 +8,6 @@ the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import os
 import random
@@ -18,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -35,6 +34,7 @@ from worker.errors import (
 from worker.job import Job, JobState, Phase
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
+from worker.store import ObjectInfo, ObjectStore, digest_file, verify_download
 
 #: Files the pipeline itself writes at the top of a job's result prefix.
 MANIFEST_NAME = "_manifest.json"
@@ -49,35 +49,13 @@ DISK_HEADROOM_BYTES = 64 * 1024 * 1024
 PROGRESS_INTERVAL_S = 0.5
 
 
-class ObjectInfoLike(Protocol):
-    @property
-    def size(self) -> int: ...
-    @property
-    def etag(self) -> str | None: ...
-    @property
-    def version_id(self) -> str | None: ...
+@dataclass(frozen=True)
+class Downloaded:
+    """The verified input of an attempt."""
 
-
-class ObjectStore(Protocol):
-    """What the pipeline needs from S3."""
-
-    def head(
-        self, bucket: str, key: str, *, version_id: str | None = None, etag: str | None = None
-    ) -> ObjectInfoLike: ...
-
-    def download(
-        self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> None: ...
-
-    def upload_file(
-        self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> None: ...
-
-    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None: ...
-
-    def delete(self, bucket: str, key: str) -> None: ...
+    info: ObjectInfo
+    sha256: str
+    verified_by: str
 
 
 @dataclass(frozen=True)
@@ -156,7 +134,7 @@ class Pipeline:
 
     def _download(
         self, job: Job, dest: Path, timings: dict[str, float], cancel: StopToken | None, log: Any
-    ) -> ObjectInfoLike:
+    ) -> Downloaded:
         started = time.monotonic()
         self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING)
         info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
@@ -170,19 +148,15 @@ class Pipeline:
             job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
             progress=progress,
         )
-        got = dest.stat().st_size
-        if got != info.size:
-            raise StorageError(
-                f"download of s3://{job.bucket}/{job.key} is {got} bytes, expected {info.size}",
-                retryable=True, code="SizeMismatch",
-            )
         progress.flush()
+        digests, method = verify_download(dest, info, f"download of s3://{job.bucket}/{job.key}")
         timings["download_s"] = time.monotonic() - started
-        log.info("download_finished", size=got, duration_s=round(timings["download_s"], 3))
-        return info
+        log.info("download_finished", size=info.size, verified_by=method,
+                 duration_s=round(timings["download_s"], 3))
+        return Downloaded(info, digests.sha256, method)
 
     def _process(
-        self, job: Job, work: Path, info: ObjectInfoLike, timings: dict[str, float],
+        self, job: Job, work: Path, got: Downloaded, timings: dict[str, float],
         cancel: StopToken | None, log: Any,
     ) -> Outcome:
         p = self.settings.processing
@@ -219,7 +193,7 @@ class Pipeline:
         # A success replaces an earlier failure record, then the manifest goes
         # last: its presence is what tells consumers the result set is complete.
         self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
-        manifest = self._manifest(job, info, outputs, timings)
+        manifest = self._manifest(job, got, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
         return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix})
 
@@ -264,7 +238,7 @@ class Pipeline:
         prefix = self.result_prefix(job)
         outputs = []
         for path, relative, size in files:
-            digest = _sha256(path)
+            digest = digest_file(path).sha256
             key = prefix + relative
             self.store.upload_file(
                 path, self.settings.s3.output_bucket, key,
@@ -276,15 +250,16 @@ class Pipeline:
         return outputs
 
     def _manifest(
-        self, job: Job, info: ObjectInfoLike, outputs: list[dict[str, Any]],
+        self, job: Job, got: Downloaded, outputs: list[dict[str, Any]],
         timings: Mapping[str, float],
     ) -> dict[str, Any]:
+        info = got.info
         return {
             "job_id": job.id,
             "source": {
                 "bucket": job.bucket, "key": job.key,
                 "version_id": job.version_id or info.version_id, "etag": job.etag or info.etag,
-                "size": info.size,
+                "size": info.size, "sha256": got.sha256, "verified_by": got.verified_by,
             },
             "outputs": outputs,
             "attempts": job.attempts,
@@ -391,14 +366,6 @@ def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
                 raise OutputError(f"output {relative} is not a regular file")
             found.append((path, relative, path.stat().st_size))
     return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Progress:

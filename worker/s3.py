@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tenacity import (
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.job import normalise_etag
+from worker.store import ObjectInfo
 
 #: Error codes worth another try (throttling, S3-side faults, timeouts).
 _RETRYABLE_CODES = frozenset(
@@ -50,13 +50,6 @@ TRANSFER_CONFIG = TransferConfig(
     io_chunksize=256 * 1024,
     use_threads=True,
 )
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    etag: str | None
-    version_id: str | None
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -106,6 +99,18 @@ def _translated(what: str) -> Iterator[None]:
         raise StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
 
 
+def _full_object_checksums(response: Mapping[str, Any]) -> dict[str, str]:
+    """Checksums that cover the whole object (a composite one ends in -<parts>)."""
+    if response.get("ChecksumType") == "COMPOSITE":
+        return {}
+    found = {}
+    for name, field_name in (("sha256", "ChecksumSHA256"), ("crc32", "ChecksumCRC32")):
+        value = response.get(field_name)
+        if value and "-" not in value:
+            found[name] = str(value)
+    return found
+
+
 class S3Store:
     """ObjectStore backed by boto3."""
 
@@ -133,7 +138,7 @@ class S3Store:
     def head(
         self, bucket: str, key: str, *, version_id: str | None = None, etag: str | None = None
     ) -> ObjectInfo:
-        args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
         if version_id:
             args["VersionId"] = version_id
         elif etag:
@@ -144,6 +149,9 @@ class S3Store:
             size=int(response["ContentLength"]),
             etag=normalise_etag(response.get("ETag")),
             version_id=response.get("VersionId") or None,
+            checksums=_full_object_checksums(response),
+            sse=response.get("ServerSideEncryption"),
+            sse_customer=bool(response.get("SSECustomerAlgorithm")),
         )
 
     @_retrying

@@ -213,3 +213,27 @@ def test_command_that_cannot_start_fails_clearly(tmp_path: Path) -> None:
     job = claim(ledger, store, "k")
     done = pipeline.run(job)
     assert done.state is JobState.FAILED and "/nonexistent/processor-bin" in (done.error or "")
+
+
+def test_damaged_download_is_retried_not_processed(tmp_path: Path) -> None:
+    record = tmp_path / "ran"
+    pipeline, ledger, store = make(tmp_path, script(f"open({str(record)!r}, 'w').write('ran')"))
+    job = claim(ledger, store, "k", b"original bytes")
+    real_download = store.download
+
+    def corrupting(bucket: str, key: str, dest: Path, **kw: object) -> None:
+        real_download(bucket, key, dest, **kw)  # type: ignore[arg-type]
+        dest.write_bytes(b"Original bytes")  # same size, one bit flipped
+
+    store.download = corrupting  # type: ignore[method-assign]
+    done = pipeline.run(job)
+    assert done.state is JobState.QUEUED and "md5-etag mismatch" in (done.error or "")
+    assert not record.exists()
+
+
+def test_manifest_records_the_verified_input_checksum(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "m.txt", b"abc")
+    pipeline.run(job)
+    source = store.json(OUT, "results/m.txt/_manifest.json")["source"]
+    assert source["sha256"] == hashlib.sha256(b"abc").hexdigest() and source["verified_by"] == "md5-etag"
