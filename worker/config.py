@@ -65,6 +65,9 @@ class ProcessingSettings:
 class PathSettings:
     state_dir: Path = Path("/var/lib/processor")
     socket: Path = Path("/run/processor/processor.sock")
+    #: Free space (MiB) a job must leave on the state volume after its input is
+    #: downloaded; the ledger and logs live there too.
+    min_free_mb: int = 64
 
     @property
     def ledger(self) -> Path:
@@ -279,5 +282,7 @@ def _check(settings: Settings, source: str) -> None:
         fail("paths.socket", f"must be an absolute path, got {str(settings.paths.socket)!r}")
     if len(str(settings.paths.socket).encode()) > 107:
         fail("paths.socket", "is longer than a Unix socket path may be (107 bytes)")
+    if settings.paths.min_free_mb < 0:
+        fail("paths.min_free_mb", f"must not be negative, got {settings.paths.min_free_mb}")
     if settings.logging.level.lower() not in _LOG_LEVELS:
         fail("logging.level", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")

@@ -123,6 +123,10 @@ class Ledger:
                     raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from exc
 
     def _migrate(self) -> None:
+        # Read first: a reader (processorctl show on a full disk) must not need to write.
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
         with self._write() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:

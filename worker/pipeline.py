@@ -41,10 +41,6 @@ MANIFEST_NAME = "_manifest.json"
 FAILED_NAME = "_failed.json"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, FAILED_NAME})
 
-#: Free space kept in reserve on the state volume beyond the object's size
-#: (the ledger and logs live there too).
-DISK_HEADROOM_BYTES = 64 * 1024 * 1024
-
 #: How often byte counters are written to the ledger during a transfer.
 PROGRESS_INTERVAL_S = 0.5
 
@@ -139,8 +135,9 @@ class Pipeline:
         self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING)
         info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
         free = shutil.disk_usage(dest.parent).free
-        if info.size + DISK_HEADROOM_BYTES > free:
-            raise InsufficientSpace(info.size + DISK_HEADROOM_BYTES, free)
+        needed = info.size + self.settings.paths.min_free_mb * 1024 * 1024
+        if needed > free:
+            raise InsufficientSpace(needed, free)
         self.ledger.set_progress(job.id, bytes_total=info.size, bytes_done=0)
         progress = _Progress(self._progress_sink(job.id, log), cancel)
         log.info("download_started", size=info.size)

@@ -142,9 +142,14 @@ def run_command(
 
 
 def _pump_stderr(stream: IO[bytes], log: IO[bytes], tail: _TailBuffer) -> None:
+    # Keep draining even when the log cannot be written (full disk): a pipe
+    # nobody reads would block the command until its timeout.
     while chunk := stream.read1(65536):  # type: ignore[attr-defined]
-        log.write(chunk)
         tail.add(chunk)
+        try:
+            log.write(chunk)
+        except OSError:
+            pass
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:

@@ -52,6 +52,7 @@ def wait_state(config: Path, job_id: str, states: set[str], timeout: float = 30)
     deadline = time.monotonic() + timeout
     while True:
         shown = processorctl(config, "show", job_id, "--json")
+        assert shown.returncode == 0, shown.stderr
         job: dict[str, Any] = json.loads(shown.stdout)
         if job["state"] in states:
             return job

@@ -237,3 +237,31 @@ def test_manifest_records_the_verified_input_checksum(tmp_path: Path) -> None:
     pipeline.run(job)
     source = store.json(OUT, "results/m.txt/_manifest.json")["source"]
     assert source["sha256"] == hashlib.sha256(b"abc").hexdigest() and source["verified_by"] == "md5-etag"
+
+
+def test_full_disk_during_download_fails_the_job_cleanly(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "k")
+
+    def no_space(bucket: str, key: str, dest: Path, **kw: object) -> None:
+        dest.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    store.download = no_space  # type: ignore[method-assign]
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and "No space left on device" in (done.error or "")
+    assert not (tmp_path / "state" / "work" / job.id).exists()
+
+
+def test_stderr_is_drained_even_when_the_log_cannot_be_written(tmp_path: Path) -> None:
+    # 1 MiB of stderr: far more than a pipe holds, so a stalled reader would hang the command.
+    noisy = script("import sys; sys.stderr.write('e' * (1 << 20)); sys.exit(3)")
+    pipeline, ledger, store = make(tmp_path, noisy, timeout_s=60)
+    job = claim(ledger, store, "k")
+    log_dir = tmp_path / "state" / "logs" / "jobs"
+    log_dir.mkdir(parents=True)
+    (log_dir / f"{job.id}.log").symlink_to("/dev/full")  # every write fails with ENOSPC
+    started = time.monotonic()
+    done = pipeline.run(job)
+    assert time.monotonic() - started < 30
+    assert done.state is JobState.FAILED and done.exit_code == 3 and (done.stderr_tail or "").endswith("eee")
