@@ -16,10 +16,12 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import structlog
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from tenacity import (
+    RetryCallState,
     retry,
     retry_if_exception,
     stop_after_attempt,
@@ -30,6 +32,8 @@ from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.job import normalise_etag
 from worker.store import ObjectInfo
+
+_log = structlog.get_logger("processor.s3")
 
 #: Error codes worth another try (throttling, S3-side faults, timeouts).
 _RETRYABLE_CODES = frozenset(
@@ -58,10 +62,20 @@ def _is_retryable(exc: BaseException) -> bool:
 
 #: Retries on top of botocore's own (which cover single HTTP requests): a whole
 #: call is retried a few times with jittered backoff before the job is requeued.
+def _log_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    _log.warning(
+        "s3_call_retry", call=getattr(state.fn, "__name__", "?"), attempt=state.attempt_number,
+        error=str(outcome.exception()) if outcome is not None else None,
+        delay_s=round(state.upcoming_sleep, 2),
+    )
+
+
 _retrying = retry(
     retry=retry_if_exception(_is_retryable),
     stop=stop_after_attempt(3),
     wait=wait_random_exponential(multiplier=0.5, max=8.0),
+    before_sleep=_log_retry,
     reraise=True,
 )
 
@@ -99,6 +113,30 @@ def _translated(what: str) -> Iterator[None]:
         raise StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
 
 
+def _log_failed_attempt(
+    response: Any = None, attempts: int = 0, caught_exception: Exception | None = None,
+    operation: Any = None, **_: Any,
+) -> None:
+    """Log each failed HTTP attempt botocore is about to judge for a retry.
+
+    Returns None, so botocore's own retry handler still decides; this only
+    makes the retries visible (botocore itself logs them at DEBUG).
+    """
+    status = None
+    code = None
+    if response is not None:
+        http, parsed = response
+        status = getattr(http, "status_code", None)
+        code = (parsed or {}).get("Error", {}).get("Code")
+    if caught_exception is None and (status is None or status < 500) and code not in _RETRYABLE_CODES:
+        return
+    _log.warning(
+        "s3_request_failed", operation=getattr(operation, "name", None), attempt=attempts,
+        status=status, code=code,
+        error=None if caught_exception is None else type(caught_exception).__name__,
+    )
+
+
 def _full_object_checksums(response: Mapping[str, Any]) -> dict[str, str]:
     """Checksums that cover the whole object (a composite one ends in -<parts>)."""
     if response.get("ChecksumType") == "COMPOSITE":
@@ -132,6 +170,7 @@ class S3Store:
         client = boto3.session.Session().client(
             "s3", endpoint_url=settings.endpoint_url or None, config=config
         )
+        client.meta.events.register("needs-retry.s3", _log_failed_attempt)
         return cls(client)
 
     @_retrying

@@ -1,0 +1,110 @@
+"""A fault-injecting HTTP proxy between a client and the emulator, on loopback.
+
+Each request is forwarded unless the fault plan says otherwise: answer 503
+SlowDown, 500 InternalError, or drop the connection without a reply. The plan
+is a seeded RNG (reproducible) plus an ``outage`` switch that fails every
+request while set.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_FAULTS = {
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "internal": (500, "InternalError", "We encountered an internal error. Please try again."),
+}
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, *, rate: float = 0.1, seed: int = 7) -> None:
+        self.upstream = urlsplit(upstream)
+        self.rate = rate
+        self.outage = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def _choose(self) -> str:
+        with self._lock:
+            if self.outage.is_set():
+                fault = "outage"
+            elif self._rng.random() < self.rate:
+                fault = self._rng.choice(["slowdown", "internal", "drop"])
+            else:
+                fault = "forward"
+            self.counts[fault] += 1
+            return fault
+
+    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+        length = int(req.headers.get("Content-Length") or 0)
+        body = req.rfile.read(length) if length else b""
+        fault = self._choose()
+        if fault in ("drop",):
+            req.close_connection = True
+            req.connection.close()
+            return
+        if fault in _FAULTS or fault == "outage":
+            status, code, message = _FAULTS.get(fault, _FAULTS["slowdown"])
+            payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                       f"<Message>{message}</Message></Error>").encode()
+            req.send_response(status)
+            req.send_header("Content-Type", "application/xml")
+            req.send_header("Content-Length", str(len(payload)))
+            req.end_headers()
+            if req.command != "HEAD":
+                req.wfile.write(payload)
+            return
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            headers = {k: v for k, v in req.headers.items() if k.lower() != "connection"}
+            conn.request(req.command, req.path, body=body, headers=headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            req.send_response(reply.status, reply.reason)
+            skip = {"transfer-encoding", "connection", "content-length", "date", "server"}
+            for name, value in reply.getheaders():
+                if name.lower() not in skip:
+                    req.send_header(name, value)
+            # A HEAD reply describes the object: keep the upstream length.
+            length = reply.getheader("Content-Length", "0") if req.command == "HEAD" else len(data)
+            req.send_header("Content-Length", str(length))
+            req.end_headers()
+            if req.command != "HEAD":
+                req.wfile.write(data)
+        finally:
+            conn.close()

@@ -1,0 +1,72 @@
+"""S3 faults between the daemon and the emulator: 5xx, SlowDown, dropped connections."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import processorctl, write_config
+from tests.faultproxy import FaultProxy
+from tests.integration.test_daemon import daemon, wait_state
+
+IN, OUT = "faults-in", "faults-out"
+
+
+def test_jobs_succeed_through_a_flaky_s3_and_the_retries_are_logged(
+    short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
+) -> None:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket=IN)
+    s3.create_bucket(Bucket=OUT)
+    bodies = {f"flaky/{n:02d}.txt": f"word{n} " * (n + 1) for n in range(12)}
+    etags = {key: s3.put_object(Bucket=IN, Key=key, Body=body.encode())["ETag"]
+             for key, body in bodies.items()}
+    with FaultProxy(moto_endpoint, rate=0.15, seed=3) as proxy:
+        config = write_config(short_tmp, output_bucket=OUT, endpoint=proxy.endpoint,
+                              retry_base_s=1, retry_max_s=2, max_attempts=5)
+        ids = {}
+        for key, etag in etags.items():
+            done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
+            assert done.returncode == 0, done.stderr
+            ids[key] = done.stdout.strip()
+        with daemon(config, short_tmp / "p.sock"):
+            for job_id in ids.values():
+                job = wait_state(config, job_id, {"succeeded", "failed"}, timeout=120)
+                assert job["state"] == "succeeded", job
+        injected = proxy.counts["slowdown"] + proxy.counts["internal"] + proxy.counts["drop"]
+    assert injected >= 5, proxy.counts
+    for key, body in bodies.items():
+        summary = json.loads(s3.get_object(Bucket=OUT, Key=f"{key}/summary.json")["Body"].read())
+        assert summary["words"] == len(body.split())
+    events = [json.loads(line)["event"]
+              for line in (short_tmp / "state/logs/processor.jsonl").read_text().splitlines()]
+    assert events.count("s3_request_failed") + events.count("s3_call_retry") >= injected // 2
+
+
+def test_s3_outage_requeues_and_jobs_complete_when_it_returns(
+    short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
+) -> None:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket=IN)
+    s3.create_bucket(Bucket=OUT)
+    etag = s3.put_object(Bucket=IN, Key="outage.txt", Body=b"during an outage")["ETag"]
+    with FaultProxy(moto_endpoint, rate=0.0) as proxy:
+        config = write_config(short_tmp, output_bucket=OUT, endpoint=proxy.endpoint,
+                              retry_base_s=1, retry_max_s=1, max_attempts=20)
+        proxy.outage.set()
+        job_id = processorctl(config, "submit", "--bucket", IN, "--key=outage.txt",
+                              f"--etag={etag}").stdout.strip()
+        with daemon(config, short_tmp / "p.sock"):
+            deadline = time.monotonic() + 120
+            job = wait_state(config, job_id, {"queued"}, timeout=120)
+            while job["attempts"] < 1:  # back in the queue after a failed attempt
+                assert time.monotonic() < deadline, job
+                time.sleep(0.1)
+                job = wait_state(config, job_id, {"queued"}, timeout=120)
+            assert "503" in (job["error"] or "") and job["state"] == "queued", job
+            proxy.outage.clear()
+            job = wait_state(config, job_id, {"succeeded", "failed"}, timeout=120)
+        assert job["state"] == "succeeded" and job["attempts"] >= 2, job
