@@ -28,7 +28,7 @@ from worker.control import ControlServer
 from worker.job import Job, JobState
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
-from worker.process import StopToken
+from worker.process import StopToken, reap_orphans
 
 #: Longest the main loop sleeps with nothing to do (also the watchdog cadence).
 #: Work never waits for it: submissions and finished jobs wake the loop at once.
@@ -69,6 +69,9 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until a stop signal; return the exit status (0 on a clean stop)."""
+        for group in reap_orphans(self.settings.paths.work):
+            log.warning("orphan_killed", pgid=group,
+                        reason="a processing command outlived the previous daemon")
         for job in self.ledger.requeue_interrupted("interrupted: daemon restarted"):
             log.warning("job_requeued", job_id=job.id, key=job.key, state=job.state.value,
                         attempt=job.attempts, reason="interrupted by a previous stop or crash")

@@ -173,3 +173,46 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def reap_orphans(work_dir: Path, *, proc: Path = Path("/proc"), wait_s: float = 5.0) -> list[int]:
+    """Kill processing commands left running by a daemon that died (kill -9, OOM).
+
+    A command is recognised by ``PROCESSOR_INPUT`` in its environment pointing
+    under this daemon's work dir, so PID reuse cannot hit an unrelated
+    process. Its whole process group (it runs in its own session) is killed,
+    so a rerun of the job never races a ghost writing into the same work dir.
+    Under systemd the cgroup is cleaned anyway; this covers everything else.
+    """
+    marker = f"PROCESSOR_INPUT={work_dir}/".encode()
+    groups: set[int] = set()
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if any(item.startswith(marker) for item in environ.split(b"\0")):
+            try:
+                groups.add(os.getpgid(int(entry.name)))
+            except ProcessLookupError:
+                continue
+    for group in groups:
+        _kill_group(group)
+    deadline = time.monotonic() + wait_s
+    alive = set(groups)
+    while alive and time.monotonic() < deadline:
+        alive = {g for g in alive if _group_alive(g)}
+        time.sleep(0.05)
+    return sorted(groups)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,71 @@
+"""The child process: argv substitution, process groups, and reaping orphans."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.process import StopToken, reap_orphans, render_argv, run_command
+
+
+def test_placeholders_are_whole_arguments_only() -> None:
+    argv = render_argv(["/bin/p", "{input}", "--out={output_dir}", "{output_dir}"],
+                       {"{input}": "-rf /", "{output_dir}": "/w/out"})
+    assert argv == ["/bin/p", "-rf /", "--out={output_dir}", "/w/out"]
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild"
+    code = ("import subprocess, sys, time;"
+            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    result = run_command([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ),
+                         log_path=tmp_path / "log", timeout_s=1, kill_grace_s=1)
+    assert result.timed_out and not result.cancelled
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{grandchild}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{grandchild}/cmdline").exists() or \
+        "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
+
+
+def test_cancel_token_stops_the_command(tmp_path: Path) -> None:
+    token = StopToken()
+    token.stop(StopToken.CANCEL)
+    result = run_command([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path,
+                         env=dict(os.environ), log_path=tmp_path / "log", timeout_s=60, kill_grace_s=1,
+                         cancel=token)
+    assert result.cancelled and result.duration_s < 30
+
+
+def test_output_goes_to_the_log_and_stderr_tail_is_kept(tmp_path: Path) -> None:
+    code = "import sys; print('to stdout'); sys.stderr.write('x' * 10000 + 'END'); sys.exit(5)"
+    result = run_command([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ),
+                         log_path=tmp_path / "log", timeout_s=30, kill_grace_s=1)
+    assert result.returncode == 5 and result.stderr_tail.endswith("END")
+    assert len(result.stderr_tail) <= 4096
+    log = (tmp_path / "log").read_text()
+    assert "to stdout" in log and log.endswith("END")
+
+
+def test_reap_orphans_kills_only_commands_of_this_work_dir(tmp_path: Path) -> None:
+    ours = tmp_path / "work"
+    theirs = tmp_path / "other-work"
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    orphan = subprocess.Popen(sleep, env={**os.environ, "PROCESSOR_INPUT": f"{ours}/j-1/input"},
+                              start_new_session=True)
+    bystander = subprocess.Popen(sleep, env={**os.environ, "PROCESSOR_INPUT": f"{theirs}/j-1/input"},
+                                 start_new_session=True)
+    try:
+        killed = reap_orphans(ours)
+        assert killed == [orphan.pid]
+        assert orphan.wait(timeout=10) != 0
+        assert bystander.poll() is None
+    finally:
+        for proc in (orphan, bystander):
+            proc.kill()
+            proc.wait(timeout=10)
