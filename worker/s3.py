@@ -138,8 +138,16 @@ def _log_failed_attempt(
 
 
 def _full_object_checksums(response: Mapping[str, Any]) -> dict[str, str]:
-    """Checksums that cover the whole object (a composite one ends in -<parts>)."""
-    if response.get("ChecksumType") == "COMPOSITE":
+    """Checksums that cover the whole object, and only those.
+
+    A multipart object's checksum is of the whole object only when S3 says
+    ``ChecksumType: FULL_OBJECT``; otherwise (COMPOSITE, or an older/emulated
+    S3 that does not say) it is a checksum of part checksums and cannot be
+    compared with the file's.
+    """
+    kind = response.get("ChecksumType")
+    multipart = "-" in str(response.get("ETag", ""))
+    if kind == "COMPOSITE" or (multipart and kind != "FULL_OBJECT"):
         return {}
     found = {}
     for name, field_name in (("sha256", "ChecksumSHA256"), ("crc32", "ChecksumCRC32")):

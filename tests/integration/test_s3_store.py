@@ -83,3 +83,20 @@ def test_unreachable_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(StorageError) as info:
         dead.head("in-bucket", "k")
     assert info.value.retryable and info.value.code == "Transport"
+
+
+def test_multipart_object_without_a_full_object_checksum_is_not_compared(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path
+) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    body = bytes(range(256)) * (40 * 1024 * 4 + 3)  # ~40 MiB: a multipart upload
+    src = tmp_path / "src"
+    src.write_bytes(body)
+    aws("s3").upload_file(str(src), "in-bucket", "mpu.bin",
+                          Config=TransferConfig(multipart_threshold=8 * 1024 * 1024))
+    info = store.head("in-bucket", "mpu.bin")
+    assert info.etag and "-" in info.etag
+    assert info.checksums == {}
+    aws("s3").put_object(Bucket="in-bucket", Key="single.bin", Body=b"abc", ChecksumAlgorithm="SHA256")
+    assert "sha256" in store.head("in-bucket", "single.bin").checksums
