@@ -66,7 +66,7 @@ def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback
+            urllib.request.urlopen(url, timeout=1).close()
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -79,7 +79,6 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
-    size = args.size_mib * MIB
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
@@ -162,7 +161,8 @@ def main() -> int:
         f"| daemon: peak RSS growth | {daemon_delta:.1f} MiB |",
         f"| daemon growth / floor growth | {daemon_delta / floor_delta:.2f} |" if floor_delta > 0 else
         "| daemon growth / floor growth | n/a |",
-        f"| job wall time (submit to succeeded) | {elapsed:.1f} s ({2 * args.size_mib / elapsed:.0f} MiB/s moved) |",
+        f"| job wall time (submit to succeeded) | {elapsed:.1f} s "
+        f"({2 * args.size_mib / elapsed:.0f} MiB/s moved) |",
         "",
     ]
     report = "\n".join(lines)
