@@ -159,3 +159,13 @@ def test_missing_output_bucket_is_named(short_tmp: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "s3.output_bucket" in done.stderr
+
+
+def test_unusable_ledger_makes_the_daemon_exit_non_zero(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    ledger = short_tmp / "state" / "ledger" / "ledger.db"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b"this is not an SQLite database" * 100)
+    done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "cannot use state dir" in done.stderr

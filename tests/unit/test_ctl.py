@@ -114,3 +114,16 @@ def test_finished_job_shows_results_and_failure_details(config: Path) -> None:
         assert ledger.find(Identity("b", "k.csv")) is not None
     _, out = run(config, "show", job_id)
     assert re.search(r"exit code: +3", out) and "| bad row 7" in out and "command exited with status 3" in out
+
+
+def test_show_displays_phase_and_bytes_of_a_running_job(config: Path) -> None:
+    from worker.job import Phase
+
+    _, out = run(config, "submit", "--bucket", "b", "--key=big.bin")
+    job_id = out.strip()
+    with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
+        ledger.claim_next()
+        ledger.set_progress(job_id, phase=Phase.DOWNLOADING, bytes_total=1000, bytes_done=250)
+    _, out = run(config, "show", job_id)
+    assert re.search(r"state: +running \(downloading\)", out)
+    assert re.search(r"progress: +250/1000 bytes", out)

@@ -265,3 +265,19 @@ def test_stderr_is_drained_even_when_the_log_cannot_be_written(tmp_path: Path) -
     done = pipeline.run(job)
     assert time.monotonic() - started < 30
     assert done.state is JobState.FAILED and done.exit_code == 3 and (done.stderr_tail or "").endswith("eee")
+
+
+@pytest.mark.parametrize("attempt,base,cap,low,high", [
+    (1, 30, 900, 15, 30),
+    (2, 30, 900, 30, 60),
+    (4, 30, 900, 120, 240),
+    (10, 30, 900, 450, 900),  # capped
+])
+def test_backoff_is_exponential_with_equal_jitter(
+    attempt: int, base: float, cap: float, low: float, high: float
+) -> None:
+    from worker.pipeline import backoff_delay
+
+    delays = [backoff_delay(attempt, base, cap) for _ in range(200)]
+    assert all(low <= d <= high for d in delays)
+    assert max(delays) - min(delays) > (high - low) / 4  # jittered, not constant
