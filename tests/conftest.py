@@ -21,6 +21,17 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
                "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+#: Facts tests want in every CI log (exposure score, verify result …), printed at the end.
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REPORT:
+        terminalreporter.section("processor facts")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """One moto server on 127.0.0.1 (an ephemeral port) for the whole session."""

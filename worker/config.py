@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -34,6 +35,11 @@ CONFIG_ENV = "PROCESSOR_CONFIG"
 ENV_PREFIX = "PROCESSOR_"
 
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+# CloudWatch Logs naming rules (CreateLogGroup / CreateLogStream); checked here
+# so a typo fails at start, not as a stream of dropped batches later.
+_LOG_GROUP_RE = re.compile(r"[A-Za-z0-9_./#-]{1,512}")
+_LOG_STREAM_RE = re.compile(r"[^:*]{1,500}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,19 @@ class PathSettings:
 @dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
+    #: Send every event to the journal as structured fields (JOB_ID=, S3_KEY= …).
     journald: bool = True
+    #: CloudWatch Logs group; empty turns the CloudWatch sink (and EMF metrics) off.
     cloudwatch_log_group: str = ""
+    #: The instance's log stream (metrics go to "<stream>-metrics"); empty means
+    #: the EC2 instance id from IMDSv2, else the host name.
+    cloudwatch_stream: str = ""
+    #: Create the log group when it is missing. Off in production: the stack
+    #: creates it with a retention period, and the role need not be allowed to.
+    cloudwatch_create_group: bool = False
+    #: On shutdown, how long queued CloudWatch events may take to be sent
+    #: before they are dropped. Keep drain_timeout_s + this below TimeoutStopSec.
+    flush_timeout_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -284,5 +301,13 @@ def _check(settings: Settings, source: str) -> None:
         fail("paths.socket", "is longer than a Unix socket path may be (107 bytes)")
     if settings.paths.min_free_mb < 0:
         fail("paths.min_free_mb", f"must not be negative, got {settings.paths.min_free_mb}")
-    if settings.logging.level.lower() not in _LOG_LEVELS:
+    lg = settings.logging
+    if lg.level.lower() not in _LOG_LEVELS:
         fail("logging.level", f"must be one of {', '.join(sorted(_LOG_LEVELS))}")
+    if lg.cloudwatch_log_group and not _LOG_GROUP_RE.fullmatch(lg.cloudwatch_log_group):
+        fail("logging.cloudwatch_log_group", "must be 1-512 of A-Z a-z 0-9 _ . / # -")
+    # 500, not 512: "-metrics" is appended for the EMF stream.
+    if lg.cloudwatch_stream and not _LOG_STREAM_RE.fullmatch(lg.cloudwatch_stream):
+        fail("logging.cloudwatch_stream", "must be at most 500 characters without ':' or '*'")
+    if lg.flush_timeout_s < 0:
+        fail("logging.flush_timeout_s", f"must not be negative, got {lg.flush_timeout_s}")

@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,11 @@ class Pipeline:
         work = self.settings.paths.work / job.id
         try:
             outcome = self._attempt(job, work, cancel, log)
+            sizes = _sizes(work, outcome.state)
         finally:
             # Free the space first: on a full disk the ledger needs it to record the outcome.
             shutil.rmtree(work, ignore_errors=True)
-        return self._record(job, outcome, log)
+        return replace(self._record(job, outcome, log), extra=sizes)
 
     def _attempt(self, job: Job, work: Path, cancel: StopToken | None, log: Any) -> Outcome:
         timings: dict[str, float] = {}
@@ -334,6 +335,25 @@ def _stopped(reason: str, details: Mapping[str, Any] | None = None) -> Outcome:
     if reason == StopToken.SHUTDOWN:
         return Outcome(JobState.QUEUED, "interrupted by daemon shutdown", interrupted=True)
     return Outcome(JobState.CANCELLED, "cancelled by an operator", details or {})
+
+
+def _sizes(work: Path, state: JobState) -> dict[str, object]:
+    """Bytes downloaded and (for a success) uploaded, for job_finished and the metrics.
+
+    Measured here because the ledger's ``bytes_total`` is per phase (input,
+    then outputs) and the work dir is about to go.
+    """
+    try:
+        bytes_in = (work / "input").stat().st_size
+    except OSError:
+        bytes_in = 0
+    bytes_out = 0
+    if state is JobState.SUCCEEDED:
+        try:
+            bytes_out = sum(size for _, _, size in collect_outputs(work / "output"))
+        except (OSError, OutputError):
+            pass
+    return {"bytes_in": bytes_in, "bytes_out": bytes_out}
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:

@@ -49,6 +49,8 @@ cloudwatch_log_group = ""
 def test_defaults_fill_everything_but_the_bucket() -> None:
     s = settings_from_mapping(MINIMAL, {})
     assert s.s3.region == "us-east-1"
+    assert (s.logging.cloudwatch_stream, s.logging.cloudwatch_create_group) == ("", False)
+    assert s.logging.flush_timeout_s == 10
     assert s.paths.state_dir == Path("/var/lib/processor")
     assert s.processing.max_attempts == 3
 
@@ -85,6 +87,10 @@ def test_missing_output_bucket_is_named() -> None:
     ("paths", "socket", "/" + "s" * 120, "paths.socket"),
     ("logging", "level", "loud", "logging.level"),
     ("logging", "journald", "yes", "logging.journald must be true or false"),
+    ("logging", "cloudwatch_log_group", "bad group!", "logging.cloudwatch_log_group"),
+    ("logging", "cloudwatch_stream", "i-1:x", "logging.cloudwatch_stream"),
+    ("logging", "cloudwatch_create_group", "yes", "logging.cloudwatch_create_group must be true or false"),
+    ("logging", "flush_timeout_s", -1, "logging.flush_timeout_s"),
     ("s3", "endpoint_url", "localhost:4566", "s3.endpoint_url"),
 ])
 def test_bad_values_are_named(section: str, key: str, value: object, fragment: str) -> None:

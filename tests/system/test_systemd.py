@@ -1,0 +1,229 @@
+"""processor under a real systemd: the unit, sd_notify, journald, restarts, the watchdog, drain.
+
+A throw-away container (tests/system/nspawn.py) boots systemd on an overlay of
+this machine's root; the repository's unit, sysusers and tmpfiles files are
+installed into it unchanged (a drop-in only adds the emulator's credentials and
+a short watchdog for the test), an ext4 image on a loop device plays the EBS
+volume at /var/lib/processor, and the emulator runs on the host's loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.system.nspawn import Machine, unavailable_reason
+
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+
+IN, OUT = "sys-in", "sys-out"
+STATE = "/var/lib/processor"
+#: The install inside the machine, as on EC2 (a virtualenv of the distribution's Python).
+VENV = "/opt/processor/venv"
+
+#: Sleeps when the input starts with "slow", then summarises it like the example program.
+COMMAND = [
+    f"{VENV}/bin/python", "-c",
+    "import sys, time, pathlib, runpy; d = pathlib.Path(sys.argv[1]).read_bytes();"
+    "time.sleep(4 if d.startswith(b'slow') else 0);"
+    "sys.argv = ['summarize', sys.argv[1], sys.argv[2]]; runpy.run_module('worker.examples.summarize',"
+    " run_name='__main__')",
+    "{input}", "{output_dir}",
+]
+
+
+def wait(what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def install_venv(box: Machine) -> None:
+    """/opt/processor/venv on /usr/bin/python3, seeing this test run's packages.
+
+    The test's own interpreter may live under /root (pyenv), which the unit's
+    ProtectHome= and the service user cannot reach, as on a real host.
+    """
+    system_python = Path("/usr/bin/python3")
+    if not system_python.exists():
+        pytest.skip("no /usr/bin/python3 to build the service's virtualenv with")
+    venv = box.root / VENV.lstrip("/")
+    subprocess.run([str(system_python), "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    version = subprocess.run([str(system_python), "-c", "import sys; print(f'{sys.version_info[0]}."
+                              "{sys.version_info[1]}')"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    if version != f"{sys.version_info[0]}.{sys.version_info[1]}":
+        pytest.skip(f"/usr/bin/python3 is {version}, the test venv is {sys.version_info[:2]}")
+    site = sysconfig.get_paths()["purelib"]
+    box.write(f"{VENV}/lib/python{version}/site-packages/processor-under-test.pth",
+              f"import site; site.addsitedir({site!r})\n")
+    for name, module in (("processor", "worker.cli"), ("processorctl", "worker.ctl")):
+        box.write(f"{VENV}/bin/{name}",
+                  f"#!{VENV}/bin/python\nimport sys\nfrom {module} import main\nsys.exit(main())\n",
+                  mode=0o755)
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Iterator[Machine]:
+    box = Machine(tmp_path_factory.mktemp("machine"))
+    try:
+        box.prepare()
+        box.attach_volume(STATE)
+        unit = REPO / "deploy/systemd"
+        box.write("/etc/systemd/system/processor.service", (unit / "processor.service").read_text())
+        box.write("/etc/sysusers.d/processor.conf", (unit / "processor.sysusers.conf").read_text())
+        box.write("/etc/tmpfiles.d/processor.conf", (unit / "processor.tmpfiles.conf").read_text())
+        install_venv(box)
+        box.write("/etc/systemd/system/processor.service.d/test.conf", "\n".join([
+            "[Service]",
+            "Environment=AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
+            f"Environment=AWS_ENDPOINT_URL={moto_endpoint}",
+            "WatchdogSec=4",
+            "TimeoutAbortSec=3",
+            "RestartSec=1",
+            "",
+        ]))
+        box.write("/etc/processor/processor.toml", "\n".join([
+            "[s3]", f'output_bucket = "{OUT}"', f'endpoint_url = "{moto_endpoint}"',
+            "[processing]", f"command = {json.dumps(COMMAND)}", "retry_base_s = 1",
+            "drain_timeout_s = 30", "[paths]", "min_free_mb = 1",
+            "[logging]", "journald = true", "",
+        ]), mode=0o640)
+        box.boot()
+        box.sh("systemd-sysusers")
+        box.sh("systemd-tmpfiles", "--create", "/etc/tmpfiles.d/processor.conf")
+        box.sh("systemctl", "daemon-reload")
+        yield box
+    finally:
+        box.close()
+
+
+@pytest.fixture(scope="module")
+def s3(moto_endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                   region_name="us-east-1").client(
+        "s3", endpoint_url=moto_endpoint, config=Config(s3={"addressing_style": "path"}))
+    for bucket in (IN, OUT):
+        client.create_bucket(Bucket=bucket)
+    return client
+
+
+def prop(box: Machine, name: str) -> str:
+    return box.sh("systemctl", "show", "-P", name, "processor").stdout.strip()
+
+
+def submit(box: Machine, s3: Any, key: str, body: bytes) -> str:
+    etag = s3.put_object(Bucket=IN, Key=key, Body=body)["ETag"]
+    # As the SSM agent would: root, processorctl on the host's install, the default config.
+    done = box.sh(f"{VENV}/bin/processorctl", "submit", "--bucket", IN, f"--key={key}",
+                  f"--etag={etag}")
+    return done.stdout.strip()
+
+
+def job(box: Machine, job_id: str) -> dict[str, Any]:
+    shown = box.sh(f"{VENV}/bin/processorctl", "show", job_id, "--json")
+    return dict(json.loads(shown.stdout))
+
+
+def finished(box: Machine, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    return dict(wait(f"job {job_id} to finish",
+                     lambda: (j := job(box, job_id))["state"] in ("succeeded", "failed") and j,
+                     timeout))
+
+
+def test_1_start_returns_after_ready_and_status_shows_counts(machine: Machine) -> None:
+    started = machine.sh("systemctl", "start", "processor", check=False)
+    assert started.returncode == 0, started.stderr + machine.sh(
+        "journalctl", "-u", "processor", "--no-pager", "-n", "50", check=False).stdout
+    # Type=notify: start only returned once READY=1 was sent.
+    assert prop(machine, "ActiveState") == "active"
+    assert prop(machine, "SubState") == "running"
+    status = machine.sh("systemctl", "status", "processor", "--no-pager", check=False).stdout
+    assert "Status: \"0 running, 0 queued, 0 succeeded, 0 failed\"" in status, status
+    # The ledger is on the volume, created by the service user.
+    owner = machine.sh("stat", "-c", "%U", f"{STATE}/ledger/ledger.db").stdout.strip()
+    assert owner == "processor"
+
+
+def test_2_job_succeeds_and_the_journal_carries_its_fields(machine: Machine, s3: Any) -> None:
+    job_id = submit(machine, s3, "reports/q4 summary.csv", b"a,b\n1,2\n3,4\n")
+    done = finished(machine, job_id)
+    assert done["state"] == "succeeded", done
+    assert s3.get_object(Bucket=OUT, Key="reports/q4 summary.csv/_manifest.json")
+    entries = wait("journal entries for the job", lambda: [
+        json.loads(line) for line in machine.sh(
+            "journalctl", "-u", "processor", "-o", "json", "--no-pager", f"JOB_ID={job_id}",
+            check=False).stdout.splitlines() if line.strip()])
+    finished_lines = [e for e in entries if e.get("EVENT") == "job_finished"]
+    assert finished_lines, entries[:3]
+    assert finished_lines[0]["S3_KEY"] == "reports/q4 summary.csv"
+    assert finished_lines[0]["JOB_STATE"] == "succeeded"
+    status = wait("STATUS to count the job", lambda: "1 succeeded" in prop(machine, "StatusText"))
+    assert status
+
+
+def test_3_kill_9_restarts_and_the_interrupted_job_completes(machine: Machine, s3: Any) -> None:
+    restarts = int(prop(machine, "NRestarts"))
+    job_id = submit(machine, s3, "slow-kill.txt", b"slow words here")
+    wait("job to run", lambda: job(machine, job_id)["state"] == "running")
+    pid = prop(machine, "MainPID")
+    machine.sh("kill", "-9", pid)
+    wait("systemd to restart the daemon", lambda: int(prop(machine, "NRestarts")) > restarts
+         and prop(machine, "ActiveState") == "active", timeout=60)
+    done = finished(machine, job_id)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, done
+    assert prop(machine, "MainPID") != pid
+
+
+def test_4_a_stalled_loop_trips_the_watchdog(machine: Machine) -> None:
+    restarts = int(prop(machine, "NRestarts"))
+    pid = prop(machine, "MainPID")
+    machine.sh("kill", "-STOP", pid)  # alive, but no more WATCHDOG=1
+    wait("the watchdog to restart the daemon", lambda: int(prop(machine, "NRestarts")) > restarts
+         and prop(machine, "ActiveState") == "active" and prop(machine, "MainPID") != pid, timeout=60)
+    log = machine.sh("journalctl", "-u", "processor", "--no-pager", "-n", "200", check=False).stdout
+    assert "Watchdog timeout" in log or "watchdog" in log.lower(), log[-2000:]
+
+
+def test_5_stop_drains_the_running_job_and_exits_cleanly(machine: Machine, s3: Any) -> None:
+    job_id = submit(machine, s3, "slow-drain.txt", b"slow but steady")
+    wait("job to run", lambda: job(machine, job_id)["state"] == "running")
+    stopped = machine.sh("systemctl", "stop", "processor", timeout=120, check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    assert prop(machine, "ActiveState") == "inactive"
+    assert prop(machine, "Result") == "success" and prop(machine, "ExecMainStatus") == "0"
+    assert job(machine, job_id)["state"] == "succeeded"
+
+
+def test_6_the_unit_refuses_to_start_without_the_volume(machine: Machine) -> None:
+    machine.sh("systemctl", "stop", "processor", timeout=120)
+    machine.sh("umount", STATE)
+    try:
+        refused = machine.sh("systemctl", "start", "processor", check=False)
+        assert refused.returncode != 0
+        assert prop(machine, "ActiveState") != "active"
+        why = refused.stderr + machine.sh("systemctl", "status", "processor", "--no-pager",
+                                          check=False).stdout
+        print(why)
+        assert "Assertion failed" in why or "dependency" in why, why
+        leaked = machine.sh("ls", "-A", STATE, check=False).stdout.split()
+        assert "ledger" not in leaked, "the daemon wrote to the root disk"
+    finally:
+        machine.sh("mount", "-L", "processor-state", STATE, check=False)

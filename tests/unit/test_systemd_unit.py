@@ -1,0 +1,56 @@
+"""The unit file: `systemd-analyze verify` is clean and the exposure score stays <= 1.5.
+
+Both run without booting anything; the figures are printed in pytest's
+summary (see tests/conftest.py) so every CI log records them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, REPORT
+
+UNIT = REPO / "deploy/systemd/processor.service"
+ANALYZE = shutil.which("systemd-analyze")
+pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+
+#: The ceiling the project holds itself to (timesyncd scores 2.3, journald 4.3).
+MAX_EXPOSURE = 1.5
+
+
+def test_exposure_score_is_at_most_1_5() -> None:
+    done = subprocess.run([str(ANALYZE), "security", "--offline=true", str(UNIT)],
+                          capture_output=True, text=True, timeout=120)
+    match = re.search(r"Overall exposure level for processor\.service: ([0-9.]+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    score = float(match.group(1))
+    REPORT.append(f"systemd-analyze security --offline=true processor.service: exposure {score}")
+    assert score <= MAX_EXPOSURE, done.stdout
+
+
+def test_verify_is_clean(tmp_path: Path) -> None:
+    # Verify checks that ExecStart exists; point it at this checkout's install.
+    unit = tmp_path / "processor.service"
+    unit.write_text(UNIT.read_text().replace("/opt/processor/venv/bin/processor",
+                                             str(Path(sys.executable).parent / "processor")))
+    done = subprocess.run([str(ANALYZE), "verify", str(unit)], capture_output=True, text=True,
+                          timeout=120)
+    findings = (done.stdout + done.stderr).strip()
+    REPORT.append(f"systemd-analyze verify processor.service: {findings or 'clean'}")
+    assert done.returncode == 0 and findings == "", findings
+
+
+def test_timeouts_are_consistent_with_the_daemon_defaults() -> None:
+    from worker.config import ProcessingSettings
+
+    text = UNIT.read_text()
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    watchdog = int(re.search(r"^WatchdogSec=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert stop > ProcessingSettings().drain_timeout_s + 10  # drain + log flush + margin
+    assert watchdog >= 5  # the loop pings at least once a second

@@ -1,0 +1,204 @@
+"""CloudWatch Logs sink (watchtower): a stream per instance, EMF metrics beside it.
+
+Like ``s3.py`` this is an AWS adapter, so it imports boto3; nothing else in
+the logging path does. Two watchtower handlers share the log group: the
+instance's stream (every JSON event) and ``<stream>-metrics`` (EMF documents
+only), whose client adds ``x-amzn-logs-format: json/emf`` to PutLogEvents.
+
+Never blocking a job: watchtower's ``emit`` only appends to a queue that a
+background thread per stream sends in batches every ``SEND_INTERVAL_S``. Its
+queue is unbounded, so ``CloudWatchHandler`` drops (and counts) events once
+``MAX_QUEUED`` are waiting: an unreachable CloudWatch costs a bounded amount
+of memory and never a stalled job. The clients have short timeouts and few
+retries so a dead endpoint frees the sender quickly; the endpoint itself comes
+from boto3's usual chain (``AWS_ENDPOINT_URL_LOGS`` / ``AWS_ENDPOINT_URL``).
+Bounded shutdown is ``worker.logs.shutdown``'s job.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import watchtower
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.config import Settings
+
+#: Instance metadata service (IMDSv2: a session token first, then the value).
+IMDS_URL = "http://169.254.169.254"
+#: Per request; off EC2 the address does not answer, and start-up must not wait.
+IMDS_TIMEOUT_S = 1.0
+
+#: Longest an event waits in the queue before its batch is sent.
+SEND_INTERVAL_S = 5
+#: Events queued per stream beyond which new ones are dropped (CloudWatch down).
+MAX_QUEUED = 10_000
+#: Suffix of the EMF metrics stream.
+METRICS_SUFFIX = "-metrics"
+
+#: The header CloudWatch Logs needs on PutLogEvents to extract EMF metrics.
+EMF_HEADER = ("x-amzn-logs-format", "json/emf")
+_EMF_EVENT = "before-sign.cloudwatch-logs.PutLogEvents"
+
+# Short timeouts, two attempts: the sender thread retries each batch itself,
+# and a slow endpoint must not hold the shutdown flush for minutes.
+_CLIENT_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2}
+)
+
+# Records of the AWS SDK stay out of CloudWatch: the sender thread's own
+# warnings would otherwise feed the very queue it is failing to send (they
+# still reach the file and the journal).
+_SDK_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
+
+
+def instance_id(base_url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> str | None:
+    """This EC2 instance's id via IMDSv2, or None when there is no metadata service."""
+    # No proxies: an HTTP(S)_PROXY in the environment must not see IMDS traffic.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        put = urllib.request.Request(
+            f"{base_url}/latest/api/token", method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+        )
+        with opener.open(put, timeout=timeout) as reply:
+            token = reply.read().decode()
+        get = urllib.request.Request(
+            f"{base_url}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
+        )
+        with opener.open(get, timeout=timeout) as reply:
+            value: str = reply.read().decode().strip()
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return value or None
+
+
+def stream_name(configured: str, lookup: Callable[[], str | None] = instance_id) -> str:
+    """The configured stream, else the instance id, else the host name."""
+    return configured or lookup() or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where CloudWatch events go."""
+
+    group: str
+    stream: str
+    create_group: bool = False
+    #: Used when boto3's chain names no region (AWS_REGION, the profile).
+    region: str = ""
+    send_interval_s: int = SEND_INTERVAL_S
+    max_queued: int = MAX_QUEUED
+
+    @property
+    def metrics_stream(self) -> str:
+        return self.stream + METRICS_SUFFIX
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, lookup: Callable[[], str | None] = instance_id
+    ) -> Target | None:
+        """The target of ``[logging]``, or None when CloudWatch is off."""
+        lg = settings.logging
+        if not lg.cloudwatch_log_group:
+            return None
+        return cls(
+            group=lg.cloudwatch_log_group, stream=stream_name(lg.cloudwatch_stream, lookup),
+            create_group=lg.cloudwatch_create_group, region=settings.s3.region,
+        )
+
+
+def _mark_emf(request: Any, **_: Any) -> None:
+    request.headers[EMF_HEADER[0]] = EMF_HEADER[1]
+
+
+def logs_client(region: str = "", *, emf: bool = False) -> Any:
+    """A CloudWatch Logs client; with ``emf`` its PutLogEvents carry the EMF header."""
+    session = boto3.session.Session()
+    client = session.client(
+        "logs", region_name=session.region_name or region or None, config=_CLIENT_CONFIG
+    )
+    if emf:
+        client.meta.events.register(_EMF_EVENT, _mark_emf)
+    return client
+
+
+def ensure_group(client: Any, group: str) -> str | None:
+    """Create the log group unless it exists; the problem as text if that failed."""
+    try:
+        client.create_log_group(logGroupName=group)
+    except client.exceptions.ResourceAlreadyExistsException:
+        pass
+    except (BotoCoreError, ClientError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _not_from_sdk(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(_SDK_LOGGERS)
+
+
+class CloudWatchHandler(watchtower.CloudWatchLogHandler):
+    """watchtower with a bounded queue, a drop counter and no drops during stream creation."""
+
+    def __init__(self, client: Any, group: str, stream: str, *,
+                 send_interval_s: int = SEND_INTERVAL_S, max_queued: int = MAX_QUEUED) -> None:
+        super().__init__(
+            log_group_name=group,
+            # watchtower str.format()s the stream name; braces are literal here.
+            log_stream_name=stream.replace("{", "{{").replace("}", "}}"),
+            boto3_client=client, create_log_group=False, create_log_stream=True,
+            use_queues=True, send_interval=send_interval_s,
+        )
+        self.stream = stream
+        self.max_queued = max_queued
+        #: Events dropped because the queue was full.
+        self.dropped = 0
+        self.addFilter(_not_from_sdk)
+
+    # watchtower sets this while its sender thread creates a missing stream,
+    # and meanwhile emit() silently drops every record from every thread. It
+    # guards against recursion in its unqueued mode; queued, with SDK records
+    # filtered out, there is no recursion, so never drop for it.
+    @property  # type: ignore[override]
+    def creating_log_stream(self) -> bool:
+        return False
+
+    @creating_log_stream.setter
+    def creating_log_stream(self, _value: bool) -> None:
+        pass
+
+    def pending(self) -> int:
+        """Events queued and not yet sent."""
+        queued = self.queues.get(self.stream)
+        return queued.qsize() if queued is not None else 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.pending() >= self.max_queued:
+            self.dropped += 1
+            return
+        super().emit(record)
+
+
+def open_handlers(target: Target) -> tuple[CloudWatchHandler, CloudWatchHandler, str | None]:
+    """The events and metrics handlers of ``target``, and a problem creating the group, if any.
+
+    No network traffic unless the group is to be created; streams are created
+    by watchtower on the first send.
+    """
+    client = logs_client(target.region)
+    problem = ensure_group(client, target.group) if target.create_group else None
+    events = CloudWatchHandler(client, target.group, target.stream,
+                               send_interval_s=target.send_interval_s, max_queued=target.max_queued)
+    metrics = CloudWatchHandler(logs_client(target.region, emf=True), target.group,
+                                target.metrics_stream, send_interval_s=target.send_interval_s,
+                                max_queued=target.max_queued)
+    return events, metrics, problem

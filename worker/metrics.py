@@ -1,0 +1,96 @@
+"""Job metrics as CloudWatch Embedded Metric Format (EMF): one document per finished job.
+
+CloudWatch Logs turns each document into metric data points when it arrives
+on a stream with the ``x-amzn-logs-format: json/emf`` header, so the metrics
+need no PutMetricData call and no extra IAM beyond writing logs. Shape::
+
+    {"_aws": {"Timestamp": <ms>, "CloudWatchMetrics": [{
+        "Namespace": "processor",
+        "Dimensions": [["Outcome"], []],
+        "Metrics": [{"Name": "JobDuration", "Unit": "Seconds"}, ...]}]},
+     "Outcome": "succeeded", "JobDuration": 1.5, "BytesIn": 10, "BytesOut": 7,
+     "Jobs": 1, "Attempts": 1, "job_id": "j-…", "bucket": "…", "key": "…"}
+
+The empty dimension set gives fleet-wide totals beside the per-outcome ones;
+``job_id``/``key``/``bucket`` are properties (searchable in Logs Insights, not
+dimensions, which would make one metric per job).
+
+Documents go through the stdlib logger ``LOGGER_NAME``, which propagates
+nowhere: ``worker.logs`` gives it only the CloudWatch metrics stream, so no
+EMF JSON lands in the file or the journal. Not through structlog, because the
+document must be the whole log event, not a field of one. When CloudWatch is
+off the logger is disabled and no document is even built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from worker.job import Job
+
+#: CloudWatch metric namespace.
+NAMESPACE = "processor"
+
+#: The stdlib logger carrying EMF documents (wired up by worker.logs).
+LOGGER_NAME = "processor.emf"
+
+#: Every metric of the document, with its CloudWatch unit.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("JobDuration", "Seconds"),
+    ("BytesIn", "Bytes"),
+    ("BytesOut", "Bytes"),
+    ("Jobs", "Count"),
+    ("Attempts", "Count"),
+)
+
+#: Dimension sets: per final state, and one without dimensions for totals.
+DIMENSIONS: tuple[tuple[str, ...], ...] = (("Outcome",), ())
+
+_log = logging.getLogger(LOGGER_NAME)
+_log.propagate = False  # EMF documents belong on the metrics stream only
+_log.setLevel(logging.CRITICAL + 1)  # off until worker.logs attaches the CloudWatch sink
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
+    """The EMF document of one finished job (``now`` in epoch seconds)."""
+    return {
+        "_aws": {
+            "Timestamp": int(now * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [list(names) for names in DIMENSIONS],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, unit in METRICS],
+                }
+            ],
+        },
+        "Outcome": job.state.value,
+        "JobDuration": round(duration_s, 3),
+        "BytesIn": _count(job.extra.get("bytes_in")),
+        "BytesOut": _count(job.extra.get("bytes_out")),
+        "Jobs": 1,
+        "Attempts": job.attempts,
+        "job_id": job.id,
+        "bucket": job.bucket,
+        "key": job.key,
+    }
+
+
+def job_finished(job: Job, duration_s: float, *, clock: Callable[[], float] = time.time) -> None:
+    """Emit the job's EMF document (a no-op unless the CloudWatch sink is on)."""
+    if not _log.isEnabledFor(logging.INFO):
+        return
+    try:
+        text = json.dumps(document(job, duration_s, now=clock()), ensure_ascii=False,
+                          separators=(",", ":"))
+    except (TypeError, ValueError):  # pragma: no cover - the fields are plain data
+        return
+    _log.info(text)
