@@ -12,6 +12,7 @@ import http.client
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -22,8 +23,11 @@ _FAULTS = {
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, rate: float = 0.1, seed: int = 7) -> None:
+    def __init__(self, upstream: str, *, rate: float = 0.1, seed: int = 7,
+                 on_request: Callable[[str, dict[str, str], bytes], None] | None = None) -> None:
         self.upstream = urlsplit(upstream)
+        #: Sees every request (method, headers, body) before it is forwarded or failed.
+        self.on_request = on_request
         self.rate = rate
         self.outage = threading.Event()
         self.counts: Counter[str] = Counter()
@@ -73,6 +77,8 @@ class FaultProxy:
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
+        if self.on_request is not None:
+            self.on_request(req.command, {k.lower(): v for k, v in req.headers.items()}, body)
         fault = self._choose()
         if fault in ("drop",):
             req.close_connection = True

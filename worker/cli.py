@@ -52,22 +52,30 @@ def run_daemon(config: str | None) -> int:
     from worker.pipeline import Pipeline
     from worker.s3 import S3Store
 
-    logs.configure(settings.logging.level, settings.paths.logs)
     try:
-        for directory in (settings.paths.work, settings.paths.logs / "jobs"):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        ledger = Ledger(settings.paths.ledger)
-    except (OSError, LedgerError) as exc:
+        logs.setup(settings)
+    except OSError as exc:  # the log dir on the state volume is unusable
         print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
         return exitcodes.FAILURE
     try:
-        pipeline = Pipeline(settings, S3Store.from_settings(settings.s3), ledger)
-        return Daemon(settings, ledger, pipeline).run()
-    except ProcessorError as exc:
-        print(f"processor: {exc}", file=sys.stderr)
-        return exitcodes.FAILURE
+        try:
+            for directory in (settings.paths.work, settings.paths.logs / "jobs"):
+                directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            ledger = Ledger(settings.paths.ledger)
+        except (OSError, LedgerError) as exc:
+            print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
+            return exitcodes.FAILURE
+        try:
+            pipeline = Pipeline(settings, S3Store.from_settings(settings.s3), ledger)
+            return Daemon(settings, ledger, pipeline).run()
+        except ProcessorError as exc:
+            print(f"processor: {exc}", file=sys.stderr)
+            return exitcodes.FAILURE
+        finally:
+            ledger.close()
     finally:
-        ledger.close()
+        # Last: daemon_stopped and any crash report are queued for CloudWatch by now.
+        logs.shutdown(settings.logging.flush_timeout_s)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,8 +10,10 @@ background thread per stream sends in batches every ``SEND_INTERVAL_S``. Its
 queue is unbounded, so ``CloudWatchHandler`` drops (and counts) events once
 ``MAX_QUEUED`` are waiting: an unreachable CloudWatch costs a bounded amount
 of memory and never a stalled job. The clients have short timeouts and few
-retries so a dead endpoint frees the sender quickly; the endpoint itself comes
-from boto3's usual chain (``AWS_ENDPOINT_URL_LOGS`` / ``AWS_ENDPOINT_URL``).
+retries so a dead endpoint frees the sender quickly. The endpoint comes from
+boto3's usual chain: ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` (botocore derives the
+name from the service id "CloudWatch Logs"; ``AWS_ENDPOINT_URL_LOGS`` is
+ignored), then ``AWS_ENDPOINT_URL``.
 Bounded shutdown is ``worker.logs.shutdown``'s job.
 """
 
@@ -20,10 +22,10 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import watchtower
@@ -62,22 +64,24 @@ _SDK_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
 
 def instance_id(base_url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> str | None:
     """This EC2 instance's id via IMDSv2, or None when there is no metadata service."""
-    # No proxies: an HTTP(S)_PROXY in the environment must not see IMDS traffic.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    # http.client, not urllib: no HTTP(S)_PROXY from the environment may see IMDS traffic.
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
     try:
-        put = urllib.request.Request(
-            f"{base_url}/latest/api/token", method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        )
-        with opener.open(put, timeout=timeout) as reply:
-            token = reply.read().decode()
-        get = urllib.request.Request(
-            f"{base_url}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
-        )
-        with opener.open(get, timeout=timeout) as reply:
-            value: str = reply.read().decode().strip()
+        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        reply = conn.getresponse()
+        token = reply.read().decode()
+        if reply.status != 200:
+            return None
+        conn.request("GET", "/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token})
+        reply = conn.getresponse()
+        value = reply.read().decode().strip()
+        if reply.status != 200:
+            return None
     except (OSError, ValueError, http.client.HTTPException):
         return None
+    finally:
+        conn.close()
     return value or None
 
 
@@ -168,7 +172,7 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
     # and meanwhile emit() silently drops every record from every thread. It
     # guards against recursion in its unqueued mode; queued, with SDK records
     # filtered out, there is no recursion, so never drop for it.
-    @property  # type: ignore[override]
+    @property
     def creating_log_stream(self) -> bool:
         return False
 
@@ -177,15 +181,19 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
         pass
 
     def pending(self) -> int:
-        """Events queued and not yet sent."""
+        """Events queued and not yet sent (watchtower's FLUSH/END markers not counted)."""
         queued = self.queues.get(self.stream)
-        return queued.qsize() if queued is not None else 0
+        if queued is None:
+            return 0
+        with queued.mutex:
+            return sum(1 for item in queued.queue if isinstance(item, dict))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.pending() >= self.max_queued:
+        queued = self.queues.get(self.stream)
+        if queued is not None and queued.qsize() >= self.max_queued:
             self.dropped += 1
             return
-        super().emit(record)
+        super().emit(record)  # type: ignore[no-untyped-call]
 
 
 def open_handlers(target: Target) -> tuple[CloudWatchHandler, CloudWatchHandler, str | None]:

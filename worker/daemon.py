@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from worker import __version__, systemd
+from worker import __version__, metrics, systemd
 from worker.config import Settings
 from worker.control import ControlServer
 from worker.job import Job, JobState
@@ -189,12 +189,16 @@ class Daemon:
             except Exception:
                 log.exception("job_not_recorded", job_id=job.id)
         finally:
+            duration_s = time.monotonic() - started
             log.info(
                 "job_finished", job_id=final.id, bucket=final.bucket, key=final.key,
-                state=final.state.value, attempt=final.attempts,
-                duration_s=round(time.monotonic() - started, 3), bytes_in=final.bytes_total,
+                state=final.state.value, attempt=final.attempts, duration_s=round(duration_s, 3),
+                bytes_in=final.extra.get("bytes_in", 0), bytes_out=final.extra.get("bytes_out", 0),
                 exit_code=final.exit_code, error=final.error,
             )
+            metrics.job_finished(final, duration_s)
+            # Freed only now: a drain waits for the slot, so these lines are
+            # queued before the daemon stops and flushes its log sinks.
             with self._slots_lock:
                 self._slots.pop(job.id, None)
             structlog.contextvars.clear_contextvars()

@@ -18,8 +18,10 @@ a bounded time; the daemon calls it last.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
+import math
 import os
 import sys
 import threading
@@ -154,7 +156,7 @@ def _attach_cloudwatch(target: Target, formatter: logging.Formatter) -> bool:
 
 
 def shutdown(timeout_s: float) -> bool:
-    """Flush and close the CloudWatch sink, waiting at most ``timeout_s``; True if all was sent.
+    """Flush and close the CloudWatch sink, waiting at most ``timeout_s``; False if events were left.
 
     Each handler is closed in a daemon thread of its own (watchtower's close()
     waits for its sender thread, which may be stuck on a dead endpoint); the
@@ -172,8 +174,9 @@ def shutdown(timeout_s: float) -> bool:
         # Detached first: nothing may be queued behind the end marker.
         logging.getLogger().removeHandler(handler)
         emf_logger.removeHandler(handler)
-        # watchtower waits this long per queue inside close(); our deadline is the real bound.
-        handler.FLUSH_TIMEOUT = max(timeout_s, 0.0)
+        # watchtower waits this long per queue inside close(); past our deadline,
+        # so that the deadline below is the one bound that counts.
+        handler.FLUSH_TIMEOUT = math.ceil(max(timeout_s, 0.0)) + 1
     threads = [
         threading.Thread(target=_close_quietly, args=(h,), name=f"log-flush-{h.stream}", daemon=True)
         for h in handlers
@@ -183,19 +186,20 @@ def shutdown(timeout_s: float) -> bool:
     deadline = time.monotonic() + max(timeout_s, 0.0)
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    complete = not any(thread.is_alive() for thread in threads)
+    timed_out = any(thread.is_alive() for thread in threads)
+    pending = {h.stream: h.pending() for h in handlers}  # unsent: lost when we exit
     dropped = sum(h.dropped for h in handlers)
+    complete = not timed_out and not any(pending.values())
     if not complete or dropped:
-        log.warning("cloudwatch_flush_incomplete", timed_out=not complete, timeout_s=timeout_s,
-                    pending={h.stream: h.pending() for h in handlers}, dropped=dropped)
+        log.warning("cloudwatch_flush_incomplete", timed_out=timed_out, timeout_s=timeout_s,
+                    pending=pending, dropped=dropped)
     return complete
 
 
 def _close_quietly(handler: logging.Handler) -> None:
-    try:
+    # A failed flush is reported by shutdown() (pending events), never raised.
+    with contextlib.suppress(Exception):
         handler.close()
-    except Exception:  # noqa: BLE001 - a failed flush is reported by shutdown(), not raised
-        pass
 
 
 def _fileno(stream: TextIO) -> int:

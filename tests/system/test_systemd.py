@@ -90,7 +90,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Ite
         install_venv(box)
         box.write("/etc/systemd/system/processor.service.d/test.conf", "\n".join([
             "[Service]",
-            "Environment=AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
+            "Environment=AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
+            "Environment=AWS_DEFAULT_REGION=us-east-1",
             f"Environment=AWS_ENDPOINT_URL={moto_endpoint}",
             "WatchdogSec=4",
             "TimeoutAbortSec=3",

@@ -89,6 +89,8 @@ def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
     assert {"download_s", "process_s", "upload_s", "started_at"} <= set(manifest["timings"])
     assert not (tmp_path / "state" / "work" / job.id).exists()
     assert any(e["event"] == "upload_finished" for e in logs)
+    # For job_finished and the EMF metrics: bytes downloaded, and uploaded (HELLO + n).
+    assert done.extra == {"bytes_in": 5, "bytes_out": 6}
 
 
 def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path) -> None:
@@ -102,6 +104,7 @@ def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path)
     assert failed["exit_code"] == 3 and "bad row 7" in failed["stderr_tail"]
     assert failed["source"]["key"] == "x.csv" and failed["job_id"] == job.id
     assert (OUT, "results/x.csv/" + MANIFEST_NAME) not in store.objects
+    assert done.extra == {"bytes_in": 5, "bytes_out": 0}  # nothing uploaded
     log = (tmp_path / "state" / "logs" / "jobs" / f"{job.id}.log").read_text()
     assert "bad row 7" in log
     assert not (tmp_path / "state" / "work" / job.id).exists()

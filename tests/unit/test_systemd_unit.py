@@ -52,5 +52,9 @@ def test_timeouts_are_consistent_with_the_daemon_defaults() -> None:
     text = UNIT.read_text()
     stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
     watchdog = int(re.search(r"^WatchdogSec=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    assert stop > ProcessingSettings().drain_timeout_s + 10  # drain + log flush + margin
+    from worker.config import LoggingSettings
+
+    p, flush = ProcessingSettings(), LoggingSettings().flush_timeout_s
+    # drain, then stopping what is left (grace + 15 s to join), then the CloudWatch flush
+    assert stop > p.drain_timeout_s + p.kill_grace_s + 15 + flush
     assert watchdog >= 5  # the loop pings at least once a second
