@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """One moto server on 127.0.0.1 (an ephemeral port) for the whole session."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request is noise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

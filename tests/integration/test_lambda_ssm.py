@@ -19,7 +19,6 @@ Three things about moto (5.2.5) shape these tests:
 from __future__ import annotations
 
 import json
-import logging
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from lambda_trigger.handler import cached_client, lambda_handler
 from lambda_trigger.ssm import DeliveryError
@@ -82,23 +80,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    """A moto server on an ephemeral loopback port, shared by this module's tests.
-
-    One per module, not per test: stopping one takes half a second
-    (serve_forever's poll interval), and tests are isolated by account anyway.
-    """
-    werkzeug = logging.getLogger("werkzeug")
-    werkzeug_level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)  # one access-log line per request is noise here
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        werkzeug.setLevel(werkzeug_level)
+def moto_server(moto_endpoint: str) -> str:
+    """The session's moto server (tests/conftest.py); tests are isolated by account."""
+    return moto_endpoint
 
 
 @pytest.fixture
