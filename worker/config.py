@@ -107,11 +107,23 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ReconcileSettings:
+    #: The input bucket `processorctl reconcile` lists (the --input-bucket default).
+    input_bucket: str = ""
+    #: Only keys under this prefix.
+    prefix: str = ""
+    #: Only objects older than this, so objects whose event is still on its way
+    #: are left to it (S3 -> Lambda -> SSM normally takes seconds).
+    older_than_s: int = 900
+
+
+@dataclass(frozen=True)
 class Settings:
     s3: S3Settings
     processing: ProcessingSettings
     paths: PathSettings
     logging: LoggingSettings
+    reconcile: ReconcileSettings
 
 
 _SECTIONS: Mapping[str, type[Any]] = {
@@ -119,6 +131,7 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "processing": ProcessingSettings,
     "paths": PathSettings,
     "logging": LoggingSettings,
+    "reconcile": ReconcileSettings,
 }
 
 # Field types as written in the dataclasses above (strings, because of the
@@ -299,6 +312,8 @@ def _check(settings: Settings, source: str) -> None:
         fail("paths.socket", f"must be an absolute path, got {str(settings.paths.socket)!r}")
     if len(str(settings.paths.socket).encode()) > 107:
         fail("paths.socket", "is longer than a Unix socket path may be (107 bytes)")
+    if settings.reconcile.older_than_s < 0:
+        fail("reconcile.older_than_s", f"must not be negative, got {settings.reconcile.older_than_s}")
     if settings.paths.min_free_mb < 0:
         fail("paths.min_free_mb", f"must not be negative, got {settings.paths.min_free_mb}")
     lg = settings.logging

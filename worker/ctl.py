@@ -8,8 +8,6 @@ stopped) and then pokes the daemon over its socket if it is up.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import sys
 import time
@@ -20,9 +18,17 @@ from typing import Any, TextIO
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.control import request
-from worker.errors import ConfigError, ControlError, InvalidTransition, JobNotFound, LedgerError
+from worker.errors import (
+    ConfigError,
+    ControlError,
+    InvalidTransition,
+    JobNotFound,
+    LedgerError,
+    StorageError,
+)
 from worker.job import Identity, Job, JobState, normalise_etag
 from worker.ledger import Ledger
+from worker.render import describe, dump_json, printable, table, when
 
 #: S3's limit on a key, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
@@ -72,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("job_id")
     retry.add_argument("--json", action="store_true")
 
+    reconcile = sub.add_parser(
+        "reconcile", help="submit input objects that have neither a job nor a result (lost events)"
+    )
+    reconcile.add_argument("--input-bucket", help="default: reconcile.input_bucket from the config")
+    reconcile.add_argument("--prefix", help="default: reconcile.prefix")
+    reconcile.add_argument("--older-than", type=_duration, metavar="DURATION",
+                           help="e.g. 10m, 900s, 1h (default: reconcile.older_than_s)")
+    reconcile.add_argument("--dry-run", action="store_true", help="list what would be submitted")
+    reconcile.add_argument("--json", action="store_true")
+
     logs = sub.add_parser("logs", help="the processing command's output for a job")
     logs.add_argument("job_id")
     logs.add_argument("-f", "--follow", action="store_true",
@@ -113,7 +129,7 @@ def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
     except ControlError:
         pass  # the daemon picks the job up when it (re)starts
     if args.json:
-        _json(out, {"job_id": job.id, "created": created, "state": job.state.value})
+        dump_json(out, {"job_id": job.id, "created": created, "state": job.state.value})
     else:
         print(job.id, file=out)
         if not created:
@@ -139,14 +155,14 @@ def _list(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
     state = JobState(args.state) if args.state else None
     jobs = ledger.list_jobs(state, limit=args.limit)
     if args.json:
-        _json(out, [job.to_dict() for job in jobs])
+        dump_json(out, [job.to_dict() for job in jobs])
         return exitcodes.OK
     rows = [("JOB", "STATE", "ATTEMPTS", "UPDATED", "KEY")]
     rows += [
-        (j.id, j.state.value, str(j.attempts), _when(j.updated_at), _printable(j.key, 80))
+        (j.id, j.state.value, str(j.attempts), when(j.updated_at), printable(j.key, 80))
         for j in jobs
     ]
-    _table(out, rows)
+    table(out, rows)
     return exitcodes.OK
 
 
@@ -154,13 +170,13 @@ def _show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
     job = ledger.get(args.job_id)
     history = ledger.history(job.id)
     if args.json:
-        _json(out, {**job.to_dict(), "transitions": history})
+        dump_json(out, {**job.to_dict(), "transitions": history})
         return exitcodes.OK
-    _describe(out, job, settings)
+    describe(out, job, settings)
     print("transitions:", file=out)
     for t in history:
-        reason = f"  ({_printable(t['reason'], 200)})" if t["reason"] else ""
-        print(f"  {_when(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}"
+        reason = f"  ({printable(t['reason'], 200)})" if t["reason"] else ""
+        print(f"  {when(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}"
               f"  attempt {t['attempt']}{reason}", file=out)
     return exitcodes.OK
 
@@ -172,7 +188,7 @@ def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
         live = None
     counts = ledger.counts()
     if args.json:
-        _json(out, {"daemon": live, "counts": counts})
+        dump_json(out, {"daemon": live, "counts": counts})
         return exitcodes.OK
     if live is None:
         print(f"daemon: not reachable on {settings.paths.socket}", file=out)
@@ -265,75 +281,75 @@ def _copy_from(path: Path, offset: int, out: TextIO) -> int:
     return offset + len(data)
 
 
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 10m, 1h)") from None
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    # Imported here: boto3 is slow to import and every other command runs without it.
+    from worker.reconcile import Verdict, plan, result_sources
+    from worker.s3 import S3Store
+
+    bucket = args.input_bucket or settings.reconcile.input_bucket
+    if not bucket:
+        raise UsageError("--input-bucket is required (or set reconcile.input_bucket)")
+    prefix = settings.reconcile.prefix if args.prefix is None else args.prefix
+    older = settings.reconcile.older_than_s if args.older_than is None else args.older_than
+    store = S3Store.from_settings(settings.s3)
+    try:
+        results = result_sources(
+            (o.key for o in store.list_objects(settings.s3.output_bucket, settings.s3.output_prefix)),
+            settings.s3.output_prefix,
+        )
+        decisions = list(plan(store.list_objects(bucket, prefix), bucket=bucket, ledger=ledger,
+                              with_results=results, now=time.time(), older_than_s=older))
+    except StorageError as exc:
+        print(f"processorctl: cannot list the buckets: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    submitted = []
+    for decision in decisions:
+        if decision.verdict is Verdict.SUBMIT:
+            if not args.dry_run:
+                job, _ = ledger.submit(decision.identity)
+                submitted.append({"key": decision.listed.key, "job_id": job.id})
+            else:
+                submitted.append({"key": decision.listed.key, "job_id": decision.identity.job_id()})
+    if submitted and not args.dry_run:
+        try:
+            request(settings.paths.socket, "wake", timeout=1.0)
+        except ControlError:
+            pass
+    counts = {v.value: sum(1 for d in decisions if d.verdict is v) for v in Verdict}
+    if args.json:
+        dump_json(out, {"bucket": bucket, "prefix": prefix, "dry_run": args.dry_run,
+                    "listed": len(decisions), "counts": counts, "submitted": submitted})
+        return exitcodes.OK
+    verb = "would submit" if args.dry_run else "submitted"
+    for item in submitted:
+        print(f"{verb} {item['job_id']} s3://{bucket}/{printable(item['key'], 500)}", file=out)
+    print(f"listed {len(decisions)} objects in s3://{bucket}/{prefix}: {verb} {len(submitted)}, "
+          f"{counts['has_job']} with a job, {counts['has_result']} with a result, "
+          f"{counts['too_new']} newer than {older:g}s", file=out)
+    return exitcodes.OK
+
+
 def _report(out: TextIO, as_json: bool, job: Job) -> None:
     if as_json:
-        _json(out, job.to_dict())
+        dump_json(out, job.to_dict())
     else:
         print(f"{job.id} {job.state.value}", file=out)
 
 
 COMMANDS = {
     "submit": _submit, "list": _list, "show": _show, "status": _status,
-    "cancel": _cancel, "retry": _retry, "logs": _logs,
+    "cancel": _cancel, "retry": _retry, "logs": _logs, "reconcile": _reconcile,
 }
-
-
-# -- rendering ----------------------------------------------------------------
-
-
-def _describe(out: TextIO, job: Job, settings: Settings) -> None:
-    fields: list[tuple[str, str]] = [
-        ("job", job.id),
-        ("state", job.state.value + (f" ({job.phase.value})" if job.phase.value else "")),
-        ("source", f"s3://{job.bucket}/{_printable(job.key, 2000)}"),
-        ("version id", job.version_id or "-"),
-        ("etag", job.etag or "-"),
-        ("attempts", str(job.attempts)),
-        ("submitted", _when(job.created_at)),
-        ("updated", _when(job.updated_at)),
-    ]
-    if job.state is JobState.RUNNING and job.bytes_total:
-        fields.append(("progress", f"{job.bytes_done}/{job.bytes_total} bytes"))
-    if job.state is JobState.QUEUED and job.next_attempt_at:
-        fields.append(("next attempt", _when(job.next_attempt_at)))
-    if job.exit_code is not None:
-        fields.append(("exit code", str(job.exit_code)))
-    if job.error:
-        fields.append(("error", _printable(job.error, 2000)))
-    if job.result_prefix:
-        fields.append(("results", f"s3://{settings.s3.output_bucket}/{_printable(job.result_prefix, 2000)}"))
-    fields.append(("log", str(settings.paths.logs / "jobs" / f"{job.id}.log")))
-    width = max(len(name) for name, _ in fields)
-    for name, value in fields:
-        print(f"{name + ':':<{width + 1}} {value}", file=out)
-    if job.stderr_tail:
-        print("stderr (tail):", file=out)
-        for line in job.stderr_tail.splitlines()[-20:]:
-            print(f"  | {_printable(line, 500)}", file=out)
-
-
-def _printable(text: str, limit: int) -> str:
-    """Escape control characters so a hostile key cannot drive the terminal."""
-    escaped = "".join(
-        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape", "backslashreplace").decode()
-        for ch in text
-    )
-    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
-
-
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _table(out: TextIO, rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
-
-
-def _json(out: TextIO, value: object) -> None:
-    json.dump(value, out, indent=2, ensure_ascii=False)
-    out.write("\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

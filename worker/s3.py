@@ -31,7 +31,7 @@ from tenacity import (
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.job import normalise_etag
-from worker.store import ObjectInfo
+from worker.store import Listed, ObjectInfo
 
 _log = structlog.get_logger("processor.s3")
 
@@ -233,6 +233,23 @@ class S3Store:
                 Bucket=bucket, Key=key, Body=body, ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
             )
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[Listed]:
+        """The current version of every object under ``prefix`` (delete markers skipped)."""
+        paginator = self._client.get_paginator("list_object_versions")
+        with _translated(f"list s3://{bucket}/{prefix}"):
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for version in page.get("Versions", []):
+                    if not version.get("IsLatest", True):
+                        continue
+                    version_id = version.get("VersionId")
+                    yield Listed(
+                        key=version["Key"],
+                        version_id=None if version_id in (None, "", "null") else version_id,
+                        etag=normalise_etag(version.get("ETag")),
+                        size=int(version.get("Size", 0)),
+                        last_modified=version["LastModified"].timestamp(),
+                    )
 
     @_retrying
     def delete(self, bucket: str, key: str) -> None:

@@ -40,6 +40,17 @@ class ObjectInfo:
     sse_customer: bool = False
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One object as a bucket listing shows it."""
+
+    key: str
+    version_id: str | None
+    etag: str | None
+    size: int
+    last_modified: float  # epoch seconds
+
+
 class ObjectStore(Protocol):
     """The calls the pipeline makes; implementations raise StorageError only."""
 

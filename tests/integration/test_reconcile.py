@@ -1,0 +1,71 @@
+"""`processorctl reconcile`: objects whose events were lost get submitted, nothing twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CREDENTIALS, processorctl, write_config
+from tests.integration.test_daemon import daemon, wait_state
+from worker.job import Identity
+from worker.ledger import Ledger
+
+IN, OUT = "recon-in", "recon-out"
+
+
+def test_reconcile_submits_only_what_has_neither_job_nor_result(
+    short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
+) -> None:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket=IN)
+    s3.create_bucket(Bucket=OUT)
+    s3.put_bucket_versioning(Bucket=IN, VersioningConfiguration={"Status": "Enabled"})
+    # No notification on the bucket: these uploads' events are "lost".
+    lost = {f"lost/{n}.txt": f"lost words {n}" for n in range(3)}
+    versions = {k: s3.put_object(Bucket=IN, Key=k, Body=v.encode())["VersionId"] for k, v in lost.items()}
+    has_job = s3.put_object(Bucket=IN, Key="queued.txt", Body=b"queued")["VersionId"]
+    s3.put_object(Bucket=IN, Key="done.txt", Body=b"done")
+    s3.put_object(Bucket=OUT, Key="done.txt/_manifest.json", Body=b"{}")
+    s3.put_object(Bucket=IN, Key="folder/", Body=b"")
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint)
+    with Ledger(short_tmp / "state/ledger/ledger.db") as ledger:
+        ledger.submit(Identity(IN, "queued.txt", has_job))
+
+    too_new = processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "1h", "--json",
+                           env=CREDENTIALS)
+    assert too_new.returncode == 0, too_new.stderr
+    assert json.loads(too_new.stdout)["counts"]["too_new"] == 5  # + the folder marker
+
+    dry = processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "0", "--dry-run",
+                       env=CREDENTIALS)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("would submit j-") == 3 and "would submit 3," in dry.stdout
+    with Ledger(short_tmp / "state/ledger/ledger.db") as ledger:
+        assert len(ledger.list_jobs()) == 1
+
+    done = processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "0", "--json",
+                        env=CREDENTIALS)
+    report = json.loads(done.stdout)
+    assert sorted(item["key"] for item in report["submitted"]) == sorted(lost)
+    assert report["counts"] == {"submit": 3, "has_job": 1, "has_result": 1, "too_new": 0,
+                                "not_ours": 0, "folder": 1}
+    again = json.loads(processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "0",
+                                    "--json", env=CREDENTIALS).stdout)
+    assert again["submitted"] == [] and again["counts"]["has_job"] == 4
+
+    with daemon(config, short_tmp / "p.sock"):
+        for item in report["submitted"]:
+            job = wait_state(config, item["job_id"], {"succeeded", "failed"})
+            assert job["state"] == "succeeded" and job["version_id"] == versions[job["key"]]
+    for key in lost:
+        assert s3.get_object(Bucket=OUT, Key=f"{key}/_manifest.json")
+
+
+def test_reconcile_without_a_bucket_is_a_usage_error(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    done = processorctl(config, "reconcile")
+    assert done.returncode == 2 and "--input-bucket" in done.stderr
+    bad = processorctl(config, "reconcile", "--input-bucket", "b", "--older-than", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
