@@ -45,6 +45,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -117,7 +118,7 @@ def _precondition_holds(step: Mapping[str, Any]) -> bool:
     return True
 
 
-def _parse_content(response: Mapping[str, Any]) -> dict[str, Any]:
+def parse_content(response: Mapping[str, Any]) -> dict[str, Any]:
     text = response["Content"]
     if response.get("DocumentFormat", "JSON") == "YAML":
         content = yaml.safe_load(text)
@@ -145,6 +146,7 @@ class LocalSsmAgent:
         work_dir: Path,
         poll_interval: float = 0.2,
         on_result: Callable[[CommandResult], None] | None = None,
+        inbox: queue.SimpleQueue[dict[str, Any]] | None = None,
     ) -> None:
         self._ssm = ssm_client
         self.instance_id = instance_id
@@ -152,6 +154,10 @@ class LocalSsmAgent:
         self._work_dir = Path(work_dir)
         self._poll_interval = poll_interval
         self._on_result = on_result
+        # With an inbox, commands are delivered to this agent (by the local SSM
+        # front, which knows whom SendCommand addressed); without one it polls
+        # the emulator, which records every command against every instance.
+        self._inbox = inbox
         meta = getattr(ssm_client, "meta", None)
         self._region = str(getattr(meta, "region_name", None) or "us-east-1")
         self._seen: set[str] = set()
@@ -182,6 +188,11 @@ class LocalSsmAgent:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @property
+    def online(self) -> bool:
+        """Whether the agent is running (what SSM calls PingStatus Online)."""
+        return self._thread is not None and not self._stop.is_set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -214,6 +225,15 @@ class LocalSsmAgent:
             return results
 
     def _pending_commands(self) -> list[dict[str, Any]]:
+        if self._inbox is not None:
+            delivered: list[dict[str, Any]] = []
+            while True:
+                try:
+                    command = self._inbox.get_nowait()
+                except queue.Empty:
+                    return delivered
+                if command["CommandId"] not in self._seen:
+                    delivered.append(command)
         commands: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"InstanceId": self.instance_id}
         while True:
@@ -241,7 +261,7 @@ class LocalSsmAgent:
         kwargs = {"Name": name}
         if version:
             kwargs["DocumentVersion"] = version
-        content = _parse_content(self._ssm.get_document(**kwargs))
+        content = parse_content(self._ssm.get_document(**kwargs))
         if cacheable:
             self._documents[(name, str(version))] = content
         return content

@@ -30,8 +30,11 @@ class Resources:
     output_bucket: str
     queue_url: str
     dead_letter_queue_url: str
-    instance_id: str
+    instance_ids: tuple[str, ...]
     submit_document: str
+
+    #: The tag every local instance carries (what TARGET_TAG selects).
+    fleet_tag: tuple[str, str] = ("processor:fleet", "processor")
 
 
 class Emulator:
@@ -77,7 +80,9 @@ def _check_port_free(port: int) -> None:
         probe.close()
 
 
-def provision(emulator: Emulator, *, input_bucket: str, output_bucket: str) -> Resources:
+def provision(
+    emulator: Emulator, *, input_bucket: str, output_bucket: str, instances: int = 1
+) -> Resources:
     """Create what the CloudFormation stack would: buckets, the event path, documents, an instance."""
     s3, sqs, ssm, ec2 = (emulator.client(name) for name in ("s3", "sqs", "ssm", "ec2"))
     for bucket in (input_bucket, output_bucket):
@@ -111,14 +116,15 @@ def provision(emulator: Emulator, *, input_bucket: str, output_bucket: str) -> R
     submit = next(spec.name for spec in specs if spec.logical_id == "SubmitDocument")
 
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    instance = ec2.run_instances(
-        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.small",
+    launched = ec2.run_instances(
+        ImageId=image, MinCount=instances, MaxCount=instances, InstanceType="t3.small",
         TagSpecifications=[{"ResourceType": "instance",
                             "Tags": [{"Key": "processor:fleet", "Value": STACK_NAME}]}],
-    )["Instances"][0]["InstanceId"]
+    )["Instances"]
     return Resources(
         endpoint=emulator.endpoint, input_bucket=input_bucket, output_bucket=output_bucket,
-        queue_url=queue_url, dead_letter_queue_url=dlq_url, instance_id=instance,
+        queue_url=queue_url, dead_letter_queue_url=dlq_url,
+        instance_ids=tuple(sorted(i["InstanceId"] for i in launched)),
         submit_document=submit,
     )
 

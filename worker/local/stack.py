@@ -8,32 +8,29 @@ the daemon gets SIGTERM and drains like under systemd.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 from worker import exitcodes
-from worker.control import request
-from worker.errors import ConfigError, ControlError
+from worker.errors import ConfigError
 from worker.job import TERMINAL, Job, JobState
 from worker.ledger import Ledger
-from worker.local.agent import CommandResult, LocalSsmAgent
+from worker.local.agent import CommandResult, parse_content
 from worker.local.emulator import Emulator, Resources, provision
+from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
+from worker.local.ssmfront import SsmFront
 
 #: Marks a directory as ours, so a reset never deletes an operator's files.
 MARKER = ".processor-local"
@@ -41,8 +38,8 @@ MARKER = ".processor-local"
 #: Where the sample inputs are uploaded in the input bucket.
 SAMPLE_PREFIX = "incoming/"
 
-#: How long the daemon may take to answer on its socket after start.
-DAEMON_START_TIMEOUT_S = 30.0
+#: Most instances `processor local --instances` runs (each is a daemon and an agent).
+MAX_INSTANCES = 8
 
 
 @dataclass
@@ -61,6 +58,9 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None) -> int:
     console = _Console(out or sys.stdout, threading.Lock())
     try:
         command = _command(args.command)
+        if not 1 <= args.instances <= MAX_INSTANCES:
+            raise ConfigError(f"--instances must be 1 to {MAX_INSTANCES}, got {args.instances}",
+                              key="--instances")
         state_dir = _reset_state_dir(Path(args.state_dir))
     except ConfigError as exc:
         print(f"processor local: {exc}", file=sys.stderr)
@@ -75,37 +75,50 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 print(f"processor local: {exc}", file=sys.stderr)
                 return exitcodes.USAGE
             stack.callback(emulator.stop)
-            res = provision(emulator, input_bucket=args.input_bucket, output_bucket=args.output_bucket)
-            config = _write_config(state_dir, res, command)
-            env = {**os.environ, **emulator.env(), "PROCESSOR_CONFIG": str(config),
-                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-            daemon = stack.enter_context(_daemon(config, env, state_dir))
-            if daemon is None:
-                return exitcodes.FAILURE
-            # The Lambda reads its configuration from the environment, as on AWS.
-            os.environ.update({**emulator.env(), "DOCUMENT_NAME": res.submit_document,
-                               "TARGET_INSTANCE_ID": res.instance_id})
+            res = provision(emulator, input_bucket=args.input_bucket,
+                            output_bucket=args.output_bucket, instances=args.instances)
+            ssm = emulator.client("ssm")
+            front = SsmFront(res.endpoint, lambda name, version: _document(ssm, name, version))
+            front.start()
+            stack.callback(front.stop)
             failures: list[str] = []
-            agent = LocalSsmAgent(
-                emulator.client("ssm"), res.instance_id, env=env,
-                work_dir=state_dir / "ssm-agent", on_result=lambda r: _on_command(console, failures, r),
-            )
-            agent.start()
-            stack.callback(agent.stop, 10.0)
+            nodes = []
+            for n, instance in enumerate(res.instance_ids, start=1):
+                node = start_node(
+                    stack, emulator, res, front, instance_id=instance,
+                    state_dir=state_dir if len(res.instance_ids) == 1 else state_dir / f"node-{n}",
+                    command=command, on_result=lambda r: _on_command(console, failures, r),
+                )
+                if node is None:
+                    return exitcodes.FAILURE
+                nodes.append(node)
+            # The Lambda reads its configuration from the environment, as on AWS; its SSM
+            # calls go through the front, which behaves like the service where moto does not.
+            target = ({"TARGET_INSTANCE_ID": res.instance_ids[0]} if len(nodes) == 1
+                      else {"TARGET_TAG": "=".join(res.fleet_tag)})
+            os.environ.pop("TARGET_INSTANCE_ID", None)
+            os.environ.pop("TARGET_TAG", None)
+            os.environ.update({**emulator.env(), "AWS_ENDPOINT_URL_SSM": front.endpoint,
+                               "DOCUMENT_NAME": res.submit_document, **target})
             pump = EventPump(emulator.client("sqs"), res.queue_url,
                              on_invocation=lambda i: _on_invocation(console, failures, i))
             pump.start()
             stack.callback(pump.stop)
-            _banner(console, res, state_dir, config)
-            ledger = stack.enter_context(Ledger(Path(_config_value(config, "ledger"))))
+            _banner(console, res, state_dir, nodes)
+            ledgers = [stack.enter_context(Ledger(node.ledger_path)) for node in nodes]
             if args.once:
-                return _once(console, emulator, res, ledger, failures, stop, args.timeout)
-            _watch(console, ledger, res, stop)
-            console.say("stopping: draining the daemon…")
+                return _once(console, emulator, res, ledgers, failures, stop, args.timeout)
+            _watch(console, ledgers, res, stop)
+            console.say("stopping: draining the daemon(s)…")
             return exitcodes.OK
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _document(ssm: Any, name: str, version: str | None) -> dict[str, Any]:
+    args = {"Name": name, **({"DocumentVersion": version} if version else {})}
+    return parse_content(ssm.get_document(**args))
 
 
 # -- set-up ---------------------------------------------------------------------
@@ -138,98 +151,16 @@ def _reset_state_dir(path: Path) -> Path:
     return path
 
 
-def _socket_path(state_dir: Path) -> Path:
-    candidate = state_dir / "processor.sock"
-    if len(str(candidate).encode()) <= 100:
-        return candidate
-    # Unix socket paths are limited to 107 bytes; fall back to a short private dir.
-    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
-    short = Path(tempfile.gettempdir()) / f"processor-{digest}"
-    short.mkdir(mode=0o700, exist_ok=True)
-    return short / "processor.sock"
-
-
-def _write_config(state_dir: Path, res: Resources, command: list[str]) -> Path:
-    config = state_dir / "processor.toml"
-    text = "\n".join([
-        "# Written by `processor local` for its daemon.",
-        "[s3]",
-        f"output_bucket = {json.dumps(res.output_bucket)}",
-        f"endpoint_url = {json.dumps(res.endpoint)}",
-        'region = "us-east-1"',
-        "[processing]",
-        f"command = {json.dumps(command, ensure_ascii=False)}",
-        "concurrency = 2",
-        "timeout_s = 600",
-        "max_attempts = 3",
-        # Short delays so a retry is visible while you watch.
-        "retry_base_s = 1",
-        "retry_max_s = 10",
-        "drain_timeout_s = 20",
-        "kill_grace_s = 5",
-        "[paths]",
-        f"state_dir = {json.dumps(str(state_dir))}",
-        f"socket = {json.dumps(str(_socket_path(state_dir)))}",
-        "[logging]",
-        'level = "info"',
-        "journald = false",
-        "",
-    ])
-    config.write_text(text, encoding="utf-8")
-    return config
-
-
-def _config_value(config: Path, what: str) -> str:
-    from worker.config import load_settings
-
-    settings = load_settings(config, environ={})
-    return str(settings.paths.ledger if what == "ledger" else settings.paths.socket)
-
-
-@contextmanager
-def _daemon(config: Path, env: dict[str, str], state_dir: Path) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Run `processor run` as a child, as systemd would; SIGTERM and wait on exit."""
-    log_path = state_dir / "daemon.stderr"
-    with log_path.open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(config)],
-            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-        )
-    socket_path = Path(_config_value(config, "socket"))
-    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
-    ready = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            request(socket_path, "ping", timeout=1.0)
-            ready = True
-            break
-        except ControlError:
-            time.sleep(0.05)
-    try:
-        if not ready:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            print(f"processor local: the daemon did not start; its output:\n{tail}", file=sys.stderr)
-            yield None
-        else:
-            yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _banner(console: _Console, res: Resources, state_dir: Path, config: Path) -> None:
+def _banner(console: _Console, res: Resources, state_dir: Path, nodes: list[Node]) -> None:
+    instances = ", ".join(node.instance_id for node in nodes)
     console.say("\n".join([
         "processor local is ready",
         f"  emulator endpoint  {res.endpoint}  (credentials: testing/testing, region us-east-1)",
         f"  input bucket       s3://{res.input_bucket}",
         f"  output bucket      s3://{res.output_bucket}",
-        f"  instance           {res.instance_id}, SSM document {res.submit_document}",
-        f"  state dir          {state_dir}  (config {config.name}, logs/processor.jsonl)",
+        f"  instance(s)        {instances}; SSM document {res.submit_document}",
+        f"  state dir          {state_dir}  (config: "
+        + ", ".join(str(node.config.relative_to(state_dir)) for node in nodes) + ")",
         f"  upload more with   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
         f"aws --endpoint-url {res.endpoint} s3 cp FILE s3://{res.input_bucket}/KEY",
     ]))
@@ -266,8 +197,12 @@ def _sample_files() -> list[tuple[str, bytes]]:
     )
 
 
+def _all_jobs(ledgers: list[Ledger]) -> list[Job]:
+    return [job for ledger in ledgers for job in ledger.list_jobs()]
+
+
 def _once(
-    console: _Console, emulator: Emulator, res: Resources, ledger: Ledger,
+    console: _Console, emulator: Emulator, res: Resources, ledgers: list[Ledger],
     failures: list[str], stop: threading.Event, timeout: float,
 ) -> int:
     s3 = emulator.client("s3")
@@ -279,7 +214,7 @@ def _once(
     deadline = time.monotonic() + timeout
     jobs: dict[str, Job] = {}
     while time.monotonic() < deadline and not stop.is_set():
-        jobs = {job.key: job for job in ledger.list_jobs() if job.key in keys}
+        jobs = {job.key: job for job in _all_jobs(ledgers) if job.key in keys}
         if len(jobs) == len(keys) and all(job.state in TERMINAL for job in jobs.values()):
             break
         if failures and len(jobs) + len(failures) >= len(keys) and all(
@@ -319,12 +254,12 @@ def _report(console: _Console, s3: Any, res: Resources, job: Job) -> bool:
     return True
 
 
-def _watch(console: _Console, ledger: Ledger, res: Resources, stop: threading.Event) -> None:
+def _watch(console: _Console, ledgers: list[Ledger], res: Resources, stop: threading.Event) -> None:
     """Print each job as it finishes until Ctrl-C / SIGTERM."""
     console.say("waiting for uploads; Ctrl-C to stop")
     seen: dict[str, str] = {}
     while not stop.wait(0.5):
-        for job in ledger.list_jobs():
+        for job in _all_jobs(ledgers):
             if job.state in TERMINAL and seen.get(job.id) != job.state.value:
                 seen[job.id] = job.state.value
                 where = (f"s3://{res.output_bucket}/{job.result_prefix}" if job.result_prefix

@@ -1,0 +1,136 @@
+"""One instance of the local fleet: its config, its daemon (`processor run`) and its SSM agent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.config import load_settings
+from worker.control import request
+from worker.errors import ControlError
+from worker.local.agent import CommandResult, LocalSsmAgent
+from worker.local.emulator import Emulator, Resources
+from worker.local.ssmfront import SsmFront
+
+#: How long a daemon may take to answer on its socket after start.
+DAEMON_START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Node:
+    instance_id: str
+    state_dir: Path
+    config: Path
+    ledger_path: Path
+    agent: LocalSsmAgent
+
+
+def start_node(
+    stack: ExitStack, emulator: Emulator, res: Resources, front: SsmFront, *, instance_id: str,
+    state_dir: Path, command: list[str], on_result: Callable[[CommandResult], None],
+) -> Node | None:
+    """Start the daemon and the agent of one instance; both stop when ``stack`` closes."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = write_config(state_dir, res, command)
+    settings = load_settings(config, environ={})
+    env = {**os.environ, **emulator.env(), "PROCESSOR_CONFIG": str(config),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if stack.enter_context(daemon(config, env, state_dir, settings.paths.socket)) is None:
+        return None
+    inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    agent = LocalSsmAgent(emulator.client("ssm"), instance_id, env=env,
+                          work_dir=state_dir / "ssm-agent", on_result=on_result, inbox=inbox)
+    front.register(instance_id, inbox, lambda: agent.online)
+    agent.start()
+    stack.callback(agent.stop, 10.0)
+    return Node(instance_id, state_dir, config, settings.paths.ledger, agent)
+
+
+def socket_path(state_dir: Path) -> Path:
+    candidate = state_dir / "processor.sock"
+    if len(str(candidate).encode()) <= 100:
+        return candidate
+    # Unix socket paths are limited to 107 bytes; fall back to a short private dir.
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    short = Path(tempfile.gettempdir()) / f"processor-{digest}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short / "processor.sock"
+
+
+def write_config(state_dir: Path, res: Resources, command: list[str]) -> Path:
+    config = state_dir / "processor.toml"
+    text = "\n".join([
+        "# Written by `processor local` for its daemon.",
+        "[s3]",
+        f"output_bucket = {json.dumps(res.output_bucket)}",
+        f"endpoint_url = {json.dumps(res.endpoint)}",
+        'region = "us-east-1"',
+        "[processing]",
+        f"command = {json.dumps(command, ensure_ascii=False)}",
+        "concurrency = 2",
+        "timeout_s = 600",
+        "max_attempts = 3",
+        # Short delays so a retry is visible while you watch.
+        "retry_base_s = 1",
+        "retry_max_s = 10",
+        "drain_timeout_s = 20",
+        "kill_grace_s = 5",
+        "[paths]",
+        f"state_dir = {json.dumps(str(state_dir))}",
+        f"socket = {json.dumps(str(socket_path(state_dir)))}",
+        "[logging]",
+        'level = "info"',
+        "journald = false",
+        "",
+    ])
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+@contextmanager
+def daemon(
+    config: Path, env: dict[str, str], state_dir: Path, socket: Path
+) -> Iterator[subprocess.Popen[bytes] | None]:
+    """Run `processor run` as a child, as systemd would; SIGTERM and wait on exit."""
+    log_path = state_dir / "daemon.stderr"
+    with log_path.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--config", str(config)],
+            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+        )
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+    ready = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            request(socket, "ping", timeout=1.0)
+            ready = True
+            break
+        except ControlError:
+            time.sleep(0.05)
+    try:
+        if not ready:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            print(f"processor local: the daemon did not start; its output:\n{tail}", file=sys.stderr)
+            yield None
+        else:
+            yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
