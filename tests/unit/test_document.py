@@ -358,7 +358,9 @@ def test_create_documents_sends_content_in_its_format(
             calls.append(kwargs)
 
     cfn.create_documents(FakeSsm(), documents.values())
-    assert [c["Name"] for c in calls] == ["processor-SubmitDocument", "processor-StatusDocument"]
+    assert [c["Name"] for c in calls] == [
+        f"processor-{name}Document" for name in ("Submit", "Status", "Retry", "Cancel", "Drain")
+    ]
     for call in calls:
         assert call["DocumentType"] == "Command"
         assert call["DocumentFormat"] == "YAML"
