@@ -104,6 +104,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         print(f"processorctl: configuration error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
     try:
+        _act_as_state_owner(settings.paths.state_dir)
+    except OSError as exc:
+        print(f"processorctl: cannot switch to the owner of {settings.paths.state_dir}: {exc}",
+              file=sys.stderr)
+        return exitcodes.FAILURE
+    try:
         with Ledger(settings.paths.ledger) as ledger:
             handler = COMMANDS[args.command]
             return handler(args, settings, ledger, out)
@@ -116,6 +122,26 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except LedgerError as exc:
         print(f"processorctl: ledger unavailable: {exc}", file=sys.stderr)
         return exitcodes.LEDGER_UNAVAILABLE
+
+
+def _act_as_state_owner(state_dir: Path) -> None:
+    """Run as root (the SSM agent does), become the state dir's owner first.
+
+    Otherwise a root processorctl could create the ledger or its WAL files as
+    root while the daemon is stopped, and the daemon (user ``processor``) could
+    not open them afterwards.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = state_dir.stat()
+    except FileNotFoundError:
+        return
+    if owner.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)
 
 
 # -- commands -----------------------------------------------------------------

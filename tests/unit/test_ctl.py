@@ -127,3 +127,19 @@ def test_show_displays_phase_and_bytes_of_a_running_job(config: Path) -> None:
     _, out = run(config, "show", job_id)
     assert re.search(r"state: +running \(downloading\)", out)
     assert re.search(r"progress: +250/1000 bytes", out)
+
+
+def test_root_acts_as_the_owner_of_the_state_dir(short_tmp: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the SSM agent runs processorctl")
+    config = write_config(short_tmp)
+    short_tmp.chmod(0o755)
+    state = short_tmp / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)  # nobody: the service user's stand-in
+    done = processorctl(config, "submit", "--bucket", "b", "--key=k")
+    assert done.returncode == 0, done.stderr
+    owners = {p.name: p.stat().st_uid for p in (state / "ledger").iterdir()}
+    assert owners and set(owners.values()) == {65534}, owners
