@@ -245,8 +245,14 @@ def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
     assert allowed["s3:GetObject"] == [
         input_objects, {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}"},
     ]
-    # Scoped to the bucket itself (not its objects): see the comment in the template.
-    assert allowed["s3:ListBucket"] == [{"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}"}]
+    # Scoped to the buckets themselves (not their objects): see the comments in the template;
+    # the output bucket only under the results prefix (a condition on s3:prefix).
+    listing = [{"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}"},
+               {"Fn::GetAtt": ["OutputBucket", "Arn"]}]
+    assert allowed["s3:ListBucket"] == listing and allowed["s3:ListBucketVersions"] == listing
+    statements = resources["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (results,) = [st for st in statements if st.get("Sid") == "ListResults"]
+    assert results["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${OutputPrefix}*"}}}
     for action in ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
         assert allowed[action] == [{"Fn::Sub": "${OutputBucket.Arn}/${OutputPrefix}*"}], action
     log_group = [
@@ -257,7 +263,8 @@ def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
     for action in ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"):
         assert allowed[action] == log_group, action
     assert set(allowed) == {
-        "s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject",
+        "s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions",
+        "s3:PutObject", "s3:DeleteObject",
         "s3:AbortMultipartUpload", "logs:CreateLogStream", "logs:PutLogEvents",
         "logs:DescribeLogStreams",
     }
@@ -604,8 +611,9 @@ def test_user_data_does_the_bootstrap_steps(user_data: str) -> None:
 
 
 def test_user_data_installs_the_systemd_files_the_wheel_ships(user_data: str) -> None:
-    installed = set(re.findall(r'"\$SHARE/([\w.]+)"', user_data))
-    assert installed == {"processor.service", "processor.sysusers.conf", "processor.tmpfiles.conf"}
+    installed = set(re.findall(r'"\$SHARE/([\w.-]+)"', user_data))
+    assert installed == {"processor.service", "processor.sysusers.conf", "processor.tmpfiles.conf",
+                         "processor-reconcile.service", "processor-reconcile.timer"}
     assert "SHARE=$VENV/share/processor/systemd" in user_data
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")

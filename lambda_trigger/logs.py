@@ -1,0 +1,52 @@
+"""The Lambda's log lines: one JSON object per line, always with the same keys.
+
+Lambda ships each line to CloudWatch Logs as is, so Logs Insights can query
+the fields (``filter event = "record_failed"``) without a parser. Every line
+carries every key in ``FIELDS`` (null when it does not apply) so queries can
+rely on them; handler.py and targeting.py both write through ``log_line``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+#: The one logger of the package; handler.lambda_handler sets it to INFO.
+LOGGER = logging.getLogger("processor.trigger")
+
+#: The keys of every line, in this order.
+FIELDS = ("event", "bucket", "key", "version_id", "etag", "instance_id", "failed_over_from",
+          "command_id", "error", "reason")
+
+
+def log_line(
+    level: int,
+    event: str,
+    *,
+    bucket: str | None = None,
+    key: str | None = None,
+    version_id: str | None = None,
+    etag: str | None = None,
+    instance_id: str | None = None,
+    failed_over_from: Sequence[str] | None = None,
+    command_id: str | None = None,
+    error: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Write one line; ``event`` is a snake_case fact (``record_sent``)."""
+    line = {
+        "event": event,
+        "bucket": bucket,
+        "key": key,
+        "version_id": version_id,
+        "etag": etag,
+        "instance_id": instance_id,
+        "failed_over_from": None if failed_over_from is None else list(failed_over_from),
+        "command_id": command_id,
+        "error": error,
+        "reason": reason,
+    }
+    # json.dumps escapes control characters, so a key holding a newline
+    # cannot forge a second log line.
+    LOGGER.log(level, json.dumps(line, ensure_ascii=False))
