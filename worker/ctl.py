@@ -24,7 +24,6 @@ from worker.errors import (
     InvalidTransition,
     JobNotFound,
     LedgerError,
-    StorageError,
 )
 from worker.job import Identity, Job, JobState, normalise_etag
 from worker.ledger import Ledger
@@ -85,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--prefix", help="default: reconcile.prefix")
     reconcile.add_argument("--older-than", type=_duration, metavar="DURATION",
                            help="e.g. 10m, 900s, 1h (default: reconcile.older_than_s)")
+    reconcile.add_argument("--fleet-tag", metavar="KEY=VALUE",
+                           help="in a fleet: take only objects that hash to this instance "
+                           "(default: reconcile.fleet_tag)")
+    reconcile.add_argument("--instance-id", help="this instance in the fleet (default: "
+                           "reconcile.instance_id, else the EC2 metadata service)")
     reconcile.add_argument("--dry-run", action="store_true", help="list what would be submitted")
     reconcile.add_argument("--json", action="store_true")
 
@@ -318,51 +322,10 @@ def _duration(text: str) -> float:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    # Imported here: boto3 is slow to import and every other command runs without it.
-    from worker.reconcile import Verdict, plan, result_sources
-    from worker.s3 import S3Store
+    # Imported here: it needs boto3, slow to import, and every other command runs without it.
+    from worker.ctl_reconcile import reconcile
 
-    bucket = args.input_bucket or settings.reconcile.input_bucket
-    if not bucket:
-        raise UsageError("--input-bucket is required (or set reconcile.input_bucket)")
-    prefix = settings.reconcile.prefix if args.prefix is None else args.prefix
-    older = settings.reconcile.older_than_s if args.older_than is None else args.older_than
-    store = S3Store.from_settings(settings.s3)
-    try:
-        results = result_sources(
-            (o.key for o in store.list_objects(settings.s3.output_bucket, settings.s3.output_prefix)),
-            settings.s3.output_prefix,
-        )
-        decisions = list(plan(store.list_objects(bucket, prefix), bucket=bucket, ledger=ledger,
-                              with_results=results, now=time.time(), older_than_s=older))
-    except StorageError as exc:
-        print(f"processorctl: cannot list the buckets: {exc}", file=sys.stderr)
-        return exitcodes.FAILURE
-    submitted = []
-    for decision in decisions:
-        if decision.verdict is Verdict.SUBMIT:
-            if not args.dry_run:
-                job, _ = ledger.submit(decision.identity)
-                submitted.append({"key": decision.listed.key, "job_id": job.id})
-            else:
-                submitted.append({"key": decision.listed.key, "job_id": decision.identity.job_id()})
-    if submitted and not args.dry_run:
-        try:
-            request(settings.paths.socket, "wake", timeout=1.0)
-        except ControlError:
-            pass
-    counts = {v.value: sum(1 for d in decisions if d.verdict is v) for v in Verdict}
-    if args.json:
-        dump_json(out, {"bucket": bucket, "prefix": prefix, "dry_run": args.dry_run,
-                    "listed": len(decisions), "counts": counts, "submitted": submitted})
-        return exitcodes.OK
-    verb = "would submit" if args.dry_run else "submitted"
-    for item in submitted:
-        print(f"{verb} {item['job_id']} s3://{bucket}/{printable(item['key'], 500)}", file=out)
-    print(f"listed {len(decisions)} objects in s3://{bucket}/{prefix}: {verb} {len(submitted)}, "
-          f"{counts['has_job']} with a job, {counts['has_result']} with a result, "
-          f"{counts['too_new']} newer than {older:g}s", file=out)
-    return exitcodes.OK
+    return reconcile(args, settings, ledger, out)
 
 
 def _report(out: TextIO, as_json: bool, job: Job) -> None:

@@ -89,11 +89,17 @@ class Identity:
             return f"e:{self.etag}"
         return ""
 
+    def framed(self) -> str:
+        """The identity as one string; JSON framing, so no field can shift into another.
+
+        lambda_trigger.targeting.identity_of frames a request the same way, so
+        the Lambda's rendezvous hashing and the ledger agree on "same job".
+        """
+        return json.dumps([self.bucket, self.key, self.version], ensure_ascii=True)
+
     def job_id(self) -> str:
         """A stable, path-safe id: the same identity always yields the same id."""
-        # JSON framing: no field's content can shift into another field.
-        framed = json.dumps([self.bucket, self.key, self.version], ensure_ascii=True)
-        digest = hashlib.sha256(framed.encode("ascii")).hexdigest()
+        digest = hashlib.sha256(self.framed().encode("ascii")).hexdigest()
         return f"j-{digest[:20]}"
 
 

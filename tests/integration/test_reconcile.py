@@ -69,3 +69,34 @@ def test_reconcile_without_a_bucket_is_a_usage_error(short_tmp: Path) -> None:
     assert done.returncode == 2 and "--input-bucket" in done.stderr
     bad = processorctl(config, "reconcile", "--input-bucket", "b", "--older-than", "soon")
     assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+def test_in_a_fleet_each_instance_reconciles_only_its_rendezvous_share(
+    short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
+) -> None:
+    s3, ec2 = aws("s3"), aws("ec2")
+    s3.create_bucket(Bucket=IN)
+    s3.create_bucket(Bucket=OUT)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    fleet = sorted(i["InstanceId"] for i in ec2.run_instances(
+        ImageId=image, MinCount=3, MaxCount=3,
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "processor:fleet", "Value": "recon"}]}])["Instances"])
+    keys = [f"fleet/{n:02d}.txt" for n in range(30)]
+    for key in keys:
+        s3.put_object(Bucket=IN, Key=key, Body=key.encode())
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": moto_endpoint}
+    shares = {}
+    for n, instance in enumerate(fleet):
+        node = short_tmp / f"n{n}"
+        node.mkdir()
+        config = write_config(node, output_bucket=OUT, endpoint=moto_endpoint)
+        done = processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "0", "--json",
+                            "--fleet-tag", "processor:fleet=recon", "--instance-id", instance, env=env)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        shares[instance] = {item["key"] for item in report["submitted"]}
+        assert report["counts"]["not_ours"] == len(keys) - len(shares[instance])
+    assert set().union(*shares.values()) == set(keys)
+    assert sum(len(share) for share in shares.values()) == len(keys)  # disjoint
+    assert all(share for share in shares.values())
