@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,16 @@ class Running:
 
 @pytest.fixture
 def local_stack(tmp_path: Path) -> Iterator[Running]:
+    with running_local(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def running_local(tmp_path: Path, *args: str) -> Iterator[Running]:
+    """`processor local` (without --once) as a child; SIGTERM and wait at the end."""
     port = free_port()
     proc = subprocess.Popen(
-        [PROCESSOR, "local", "--port", str(port), "--state-dir", str(tmp_path / "state")],
+        [PROCESSOR, "local", "--port", str(port), "--state-dir", str(tmp_path / "state"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         env={**os.environ, **CREDENTIALS},
     )
