@@ -115,3 +115,16 @@ def request(path: Path, op: str, *, timeout: float = 5.0, **fields: Any) -> dict
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error", "request failed")))
     return reply
+
+
+def wake(path: Path) -> bool:
+    """Tell the daemon new work is queued; False (and nothing else) when it is not running.
+
+    Best effort on purpose: the job is already committed to the ledger, and a
+    daemon that is down picks it up when it starts.
+    """
+    try:
+        request(path, "wake", timeout=1.0)
+    except ControlError:
+        return False
+    return True

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
-from worker.control import request
+from worker.control import request, wake
 from worker.errors import (
     ConfigError,
     ControlError,
@@ -154,10 +154,7 @@ def _act_as_state_owner(state_dir: Path) -> None:
 def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     identity = _identity(args.bucket, args.key, args.version_id, args.etag)
     job, created = ledger.submit(identity)
-    try:
-        request(settings.paths.socket, "wake", timeout=1.0)
-    except ControlError:
-        pass  # the daemon picks the job up when it (re)starts
+    wake(settings.paths.socket)
     if args.json:
         dump_json(out, {"job_id": job.id, "created": created, "state": job.state.value})
     else:
@@ -275,10 +272,7 @@ def _retry(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Te
         print(f"processorctl: {args.job_id} is {exc.current}; only failed or cancelled jobs "
               "can be retried", file=sys.stderr)
         return exitcodes.FAILURE
-    try:
-        request(settings.paths.socket, "wake", timeout=1.0)
-    except ControlError:
-        pass  # runs when the daemon starts
+    wake(settings.paths.socket)
     _report(out, args.json, job)
     return exitcodes.OK
 

@@ -10,9 +10,9 @@ from typing import TextIO
 
 from worker import exitcodes
 from worker.config import Settings
-from worker.control import request
+from worker.control import wake
 from worker.ctl import UsageError
-from worker.errors import ControlError, StorageError
+from worker.errors import StorageError
 from worker.job import Identity
 from worker.ledger import Ledger
 from worker.reconcile import Verdict, plan, result_sources
@@ -51,10 +51,7 @@ def reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out:
             else:
                 submitted.append({"key": decision.listed.key, "job_id": decision.identity.job_id()})
     if submitted and not args.dry_run:
-        try:
-            request(settings.paths.socket, "wake", timeout=1.0)
-        except ControlError:
-            pass
+        wake(settings.paths.socket)
     counts = {v.value: sum(1 for d in decisions if d.verdict is v) for v in Verdict}
     if args.json:
         dump_json(out, {"bucket": bucket, "prefix": prefix, "dry_run": args.dry_run,
