@@ -24,6 +24,12 @@ Options:
                            (default: <stack>-deploy-<account>-<region>, created if missing)
   --alarm-email ADDRESS    send alarm notifications to this address (SNS e-mail subscription)
   --instance-type TYPE     EC2 instance type (default: the template's, t3.small)
+  --fleet-size N           number of instances, 1-20 (default on create: 1, one instance;
+                           on update: the stack's current value). Above 1: an Auto Scaling
+                           group (docs/DEPLOY.md, "A fleet"); changing between 1 and more
+                           replaces the instance(s)
+  --fleet-subnet-ids LIST  comma-separated subnets of the instance's VPC to spread a fleet
+                           over (default: the subnet of --subnet-id)
   --parameter KEY=VALUE    any other template parameter (repeatable), e.g.
                            --parameter 'ProcessingCommand=["/opt/tool", "{input}", "{output_dir}"]'
   --refresh-ami            pin the latest Amazon Linux 2023 AMI again (this REPLACES the
@@ -47,6 +53,8 @@ SUBNET_ID=
 ARTIFACT_BUCKET=
 ALARM_EMAIL=
 INSTANCE_TYPE=
+FLEET_SIZE=
+FLEET_SUBNET_IDS=
 REFRESH_AMI=false
 DRY_RUN=false
 EXTRA_PARAMETERS=()
@@ -65,6 +73,18 @@ while [ "$#" -gt 0 ]; do
     --artifact-bucket) need_value "$1" "$#"; ARTIFACT_BUCKET=$2; shift 2 ;;
     --alarm-email) need_value "$1" "$#"; ALARM_EMAIL=$2; shift 2 ;;
     --instance-type) need_value "$1" "$#"; INSTANCE_TYPE=$2; shift 2 ;;
+    --fleet-size)
+      need_value "$1" "$#"
+      if ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ] || [ "$2" -gt 20 ]; then
+        die_usage "--fleet-size must be a number of instances from 1 to 20, got '$2'"
+      fi
+      FLEET_SIZE=$2; shift 2 ;;
+    --fleet-subnet-ids)
+      need_value "$1" "$#"
+      if ! [[ $2 =~ ^subnet-[0-9a-f]+(,subnet-[0-9a-f]+)*$ ]]; then
+        die_usage "--fleet-subnet-ids must be subnet ids separated by commas, got '$2'"
+      fi
+      FLEET_SUBNET_IDS=$2; shift 2 ;;
     --parameter)
       need_value "$1" "$#"
       case "$2" in
@@ -265,8 +285,23 @@ if [ "$REFRESH_AMI" = true ] || [ "$DRY_RUN" = true ] \
     --data-type aws:ec2:image --value "$AMI" --overwrite >/dev/null
 fi
 
+# A fleet's subnets must share one VPC, the security group's (VpcId; known here on
+# create or with --subnet-id).
+if [ -n "$FLEET_SUBNET_IDS" ]; then
+  IFS=, read -r -a FLEET_SUBNETS <<<"$FLEET_SUBNET_IDS"
+  FLEET_VPCS=$(aws_query "${VPC_ID:-vpc-0123456789abcdef0}" ec2 describe-subnets --region "$REGION" \
+    --subnet-ids "${FLEET_SUBNETS[@]}" --query 'Subnets[].VpcId' --output text | tr -s '\t ' '\n' | sort -u)
+  if [ "$(printf '%s\n' "$FLEET_VPCS" | wc -l)" -ne 1 ] \
+     || { [ -n "${VPC_ID:-}" ] && [ "$FLEET_VPCS" != "$VPC_ID" ]; }; then
+    say "--fleet-subnet-ids must all be in one VPC, the one of the instance ${VPC_ID:-} (they are in: $(printf '%s ' "$FLEET_VPCS"))"
+    exit 1
+  fi
+fi
+
 [ -z "$ALARM_EMAIL" ] || PARAMETERS+=("AlarmEmail=$ALARM_EMAIL")
 [ -z "$INSTANCE_TYPE" ] || PARAMETERS+=("InstanceType=$INSTANCE_TYPE")
+[ -z "$FLEET_SIZE" ] || PARAMETERS+=("FleetSize=$FLEET_SIZE")
+[ -z "$FLEET_SUBNET_IDS" ] || PARAMETERS+=("FleetSubnetIds=$FLEET_SUBNET_IDS")
 PARAMETERS+=("${EXTRA_PARAMETERS[@]}")
 
 # --- deploy ------------------------------------------------------------------------------------

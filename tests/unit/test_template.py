@@ -3,11 +3,17 @@
 What the real service would reject or what would make the stack unsafe:
 least-privilege IAM, encryption, public-access blocks, TLS-only buckets,
 IMDSv2, the data volume's backups, the S3 -> Lambda wiring without a circular
-dependency, and the instance's bootstrap script (rendered as CloudFormation
-would render it, then ``bash -n``, shellcheck, and the daemon's own config
-loader on the TOML it writes). cfn-lint runs in test_document.py; checkov runs
+dependency, and the instances' bootstrap scripts (rendered as CloudFormation
+would render them, then ``bash -n``, shellcheck, and the daemon's own config
+loader on the TOML they write). cfn-lint runs in test_document.py; checkov runs
 here from its own virtualenv (``make test`` builds ``.venv-checkov``). The SSM
 documents' rules are in test_document.py. deploy/deploy.sh is checked at the end.
+
+The stack has two modes, chosen by FleetSize: one instance (IsSingleInstance)
+or an Auto Scaling group (IsFleet). Most checks run on the template as
+CloudFormation would see it in each mode (``_stack``: conditions evaluated,
+Fn::If resolved, the other mode's resources gone), so that a grant or a
+property hidden in one branch of an Fn::If is checked like any other.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pytest
 
 from worker import metrics
 from worker.config import load_settings
+from worker.job import JobState
 from worker.local import cfn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +70,14 @@ _DESCRIBE = re.compile(r"[a-z0-9-]+:(?:Describe|List)[A-Za-z]*")
 #: Bytes EC2 accepts as user data (before base64).
 USER_DATA_LIMIT = 16 * 1024
 
+#: The tag every fleet instance and fleet data volume carries (value: the stack name).
+FLEET_TAG_KEY = "processor:fleet"
+#: FleetSize for each mode: 1 is one instance, anything above a fleet.
+MODES = {"single": 1, "fleet": 3}
+#: The resources of each mode, with the condition they carry.
+SINGLE_ONLY = {"Instance", "DataVolume", "DataVolumeAttachment", "BootstrapWaitHandle", "BootstrapWait"}
+FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup"}
+
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
@@ -71,6 +86,7 @@ def template() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
+    """The template's resources as written (both modes, Fn::If unresolved)."""
     res: dict[str, Any] = template["Resources"]
     return res
 
@@ -81,6 +97,135 @@ def _of_type(resources: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+# --- the template in one mode, as CloudFormation evaluates it ----------------------------
+
+#: What Fn::If yields for AWS::NoValue: dropped from the enclosing list or mapping.
+_NO_VALUE = object()
+
+
+def _conditions(template: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[str, bool]:
+    """Every condition's value for these parameter values (defaults for the rest)."""
+    params = template["Parameters"]
+    values = {name: p.get("Default") for name, p in params.items()} | dict(parameters)
+    found: dict[str, bool] = {}
+
+    def operand(value: Any) -> Any:
+        if isinstance(value, dict) and "Ref" in value:
+            name = value["Ref"]
+            raw = values[name]
+            return str(raw).split(",") if params[name]["Type"] == "CommaDelimitedList" else raw
+        if isinstance(value, dict) and "Fn::Join" in value:
+            separator, items = value["Fn::Join"]
+            return separator.join(str(item) for item in _as_list(operand(items)))
+        assert not isinstance(value, (dict, list)), f"cannot evaluate {value!r}"
+        return value
+
+    def evaluate(expression: Any) -> bool:
+        ((function, args),) = expression.items()
+        if function == "Fn::Equals":
+            # CloudFormation compares strings: a Number parameter's 1 equals 1.
+            return str(operand(args[0])) == str(operand(args[1]))
+        if function == "Fn::Not":
+            return not evaluate(args[0])
+        if function == "Fn::And":
+            return all(evaluate(arg) for arg in args)
+        if function == "Fn::Or":
+            return any(evaluate(arg) for arg in args)
+        if function == "Condition":
+            return condition(args)
+        raise AssertionError(f"cannot evaluate {expression!r}")
+
+    def condition(name: str) -> bool:
+        if name not in found:
+            found[name] = evaluate(template["Conditions"][name])
+        return found[name]
+
+    return {name: condition(name) for name in template["Conditions"]}
+
+
+def _resolve(value: Any, conditions: Mapping[str, bool]) -> Any:
+    """``value`` with every Fn::If decided and every AWS::NoValue dropped."""
+    if isinstance(value, dict):
+        if list(value) == ["Fn::If"]:
+            name, when_true, when_false = value["Fn::If"]
+            return _resolve(when_true if conditions[name] else when_false, conditions)
+        if value == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
+        resolved = {key: _resolve(item, conditions) for key, item in value.items()}
+        return {key: item for key, item in resolved.items() if item is not _NO_VALUE}
+    if isinstance(value, list):
+        return [item for item in (_resolve(v, conditions) for v in value) if item is not _NO_VALUE]
+    return value
+
+
+def _stack(template: Mapping[str, Any], **parameters: Any) -> dict[str, Any]:
+    """The template CloudFormation would act on with these parameters."""
+    conditions = _conditions(template, parameters)
+
+    def keep(section: str) -> dict[str, Any]:
+        return {
+            name: _resolve({k: v for k, v in item.items() if k != "Condition"}, conditions)
+            for name, item in template.get(section, {}).items()
+            if conditions.get(item.get("Condition", ""), True)
+        }
+
+    return {**template, "Resources": keep("Resources"), "Outputs": keep("Outputs")}
+
+
+@pytest.fixture(scope="module")
+def single(template: dict[str, Any]) -> dict[str, Any]:
+    """The resources of a one-instance stack (FleetSize 1, the default)."""
+    res: dict[str, Any] = _stack(template, FleetSize=MODES["single"])["Resources"]
+    return res
+
+
+@pytest.fixture(scope="module")
+def fleet(template: dict[str, Any]) -> dict[str, Any]:
+    """The resources of a fleet stack (FleetSize 3)."""
+    res: dict[str, Any] = _stack(template, FleetSize=MODES["fleet"])["Resources"]
+    return res
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def stack(request: pytest.FixtureRequest, template: dict[str, Any]) -> dict[str, Any]:
+    """The resources of each mode in turn."""
+    res: dict[str, Any] = _stack(template, FleetSize=MODES[request.param])["Resources"]
+    return res
+
+
+def test_resolving_leaves_no_condition_behind(template: dict[str, Any]) -> None:
+    for size in MODES.values():
+        text = json.dumps(_stack(template, FleetSize=size)["Resources"])
+        assert "Fn::If" not in text and "AWS::NoValue" not in text
+        assert '"Condition": "' not in text  # a resource's own Condition, not a policy's
+
+
+def test_fleet_size_chooses_the_mode(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    size = template["Parameters"]["FleetSize"]
+    assert (size["Type"], size["Default"], size["MinValue"], size["MaxValue"]) == ("Number", 1, 1, 20)
+    assert template["Conditions"]["IsSingleInstance"] == {"Fn::Equals": [{"Ref": "FleetSize"}, 1]}
+    assert template["Conditions"]["IsFleet"] == {"Fn::Not": [{"Condition": "IsSingleInstance"}]}
+    for name in SINGLE_ONLY:
+        assert resources[name].get("Condition") == "IsSingleInstance", name
+    for name in FLEET_ONLY:
+        assert resources[name].get("Condition") == "IsFleet", name
+    shared = set(resources) - SINGLE_ONLY - FLEET_ONLY
+    assert all(resources[name].get("Condition") in (None, "HasAlarmEmail") for name in shared)
+    for mode, size_value in MODES.items():
+        conditions = _conditions(template, {"FleetSize": size_value})
+        assert conditions["IsFleet"] is (mode == "fleet")
+        assert conditions["IsSingleInstance"] is (mode == "single")
+    # Every mode-only resource is referred to from shared ones only inside Fn::If (or
+    # CloudFormation rejects the template in the other mode): what a stack refers to exists.
+    for mode, size_value in MODES.items():
+        present = _stack(template, FleetSize=size_value)["Resources"]
+        graph = _dependencies(present)
+        for name in present:
+            missing = _references(present[name]) & (SINGLE_ONLY | FLEET_ONLY) - set(present)
+            assert not missing, f"{mode}: {name} refers to {missing}"
+        assert all(deps <= set(present) for deps in graph.values())
 
 
 # --- rendering Fn::Sub offline -------------------------------------------------------
@@ -112,8 +257,18 @@ def _render_sub(body: str, template: Mapping[str, Any], extra: Mapping[str, str]
     return _PLACEHOLDER.sub(value, body)
 
 
-def _user_data_body(resources: Mapping[str, Any]) -> str:
-    user_data = resources["Instance"]["Properties"]["UserData"]
+#: Where each mode's bootstrap script lives.
+_USER_DATA = {
+    "single": ("Instance", ("Properties", "UserData")),
+    "fleet": ("FleetLaunchTemplate", ("Properties", "LaunchTemplateData", "UserData")),
+}
+
+
+def _user_data_body(resources: Mapping[str, Any], mode: str = "single") -> str:
+    name, path = _USER_DATA[mode]
+    user_data: Any = resources[name]
+    for key in path:
+        user_data = user_data[key]
     body = user_data["Fn::Base64"]["Fn::Sub"]
     assert isinstance(body, str)
     return body
@@ -121,7 +276,20 @@ def _user_data_body(resources: Mapping[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def user_data(template: dict[str, Any], resources: dict[str, Any]) -> str:
+    """The single instance's bootstrap, rendered."""
     return _render_sub(_user_data_body(resources), template)
+
+
+@pytest.fixture(scope="module")
+def fleet_user_data(template: dict[str, Any], resources: dict[str, Any]) -> str:
+    """A fleet instance's bootstrap, rendered."""
+    return _render_sub(_user_data_body(resources, "fleet"), template)
+
+
+@pytest.fixture(scope="module", params=sorted(_USER_DATA))
+def bootstrap(request: pytest.FixtureRequest, template: dict[str, Any], resources: dict[str, Any]) -> str:
+    """Each mode's bootstrap in turn, rendered."""
+    return _render_sub(_user_data_body(resources, request.param), template)
 
 
 # --- IAM: least privilege --------------------------------------------------------------
@@ -144,17 +312,15 @@ def _statements(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     return _as_list(document["Statement"])
 
 
-def test_policies_exist_for_every_role(resources: dict[str, Any]) -> None:
-    wheres = [where for where, _ in _policy_documents(resources)]
+def test_policies_exist_for_every_role(stack: dict[str, Any]) -> None:
+    wheres = [where for where, _ in _policy_documents(stack)]
     assert "TriggerRole/trigger" in wheres
     assert "InstanceRole/processor-daemon" in wheres
     assert {"InputBucketPolicy", "OutputBucketPolicy"} <= set(wheres)
 
 
-def test_no_wildcard_actions_and_no_data_plane_action_on_every_resource(
-    resources: dict[str, Any],
-) -> None:
-    for where, document in _policy_documents(resources):
+def test_no_wildcard_actions_and_no_data_plane_action_on_every_resource(stack: dict[str, Any]) -> None:
+    for where, document in _policy_documents(stack):
         for statement in _statements(document):
             assert "NotAction" not in statement and "NotResource" not in statement, where
             if statement["Effect"] != "Allow":
@@ -167,15 +333,21 @@ def test_no_wildcard_actions_and_no_data_plane_action_on_every_resource(
                 for action in actions:
                     assert not action.startswith(DATA_PLANE_PREFIXES), f"{where}: {action} on '*'"
                     assert _DESCRIBE.fullmatch(action), f"{where}: {action} on Resource '*'"
+            for resource in _as_list(statement["Resource"]):
+                # Every instance or every volume of the account only with a condition
+                # that narrows it to this stack's (its tags).
+                text = json.dumps(resource)
+                if ":instance/*" in text or ":volume/*" in text:
+                    assert statement.get("Condition"), f"{where}: {text} without a condition"
 
 
-def test_trust_policies_name_one_service_each(resources: dict[str, Any]) -> None:
+def test_trust_policies_name_one_service_each(stack: dict[str, Any]) -> None:
     expected = {
         "TriggerRole": "lambda.amazonaws.com",
         "InstanceRole": "ec2.amazonaws.com",
         "SnapshotRole": "dlm.amazonaws.com",
     }
-    roles = _of_type(resources, "AWS::IAM::Role")
+    roles = _of_type(stack, "AWS::IAM::Role")
     assert set(roles) == set(expected)
     for name, role in roles.items():
         (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
@@ -186,60 +358,136 @@ def test_trust_policies_name_one_service_each(resources: dict[str, Any]) -> None
         }
 
 
-def test_send_command_only_with_our_document_on_our_instance(
-    template: dict[str, Any], resources: dict[str, Any],
-) -> None:
-    found = []
-    for where, document in _policy_documents(resources):
-        for statement in _statements(document):
-            if "ssm:SendCommand" in _as_list(statement["Action"]):
-                found.append(where)
-                assert _as_list(statement["Action"]) == ["ssm:SendCommand"]
-                assert statement["Resource"] == [
-                    {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
-                                ":document/${SubmitDocument}"},
-                    {"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}"
-                                ":instance/${Instance}"},
-                ]
-    assert found == ["TriggerRole/trigger"]
+def _arn(service: str, resource: str) -> dict[str, str]:
+    return {"Fn::Sub": f"arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}:{resource}"}
+
+
+SUBMIT_DOCUMENT_ARN = _arn("ssm", "document/${SubmitDocument}")
+EVERY_INSTANCE = _arn("ec2", "instance/*")
+EVERY_VOLUME = _arn("ec2", "volume/*")
+STACK_NAME = {"Ref": "AWS::StackName"}
+
+
+def _send_command_statements(resources: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(where, statement) for where, document in _policy_documents(resources)
+            for statement in _statements(document)
+            if "ssm:SendCommand" in _as_list(statement["Action"])]
+
+
+def test_send_command_only_with_our_document_on_our_instance(single: dict[str, Any]) -> None:
+    (found,) = _send_command_statements(single)
+    where, statement = found
+    assert where == "TriggerRole/trigger"
+    assert _as_list(statement["Action"]) == ["ssm:SendCommand"]
+    assert statement["Resource"] == [SUBMIT_DOCUMENT_ARN, _arn("ec2", "instance/${Instance}")]
+    assert "Condition" not in statement
     assert "AWS-RunShellScript" not in TEMPLATE.read_text(encoding="utf-8")
     # The Lambda is pointed at the same document and instance its role allows.
-    env = resources["TriggerFunction"]["Properties"]["Environment"]["Variables"]
+    env = single["TriggerFunction"]["Properties"]["Environment"]["Variables"]
     assert env == {"DOCUMENT_NAME": {"Ref": "SubmitDocument"}, "TARGET_INSTANCE_ID": {"Ref": "Instance"}}
+
+
+def test_send_command_only_with_our_document_on_instances_with_our_fleet_tag(
+    fleet: dict[str, Any],
+) -> None:
+    found = _send_command_statements(fleet)
+    assert [where for where, _ in found] == ["TriggerRole/trigger"] * 2
+    (document,), (instances,) = ([s for _, s in found if s["Resource"] == r]
+                                 for r in (SUBMIT_DOCUMENT_ARN, EVERY_INSTANCE))
+    # The document without a condition (a tag condition would be checked against the
+    # document's tags); the instances only with this stack's fleet tag, in the
+    # condition key SSM documents for SendCommand on managed instances.
+    assert document["Action"] == "ssm:SendCommand" and "Condition" not in document
+    assert instances["Action"] == "ssm:SendCommand"
+    assert instances["Condition"] == {"StringEquals": {f"ssm:resourceTag/{FLEET_TAG_KEY}": STACK_NAME}}
+    # The Lambda targets that tag, and only that: never an instance id as well.
+    env = fleet["TriggerFunction"]["Properties"]["Environment"]["Variables"]
+    assert env == {
+        "DOCUMENT_NAME": {"Ref": "SubmitDocument"},
+        "TARGET_TAG": {"Fn::Sub": f"{FLEET_TAG_KEY}=${{AWS::StackName}}"},
+        "TARGET_CACHE_SECONDS": {"Ref": "TargetCacheSeconds"},
+    }
+
+
+def test_lambda_env_sets_exactly_one_target_per_mode(template: dict[str, Any], stack: dict[str, Any]) -> None:
+    env = stack["TriggerFunction"]["Properties"]["Environment"]["Variables"]
+    assert len({"TARGET_TAG", "TARGET_INSTANCE_ID"} & set(env)) == 1
+    assert ("TARGET_TAG" in env) is ("FleetGroup" in stack)
+    cache = template["Parameters"]["TargetCacheSeconds"]
+    assert (cache["Default"], cache["MinValue"]) == (60, 0)
+
+
+def _grants(resources: Mapping[str, Any], role: str) -> list[tuple[str, list[Any], Any]]:
+    """(action, resources, condition) for every action a role's inline policies allow."""
+    grants = []
+    for policy in resources[role]["Properties"]["Policies"]:
+        for statement in _statements(policy["PolicyDocument"]):
+            assert statement["Effect"] == "Allow"
+            for action in _as_list(statement["Action"]):
+                grants.append((action, _as_list(statement["Resource"]), statement.get("Condition")))
+    return grants
 
 
 def _allowed(resources: Mapping[str, Any], role: str) -> dict[str, list[Any]]:
     """Action -> resources allowed by a role's inline policies."""
     allowed: dict[str, list[Any]] = {}
-    for policy in resources[role]["Properties"]["Policies"]:
-        for statement in _statements(policy["PolicyDocument"]):
-            assert statement["Effect"] == "Allow"
-            for action in _as_list(statement["Action"]):
-                allowed.setdefault(action, []).extend(_as_list(statement["Resource"]))
+    for action, on, _ in _grants(resources, role):
+        allowed.setdefault(action, []).extend(on)
     return allowed
 
 
-def test_trigger_role_is_send_command_its_queue_and_its_logs(resources: dict[str, Any]) -> None:
-    allowed = _allowed(resources, "TriggerRole")
+def test_trigger_role_is_send_command_its_queue_and_its_logs(stack: dict[str, Any]) -> None:
+    allowed = _allowed(stack, "TriggerRole")
+    discovery = {"ec2:DescribeInstances", "ssm:DescribeInstanceInformation"}
     assert set(allowed) == {"ssm:SendCommand", "sqs:SendMessage", "logs:CreateLogStream",
-                            "logs:PutLogEvents"}
+                            "logs:PutLogEvents"} | (discovery if "FleetGroup" in stack else set())
     assert allowed["sqs:SendMessage"] == [{"Fn::GetAtt": ["FailureQueue", "Arn"]}]
     for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
         assert allowed[action] == [{"Fn::GetAtt": ["TriggerLogGroup", "Arn"]}]
-    assert "ManagedPolicyArns" not in resources["TriggerRole"]["Properties"]
+    # Fleet discovery: both calls take only "*" in IAM (no resource-level permissions).
+    for action in discovery & set(allowed):
+        assert allowed[action] == ["*"]
+    assert "ManagedPolicyArns" not in stack["TriggerRole"]["Properties"]
 
 
 INPUT_BUCKET_NAME = "${BucketNamePrefix}-input-${AWS::AccountId}-${AWS::Region}"
 
+#: The instance role's grants in a fleet, beyond the single instance's: action ->
+#: (resources, condition). Describe* on "*" is allowed by the rule above.
+FLEET_INSTANCE_GRANTS: dict[str, list[tuple[list[Any], Any]]] = {
+    "ec2:DescribeVolumes": [(["*"], None)],
+    "ec2:DescribeInstances": [(["*"], None)],
+    "ssm:DescribeInstanceInformation": [(["*"], None)],
+    "ec2:CreateVolume": [([EVERY_VOLUME], {
+        "StringEquals": {"aws:RequestTag/processor:backup-policy": STACK_NAME,
+                         f"aws:RequestTag/{FLEET_TAG_KEY}": STACK_NAME},
+        "Bool": {"ec2:Encrypted": "true"},
+    })],
+    "ec2:CreateTags": [([EVERY_VOLUME], {"StringEquals": {"ec2:CreateAction": "CreateVolume"}})],
+    "ec2:AttachVolume": [
+        ([EVERY_VOLUME], {"StringEquals": {"ec2:ResourceTag/processor:backup-policy": STACK_NAME,
+                                           f"ec2:ResourceTag/{FLEET_TAG_KEY}": STACK_NAME}}),
+        ([EVERY_INSTANCE], {"StringEquals": {f"ec2:ResourceTag/{FLEET_TAG_KEY}": STACK_NAME}}),
+    ],
+    "ec2:DeleteTags": [([EVERY_INSTANCE], {
+        "StringEquals": {f"ec2:ResourceTag/{FLEET_TAG_KEY}": STACK_NAME},
+        "ForAllValues:StringEquals": {"aws:TagKeys": [FLEET_TAG_KEY]},
+        "Null": {"aws:TagKeys": "false"},
+    })],
+    "cloudformation:SignalResource": [([{"Ref": "AWS::StackId"}], None)],
+    "autoscaling:CompleteLifecycleAction": [([_arn(
+        "autoscaling", "autoScalingGroup:*:autoScalingGroupName/${AWS::StackName}-processor")], None)],
+}
+
 
 def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
-    resources: dict[str, Any],
+    stack: dict[str, Any],
 ) -> None:
-    props = resources["InstanceRole"]["Properties"]
+    props = stack["InstanceRole"]["Properties"]
     assert props["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}
     ]
-    allowed = _allowed(resources, "InstanceRole")
+    allowed = _allowed(stack, "InstanceRole")
     input_objects = {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}/*"}
     assert allowed["s3:GetObjectVersion"] == [input_objects]
     assert allowed["s3:GetObject"] == [
@@ -250,7 +498,7 @@ def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
     listing = [{"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}"},
                {"Fn::GetAtt": ["OutputBucket", "Arn"]}]
     assert allowed["s3:ListBucket"] == listing and allowed["s3:ListBucketVersions"] == listing
-    statements = resources["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    statements = props["Policies"][0]["PolicyDocument"]["Statement"]
     (results,) = [st for st in statements if st.get("Sid") == "ListResults"]
     assert results["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${OutputPrefix}*"}}}
     for action in ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
@@ -262,12 +510,22 @@ def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
     ]
     for action in ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"):
         assert allowed[action] == log_group, action
-    assert set(allowed) == {
+    single_instance = {
         "s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions",
         "s3:PutObject", "s3:DeleteObject",
         "s3:AbortMultipartUpload", "logs:CreateLogStream", "logs:PutLogEvents",
         "logs:DescribeLogStreams",
     }
+    in_fleet = set(FLEET_INSTANCE_GRANTS) if "FleetGroup" in stack else set()
+    assert set(allowed) == single_instance | in_fleet
+
+
+def test_fleet_instance_grants_are_scoped_to_this_stack(fleet: dict[str, Any]) -> None:
+    found: dict[str, list[tuple[list[Any], Any]]] = {}
+    for action, on, condition in _grants(fleet, "InstanceRole"):
+        if action in FLEET_INSTANCE_GRANTS:
+            found.setdefault(action, []).append((on, condition))
+    assert found == FLEET_INSTANCE_GRANTS
 
 
 def test_output_prefix_cannot_widen_the_write_grant(template: dict[str, Any]) -> None:
@@ -308,27 +566,58 @@ def _references(value: Any) -> set[str]:
 def _dependencies(resources: Mapping[str, Any]) -> dict[str, set[str]]:
     graph = {}
     for name, res in resources.items():
-        deps = _references(res.get("Properties", {})) | set(_as_list(res.get("DependsOn", [])))
+        # CloudFormation also orders by references in Metadata (the conditional DependsOn).
+        deps = (_references(res.get("Properties", {})) | _references(res.get("Metadata", {}))
+                | set(_as_list(res.get("DependsOn", []))))
         graph[name] = {d for d in deps if d in resources}
     return graph
 
 
-def test_dependency_graph_has_no_cycle(resources: dict[str, Any]) -> None:
-    graph = _dependencies(resources)
-    done: set[str] = set()
+def test_dependency_graph_has_no_cycle(resources: dict[str, Any], stack: dict[str, Any]) -> None:
+    for present in (resources, stack):
+        graph = _dependencies(present)
+        done: set[str] = set()
 
-    def visit(node: str, path: tuple[str, ...]) -> None:
-        assert node not in path, f"circular dependency: {' -> '.join((*path, node))}"
-        if node in done:
-            return
-        for dep in graph[node]:
-            visit(dep, (*path, node))
-        done.add(node)
+        def visit(node: str, path: tuple[str, ...], graph: dict[str, set[str]] = graph,
+                  done: set[str] = done) -> None:
+            assert node not in path, f"circular dependency: {' -> '.join((*path, node))}"
+            if node in done:
+                return
+            for dep in graph[node]:
+                visit(dep, (*path, node))
+            done.add(node)
 
-    for node in graph:
-        visit(node, ())
+        for node in graph:
+            visit(node, ())
 
 
+def _depends_on(graph: Mapping[str, set[str]], node: str, target: str) -> bool:
+    seen: set[str] = set()
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        if current == target:
+            return True
+        if current not in seen:
+            seen.add(current)
+            todo.extend(graph[current])
+    return False
+
+
+def test_lambda_is_created_after_the_bootstrap_in_both_modes(
+    resources: dict[str, Any], single: dict[str, Any], fleet: dict[str, Any],
+) -> None:
+    # DependsOn cannot be conditional: a reference in Metadata orders it instead.
+    function = resources["TriggerFunction"]
+    assert "DependsOn" not in function
+    assert function["Metadata"]["processor"]["created-after"] == {
+        "Fn::If": ["IsFleet", {"Ref": "FleetGroup"}, {"Ref": "BootstrapWait"}]
+    }
+    assert _depends_on(_dependencies(single), "TriggerFunction", "BootstrapWait")
+    assert _depends_on(_dependencies(single), "BootstrapWait", "DataVolumeAttachment")
+    # The group is complete once FleetSize instances have signalled (CreationPolicy).
+    assert _depends_on(_dependencies(fleet), "TriggerFunction", "FleetGroup")
+    assert fleet["FleetGroup"]["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "FleetSize"}
 def test_notification_pattern_fixed_bucket_name_and_depends_on(resources: dict[str, Any]) -> None:
     bucket = resources["InputBucket"]
     assert bucket["Properties"]["BucketName"] == {"Fn::Sub": INPUT_BUCKET_NAME}
@@ -340,8 +629,9 @@ def test_notification_pattern_fixed_bucket_name_and_depends_on(resources: dict[s
     assert permission["Action"] == "lambda:InvokeFunction"
     # Nothing the bucket depends on may refer to the bucket resource itself.
     graph = _dependencies(resources)
-    for name in ("TriggerPermission", "TriggerFunction", "TriggerRole", "InstanceRole", "Instance"):
-        assert "InputBucket" not in graph[name], name
+    for name in ("TriggerPermission", "TriggerFunction", "TriggerRole", "InstanceRole", "Instance",
+                 "FleetLaunchTemplate", "FleetGroup"):
+        assert not _depends_on(graph, name, "InputBucket"), name
     (config,) = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
     assert config["Event"] == "s3:ObjectCreated:*"
     assert config["Function"] == {"Fn::GetAtt": ["TriggerFunction", "Arn"]}
@@ -430,8 +720,13 @@ def test_queue_and_volumes_are_encrypted(resources: dict[str, Any]) -> None:
     assert queue.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue
     for name, volume in _of_type(resources, "AWS::EC2::Volume").items():
         assert volume["Properties"]["Encrypted"] is True, name
-    for mapping in resources["Instance"]["Properties"]["BlockDeviceMappings"]:
-        assert mapping["Ebs"]["Encrypted"] is True
+    launch = resources["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    for mappings in (resources["Instance"]["Properties"]["BlockDeviceMappings"],
+                     launch["BlockDeviceMappings"]):
+        ((root,),) = ([m for m in mappings if m["DeviceName"] == "/dev/xvda"],)
+        assert root["Ebs"] == {"VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}
+        for mapping in mappings:
+            assert mapping["Ebs"]["Encrypted"] is True
 
 
 # --- the instance ---------------------------------------------------------------------
@@ -459,6 +754,67 @@ def test_instance_requires_imdsv2_has_no_key_and_no_inbound_rules(
     for rule in group["Properties"]["SecurityGroupEgress"]:
         assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 443, 443)
         assert rule["Description"]
+
+
+def test_launch_template_sets_up_instances_like_the_single_one(resources: dict[str, Any]) -> None:
+    instance = resources["Instance"]["Properties"]
+    launch = resources["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert launch["MetadataOptions"] == instance["MetadataOptions"]
+    assert launch["MetadataOptions"]["HttpTokens"] == "required"
+    assert launch["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    assert launch["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    for key in ("ImageId", "InstanceType", "SecurityGroupIds", "EbsOptimized", "BlockDeviceMappings"):
+        assert launch[key] == instance[key], key
+    assert launch["IamInstanceProfile"] == {"Arn": {"Fn::GetAtt": ["InstanceProfile", "Arn"]}}
+    assert launch["Monitoring"] == {"Enabled": instance["Monitoring"]}
+    assert "KeyName" not in launch and "NetworkInterfaces" not in launch
+    # Operators reach fleet instances as the single one: SSM, no key pair, no inbound rule.
+    assert "SecurityGroupIngress" not in resources["InstanceSecurityGroup"]["Properties"]
+
+
+def test_fleet_group_has_fleet_size_instances_tagged_and_drained(
+    template: dict[str, Any], resources: dict[str, Any],
+) -> None:
+    group = resources["FleetGroup"]
+    props = group["Properties"]
+    assert props["LaunchTemplate"] == {
+        "LaunchTemplateId": {"Ref": "FleetLaunchTemplate"},
+        "Version": {"Fn::GetAtt": ["FleetLaunchTemplate", "LatestVersionNumber"]},
+    }
+    for key in ("MinSize", "MaxSize", "DesiredCapacity"):
+        assert props[key] == {"Ref": "FleetSize"}, key
+    # Across FleetSubnetIds, or the one SubnetId when that list is empty.
+    assert props["VPCZoneIdentifier"] == {
+        "Fn::If": ["HasFleetSubnets", {"Ref": "FleetSubnetIds"}, [{"Ref": "SubnetId"}]]
+    }
+    assert template["Parameters"]["FleetSubnetIds"]["Default"] == ""
+    for subnets, expected in (("", False), ("subnet-1,subnet-2", True)):
+        assert _conditions(template, {"FleetSubnetIds": subnets})["HasFleetSubnets"] is expected
+    # Every instance gets the fleet tag at launch: the trigger, the reconciler and the
+    # IAM conditions all rely on it.
+    tags = {t["Key"]: t for t in props["Tags"]}
+    assert tags[FLEET_TAG_KEY] == {"Key": FLEET_TAG_KEY, "Value": STACK_NAME, "PropagateAtLaunch": True}
+    assert tags["Name"]["PropagateAtLaunch"] is True
+    single_tags = {t["Key"]: t["Value"] for t in resources["Instance"]["Properties"]["Tags"]}
+    assert single_tags[FLEET_TAG_KEY] == STACK_NAME
+    # Scale-in, rolling updates and replacements wait for the drain, within a bound.
+    (hook,) = props["LifecycleHookSpecificationList"]
+    assert hook == {
+        "LifecycleHookName": "processor-drain",
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "HeartbeatTimeout": {"Ref": "DrainTimeoutSeconds"},
+        "DefaultResult": "CONTINUE",
+    }
+    drain = template["Parameters"]["DrainTimeoutSeconds"]
+    assert (drain["Default"], drain["MinValue"], drain["MaxValue"]) == (900, 600, 7200)
+    # The name the instance role and processor-lifecycle use for the group.
+    assert props["AutoScalingGroupName"] == {"Fn::Sub": "${AWS::StackName}-processor"}
+    # Created once every instance has signalled; updates roll one instance at a time,
+    # each waiting for its replacement's signal.
+    assert group["CreationPolicy"]["ResourceSignal"] == {"Count": {"Ref": "FleetSize"}, "Timeout": "PT30M"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["MaxBatchSize"] == 1 and rolling["WaitOnResourceSignals"] is True
+    assert rolling["MinInstancesInService"] == 0  # CloudFormation wants it below MaxSize
 
 
 def test_data_volume_is_gp3_tagged_snapshotted_and_attached(resources: dict[str, Any]) -> None:
@@ -497,6 +853,12 @@ def test_dlm_snapshots_this_stacks_volume_daily_with_retention(
     assert target["Value"] == {"Ref": "AWS::StackName"}
     volume_tags = {t["Key"]: t["Value"] for t in resources["DataVolume"]["Properties"]["Tags"]}
     assert volume_tags[target["Key"]] == target["Value"]
+    # A fleet instance tags the volume it creates with the same target tag (the value
+    # is the stack name there too) and with Backup=True.
+    assert target == {"Key": "processor:backup-policy", "Value": STACK_NAME}
+    created = _fleet_volume_tags(_render_sub(_user_data_body(resources, "fleet"), template))
+    assert created["processor:backup-policy"] == DUMMY_REFS["AWS::StackName"]
+    assert created["Backup"] == "True"
     role = resources[props["ExecutionRoleArn"]["Fn::GetAtt"][0]]["Properties"]
     assert role["ManagedPolicyArns"] == [{
         "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"
@@ -513,10 +875,12 @@ def test_log_groups_have_retention(resources: dict[str, Any]) -> None:
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
-def test_alarms_watch_failed_jobs_the_failure_queue_and_the_instance(resources: dict[str, Any]) -> None:
+def test_alarms_watch_failed_jobs_the_failure_queue_and_the_instance(
+    single: dict[str, Any], fleet: dict[str, Any],
+) -> None:
     alarms = {
         (a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"]
-        for a in _of_type(resources, "AWS::CloudWatch::Alarm").values()
+        for a in _of_type(single, "AWS::CloudWatch::Alarm").values()
     }
     failed = alarms[(metrics.NAMESPACE, "Jobs")]
     assert "Jobs" in dict(metrics.METRICS) and ("Outcome",) in metrics.DIMENSIONS
@@ -527,11 +891,14 @@ def test_alarms_watch_failed_jobs_the_failure_queue_and_the_instance(resources: 
     ]
     status = alarms[("AWS/EC2", "StatusCheckFailed")]
     assert status["Dimensions"] == [{"Name": "InstanceId", "Value": {"Ref": "Instance"}}]
+    # In a fleet: any instance of the group.
+    assert fleet["InstanceStatusAlarm"]["Properties"]["Dimensions"] == [
+        {"Name": "AutoScalingGroupName", "Value": {"Ref": "FleetGroup"}}
+    ]
+    # No e-mail by default: the alarms have no actions and there is no topic.
     for alarm in alarms.values():
-        assert alarm["AlarmActions"] == {
-            "Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]
-        }
-    assert resources["AlarmTopic"]["Condition"] == "HasAlarmEmail"
+        assert "AlarmActions" not in alarm and "OKActions" not in alarm
+    assert "AlarmTopic" not in single
 
 
 def test_dashboard_body_is_json_with_the_four_views(
@@ -547,14 +914,30 @@ def test_dashboard_body_is_json_with_the_four_views(
     assert '"AWS/Lambda", "Errors"' in text
 
 
+def test_alarm_actions_only_with_an_email(template: dict[str, Any]) -> None:
+    with_email = _stack(template, AlarmEmail="ops@example.com")["Resources"]
+    assert "AlarmTopic" in with_email
+    for alarm in _of_type(with_email, "AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["Properties"]["OKActions"] == [{"Ref": "AlarmTopic"}]
+
+
 def test_parameters_are_described_and_outputs_name_what_operators_need(template: dict[str, Any]) -> None:
     for name, param in template["Parameters"].items():
         assert param.get("Description"), name
-    assert set(template["Outputs"]) >= {
-        "InputBucketName", "OutputBucketName", "InstanceId", "SubmitDocumentName",
+    common = {
+        "InputBucketName", "OutputBucketName", "SubmitDocumentName",
         "StatusDocumentName", "RetryDocumentName", "CancelDocumentName", "DrainDocumentName",
         "TriggerLogGroupName", "DaemonLogGroupName", "DashboardUrl", "FailureQueueUrl",
     }
+    single = _stack(template, FleetSize=MODES["single"])["Outputs"]
+    fleet = _stack(template, FleetSize=MODES["fleet"])["Outputs"]
+    assert set(single) >= common | {"InstanceId", "DataVolumeId"}
+    assert not {"FleetGroupName", "FleetTag"} & set(single)
+    assert set(fleet) >= common | {"FleetGroupName", "FleetTag"}
+    assert not {"InstanceId", "DataVolumeId"} & set(fleet)
+    assert fleet["FleetGroupName"]["Value"] == {"Ref": "FleetGroup"}
+    assert fleet["FleetTag"]["Value"] == {"Fn::Sub": f"{FLEET_TAG_KEY}=${{AWS::StackName}}"}
 
 
 def test_operator_documents_run_processorctl_and_systemctl(template: dict[str, Any]) -> None:
@@ -572,17 +955,24 @@ def test_operator_documents_run_processorctl_and_systemctl(template: dict[str, A
 # --- the bootstrap script (UserData) ----------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", sorted(_USER_DATA))
 def test_user_data_escapes_shell_braces_and_fits(
-    template: dict[str, Any], resources: dict[str, Any], user_data: str,
+    template: dict[str, Any], resources: dict[str, Any], mode: str,
 ) -> None:
     known = set(template["Parameters"]) | set(resources)
-    for name in _PLACEHOLDER.findall(_user_data_body(resources)):
+    body = _user_data_body(resources, mode)
+    for name in _PLACEHOLDER.findall(body):
         # Every ${...} is CloudFormation's; shell variables are $name or ${!name}.
         assert name.startswith(("!", "AWS::")) or name.split(".")[0] in known, name
-    assert len(user_data.encode()) < USER_DATA_LIMIT
+    # The group's launch template cannot refer to the group (a cycle) nor to the single
+    # instance's resources; the instance's user data not to the fleet's.
+    others = FLEET_ONLY | (SINGLE_ONLY if mode == "fleet" else set())
+    assert not {n.split(".")[0] for n in _PLACEHOLDER.findall(body)} & others
+    assert len(_render_sub(body, template).encode()) < USER_DATA_LIMIT
 
 
-def test_user_data_does_the_bootstrap_steps(user_data: str) -> None:
+def test_user_data_does_the_bootstrap_steps(bootstrap: str) -> None:
+    user_data = bootstrap
     lines = user_data.splitlines()
     assert lines[0] == "#!/bin/bash"
     assert "set -euo pipefail" in lines[:5]
@@ -610,7 +1000,8 @@ def test_user_data_does_the_bootstrap_steps(user_data: str) -> None:
     assert check < user_data.index("mkfs.ext4") < user_data.index("elif", check)
 
 
-def test_user_data_installs_the_systemd_files_the_wheel_ships(user_data: str) -> None:
+def test_user_data_installs_the_systemd_files_the_wheel_ships(bootstrap: str) -> None:
+    user_data = bootstrap
     installed = set(re.findall(r'"\$SHARE/([\w.-]+)"', user_data))
     assert installed == {"processor.service", "processor.sysusers.conf", "processor.tmpfiles.conf",
                          "processor-reconcile.service", "processor-reconcile.timer"}
@@ -629,7 +1020,8 @@ def _heredoc(script: str, tag: str) -> str:
     return match.group(1) + "\n"
 
 
-def test_processorctl_wrapper_runs_as_the_service_user_for_root(user_data: str) -> None:
+def test_processorctl_wrapper_runs_as_the_service_user_for_root(bootstrap: str) -> None:
+    user_data = bootstrap
     wrapper = _heredoc(user_data, "CTL")
     assert wrapper.startswith("#!/bin/sh\n")
     assert 'exec runuser -u processor -- /opt/processor/venv/bin/processorctl "$@"' in wrapper
@@ -639,12 +1031,20 @@ def test_processorctl_wrapper_runs_as_the_service_user_for_root(user_data: str) 
     assert "\nUser=processor\n" in unit
 
 
+@pytest.mark.parametrize("mode", sorted(_USER_DATA))
 def test_user_data_config_is_accepted_by_the_daemon(
-    template: dict[str, Any], user_data: str, tmp_path: Path,
+    template: dict[str, Any], resources: dict[str, Any], mode: str, tmp_path: Path,
 ) -> None:
+    body = _user_data_body(resources, mode)
+    user_data = _render_sub(body, template)
     path = tmp_path / "processor.toml"
     path.write_text(_heredoc(user_data, "TOML"), encoding="utf-8")
     settings = load_settings(path, environ={})
+    # A fleet's reconciler takes only the objects that hash to its own instance, among
+    # the instances with the fleet tag (as the trigger chooses); one instance takes all.
+    fleet_tag = f"{FLEET_TAG_KEY}={DUMMY_REFS['AWS::StackName']}" if mode == "fleet" else ""
+    assert settings.reconcile.fleet_tag == fleet_tag
+    assert settings.reconcile.input_bucket == _render_sub(INPUT_BUCKET_NAME, template)
     assert settings.s3.output_bucket == DUMMY_REFS["OutputBucket"]
     assert settings.s3.region == DUMMY_REFS["AWS::Region"]
     assert settings.logging.cloudwatch_log_group == DUMMY_REFS["DaemonLogGroup"]
@@ -652,7 +1052,6 @@ def test_user_data_config_is_accepted_by_the_daemon(
     default_command = json.loads(template["Parameters"]["ProcessingCommand"]["Default"])
     assert list(settings.processing.command) == default_command
     assert settings.processing.concurrency == template["Parameters"]["Concurrency"]["Default"]
-    body = _user_data_body(template["Resources"])
     for level in template["Parameters"]["LogLevel"]["AllowedValues"]:
         path.write_text(_heredoc(_render_sub(body, template, {"LogLevel": level}), "TOML"), encoding="utf-8")
         assert load_settings(path, environ={}).logging.level == level
@@ -678,19 +1077,29 @@ def test_processing_command_pattern(template: dict[str, Any], command: str, ok: 
         assert "{input}" in json.loads(command)
 
 
-def test_user_data_is_valid_bash(user_data: str, tmp_path: Path) -> None:
+def _scripts(user_data: str) -> list[tuple[str, str, str]]:
+    """(name, shell, text) of the bootstrap and every script it installs."""
+    scripts = [("user-data.sh", "bash", user_data),
+               ("rebootstrap.sh", "bash", _heredoc(user_data, "HOOK")),
+               ("processorctl", "sh", _heredoc(user_data, "CTL"))]
+    if "<<'LIFECYCLE'" in user_data:
+        scripts.append(("processor-lifecycle", "bash", _heredoc(user_data, "LIFECYCLE")))
+    return scripts
+
+
+def test_user_data_is_valid_bash(bootstrap: str, tmp_path: Path) -> None:
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash is not installed")
-    script = tmp_path / "user-data.sh"
-    script.write_text(user_data, encoding="utf-8")
-    done = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    for tag in ("HOOK", "CTL"):
-        part = tmp_path / f"{tag}.sh"
-        part.write_text(_heredoc(user_data, tag), encoding="utf-8")
-        done = subprocess.run([bash, "-n", str(part)], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"{tag}: {done.stderr}"
+    names = []
+    for name, _shell, text in _scripts(bootstrap):
+        names.append(name)
+        script = tmp_path / name
+        script.write_text(text, encoding="utf-8")
+        done = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+    # A fleet instance also installs its drain script: it is checked as well.
+    assert ("processor-lifecycle" in names) is ("aws ec2 create-volume" in bootstrap)
 
 
 def _shellcheck() -> str:
@@ -700,12 +1109,9 @@ def _shellcheck() -> str:
     return found
 
 
-def test_user_data_passes_shellcheck(user_data: str, tmp_path: Path) -> None:
+def test_user_data_passes_shellcheck(bootstrap: str, tmp_path: Path) -> None:
     shellcheck = _shellcheck()
-    scripts = (("user-data.sh", "bash", user_data),
-               ("rebootstrap.sh", "bash", _heredoc(user_data, "HOOK")),
-               ("processorctl", "sh", _heredoc(user_data, "CTL")))
-    for name, shell, text in scripts:
+    for name, shell, text in _scripts(bootstrap):
         script = tmp_path / name
         script.write_text(text, encoding="utf-8")
         done = subprocess.run([shellcheck, f"--shell={shell}", str(script)], capture_output=True,
@@ -716,33 +1122,60 @@ def test_user_data_passes_shellcheck(user_data: str, tmp_path: Path) -> None:
 # --- checkov ------------------------------------------------------------------------------
 
 
-def test_checkov_finds_no_failed_check() -> None:
+def _checkov(path: Path) -> dict[str, Any]:
     if not CHECKOV.exists():
         pytest.skip(f"checkov is not installed at {CHECKOV.relative_to(REPO)}: `make test` builds it "
                     "(a virtualenv of its own, its pins clash with moto's)")
     # No network: no Prisma Cloud guideline lookup, no download of external checks.
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
     done = subprocess.run(
-        [str(CHECKOV), "--file", str(TEMPLATE), "--framework", "cloudformation", "--compact",
+        [str(CHECKOV), "--file", str(path), "--framework", "cloudformation", "--compact",
          "--skip-download", "--output", "json"],
         capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
     )
-    report = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
     summary = report["summary"]
     failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
     assert summary["failed"] == 0 and not failed, failed
     assert summary["parsing_errors"] == 0
     assert summary["passed"] > 0
-    # Every skip is written down in the template with its reason.
-    skips = {
+    assert done.returncode == 0, done.stderr[-2000:]
+    return report
+
+
+def _skips(resources: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """The checkov skips written down in the template's Metadata, each with its reason."""
+    return {
         (skip["id"], f"{res['Type']}.{name}")
-        for name, res in cfn.load_template(TEMPLATE)["Resources"].items()
+        for name, res in resources.items()
         for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", [])
         if skip.get("comment", "").strip()
     }
+
+
+def test_checkov_finds_no_failed_check(resources: dict[str, Any]) -> None:
+    report = _checkov(TEMPLATE)
     skipped = {(c["check_id"], c["resource"]) for c in report["results"]["skipped_checks"]}
-    assert skipped == skips, "a checkov skip without a reason, or a reason for no skip"
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert skipped == _skips(resources), "a checkov skip without a reason, or a reason for no skip"
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_checkov_finds_no_failed_check_in_either_mode(
+    template: dict[str, Any], mode: str, tmp_path: Path,
+) -> None:
+    # checkov does not look inside Fn::If: a policy statement in one is not checked
+    # (CKV_AWS_107-111 pass on the IAM roles only here). So it also checks each mode as
+    # CloudFormation sees it.
+    resolved = _stack(template, FleetSize=MODES[mode])
+    path = tmp_path / f"processor-{mode}.json"
+    path.write_text(json.dumps(resolved), encoding="utf-8")
+    report = _checkov(path)
+    passed = {(c["check_id"], c["resource"]) for c in report["results"]["passed_checks"]}
+    for role in ("TriggerRole", "InstanceRole"):
+        for check in ("CKV_AWS_107", "CKV_AWS_108", "CKV_AWS_109", "CKV_AWS_110", "CKV_AWS_111"):
+            assert (check, f"AWS::IAM::Role.{role}") in passed, (check, role)
+    skipped = {(c["check_id"], c["resource"]) for c in report["results"]["skipped_checks"]}
+    assert skipped == _skips(resolved["Resources"])
 
 
 def test_deploy_doc_lists_every_checkov_skip_and_a_valid_policy(template: dict[str, Any]) -> None:
@@ -754,7 +1187,16 @@ def test_deploy_doc_lists_every_checkov_skip_and_a_valid_policy(template: dict[s
     statements = json.loads(policy)["Statement"]
     actions = {a for s in statements for a in _as_list(s["Action"])}
     assert {"cloudformation:CreateChangeSet", "iam:PassRole", "dlm:CreateLifecyclePolicy",
-            "ec2:RunInstances", "ssm:CreateDocument", "lambda:CreateFunction"} <= actions
+            "ec2:RunInstances", "ssm:CreateDocument", "lambda:CreateFunction",
+            "ec2:CreateLaunchTemplate", "ec2:CreateLaunchTemplateVersion",
+            "autoscaling:CreateAutoScalingGroup", "autoscaling:UpdateAutoScalingGroup",
+            "autoscaling:PutLifecycleHook", "autoscaling:DeleteAutoScalingGroup",
+            "iam:CreateServiceLinkedRole"} <= actions
+    # How a fleet is scaled and drained, and what happens to its volumes.
+    assert "## A fleet" in doc
+    for needle in ("FleetSize", "processor-lifecycle", "complete-lifecycle-action",
+                   "processorctl list --state queued", "fleet_tag"):
+        assert needle in doc, needle
 
 
 # --- deploy/deploy.sh ---------------------------------------------------------------------
@@ -783,7 +1225,7 @@ def test_deploy_script_help_and_usage_errors_need_no_aws() -> None:
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     for option in ("--stack-name", "--region", "--subnet-id", "--artifact-bucket", "--alarm-email",
-                   "--refresh-ami", "--dry-run"):
+                   "--refresh-ami", "--dry-run", "--fleet-size", "--fleet-subnet-ids"):
         assert option in done.stdout, option
     bad = subprocess.run([bash, str(DEPLOY_SH), "--no-such-option"], capture_output=True, text=True,
                          timeout=60, env=env)
@@ -791,6 +1233,10 @@ def test_deploy_script_help_and_usage_errors_need_no_aws() -> None:
     bad = subprocess.run([bash, str(DEPLOY_SH), "--stack-name", "Bad_Name"], capture_output=True,
                          text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "stack name" in bad.stderr
+    for size in ("0", "21", "two"):
+        bad = subprocess.run([bash, str(DEPLOY_SH), "--fleet-size", size], capture_output=True,
+                             text=True, timeout=60, env=env)
+        assert bad.returncode == 2 and "--fleet-size" in bad.stderr, size
 
 
 def test_deploy_script_passes_every_required_parameter(template: dict[str, Any]) -> None:
@@ -801,3 +1247,134 @@ def test_deploy_script_passes_every_required_parameter(template: dict[str, Any])
     assert "--capabilities CAPABILITY_NAMED_IAM" in text
     assert "python3 -m pip wheel --no-deps -w" in text
     assert "aws cloudformation deploy" in text
+
+
+def test_deploy_script_passes_the_fleet_options() -> None:
+    text = DEPLOY_SH.read_text(encoding="utf-8")
+    assert '"FleetSize=' in text and '"FleetSubnetIds=' in text
+
+
+# --- a fleet's bootstrap ----------------------------------------------------------------
+
+
+def _between(text: str, start: str, end: str) -> str:
+    """From the line that starts with ``start`` to the one that starts with ``end`` (included)."""
+    first = text.index("\n" + start) + 1
+    last = text.index("\n" + end, first) + 1
+    return text[first:text.index("\n", last) + 1]
+
+
+#: The parts of the bootstrap a fleet instance runs exactly as the single instance:
+#: (first line, last line) of each.
+SHARED_BOOTSTRAP = (
+    ("# Python 3.11 and the daemon's virtualenv", "systemd-sysusers /etc/sysusers.d/processor.conf"),
+    ("# The data volume, mounted by label.", "older_than_s = 900"),
+    ("# Re-run this script at boot", "chmod 0700 /var/lib/cloud/scripts/per-boot/processor-rebootstrap"),
+    ("# Start (or restart onto the new wheel)", "systemctl enable --now processor-reconcile.timer"),
+)
+
+
+def test_fleet_bootstrap_shares_the_single_instance_steps(user_data: str, fleet_user_data: str) -> None:
+    for start, end in SHARED_BOOTSTRAP:
+        assert _between(fleet_user_data, start, end) == _between(user_data, start, end), start
+    for user in (user_data, fleet_user_data):
+        assert user.rstrip().endswith('echo "processor-bootstrap: done $(date -Is)"')
+        assert 'signal SUCCESS "processor is running"' in user
+
+
+def _fleet_volume_tags(user_data: str) -> dict[str, str]:
+    (spec,) = re.findall(r'--tag-specifications "ResourceType=volume,Tags=\[(.*?)\]"', user_data)
+    tags = dict(re.findall(r"\{Key=([^,]+),Value=([^}]+)\}", spec))
+    variables = {"$STACK": DUMMY_REFS["AWS::StackName"], "$FLEET_TAG": FLEET_TAG_KEY,
+                 "$STACK-data": DUMMY_REFS["AWS::StackName"] + "-data"}
+    return {variables.get(k, k): variables.get(v, v) for k, v in tags.items()}
+
+
+def test_fleet_instance_creates_its_own_encrypted_tagged_volume(
+    template: dict[str, Any], fleet_user_data: str,
+) -> None:
+    script = fleet_user_data
+    stack_name = DUMMY_REFS["AWS::StackName"]
+    assert f"STACK='{stack_name}'" in script and f"FLEET_TAG={FLEET_TAG_KEY}\n" in script
+    assert f"VOLUME_SIZE='{template['Parameters']['DataVolumeSize']['Default']}'" in script
+    # Identity and zone from IMDSv2 (the launch template requires tokens).
+    assert "X-aws-ec2-metadata-token-ttl-seconds" in script
+    assert "meta-data/placement/availability-zone" in script
+    create = script[script.index("aws ec2 create-volume"):script.index("--query VolumeId")]
+    for flag in ("--encrypted", "--volume-type gp3", '--size "$VOLUME_SIZE"',
+                 '--availability-zone "$ZONE"', '--client-token "$INSTANCE_ID-data"'):
+        assert flag in create, flag
+    # The tags the DLM policy targets and the instance role's conditions require.
+    tags = _fleet_volume_tags(script)
+    assert tags == {"Name": f"{stack_name}-data", "Backup": "True",
+                    "processor:backup-policy": stack_name, FLEET_TAG_KEY: stack_name,
+                    "processor:instance": "$INSTANCE_ID"}
+    # The volume already attached here first, then an available one of this fleet in this
+    # zone, then a new one; then the same wait-for-the-device-and-mount as one instance.
+    order = [script.index(s) for s in (
+        'fleet_volumes "Name=attachment.instance-id,Values=$INSTANCE_ID"',
+        'Name=availability-zone,Values=$ZONE',
+        "aws ec2 create-volume",
+        'aws ec2 wait volume-in-use',
+        'link=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_',
+        'mkfs.ext4',
+    )]
+    assert order == sorted(order)
+    lookup = script[script.index("fleet_volumes() {"):script.index("VOLUME_ID=$(fleet_volumes")]
+    assert '"Name=tag:processor:backup-policy,Values=$STACK" "Name=tag:$FLEET_TAG,Values=$STACK"' in lookup
+    assert script.count("aws ec2 attach-volume") == 2
+    assert script.count("--device /dev/sdf") == 2
+
+
+def test_fleet_bootstrap_signals_the_group_and_leaves_the_fleet_on_failure(fleet_user_data: str) -> None:
+    script = fleet_user_data
+    signal = script[script.index("signal() {"):script.index("trap on_exit EXIT")]
+    assert "aws cloudformation signal-resource" in signal
+    assert "--logical-resource-id FleetGroup" in signal and '--unique-id "$INSTANCE_ID"' in signal
+    failure = signal[signal.index("on_exit() {"):]
+    assert 'aws ec2 delete-tags --region "$REGION" --resources "$INSTANCE_ID" --tags "Key=$FLEET_TAG"' \
+        in failure
+    assert failure.index("delete-tags") < failure.index("signal FAILURE")
+    assert "WAIT_HANDLE" not in script and "BootstrapWait" not in script
+
+
+def test_processor_lifecycle_drains_then_completes_the_hook(
+    template: dict[str, Any], resources: dict[str, Any], fleet_user_data: str,
+) -> None:
+    script = _heredoc(fleet_user_data, "LIFECYCLE")
+    stack_name = DUMMY_REFS["AWS::StackName"]
+    props = resources["FleetGroup"]["Properties"]
+    (hook,) = props["LifecycleHookSpecificationList"]
+    # The names the group and the instance role use.
+    assert f"GROUP='{stack_name}-processor'" in script
+    assert _render_sub(props["AutoScalingGroupName"]["Fn::Sub"], template) == f"{stack_name}-processor"
+    assert f"HOOK={hook['LifecycleHookName']}\n" in script
+    assert f"FLEET_TAG={FLEET_TAG_KEY}\n" in script
+    drain = template["Parameters"]["DrainTimeoutSeconds"]["Default"]
+    assert f"DEADLINE=$(( {drain} - 180 ))" in script
+    cache = template["Parameters"]["TargetCacheSeconds"]["Default"]
+    assert f"CACHE_SECONDS={cache}\n" in script
+    # Watches the documented metadata item; then, in order: no more reconciling, out of
+    # the trigger's targeting, wait out its cache, let queued and running jobs finish,
+    # stop the daemon (it drains), complete the hook.
+    steps = [script.index(s) for s in (
+        "meta-data/$1",
+        '"$(metadata autoscaling/target-lifecycle-state || true)" = Terminated',
+        "systemctl stop processor-reconcile.timer",
+        'aws ec2 delete-tags --region "$REGION" --resources "$instance" --tags "Key=$FLEET_TAG"',
+        "sleep $(( CACHE_SECONDS + 15 ))",
+        "left=$(unfinished)",
+        "systemctl stop processor ||",
+        "aws autoscaling complete-lifecycle-action",
+    )]
+    assert steps == sorted(steps)
+    assert "--lifecycle-action-result CONTINUE" in script
+    # "Unfinished" is what processorctl status --json counts as queued or running (its
+    # "counts" hold every JobState value).
+    assert 'counts = json.load(sys.stdin)["counts"]; print(counts["queued"] + counts["running"])' in script
+    assert {"queued", "running"} <= {state.value for state in JobState}
+    # Installed as a service that the bootstrap enables and starts.
+    unit = _heredoc(fleet_user_data, "UNIT")
+    assert "ExecStart=/usr/local/sbin/processor-lifecycle" in unit
+    assert "Restart=on-failure" in unit
+    assert "systemctl enable processor-lifecycle\nsystemctl restart processor-lifecycle" in fleet_user_data
