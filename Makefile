@@ -32,6 +32,18 @@ run: $(STAMP)
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) setup.cfg
+	$(BIN)/python -m pip install --quiet -e '.[local,bench]'
+	touch $(BENCH_STAMP)
+
+.PHONY: bench
+## Measure the daemon against the floor of this machine; rewrites bench/RESULTS.md
+## (a few minutes; not part of `make test`). BENCH_ARGS="--size-mib 1024" for the full large object.
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
 ## Static checks only (they also run inside `make test`).
 lint: $(STAMP)
 	$(BIN)/python -m mypy

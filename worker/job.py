@@ -125,6 +125,10 @@ class Job:
     created_at: float
     updated_at: float
     next_attempt_at: float = 0.0
+    #: Attempts that ended in a retryable failure of the job itself (exit 75, an
+    #: internal error) - what processing.max_attempts bounds. Attempts lost to S3
+    #: being unavailable, a crash or a shutdown are in ``attempts`` only.
+    retries_used: int = 0
     phase: Phase = Phase.NONE
     bytes_total: int = 0
     bytes_done: int = 0
@@ -150,6 +154,7 @@ class Job:
             "etag": self.etag,
             "state": self.state.value,
             "attempts": self.attempts,
+            "retries_used": self.retries_used,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "next_attempt_at": self.next_attempt_at,

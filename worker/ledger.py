@@ -21,7 +21,12 @@ from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.job import Identity, Job, JobState, Phase, check_transition
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Steps from each older schema version to the next (applied in order on open).
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE jobs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -33,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     etag            TEXT,
     state           TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
+    retries_used    INTEGER NOT NULL DEFAULT 0,
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
     next_attempt_at REAL NOT NULL DEFAULT 0,
@@ -64,6 +70,7 @@ _UPDATABLE = frozenset(
     {
         "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
         "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
+        "retries_used",
     }
 )
 
@@ -134,9 +141,13 @@ class Ledger:
                     f"ledger {self.path} has schema {version}, newer than this "
                     f"processor ({SCHEMA_VERSION}); refusing to touch it"
                 )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    db.execute(_MIGRATIONS[step])
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- commands -----------------------------------------------------------
@@ -232,7 +243,7 @@ class Ledger:
                 raise InvalidTransition(job_id, current.value, JobState.QUEUED.value)
             _update(
                 db, job_id,
-                {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0,
+                {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0, "retries_used": 0,
                  "next_attempt_at": now, "error": None, "exit_code": None, "stderr_tail": None,
                  "finished_at": None, "phase": ""},
             )
@@ -360,6 +371,7 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], bucket=row["bucket"], key=row["key"], version_id=row["version_id"],
         etag=row["etag"], state=JobState(row["state"]), attempts=row["attempts"],
+        retries_used=row["retries_used"],
         created_at=row["created_at"], updated_at=row["updated_at"],
         next_attempt_at=row["next_attempt_at"], phase=Phase(row["phase"]),
         bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],

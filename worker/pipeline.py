@@ -66,6 +66,9 @@ class Outcome:
     error: str | None
     fields: Mapping[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    #: S3 (or the network to it) failed, not the job: retry without spending the
+    #: job's attempt budget, so an outage delays jobs but never fails them.
+    storage: bool = False
 
 
 @dataclass
@@ -107,7 +110,11 @@ class Pipeline:
         except ObjectChanged as exc:
             return Outcome(JobState.CANCELLED, f"superseded: {exc}")
         except StorageError as exc:
-            return Outcome(JobState.QUEUED if exc.retryable else JobState.FAILED, str(exc))
+            if exc.retryable:
+                # A damaged download is the data's problem, not S3 being away: it spends budget.
+                outage = exc.code not in ("ChecksumMismatch", "SizeMismatch")
+                return Outcome(JobState.QUEUED, str(exc), storage=outage)
+            return Outcome(JobState.FAILED, str(exc))
         except (OutputError, InsufficientSpace) as exc:
             return Outcome(JobState.FAILED, str(exc))
         except OSError as exc:
@@ -125,7 +132,7 @@ class Pipeline:
             return self._finish(job, JobState.CANCELLED, log, error=outcome.error, **fields)
         if outcome.interrupted:
             return self._requeue(job, log, reason=outcome.error)
-        return self.retry_or_fail(job, log, error=outcome.error, **fields)
+        return self.retry_or_fail(job, log, error=outcome.error, storage=outcome.storage, **fields)
 
     # -- steps ----------------------------------------------------------------
 
@@ -271,16 +278,26 @@ class Pipeline:
 
     # -- outcomes -------------------------------------------------------------
 
-    def retry_or_fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
+    def retry_or_fail(
+        self, job: Job, log: Any, *, error: str, storage: bool = False, **fields: Any
+    ) -> Job:
+        """Requeue with backoff, or fail once the job has used up processing.max_attempts.
+
+        ``storage`` failures (S3 unavailable) never use up the budget: they are
+        retried with backoff capped at retry_max_s until S3 answers again.
+        """
         p = self.settings.processing
-        if job.attempts >= p.max_attempts:
-            return self._fail(job, log, error=f"{error}; gave up after {job.attempts} attempts", **fields)
+        used = job.retries_used + (0 if storage else 1)
+        if not storage and used >= p.max_attempts:
+            return self._fail(job, log, error=f"{error}; gave up after {used} attempts",
+                              retries_used=used, **fields)
         delay = backoff_delay(job.attempts, p.retry_base_s, p.retry_max_s)
         updated = self.ledger.transition(
             job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=error,
-            next_attempt_at=self.clock() + delay, error=error, **fields,
+            next_attempt_at=self.clock() + delay, error=error, retries_used=used, **fields,
         )
-        log.warning("job_retry_scheduled", state=updated.state.value, error=error, delay_s=round(delay, 1))
+        log.warning("job_retry_scheduled", state=updated.state.value, error=error,
+                    delay_s=round(delay, 1), storage=storage, retries_used=used)
         return updated
 
     def _requeue(self, job: Job, log: Any, *, reason: str) -> Job:

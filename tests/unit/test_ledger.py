@@ -151,3 +151,28 @@ def test_processorctl_submit_works_with_the_daemon_down(short_tmp: Path) -> None
     with Ledger(short_tmp / "state" / "ledger" / "ledger.db") as ledger:
         job = ledger.get(job_id)
     assert job.key == "-rf $(reboot)" and job.etag == "abc" and job.state is JobState.QUEUED
+
+
+def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
+            version TEXT NOT NULL, version_id TEXT, etag TEXT, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL DEFAULT 0, phase TEXT NOT NULL DEFAULT '',
+            bytes_total INTEGER NOT NULL DEFAULT 0, bytes_done INTEGER NOT NULL DEFAULT 0,
+            exit_code INTEGER, error TEXT, stderr_tail TEXT, started_at REAL, finished_at REAL,
+            result_prefix TEXT, UNIQUE (bucket, key, version));
+        CREATE TABLE transitions (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+            from_state TEXT, to_state TEXT NOT NULL, at REAL NOT NULL, attempt INTEGER NOT NULL,
+            reason TEXT);
+        INSERT INTO jobs (id, bucket, key, version, state, attempts, created_at, updated_at)
+            VALUES ('j-old', 'b', 'k', 'e:x', 'queued', 2, 1.0, 1.0);
+        PRAGMA user_version = 1;
+    """)
+    old.close()
+    with Ledger(path) as ledger:
+        job = ledger.get("j-old")
+        assert job.attempts == 2 and job.retries_used == 0 and job.state is JobState.QUEUED
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2

@@ -284,3 +284,26 @@ def test_backoff_is_exponential_with_equal_jitter(
     delays = [backoff_delay(attempt, base, cap) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
     assert max(delays) - min(delays) > (high - low) / 4  # jittered, not constant
+
+
+def test_s3_unavailable_never_spends_the_attempt_budget(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER, max_attempts=1)
+    job = claim(ledger, store, "k")
+    store.fail_head = StorageError("head s3://in/k: 503", retryable=True, code="503")
+    for attempt in range(1, 5):
+        done = pipeline.run(job)
+        assert done.state is JobState.QUEUED and done.retries_used == 0 and done.attempts == attempt
+        pipeline.clock.offset += 10_000  # type: ignore[attr-defined]
+        job = ledger.claim_next()  # type: ignore[assignment]
+        assert job is not None
+    store.fail_head = None
+    assert pipeline.run(job).state is JobState.SUCCEEDED
+
+
+def test_exit_75_spends_the_budget_and_a_manual_retry_refills_it(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, script("import sys; sys.exit(75)"), max_attempts=1)
+    job = claim(ledger, store, "k")
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and done.retries_used == 1
+    again = ledger.retry(job.id)
+    assert again.state is JobState.QUEUED and again.retries_used == 0 and again.attempts == 0
