@@ -251,7 +251,11 @@ class Ledger:
             return _job(self._row(db, job_id))
 
     def requeue_interrupted(self, reason: str) -> list[Job]:
-        """On start: every job left running by a crash goes back to the queue."""
+        """On start: every job left running by a crash goes back to the queue.
+
+        The interrupted attempt spends one of the job's retries: an input that
+        kills the daemon every time (a poison object) must not loop for ever.
+        """
         now = self._clock()
         with self._write() as db:
             ids = [
@@ -260,11 +264,12 @@ class Ledger:
                 )
             ]
             for job_id in ids:
-                attempts = self._row(db, job_id)["attempts"]
+                row = self._row(db, job_id)
+                attempts = row["attempts"]
                 _update(
                     db, job_id,
                     {"state": JobState.QUEUED.value, "updated_at": now, "phase": "",
-                     "next_attempt_at": now},
+                     "next_attempt_at": now, "retries_used": row["retries_used"] + 1},
                 )
                 self._log(db, job_id, JobState.RUNNING, JobState.QUEUED, now, attempts, reason)
             return [_job(self._row(db, job_id)) for job_id in ids]

@@ -98,6 +98,11 @@ class Pipeline:
 
     def _attempt(self, job: Job, work: Path, cancel: StopToken | None, log: Any) -> Outcome:
         timings: dict[str, float] = {}
+        if job.retries_used >= self.settings.processing.max_attempts:
+            # Only crash recovery gets a job here (every other path fails it at
+            # the limit): the daemon died during each of its last attempts.
+            return Outcome(JobState.FAILED, f"the daemon died during {job.retries_used} attempts "
+                           "of this job; not trying again (a poison input?)")
         try:
             shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
             (work / "output").mkdir(parents=True)

@@ -307,3 +307,16 @@ def test_exit_75_spends_the_budget_and_a_manual_retry_refills_it(tmp_path: Path)
     assert done.state is JobState.FAILED and done.retries_used == 1
     again = ledger.retry(job.id)
     assert again.state is JobState.QUEUED and again.retries_used == 0 and again.attempts == 0
+
+
+def test_a_job_that_keeps_killing_the_daemon_is_failed_not_looped(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER, max_attempts=2)
+    job = claim(ledger, store, "poison")
+    for _ in range(2):  # the daemon dies mid-job, twice
+        requeued = ledger.requeue_interrupted("interrupted: daemon restarted")
+        assert [j.id for j in requeued] == [job.id]
+        job = ledger.claim_next()  # type: ignore[assignment]
+    assert job.retries_used == 2
+    done = pipeline.run(job)
+    assert done.state is JobState.FAILED and "died during 2 attempts" in (done.error or "")
+    assert store.json(OUT, "results/poison/_failed.json")["error"] == done.error
