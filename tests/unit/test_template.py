@@ -928,6 +928,7 @@ def test_parameters_are_described_and_outputs_name_what_operators_need(template:
     common = {
         "InputBucketName", "OutputBucketName", "SubmitDocumentName",
         "StatusDocumentName", "RetryDocumentName", "CancelDocumentName", "DrainDocumentName",
+        "ReconcileDocumentName",
         "TriggerLogGroupName", "DaemonLogGroupName", "DashboardUrl", "FailureQueueUrl",
     }
     single = _stack(template, FleetSize=MODES["single"])["Outputs"]
@@ -948,6 +949,10 @@ def test_operator_documents_run_processorctl_and_systemctl(template: dict[str, A
         assert params["JobId"]["allowedPattern"] == "^j-[0-9a-f]{20}$"
         assert f'exec processorctl {verb} "$SSM_JobId"' in script[name]
     assert "processorctl status" in script["StatusDocument"]
+    reconcile = specs["ReconcileDocument"].content["parameters"]
+    assert reconcile["OlderThan"]["allowedPattern"] == "^[0-9]{1,6}[smhd]?$"
+    assert reconcile["DryRun"]["allowedValues"] == ["false", "true"]
+    assert 'exec processorctl reconcile --older-than="$SSM_OlderThan"' in script["ReconcileDocument"]
     assert "systemctl stop processor" in script["DrainDocument"]
     assert "systemctl start processor" in specs["DrainDocument"].content["description"]
 
