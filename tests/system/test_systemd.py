@@ -9,10 +9,12 @@ volume at /var/lib/processor, and the emulator runs on the host's loopback.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
+import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,29 +54,52 @@ def wait(what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
 
 
 def install_venv(box: Machine) -> None:
-    """/opt/processor/venv on /usr/bin/python3, seeing this test run's packages.
+    """/opt/processor/venv on /usr/bin/python3, holding copies of this checkout's code and deps.
 
-    The test's own interpreter may live under /root (pyenv), which the unit's
-    ProtectHome= and the service user cannot reach, as on a real host.
+    Copies, not paths back to this run's virtualenv: the test's own interpreter
+    may live under /root (pyenv) and the checkout under /tmp, which the unit's
+    ProtectHome= and PrivateTmp= hide from the service, as they would on a host.
     """
     system_python = Path("/usr/bin/python3")
     if not system_python.exists():
         pytest.skip("no /usr/bin/python3 to build the service's virtualenv with")
-    venv = box.root / VENV.lstrip("/")
-    subprocess.run([str(system_python), "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=120)
     version = subprocess.run([str(system_python), "-c", "import sys; print(f'{sys.version_info[0]}."
                               "{sys.version_info[1]}')"], capture_output=True, text=True,
                              check=True).stdout.strip()
     if version != f"{sys.version_info[0]}.{sys.version_info[1]}":
         pytest.skip(f"/usr/bin/python3 is {version}, the test venv is {sys.version_info[:2]}")
-    site = sysconfig.get_paths()["purelib"]
-    box.write(f"{VENV}/lib/python{version}/site-packages/processor-under-test.pth",
-              f"import site; site.addsitedir({site!r})\n")
+    venv = box.root / VENV.lstrip("/")
+    subprocess.run([str(system_python), "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    site = venv / f"lib/python{version}/site-packages"
+    for package in ("worker", "lambda_trigger"):
+        shutil.copytree(REPO / package, site / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for dist in _runtime_closure():
+        for file in dist.files or ():
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file() and ".." not in file.parts:
+                target = site / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
     for name, module in (("processor", "worker.cli"), ("processorctl", "worker.ctl")):
         box.write(f"{VENV}/bin/{name}",
                   f"#!{VENV}/bin/python\nimport sys\nfrom {module} import main\nsys.exit(main())\n",
                   mode=0o755)
+
+
+def _runtime_closure() -> list[importlib.metadata.Distribution]:
+    """The installed distributions the package needs at run time (no extras)."""
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    pending = [r for r in importlib.metadata.requires("processor") or [] if "extra ==" not in r]
+    while pending:
+        name = re.split(r"[\s<>=!~;\[(]", pending.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if name in seen:
+            continue
+        dist = importlib.metadata.distribution(name)
+        seen[name] = dist
+        pending += [r for r in dist.requires or [] if "extra ==" not in r]
+    return list(seen.values())
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +153,13 @@ def s3(moto_endpoint: str) -> Any:
 
 def prop(box: Machine, name: str) -> str:
     return box.sh("systemctl", "show", "-P", name, "processor").stdout.strip()
+
+
+def main_pid(box: Machine) -> str:
+    """The daemon's PID; never "0", which `kill` would take as the whole process group."""
+    pid = prop(box, "MainPID")
+    assert pid.isdigit() and int(pid) > 1, f"processor is not running (MainPID={pid!r})"
+    return pid
 
 
 def submit(box: Machine, s3: Any, key: str, body: bytes) -> str:
@@ -184,7 +216,7 @@ def test_3_kill_9_restarts_and_the_interrupted_job_completes(machine: Machine, s
     restarts = int(prop(machine, "NRestarts"))
     job_id = submit(machine, s3, "slow-kill.txt", b"slow words here")
     wait("job to run", lambda: job(machine, job_id)["state"] == "running")
-    pid = prop(machine, "MainPID")
+    pid = main_pid(machine)
     machine.sh("kill", "-9", pid)
     wait("systemd to restart the daemon", lambda: int(prop(machine, "NRestarts")) > restarts
          and prop(machine, "ActiveState") == "active", timeout=60)
@@ -195,7 +227,7 @@ def test_3_kill_9_restarts_and_the_interrupted_job_completes(machine: Machine, s
 
 def test_4_a_stalled_loop_trips_the_watchdog(machine: Machine) -> None:
     restarts = int(prop(machine, "NRestarts"))
-    pid = prop(machine, "MainPID")
+    pid = main_pid(machine)
     machine.sh("kill", "-STOP", pid)  # alive, but no more WATCHDOG=1
     wait("the watchdog to restart the daemon", lambda: int(prop(machine, "NRestarts")) > restarts
          and prop(machine, "ActiveState") == "active" and prop(machine, "MainPID") != pid, timeout=60)
