@@ -131,8 +131,14 @@ class FailedRecord:
     detail: str
 
     def describe(self) -> str:
-        where = f"s3://{self.bucket}/{self.key}" if self.key is not None else "record"
-        return f"{where} ({self.error}: {self.detail})"
+        # Escaped: the message reaches consoles and CloudWatch, and a key may hold
+        # control characters (a carriage return, an escape sequence).
+        where = f"s3://{self.bucket}/{_escaped(self.key)}" if self.key is not None else "record"
+        return f"{where} ({self.error}: {_escaped(self.detail)})"
+
+
+def _escaped(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 class DeliveryError(Exception):

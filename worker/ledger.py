@@ -119,15 +119,24 @@ class Ledger:
                 raise LedgerError(f"ledger {self.path} is not writable: {exc}") from exc
             try:
                 yield self._db
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise LedgerError(f"ledger {self.path}: {exc}") from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             else:
                 try:
                     self._db.execute("COMMIT")
                 except sqlite3.Error as exc:
-                    self._db.execute("ROLLBACK")
+                    self._rollback()
                     raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (SQLITE_FULL at COMMIT):
+        # a second ROLLBACK would raise and hide the real error.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _migrate(self) -> None:
         # Read first: a reader (processorctl show on a full disk) must not need to write.

@@ -25,14 +25,17 @@ IN, OUT = "daemon-in", "daemon-out"
 @contextmanager
 def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
     """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
+    # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
+    # then blocks the daemon's next log write.
+    err = (config.parent / "daemon.stderr").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
     )
     try:
         deadline = time.monotonic() + timeout
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()
             try:
                 request(socket, "ping", timeout=1)
                 break
@@ -44,8 +47,7 @@ def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subproce
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
+        err.close()
 
 
 def wait_state(config: Path, job_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:

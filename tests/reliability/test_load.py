@@ -1,0 +1,73 @@
+"""Load: a burst of 1,000 uploads through the whole local pipeline.
+
+S3 -> SQS -> the real Lambda -> the local SSM agent running the real submit
+document -> processorctl -> the daemon. Every upload must end as one
+succeeded job and one manifest, with nothing dropped on the way, and the
+daemon's peak memory must stay bounded (the queue lives in the ledger, not
+in memory).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPORT
+from tests.e2e.test_local import running_local
+from tests.reliability.common import daemon_pid, memory_kib, object_keys
+from worker.job import JobState
+from worker.ledger import Ledger
+
+pytestmark = pytest.mark.e2e
+
+EVENTS = 1000
+#: The daemon's peak RSS must stay under this (it measured ~60 MiB; a queue held in memory would grow).
+MAX_PEAK_RSS_MIB = 200
+#: The whole burst must drain within this (it took 154-183 s on 2 shared cores).
+DRAIN_TIMEOUT_S = 280
+
+
+@pytest.mark.timeout(360)
+def test_burst_of_1000_uploads_all_processed_with_bounded_memory(tmp_path: Path) -> None:
+    # A cheap processing command, so the figure measures the pipeline, not the summariser.
+    with running_local(tmp_path, "--command", "cp {input} {output_dir}") as stack:
+        state = tmp_path / "state"
+        pid = daemon_pid(state / "processor.toml")
+        idle = memory_kib(pid)
+        s3 = stack.client("s3")
+        bodies = {f"burst/{n:04d}.txt": f"object {n}\n".encode() for n in range(EVENTS)}
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda kv: s3.put_object(Bucket="processor-input", Key=kv[0], Body=kv[1]),
+                          bodies.items()))
+        uploaded_s = time.monotonic() - started
+        deadline = started + DRAIN_TIMEOUT_S
+        with Ledger(state / "ledger" / "ledger.db") as ledger:
+            while True:
+                counts = ledger.counts()
+                if counts["succeeded"] + counts["failed"] + counts["cancelled"] >= EVENTS:
+                    break
+                assert time.monotonic() < deadline, (counts, stack.output()[-2000:])
+                time.sleep(0.5)
+            drained_s = time.monotonic() - started
+            jobs = ledger.list_jobs()
+        peak = memory_kib(pid)
+        keys = object_keys(s3, "processor-output")
+        for key in list(bodies)[::97]:  # spot-check the results themselves
+            assert s3.get_object(Bucket="processor-output", Key=f"{key}/input")["Body"].read() == bodies[key]
+    assert len(jobs) == EVENTS and {j.key for j in jobs} == set(bodies)
+    assert [j for j in jobs if j.state is not JobState.SUCCEEDED] == []
+    output = stack.output()
+    assert "InvalidParameters" not in output and " failed:" not in output, output[-2000:]
+    assert sorted(k for k in keys if k.endswith("/_manifest.json")) == sorted(
+        f"{k}/_manifest.json" for k in bodies)
+    peak_mib = peak["VmHWM"] / 1024
+    REPORT.append(
+        f"load: {EVENTS} uploads in {uploaded_s:.1f}s, all {EVENTS} succeeded {drained_s:.1f}s after the "
+        f"first upload ({EVENTS / drained_s:.1f} jobs/s); daemon RSS idle {idle['VmRSS'] / 1024:.0f} MiB, "
+        f"peak (VmHWM) {peak_mib:.0f} MiB"
+    )
+    assert peak_mib < MAX_PEAK_RSS_MIB, peak
