@@ -46,11 +46,14 @@ def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
     rng = random.Random(20261129)
+    marker = f"chaos-command-{short_tmp.name}"  # pgrep must find this run's commands only
     s3 = aws("s3")
     s3.create_bucket(Bucket=IN)
     s3.create_bucket(Bucket=OUT)
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
-                          command=[sys.executable, "-c", COMMAND, "{input}", "{output_dir}"],
+                          command=[sys.executable, "-c",
+                                   COMMAND.replace("chaos-command", marker),
+                                   "{input}", "{output_dir}"],
                           concurrency=3, retry_base_s=1, retry_max_s=2, max_attempts=KILLS + 5)
     bodies = {f"chaos/{n:03d}.bin": rng.randbytes(rng.randint(1, 4096)) for n in range(JOBS)}
     etags = {k: s3.put_object(Bucket=IN, Key=k, Body=b)["ETag"] for k, b in bodies.items()}
@@ -127,5 +130,5 @@ def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
             for o in page.get("Contents", [])]
     assert len(keys) == 2 * JOBS and not any(k.endswith("_failed.json") for k in keys)
     assert list((short_tmp / "state" / "work").iterdir()) == []
-    leftover = subprocess.run(["pgrep", "-f", "chaos-command"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
     assert leftover.returncode == 1, f"processing commands outlived the daemon: {leftover.stdout}"
