@@ -35,6 +35,8 @@ ENV = {
 for _name in list(ENV):
     if _name.startswith("PROCESSOR_"):
         del ENV[_name]  # the bench writes its own config; nothing may override it
+# The bench's own clients (setup, the floors) use the same fake credentials.
+os.environ.update({k: v for k, v in ENV.items() if k.startswith("AWS_")})
 KIB = 1024
 MIB = 1024 * KIB
 INPUT_BUCKET = "bench-in"
@@ -136,15 +138,18 @@ class Daemon:
         self.socket = config.parent / "p.sock"
         argv = [*prefix, "-m", "worker", "run", "--config", str(config)] if prefix else \
             [str(BIN / "processor"), "run", "--config", str(config)]
-        self.proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+        # stderr to a file, never a pipe nobody reads: a full pipe would stall the daemon.
+        self.stderr_path = config.parent / "daemon.stderr"
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr,
+                                         start_new_session=True)
         try:
             wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, 60, "the daemon socket")
         except TimeoutError:
             self.stop()
             raise
         if self.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            raise RuntimeError(f"daemon exited: {self.stderr_path.read_text()[-2000:]}")
 
     def stop(self) -> int:
         return stop_process(self.proc, timeout=120)
@@ -219,9 +224,13 @@ class Figure:
         return f"| {self.measure} | {self.value} | {self.goal} | {verdict} |"
 
 
+def nproc() -> str:
+    return subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+
+
 def machine() -> str:
-    return (f"{os.cpu_count()} cores (`nproc` {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}), "
-            f"{_mem_gib():.0f} GiB RAM, Python {sys.version.split()[0]}, loopback only")
+    return (f"{nproc()} cores (`nproc`), {_mem_gib():.0f} GiB RAM, Python {sys.version.split()[0]}, "
+            "loopback only")
 
 
 def _mem_gib() -> float:

@@ -1,175 +1,144 @@
-"""Daemon memory while it processes one large object, against a bare boto3 floor.
+"""One large object through the daemon, against a bare boto3 floor: throughput and memory.
 
 Runs everything on loopback: a moto server in its own process (so the
 emulator's memory is not counted), the real daemon (`processor run`) and
-processorctl. The processing command is `cp`, so the daemon downloads SIZE
-bytes, verifies them, and uploads SIZE bytes back.
+processorctl. The processing command is `cp` on both sides.
 
 Measured, in the same run:
-  floor   - peak RSS growth of a bare Python process doing boto3's
-            download_file + upload_file of the same object with the daemon's
-            TransferConfig (what the transfer itself costs);
-  daemon  - peak RSS growth of the daemon over its idle peak (VmHWM).
+  floor   - a bare Python process doing boto3 download_file -> cp -> upload_file
+            of the same object with the daemon's TransferConfig: its wall time
+            and its peak RSS growth over an idle `import boto3, worker.s3`;
+  daemon  - the job's wall time in the ledger (claim to succeeded: HEAD,
+            download, verify, cp, hash, upload, manifest) and the daemon's
+            peak RSS (VmHWM) during the job, and its growth over its idle peak.
 
-Usage: python bench/transfer_memory.py [--size-mib 1024] [--results bench/RESULTS.md]
+Usage: python -m bench.transfer_memory [--size-mib 1024]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-       "AWS_DEFAULT_REGION": "us-east-1"}
-MIB = 1024 * 1024
+from bench.common import (
+    BIN,
+    ENV,
+    INPUT_BUCKET,
+    MIB,
+    OUTPUT_BUCKET,
+    PYTHON,
+    Daemon,
+    create_buckets,
+    moto_server,
+    read_ledger,
+    status_kib,
+    wait_for,
+    write_config,
+)
 
 FLOOR = """
-import boto3, os, sys
+import json, subprocess, sys, time
+import boto3
 from botocore.config import Config
 from worker.s3 import TRANSFER_CONFIG
 c = boto3.client("s3", endpoint_url=sys.argv[1], config=Config(s3={"addressing_style": "path"}))
-c.download_file("bench-in", "big.bin", sys.argv[2], Config=TRANSFER_CONFIG)
-c.upload_file(sys.argv[2], "bench-out", "floor/big.bin", Config=TRANSFER_CONFIG)
-print(open("/proc/self/status").read())
+out = sys.argv[3]
+started = time.monotonic()
+c.download_file(sys.argv[4], "big.bin", sys.argv[2], Config=TRANSFER_CONFIG)
+subprocess.run(["/bin/cp", sys.argv[2], out], check=True)
+c.upload_file(out + "/" + sys.argv[2].rsplit("/", 1)[1], sys.argv[5], "floor/big.bin", Config=TRANSFER_CONFIG)
+elapsed = time.monotonic() - started
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"elapsed_s": elapsed, "hwm_kib": hwm}))
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+IDLE = ("import boto3, worker.s3; print(next(int(l.split()[1]) for l in open('/proc/self/status') "
+        "if l.startswith('VmHWM:')))")
 
 
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+@dataclass(frozen=True)
+class Large:
+    size_mib: int
+    floor_s: float
+    daemon_s: float
+    floor_growth_mib: float
+    daemon_idle_mib: float
+    daemon_peak_mib: float
+
+    @property
+    def throughput_ratio(self) -> float:
+        """Daemon throughput over the floor's (higher is better; 1.0 = as fast)."""
+        return self.floor_s / self.daemon_s
+
+    @property
+    def daemon_growth_mib(self) -> float:
+        return self.daemon_peak_mib - self.daemon_idle_mib
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    import urllib.request
+def measure(size_mib: int) -> Large:
+    with moto_server() as endpoint, tempfile.TemporaryDirectory(prefix="bench-large-") as tmp_name:
+        tmp = Path(tmp_name)
+        s3 = create_buckets(endpoint)
+        source = tmp / "source.bin"
+        with source.open("wb") as fh:
+            block = os.urandom(MIB)
+            for i in range(size_mib):
+                fh.write(block[i % 7:] + block[: i % 7])
+        s3.upload_file(str(source), INPUT_BUCKET, "big.bin")
+        source.unlink()
+        etag = s3.head_object(Bucket=INPUT_BUCKET, Key="big.bin")["ETag"]
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+        (tmp / "floor-out").mkdir()
+        floor = json.loads(subprocess.run(
+            [PYTHON, "-c", FLOOR, endpoint, str(tmp / "floor.bin"), str(tmp / "floor-out"),
+             INPUT_BUCKET, OUTPUT_BUCKET],
+            env=ENV, capture_output=True, text=True, check=True).stdout)
+        idle_floor = int(subprocess.run([PYTHON, "-c", IDLE], env=ENV, capture_output=True, text=True,
+                                        check=True).stdout)
+        for leftover in (tmp / "floor.bin", tmp / "floor-out" / "floor.bin"):
+            leftover.unlink()
+
+        config = write_config(tmp / "daemon", endpoint, ("/bin/cp", "{input}", "{output_dir}"),
+                              concurrency=1, output_prefix="daemon/")
+        with Daemon(config) as daemon:
+            time.sleep(0.5)
+            idle_hwm = status_kib(daemon.proc.pid, "VmHWM")
+            job_id = subprocess.run([str(BIN / "processorctl"), "--config", str(config), "submit",
+                                     "--bucket", INPUT_BUCKET, "--key=big.bin", f"--etag={etag}"],
+                                    env=ENV, capture_output=True, text=True, check=True).stdout.strip()
+
+            def done() -> bool:
+                rows = read_ledger(config, "SELECT state FROM jobs WHERE id = ?", (job_id,))
+                return rows[0]["state"] not in ("queued", "running")
+
+            wait_for(done, 3600, "the large job", 0.2)
+            peak_hwm = status_kib(daemon.proc.pid, "VmHWM")
+        row = read_ledger(config, "SELECT state, error, started_at, finished_at FROM jobs WHERE id = ?",
+                          (job_id,))[0]
+        if row["state"] != "succeeded":
+            raise RuntimeError(f"large job {row['state']}: {row['error']}")
+    return Large(size_mib, floor["elapsed_s"], row["finished_at"] - row["started_at"],
+                 (floor["hwm_kib"] - idle_floor) / 1024, idle_hwm / 1024, peak_hwm / 1024)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        daemon = None
-        try:
-            wait_http(endpoint + "/moto-api/")
-            s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}),
-                              region_name="us-east-1", aws_access_key_id="bench",
-                              aws_secret_access_key="bench")
-            s3.create_bucket(Bucket="bench-in")
-            s3.create_bucket(Bucket="bench-out")
-            source = tmp / "source.bin"
-            with source.open("wb") as fh:
-                block = os.urandom(MIB)
-                for i in range(args.size_mib):
-                    fh.write(block[i % 7:] + block[: i % 7])
-            s3.upload_file(str(source), "bench-in", "big.bin")
-            etag = s3.head_object(Bucket="bench-in", Key="big.bin")["ETag"]
-
-            # Floor: the same transfers in a bare process.
-            floor = subprocess.run([sys.executable, "-c", FLOOR, endpoint, str(tmp / "floor.bin")],
-                                   env=ENV, capture_output=True, text=True, check=True)
-            floor_hwm = int(next(line.split()[1] for line in floor.stdout.splitlines()
-                                 if line.startswith("VmHWM:")))
-            idle_floor = subprocess.run(
-                [sys.executable, "-c", "import boto3, worker.s3; print(open('/proc/self/status').read())"],
-                env=ENV, capture_output=True, text=True, check=True)
-            idle_floor_hwm = int(next(line.split()[1] for line in idle_floor.stdout.splitlines()
-                                      if line.startswith("VmHWM:")))
-            (tmp / "floor.bin").unlink()
-
-            config = tmp / "processor.toml"
-            config.write_text(
-                f'[s3]\noutput_bucket = "bench-out"\nendpoint_url = "{endpoint}"\n'
-                f'[processing]\ncommand = ["/bin/cp", "{{input}}", "{{output_dir}}"]\n'
-                f'[paths]\nstate_dir = "{tmp}/state"\nsocket = "{tmp}/p.sock"\nmin_free_mb = 16\n'
-                '[logging]\njournald = false\n')
-            daemon = subprocess.Popen([str(BIN / "processor"), "run", "--config", str(config)], env=ENV,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while not (tmp / "p.sock").exists():
-                time.sleep(0.05)
-            time.sleep(0.5)
-            idle_hwm = status_kib(daemon.pid, "VmHWM")
-            started = time.monotonic()
-            job_id = subprocess.run([str(BIN / "processorctl"), "--config", str(config), "submit",
-                                     "--bucket", "bench-in", "--key=big.bin", f"--etag={etag}"],
-                                    env=ENV, capture_output=True, text=True, check=True).stdout.strip()
-            while True:
-                shown = json.loads(subprocess.run(
-                    [str(BIN / "processorctl"), "--config", str(config), "show", job_id, "--json"],
-                    env=ENV, capture_output=True, text=True, check=True).stdout)
-                if shown["state"] in ("succeeded", "failed"):
-                    break
-                time.sleep(0.2)
-            elapsed = time.monotonic() - started
-            peak_hwm = status_kib(daemon.pid, "VmHWM")
-            if shown["state"] != "succeeded":
-                print(f"job failed: {shown['error']}", file=sys.stderr)
-                return 1
-        finally:
-            for proc in (daemon, moto):
-                if proc is not None and proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=60)
-
-    floor_delta = (floor_hwm - idle_floor_hwm) / 1024
-    daemon_delta = (peak_hwm - idle_hwm) / 1024
-    lines = [
-        f"### transfer_memory — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, {args.size_mib} MiB object",
-        "",
-        "| measure | value |",
-        "| --- | --- |",
-        f"| object size | {args.size_mib} MiB (downloaded, verified, copied, uploaded) |",
-        f"| floor: bare boto3 download+upload, peak RSS growth | {floor_delta:.1f} MiB |",
-        f"| daemon: idle peak RSS | {idle_hwm / 1024:.1f} MiB |",
-        f"| daemon: peak RSS during the job | {peak_hwm / 1024:.1f} MiB |",
-        f"| daemon: peak RSS growth | {daemon_delta:.1f} MiB |",
-        f"| daemon growth / floor growth | {daemon_delta / floor_delta:.2f} |" if floor_delta > 0 else
-        "| daemon growth / floor growth | n/a |",
-        f"| job wall time (submit to succeeded) | {elapsed:.1f} s "
-        f"({2 * args.size_mib / elapsed:.0f} MiB/s moved) |",
-        "",
-    ]
-    report = "\n".join(lines)
-    print(report)
-    if args.results:
-        with args.results.open("a") as fh:
-            fh.write(report + "\n")
+    r = measure(args.size_mib)
+    moved = 2 * r.size_mib
+    print(f"{r.size_mib} MiB: floor {r.floor_s:.1f} s ({moved / r.floor_s:.0f} MiB/s moved), "
+          f"daemon {r.daemon_s:.1f} s ({moved / r.daemon_s:.0f} MiB/s), throughput ratio "
+          f"{r.throughput_ratio:.2f}; daemon peak RSS {r.daemon_peak_mib:.1f} MiB (idle "
+          f"{r.daemon_idle_mib:.1f}, growth {r.daemon_growth_mib:.1f}); floor growth "
+          f"{r.floor_growth_mib:.1f} MiB")
     return 0
 
 

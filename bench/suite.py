@@ -1,0 +1,254 @@
+"""The benchmark suite: processor side by side with the floor this machine allows.
+
+Runs every measure in one go and rewrites bench/RESULTS.md (figures, goals,
+the machine, the command) and bench/throughput.png. `make bench` runs it.
+Each figure is a ratio against a floor measured in the same run; nothing
+here is a pass/fail test.
+
+Usage: python -m bench.suite [--size-mib 256] [--jobs 200] [--trials 200] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench import lambda_cost, overhead, profile, submit_dispatch, transfer_memory
+from bench.common import (
+    KIB,
+    REPO,
+    Figure,
+    create_buckets,
+    machine,
+    median,
+    moto_server,
+    nproc,
+    percentile,
+    put_small_objects,
+)
+
+HERE = REPO / "bench"
+#: The hand-written analysis (where the time goes, proposed changes), copied into RESULTS.md.
+NOTES = HERE / "NOTES.md"
+#: The last full-size (>= 1 GiB) large-object run, kept across runs of the default size.
+LARGE_RECORD = HERE / "large_object_record.json"
+
+GOAL_OVERHEAD = 1.10
+GOAL_SUBMIT = 3.0
+GOAL_DISPATCH_P95_MS = 50.0
+GOAL_LARGE_THROUGHPUT = 0.95
+GOAL_LARGE_RSS_MIB = 100.0
+GOAL_QUEUE_DEPTH = 1.2
+GOAL_LAMBDA_IMPORT = 1.3
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256, help="large object size (default 256)")
+    parser.add_argument("--jobs", type=int, default=200, help="objects of 64 KiB per overhead run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--trials", type=int, default=200, help="dispatch trials on the empty ledger")
+    parser.add_argument("--deep-trials", type=int, default=100, help="trials on the 10,000-job ledger")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy breakdown")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--plot", type=Path, default=HERE / "throughput.png")
+    args = parser.parse_args()
+    command = "python -m bench.suite " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
+    began = time.monotonic()
+    when = dt.datetime.now(dt.UTC)
+
+    print("bench: per-job overhead sweep", flush=True)
+    with moto_server() as endpoint:
+        client = create_buckets(endpoint)
+        objects = put_small_objects(client, max(args.jobs, args.trials), 64 * KIB)
+        runs = overhead.sweep(endpoint, objects[: args.jobs], args.concurrency)
+        print("bench: submit cost, dispatch latency, queue depth", flush=True)
+        sd = submit_dispatch.run(endpoint, objects, trials=args.trials, deep_trials=args.deep_trials)
+    print("bench: lambda", flush=True)
+    lam = lambda_cost.measure()
+    print(f"bench: large object ({args.size_mib} MiB)", flush=True)
+    large = transfer_memory.measure(args.size_mib)
+    if args.size_mib >= 1024:
+        LARGE_RECORD.write_text(json.dumps({**large.__dict__, "date": f"{when:%Y-%m-%d %H:%M}Z"}, indent=1))
+    breakdown: list[tuple[str, float]] = []
+    profile_note = ""
+    ratios = {r.concurrency: None for r in runs}
+    for c in ratios:
+        daemon = next(r for r in runs if r.side == "daemon" and r.concurrency == c)
+        bare = next(r for r in runs if r.side == "bare" and r.concurrency == c)
+        ratios[c] = daemon.window_s / bare.window_s  # type: ignore[assignment]
+    if not args.no_profile and any(v > GOAL_OVERHEAD for v in ratios.values() if v is not None):
+        if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists():
+            print("bench: py-spy breakdown of the daemon at concurrency 1", flush=True)
+            out = HERE / "profiles" / "daemon-c1.txt.gz"
+            out.parent.mkdir(exist_ok=True)
+            jobs, window = profile.record(1, args.jobs, out)
+            breakdown = profile.summarize(out, jobs)
+            profile_note = (f"{jobs} jobs in {window:.2f} s under py-spy "
+                            f"({1000 * window / jobs:.1f} ms/job); collapsed stacks in "
+                            "`bench/profiles/daemon-c1.txt.gz`")
+        else:
+            profile_note = "py-spy not installed (`pip install -e '.[bench]'`): no breakdown"
+
+    overhead.plot(runs, args.plot, title=f"{args.jobs} jobs of 64 KiB, /bin/cp, moto on loopback "
+                                         f"({nproc()} cores)")
+
+    figures: list[Figure] = []
+    for c in sorted(ratios):
+        daemon = next(r for r in runs if r.side == "daemon" and r.concurrency == c)
+        bare = next(r for r in runs if r.side == "bare" and r.concurrency == c)
+        ratio = daemon.window_s / bare.window_s
+        goal = c in (1, 4)
+        figures.append(Figure(
+            f"1. per-job overhead, c={c}: daemon / bare (A/B)",
+            f"**{ratio:.2f}** ({daemon.window_s:.2f} s vs {bare.window_s:.2f} s; "
+            f"{1000 * daemon.window_s / daemon.jobs:.1f} vs {1000 * bare.window_s / bare.jobs:.1f} ms/job)",
+            f"≤ {GOAL_OVERHEAD}" if goal else "(plot only)", ratio <= GOAL_OVERHEAD if goal else None))
+    submit_med, pass_med = median(sd.empty.submit_s), median(sd.python_pass_s)
+    figures.append(Figure(
+        "2. `processorctl submit` / `python3 -c pass` (median)",
+        f"**{submit_med / pass_med:.2f}** ({_ms(submit_med)} vs {_ms(pass_med)}, "
+        f"n={len(sd.empty.submit_s)}/{len(sd.python_pass_s)})",
+        f"≤ {GOAL_SUBMIT}", submit_med / pass_med <= GOAL_SUBMIT))
+    p50, p95 = percentile(sd.empty.dispatch_s, 50), percentile(sd.empty.dispatch_s, 95)
+    figures.append(Figure(
+        "3. dispatch latency, submit return → command start, p50 / p95",
+        f"{_ms(p50)} / **{_ms(p95)}** (n={len(sd.empty.dispatch_s)}; max {_ms(max(sd.empty.dispatch_s))})",
+        f"p95 ≤ {GOAL_DISPATCH_P95_MS:.0f} ms", p95 * 1000 <= GOAL_DISPATCH_P95_MS))
+    from_invocation = [s + d for s, d in zip(sd.empty.submit_s, sd.empty.dispatch_s, strict=True)]
+    figures.append(Figure(
+        "3b. … from processorctl's start → command start, p50 / p95",
+        f"{_ms(percentile(from_invocation, 50))} / {_ms(percentile(from_invocation, 95))}; "
+        f"the daemon had claimed the job {_ms(-percentile(sd.empty.claim_s, 50))} before processorctl "
+        "exited (p50)"))
+    large_ratio = large.throughput_ratio
+    moved = 2 * large.size_mib
+    figures.append(Figure(
+        f"4. large object ({large.size_mib} MiB): daemon / floor throughput",
+        f"**{large_ratio:.2f}** ({moved / large.daemon_s:.0f} vs {moved / large.floor_s:.0f} MiB/s moved; "
+        f"{large.daemon_s:.1f} s vs {large.floor_s:.1f} s)",
+        f"≥ {GOAL_LARGE_THROUGHPUT}", large_ratio >= GOAL_LARGE_THROUGHPUT))
+    figures.append(Figure(
+        f"4b. large object ({large.size_mib} MiB): daemon peak RSS",
+        f"**{large.daemon_peak_mib:.1f} MiB** (idle {large.daemon_idle_mib:.1f}, growth "
+        f"{large.daemon_growth_mib:.1f}; floor growth {large.floor_growth_mib:.1f})",
+        f"≤ {GOAL_LARGE_RSS_MIB:.0f} MiB", large.daemon_peak_mib <= GOAL_LARGE_RSS_MIB))
+    if LARGE_RECORD.exists() and large.size_mib < 1024:
+        rec = json.loads(LARGE_RECORD.read_text())
+        rec_moved = 2 * rec["size_mib"]
+        figures.append(Figure(
+            f"4c. last full-size run ({rec['size_mib']} MiB, {rec['date']}, `BENCH_ARGS=--size-mib "
+            f"{rec['size_mib']}`)",
+            f"throughput {rec['floor_s'] / rec['daemon_s']:.2f} ({rec_moved / rec['daemon_s']:.0f} vs "
+            f"{rec_moved / rec['floor_s']:.0f} MiB/s); peak RSS {rec['daemon_peak_mib']:.1f} MiB",
+            f"≥ {GOAL_LARGE_THROUGHPUT}; ≤ {GOAL_LARGE_RSS_MIB:.0f} MiB",
+            rec["floor_s"] / rec["daemon_s"] >= GOAL_LARGE_THROUGHPUT
+            and rec["daemon_peak_mib"] <= GOAL_LARGE_RSS_MIB))
+    deep_submit = median(sd.deep.submit_s)
+    empty_submit_paired = median(sd.empty.submit_s[: len(sd.deep.submit_s)])
+    figures.append(Figure(
+        f"5. submit with {submit_dispatch.QUEUE_DEPTH:,} queued / empty ledger (median)",
+        f"**{deep_submit / empty_submit_paired:.2f}** ({_ms(deep_submit)} vs {_ms(empty_submit_paired)})",
+        f"≤ {GOAL_QUEUE_DEPTH}", deep_submit / empty_submit_paired <= GOAL_QUEUE_DEPTH))
+    deep_p50 = percentile(sd.deep.dispatch_s, 50)
+    empty_p50 = percentile(sd.empty.dispatch_s[: len(sd.deep.dispatch_s)], 50)
+    figures.append(Figure(
+        f"5b. dispatch latency with {submit_dispatch.QUEUE_DEPTH:,} queued / empty (p50)",
+        f"**{deep_p50 / empty_p50:.2f}** ({_ms(deep_p50)} vs {_ms(empty_p50)}; p95 "
+        f"{_ms(percentile(sd.deep.dispatch_s, 95))} vs {_ms(percentile(sd.empty.dispatch_s, 95))})",
+        f"≤ {GOAL_QUEUE_DEPTH}", deep_p50 / empty_p50 <= GOAL_QUEUE_DEPTH))
+    claim_deep, claim_empty = median(sd.claim_deep_s), median(sd.claim_empty_s)
+    figures.append(Figure(
+        f"5c. `Ledger.claim_next` with {submit_dispatch.QUEUE_DEPTH:,} not due / empty (median, in-process)",
+        f"**{claim_deep / claim_empty:.2f}** ({_ms(claim_deep)} vs {_ms(claim_empty)})",
+        f"≤ {GOAL_QUEUE_DEPTH}", claim_deep / claim_empty <= GOAL_QUEUE_DEPTH))
+    figures.append(Figure(
+        f"5d. `Ledger.counts()` (every main-loop wake) with {submit_dispatch.QUEUE_DEPTH:,} / empty",
+        f"{_ms(sd.counts_deep_s)} vs {_ms(sd.counts_empty_s)}"))
+    figures.append(Figure(
+        "6. Lambda cold import: `lambda_trigger.handler` / `boto3` (median of 10)",
+        f"**{lam.import_handler_s / lam.import_boto3_s:.2f}** ({_ms(lam.import_handler_s)} vs "
+        f"{_ms(lam.import_boto3_s)})",
+        f"≤ {GOAL_LAMBDA_IMPORT}", lam.import_handler_s / lam.import_boto3_s <= GOAL_LAMBDA_IMPORT))
+    figures.append(Figure(
+        f"6b. Lambda per record, fake SSM client ({lambda_cost.RECORDS} records/event)",
+        f"{lam.record_s * 1e6:.0f} µs (bare decode + send loop: {lam.bare_record_s * 1e6:.0f} µs)"))
+
+    elapsed = time.monotonic() - began
+    text = _render(figures, breakdown, profile_note, command, when, elapsed, args)
+    args.results.write_text(text)
+    print(text)
+    return 0
+
+
+def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_note: str, command: str,
+            when: dt.datetime, elapsed: float, args: argparse.Namespace) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `{command}` (`.venv/bin/python -m bench.suite`) on {when:%Y-%m-%d %H:%M}Z in "
+        f"{elapsed:.0f} s. Machine: {machine()}. Every figure is a ratio against a floor "
+        "measured in the same run, on the same moto server (its own process) on loopback; the "
+        "daemon is the real `processor run` and processorctl the real console script.",
+        "",
+        "What is measured (details in each script's docstring):",
+        "",
+        f"1. **Per-job overhead** (`bench/overhead.py`, `bench/bare.py`): {args.jobs} objects of "
+        "64 KiB, command `/bin/cp {input} {output_dir}` on both sides. A = the daemon at "
+        "concurrency c draining the jobs queued before it started, from the first claim to the "
+        "last `finished_at` (after its manifest is put), from the ledger. B = a bare boto3 loop "
+        "with c threads (one client each, the daemon's TransferConfig) doing download_file → cp → "
+        "upload_file → manifest put_object, first download to last manifest.",
+        "2. **Submit cost** (`bench/submit_dispatch.py`): wall time of `processorctl submit` "
+        "against `python3 -c pass` with the same venv interpreter, alternated.",
+        "3. **Dispatch latency**: processorctl's return → the command's first instruction "
+        "(`date +%s.%N`), daemon idle with a free slot; includes the claim, the HEAD and the 64 KiB "
+        "download that precede the command.",
+        f"4. **Large object** (`bench/transfer_memory.py`, {args.size_mib} MiB here; "
+        "`make bench BENCH_ARGS=\"--size-mib 1024\"` for 1 GiB): the job's ledger time against a "
+        "bare download_file → cp → upload_file, and the daemon's VmHWM.",
+        f"5. **Queue depth**: 2 and 3 again against a second daemon whose ledger holds "
+        f"{submit_dispatch.QUEUE_DEPTH:,} queued jobs that are not yet due (filled with "
+        "`Ledger.submit`), alternated with the empty one; plus `claim_next` and `counts` in-process.",
+        "6. **Lambda** (`bench/lambda_cost.py`): import time inside a fresh interpreter (median of "
+        "10, alternated), and `handle()` per record with a fake SSM client.",
+        "",
+        "| measure | value | goal | |",
+        "| --- | --- | --- | --- |",
+        *[f.row() for f in figures],
+        "",
+        "![daemon vs bare throughput over concurrency](throughput.png)",
+        "",
+        "`bench/throughput.png`: jobs per second of both sides at each concurrency (same runs as 1).",
+        "",
+    ]
+    if breakdown:
+        lines += [
+            "## Where a job's time goes in the daemon (py-spy, concurrency 1)",
+            "",
+            f"`python -m bench.profile --concurrency 1`: {profile_note}. Wall time of the job thread "
+            "per job, by step (sampled with `--idle`, so waiting on the emulator counts):",
+            "",
+            "| ms per job | step |",
+            "| ---: | --- |",
+            *[f"| {value:.2f} | {label} |" for label, value in breakdown],
+            "",
+        ]
+    elif profile_note:
+        lines += [profile_note, ""]
+    if NOTES.exists():
+        lines += [NOTES.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
