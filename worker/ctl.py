@@ -32,6 +32,9 @@ from worker.render import describe, dump_json, printable, table, when
 #: S3's limit on a key, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
 
+#: The longest name the pipeline itself writes under a result prefix.
+RESULT_NAME_RESERVE = "_manifest.json"
+
 
 class UsageError(Exception):
     """A command-line value is unusable; the message names the option."""
@@ -152,7 +155,8 @@ def _act_as_state_owner(state_dir: Path) -> None:
 
 
 def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    identity = _identity(args.bucket, args.key, args.version_id, args.etag)
+    identity = _identity(args.bucket, args.key, args.version_id, args.etag,
+                         output_prefix=settings.s3.output_prefix)
     job, created = ledger.submit(identity)
     wake(settings.paths.socket)
     if args.json:
@@ -164,7 +168,9 @@ def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
     return exitcodes.OK
 
 
-def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
+def _identity(
+    bucket: str, key: str, version_id: str, etag: str, *, output_prefix: str = ""
+) -> Identity:
     if not bucket:
         raise UsageError("--bucket must not be empty")
     if not key:
@@ -175,6 +181,13 @@ def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
         raise UsageError(f"--key is not valid UTF-8: {key!r}") from None
     if len(encoded) > MAX_KEY_BYTES:
         raise UsageError(f"--key is {len(encoded)} bytes; S3 keys are at most {MAX_KEY_BYTES}")
+    # Results land at <prefix><key>/...: refuse now what could never be uploaded later.
+    longest = len(f"{output_prefix}{key}/{RESULT_NAME_RESERVE}".encode())
+    if longest > MAX_KEY_BYTES:
+        raise UsageError(
+            f"--key is {len(encoded)} bytes: its results (<output prefix><key>/"
+            f"{RESULT_NAME_RESERVE}) would be {longest} bytes, over S3's {MAX_KEY_BYTES}-byte key limit"
+        )
     return Identity(bucket, key, version_id or None, normalise_etag(etag))
 
 

@@ -83,9 +83,12 @@ def test_submit_rejects_bad_values_naming_the_option(config: Path, args: list[st
         assert ledger.list_jobs() == []
 
 
-def test_key_of_exactly_1024_bytes_is_accepted(config: Path) -> None:
-    key = "é" * 512  # 2 bytes each in UTF-8
-    assert processorctl(config, "submit", "--bucket", "b", f"--key={key}").returncode == 0
+def test_keys_whose_results_cannot_fit_in_s3_are_refused(config: Path) -> None:
+    room = 1024 - len("/_manifest.json")
+    fits = "é" * (room // 2) + "k" * (room % 2)  # exactly at the limit, 2-byte characters
+    assert processorctl(config, "submit", "--bucket", "b", f"--key={fits}").returncode == 0
+    done = processorctl(config, "submit", "--bucket", "b", f"--key={fits}x")
+    assert done.returncode == exitcodes.USAGE and "over S3's 1024-byte key limit" in done.stderr
 
 
 def test_unusable_ledger_exits_4_and_says_so(short_tmp: Path) -> None:

@@ -31,6 +31,7 @@ from worker.local.emulator import Emulator, Resources, provision
 from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
 from worker.local.ssmfront import SsmFront
+from worker.render import printable
 
 #: Marks a directory as ours, so a reset never deletes an operator's files.
 MARKER = ".processor-local"
@@ -174,10 +175,10 @@ def _on_command(console: _Console, failures: list[str], result: CommandResult) -
         console.say(f"ssm     {result.command_id[:8]} ran {result.document_name}: "
                     f"{result.stdout.strip()[:80]}")
     else:
-        reason = result.error or result.stderr.strip()
+        # Like the Run Command console: the step's error and what the script said.
+        reason = "; ".join(part for part in (result.error, result.stderr.strip()) if part)
         failures.append(f"SSM command {result.command_id}: {result.status}: {reason}")
-        console.say(f"ssm     {result.command_id[:8]} {result.status}: "
-                    f"{(result.error or result.stderr.strip())[:300]}")
+        console.say(f"ssm     {result.command_id[:8]} {result.status}: {printable(reason, 500)}")
 
 
 def _on_invocation(console: _Console, failures: list[str], invocation: Invocation) -> None:
