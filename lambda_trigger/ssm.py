@@ -162,15 +162,17 @@ def make_client() -> SsmClient:
     return client
 
 
-def make_discovery_clients() -> tuple[Any, Any]:
-    """(EC2 client, SSM client) for targeting.InstanceDirectory, from the standard environment.
+def make_discovery_clients(region: str | None = None) -> tuple[Any, Any]:
+    """(EC2 client, SSM client) for targeting.InstanceDirectory, from the standard environment
+    (``region`` when the environment names none: the reconciler passes its configured one).
 
     EC2 gets the send path's retries: without the instance list no record
     can go anywhere. The SSM one only makes the online check.
     """
     session = boto3.session.Session()
-    return (session.client("ec2", config=CLIENT_CONFIG),
-            session.client("ssm", config=ONLINE_CHECK_CONFIG))
+    region = session.region_name or region
+    return (session.client("ec2", region_name=region, config=CLIENT_CONFIG),
+            session.client("ssm", region_name=region, config=ONLINE_CHECK_CONFIG))
 
 
 def submit_parameters(request: JobRequest) -> dict[str, list[str]]:

@@ -202,11 +202,16 @@ def open_handlers(target: Target) -> tuple[CloudWatchHandler, CloudWatchHandler,
     No network traffic unless the group is to be created; streams are created
     by watchtower on the first send.
     """
-    client = logs_client(target.region)
+    try:
+        client = logs_client(target.region)
+        metrics_client = logs_client(target.region, emf=True)
+    except BotoCoreError as exc:
+        # Translated here, at the edge (e.g. no region anywhere): callers never see botocore.
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
     problem = ensure_group(client, target.group) if target.create_group else None
     events = CloudWatchHandler(client, target.group, target.stream,
                                send_interval_s=target.send_interval_s, max_queued=target.max_queued)
-    metrics = CloudWatchHandler(logs_client(target.region, emf=True), target.group,
+    metrics = CloudWatchHandler(metrics_client, target.group,
                                 target.metrics_stream, send_interval_s=target.send_interval_s,
                                 max_queued=target.max_queued)
     return events, metrics, problem

@@ -75,8 +75,7 @@ def _ownership(args: argparse.Namespace, settings: Settings) -> Callable[[Identi
     tag_text = args.fleet_tag or settings.reconcile.fleet_tag
     if not tag_text:
         return lambda _identity: True
-    import boto3
-
+    from lambda_trigger.ssm import make_discovery_clients
     from lambda_trigger.targeting import (
         DiscoveryError,
         InstanceDirectory,
@@ -92,8 +91,8 @@ def _ownership(args: argparse.Namespace, settings: Settings) -> Callable[[Identi
     me = args.instance_id or settings.reconcile.instance_id or instance_id()
     if not me:
         raise UsageError("--instance-id is required off EC2 (no instance metadata service)")
-    session = boto3.session.Session(region_name=settings.s3.region)
-    directory = InstanceDirectory(session.client("ec2"), session.client("ssm"), tag, ttl_s=0)
+    ec2, ssm = make_discovery_clients(settings.s3.region)
+    directory = InstanceDirectory(ec2, ssm, tag, ttl_s=0)
     try:
         fleet = sorted(set(directory.instances()) | {me})
     except DiscoveryError as exc:

@@ -133,15 +133,13 @@ def setup(settings: Settings, *, lookup: Callable[[], str | None] | None = None)
 
 
 def _attach_cloudwatch(target: Target, formatter: logging.Formatter) -> bool:
-    from botocore.exceptions import BotoCoreError
-
     from worker.cloudwatch import open_handlers
 
     try:
         events, emf, problem = open_handlers(target)
-    except (BotoCoreError, ValueError) as exc:
+    except ValueError as exc:
         # e.g. no region anywhere: CloudWatch is an extra sink, never a reason not to run.
-        log.warning("cloudwatch_disabled", error=f"{type(exc).__name__}: {exc}")
+        log.warning("cloudwatch_disabled", error=str(exc))
         return False
     if problem is not None:
         log.warning("cloudwatch_group_not_created", group=target.group, error=problem)

@@ -27,7 +27,7 @@ def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subproce
     """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
     # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
     # then blocks the daemon's next log write.
-    err = (config.parent / "daemon.stderr").open("wb")
+    err = (config.parent / "daemon.stderr").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run", "--config", str(config)],
         env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
@@ -35,7 +35,7 @@ def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subproce
     try:
         deadline = time.monotonic() + timeout
         while True:
-            assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()
+            assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
             try:
                 request(socket, "ping", timeout=1)
                 break

@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CREDENTIALS
-from worker.control import request
-from worker.errors import ControlError
-
-
-@contextmanager
-def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
-    """`processor run` as a child, its stderr in ``<config dir>/daemon.stderr``; always stopped.
-
-    Unlike tests/integration/test_daemon.py's helper, stderr goes to a file, not
-    an unread pipe: a daemon that logs more than the pipe holds (64 KiB, about
-    30 jobs) would block on its next log line and stall.
-    """
-    log_path = config.parent / "daemon.stderr"
-    with log_path.open("ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--config", str(config)],
-                                env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                request(socket, "ping", timeout=1)
-                break
-            except ControlError:
-                assert time.monotonic() < deadline, "daemon did not answer on its socket"
-                time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+# One helper for every test that runs the real daemon (stderr to a file, always stopped).
+from tests.integration.test_daemon import daemon  # noqa: F401
 
 
 def daemon_pid(config: Path) -> int:
