@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import processorctl, write_config
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
-from worker.job import Identity, JobState
+from worker.job import Identity, JobState, Phase
 from worker.ledger import Ledger
 
 
@@ -113,6 +113,24 @@ def test_ledger_is_wal_and_survives_reopen(tmp_path: Path) -> None:
     assert mode == "wal"
     with Ledger(path) as ledger:
         assert ledger.get(job.id).key == "k"
+
+
+def test_only_progress_is_committed_without_an_fsync(ledger: Ledger) -> None:
+    """Transitions commit with synchronous=FULL; progress (advisory) with NORMAL, and
+    the connection is back to FULL afterwards, so the next transition is durable."""
+    job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    ledger.claim_next()
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=10)
+    progress, statements[:] = list(statements), []
+    ledger.transition(job.id, JobState.SUCCEEDED, expect=JobState.RUNNING)
+    ledger._db.set_trace_callback(None)
+    assert progress[0] == "PRAGMA synchronous=NORMAL" and progress[-1] == "PRAGMA synchronous=FULL"
+    assert "COMMIT" in progress
+    assert not any("synchronous" in s for s in statements) and "COMMIT" in statements
+    assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert ledger.get(job.id).bytes_total == 10
 
 
 def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
