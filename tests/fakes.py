@@ -21,6 +21,8 @@ class FakeStore:
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     fail_head: Exception | None = None
     size_override: int | None = None
+    #: (size, etag) each download was told by the pipeline.
+    download_hints: list[tuple[int | None, str | None]] = field(default_factory=list)
 
     def put(self, bucket: str, key: str, body: bytes) -> str:
         self.objects[(bucket, key)] = body
@@ -42,8 +44,10 @@ class FakeStore:
         return ObjectInfo(size, current, version_id)
 
     def download(self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
+                 size: int | None = None, etag: str | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.calls.append(("download", bucket, key))
+        self.download_hints.append((size, etag))
         body = self.objects[(bucket, key)]
         dest.write_bytes(body)
         if progress:

@@ -65,13 +65,15 @@ def run_daemon(config: str | None) -> int:
         except (OSError, LedgerError) as exc:
             print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
+        store = S3Store.from_settings(settings.s3)
         try:
-            pipeline = Pipeline(settings, S3Store.from_settings(settings.s3), ledger)
+            pipeline = Pipeline(settings, store, ledger)
             return Daemon(settings, ledger, pipeline).run()
         except ProcessorError as exc:
             print(f"processor: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
         finally:
+            store.close()
             ledger.close()
     finally:
         # Last: daemon_stopped and any crash report are queued for CloudWatch by now.

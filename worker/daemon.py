@@ -34,6 +34,10 @@ from worker.process import StopToken, reap_orphans
 #: Work never waits for it: submissions and finished jobs wake the loop at once.
 IDLE_WAKE_S = 1.0
 
+#: At most this often the loop recounts the ledger for systemd's STATUS line
+#: (a GROUP BY over every job the ledger keeps), not on every wake-up.
+STATUS_INTERVAL_S = 1.0
+
 log = structlog.get_logger("processor.daemon")
 
 
@@ -64,6 +68,8 @@ class Daemon:
         self._draining = False
         self._drain_deadline = 0.0
         self._last_status = ""
+        self._status_at = -STATUS_INTERVAL_S
+        self._status_stale = False
 
     # -- public ---------------------------------------------------------------
 
@@ -140,6 +146,12 @@ class Daemon:
             self._sleep(self._sleep_for())
 
     def _sleep_for(self) -> float:
+        if self._status_stale:
+            due = self._status_at + STATUS_INTERVAL_S - time.monotonic()
+            return max(0.0, min(due, self._work_sleep()))
+        return self._work_sleep()
+
+    def _work_sleep(self) -> float:
         if self._draining:
             return min(self._idle_wake_s, max(0.0, self._drain_deadline - self._clock()))
         due = self.ledger.next_due_at()
@@ -276,6 +288,11 @@ class Daemon:
         )
 
     def _publish_status(self) -> None:
+        now = time.monotonic()
+        if now - self._status_at < STATUS_INTERVAL_S:
+            self._status_stale = True  # _sleep_for wakes the loop when it is due
+            return
+        self._status_at, self._status_stale = now, False
         text = self._status_text()
         if text != self._last_status:
             systemd.status(("draining: " if self._draining else "") + text)

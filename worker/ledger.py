@@ -354,6 +354,20 @@ class Ledger:
             ).fetchone()
         return None if row["t"] is None else float(row["t"])
 
+    def has_failed(self, bucket: str, key: str) -> bool:
+        """Whether any job for this object key (any version) has ever ended failed here.
+
+        Only a failure writes ``_failed.json``, so a success need not delete one
+        unless this is true.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM jobs j JOIN transitions t ON t.job_id = j.id"
+                " WHERE j.bucket = ? AND j.key = ? AND t.to_state = ? LIMIT 1",
+                (bucket, key, JobState.FAILED.value),
+            ).fetchone()
+        return row is not None
+
     def history(self, job_id: str) -> list[Mapping[str, Any]]:
         with self._lock:
             self._row(self._db, job_id)

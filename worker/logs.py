@@ -59,8 +59,23 @@ _attached: list[CloudWatchHandler] = []
 log = structlog.get_logger("processor.logs")
 
 
+class _RenderOnce(structlog.stdlib.ProcessorFormatter):
+    """ProcessorFormatter that renders a record once for all the handlers sharing it.
+
+    Every sink gets the same JSON line, so the first handler's result is kept on
+    the record (ProcessorFormatter works on a copy and leaves the record as it was).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached: str | None = getattr(record, "_processor_json", None)
+        if cached is None:
+            cached = super().format(record)
+            record._processor_json = cached  # type: ignore[attr-defined]
+        return cached
+
+
 def _formatter() -> logging.Formatter:
-    return structlog.stdlib.ProcessorFormatter(
+    return _RenderOnce(
         foreign_pre_chain=_SHARED,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

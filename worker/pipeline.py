@@ -145,20 +145,18 @@ class Pipeline:
         self, job: Job, dest: Path, timings: dict[str, float], cancel: StopToken | None, log: Any
     ) -> Downloaded:
         started = time.monotonic()
-        self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING)
         info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
         free = shutil.disk_usage(dest.parent).free
         needed = info.size + self.settings.paths.min_free_mb * 1024 * 1024
         if needed > free:
             raise InsufficientSpace(needed, free)
-        self.ledger.set_progress(job.id, bytes_total=info.size, bytes_done=0)
+        self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=info.size, bytes_done=0)
         progress = _Progress(self._progress_sink(job.id, log), cancel)
         log.info("download_started", size=info.size)
         self.store.download(
             job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
-            progress=progress,
+            size=info.size, etag=info.etag, progress=progress,
         )
-        progress.flush()
         digests, method = verify_download(dest, info, f"download of s3://{job.bucket}/{job.key}")
         timings["download_s"] = time.monotonic() - started
         log.info("download_finished", size=info.size, verified_by=method,
@@ -170,7 +168,8 @@ class Pipeline:
         cancel: StopToken | None, log: Any,
     ) -> Outcome:
         p = self.settings.processing
-        self.ledger.set_progress(job.id, phase=Phase.RUNNING)
+        # No transfer in this phase: the byte counters go back to zero.
+        self.ledger.set_progress(job.id, phase=Phase.RUNNING, bytes_total=0, bytes_done=0)
         argv = render_argv(
             p.command, {"{input}": str(work / "input"), "{output_dir}": str(work / "output")}
         )
@@ -195,14 +194,15 @@ class Pipeline:
         if result.returncode != 0:
             return Outcome(JobState.FAILED, f"command exited with status {result.returncode}", details)
         _check(cancel)
-        self.ledger.set_progress(job.id, phase=Phase.UPLOADING)
         started = time.monotonic()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
         timings["upload_s"] = time.monotonic() - started
         prefix = self.result_prefix(job)
-        # A success replaces an earlier failure record, then the manifest goes
-        # last: its presence is what tells consumers the result set is complete.
-        self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
+        # A success replaces an earlier failure record (only _fail writes one, and
+        # the ledger remembers every failure), then the manifest goes last: its
+        # presence is what tells consumers the result set is complete.
+        if self.ledger.has_failed(job.bucket, job.key):
+            self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
         manifest = self._manifest(job, got, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
         return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix})
@@ -243,7 +243,7 @@ class Pipeline:
     ) -> list[dict[str, Any]]:
         files = collect_outputs(out_dir)
         total = sum(size for _, _, size in files)
-        self.ledger.set_progress(job.id, bytes_total=total, bytes_done=0)
+        self.ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_total=total, bytes_done=0)
         progress = _Progress(self._progress_sink(job.id, log), cancel)
         prefix = self.result_prefix(job)
         outputs = []
@@ -255,7 +255,6 @@ class Pipeline:
                 content_type=mimetypes.guess_type(relative)[0], progress=progress,
             )
             outputs.append({"key": key, "path": relative, "size": size, "sha256": digest})
-        progress.flush()
         log.info("upload_finished", files=len(outputs), bytes=total)
         return outputs
 
@@ -409,15 +408,16 @@ def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
 
 class _Progress:
     """Counts transferred bytes (boto3 calls back from several threads), writes
-    them to the ledger at most every PROGRESS_INTERVAL_S, and aborts the
-    transfer when the job is asked to stop."""
+    them to the ledger every PROGRESS_INTERVAL_S (so a transfer shorter than
+    that writes nothing: the phase's next write replaces the counters anyway),
+    and aborts the transfer when the job is asked to stop."""
 
     def __init__(self, sink: Callable[[int], None], cancel: StopToken | None = None) -> None:
         self._sink = sink
         self._cancel = cancel
         self._lock = threading.Lock()
         self._done = 0
-        self._last = 0.0
+        self._last = time.monotonic()
 
     def __call__(self, amount: int) -> None:
         # Raising here aborts the managed transfer: how a cancel reaches a download.
@@ -428,10 +428,5 @@ class _Progress:
             if now - self._last < PROGRESS_INTERVAL_S:
                 return
             self._last = now
-            done = self._done
-        self._sink(done)
-
-    def flush(self) -> None:
-        with self._lock:
             done = self._done
         self._sink(done)

@@ -9,12 +9,13 @@ cancellation the group gets SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,6 +25,9 @@ STDERR_TAIL_BYTES = 4096
 
 #: Exit status that asks for a retry (sysexits.h EX_TEMPFAIL).
 EX_TEMPFAIL = 75
+
+#: How often a running command's cancel flag and deadline are checked.
+CHECK_INTERVAL_S = 0.1
 
 
 class StopToken:
@@ -116,21 +120,19 @@ def run_command(
         reader.start()
         timed_out = cancelled = False
         deadline = started + timeout_s
-        while True:
-            try:
-                proc.wait(timeout=0.1)
-                # Reap anything the command left running in its group.
-                _kill_group(proc.pid)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-            elif time.monotonic() >= deadline:
-                timed_out = True
-            if timed_out or cancelled:
-                _stop_group(proc, kill_grace_s)
-                break
+        with _ExitWatch(proc) as exited:
+            while True:
+                if exited(CHECK_INTERVAL_S):
+                    # Reap anything the command left running in its group.
+                    _kill_group(proc.pid)
+                    break
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                elif time.monotonic() >= deadline:
+                    timed_out = True
+                if timed_out or cancelled:
+                    _stop_group(proc, kill_grace_s)
+                    break
         reader.join(timeout=5)
     return CommandResult(
         returncode=proc.returncode,
@@ -139,6 +141,44 @@ def run_command(
         stderr_tail=tail.text(),
         duration_s=time.monotonic() - started,
     )
+
+
+class _ExitWatch:
+    """Waits for the child's exit the moment it happens: poll() on a pidfd (Linux
+    5.3+), where ``Popen.wait(timeout)`` would sleep in growing steps and notice
+    a short command late. Falls back to ``Popen.wait`` where pidfds are missing."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._fd = -1
+        self._poll: select.poll | None = None
+
+    def __enter__(self) -> Callable[[float], bool]:
+        try:
+            self._fd = os.pidfd_open(self._proc.pid)
+        except (AttributeError, OSError):
+            return self._wait
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        return self._watch
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    def _watch(self, timeout_s: float) -> bool:
+        assert self._poll is not None
+        if self._poll.poll(timeout_s * 1000):
+            self._proc.wait()  # exited: reap it and set returncode
+            return True
+        return False
+
+    def _wait(self, timeout_s: float) -> bool:
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
 
 def _pump_stderr(stream: IO[bytes], log: IO[bytes], tail: _TailBuffer) -> None:

@@ -9,6 +9,7 @@ daemon's memory stays flat whatever the object size.
 from __future__ import annotations
 
 import json
+import queue
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +17,13 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import s3transfer.exceptions
 import structlog
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+from boto3.s3.transfer import ProgressCallbackInvoker, TransferConfig, create_transfer_manager
 from botocore.config import Config
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
 from tenacity import (
     RetryCallState,
     retry,
@@ -44,11 +48,12 @@ _RETRYABLE_CODES = frozenset(
     }
 )
 
-#: Managed-transfer tuning: parts of 16 MiB, at most 4 in flight, so a transfer
-#: holds a bounded amount of memory (roughly max_concurrency x io queue).
+#: Managed-transfer tuning: parts of 8 MiB, at most 4 in flight, so a transfer
+#: holds a bounded amount of memory (roughly max_concurrency x part size: the
+#: daemon's peak RSS stays under 100 MiB whatever the object size).
 TRANSFER_CONFIG = TransferConfig(
     multipart_threshold=32 * 1024 * 1024,
-    multipart_chunksize=16 * 1024 * 1024,
+    multipart_chunksize=8 * 1024 * 1024,
     max_concurrency=4,
     max_io_queue=64,
     io_chunksize=256 * 1024,
@@ -105,6 +110,12 @@ def _translated(what: str) -> Iterator[None]:
         botocore.exceptions.IncompleteReadError,
     ) as exc:
         raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
+    except s3transfer.exceptions.S3DownloadFailedError as exc:
+        # s3transfer's only use of it: a ranged GET's If-Match (the HEAD's ETag) failed.
+        raise ObjectChanged(f"{what}: object changed during the download ({exc})") from exc
+    except (RetriesExceededError, s3transfer.exceptions.RetriesExceededError) as exc:
+        # A download whose body kept breaking off mid-stream (s3transfer's own retries).
+        raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
     except S3UploadFailedError as exc:
         text = str(exc)
         permanent = any(code in text for code in ("AccessDenied", "NoSuchBucket", "InvalidBucketName"))
@@ -157,13 +168,53 @@ def _full_object_checksums(response: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
+class _KnownObject(BaseSubscriber):  # type: ignore[misc]  # s3transfer is untyped
+    """Tells s3transfer the size and ETag the pipeline's HEAD already returned, so the
+    download does not HEAD the object a second time (and ranged GETs use If-Match)."""
+
+    def __init__(self, size: int, etag: str | None) -> None:
+        self._size = size
+        self._etag = etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self._size)
+        if self._etag:
+            future.meta.provide_object_etag(f'"{self._etag}"')
+
+
 class S3Store:
-    """ObjectStore backed by boto3."""
+    """ObjectStore backed by boto3.
+
+    Transfers go through s3transfer's TransferManager (boto3's managed
+    transfer), kept in a small pool: one per concurrent transfer, created on
+    first need and reused, so a job does not pay for a new manager and its
+    thread pools on every call. ``close()`` shuts them down.
+    """
 
     def __init__(self, client: Any, transfer_config: TransferConfig = TRANSFER_CONFIG) -> None:
         self._client = client
         self._transfer = transfer_config
+        self._managers: queue.SimpleQueue[TransferManager] = queue.SimpleQueue()
 
+    @contextmanager
+    def _manager(self) -> Iterator[TransferManager]:
+        try:
+            manager = self._managers.get_nowait()
+        except queue.Empty:
+            manager = create_transfer_manager(self._client, self._transfer)
+        try:
+            yield manager
+        finally:
+            self._managers.put(manager)
+
+    def close(self) -> None:
+        """Shut down the pooled transfer managers (idle ones; call when no job runs)."""
+        while True:
+            try:
+                manager = self._managers.get_nowait()
+            except queue.Empty:
+                return
+            manager.shutdown()
     @classmethod
     def from_settings(cls, settings: S3Settings) -> S3Store:
         config = Config(
@@ -204,26 +255,32 @@ class S3Store:
     @_retrying
     def download(
         self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
+        size: int | None = None, etag: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        extra = {"VersionId": version_id} if version_id else None
-        with _translated(f"download s3://{bucket}/{key}"):
-            self._client.download_file(
-                bucket, key, str(dest), ExtraArgs=extra, Callback=progress, Config=self._transfer
-            )
+        """Download to ``dest``; ``size`` and ``etag`` (from a HEAD) spare s3transfer its own HEAD."""
+        extra = {"VersionId": version_id} if version_id else {}
+        subscribers: list[BaseSubscriber] = []
+        if size is not None:
+            subscribers.append(_KnownObject(size, etag))
+        if progress is not None:
+            subscribers.append(ProgressCallbackInvoker(progress))
+        with _translated(f"download s3://{bucket}/{key}"), self._manager() as manager:
+            manager.download(bucket, key, str(dest), extra_args=extra, subscribers=subscribers).result()
 
     @_retrying
     def upload_file(
         self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+        # CRC32: S3 checks every part and keeps a full-object checksum; the
+        # manifest carries the SHA-256 (computed once, locally).
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"}
         if content_type:
             extra["ContentType"] = content_type
-        with _translated(f"upload s3://{bucket}/{key}"):
-            self._client.upload_file(
-                str(src), bucket, key, ExtraArgs=extra, Callback=progress, Config=self._transfer
-            )
+        subscribers = [ProgressCallbackInvoker(progress)] if progress is not None else []
+        with _translated(f"upload s3://{bucket}/{key}"), self._manager() as manager:
+            manager.upload(str(src), bucket, key, extra_args=extra, subscribers=subscribers).result()
 
     @_retrying
     def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
@@ -231,7 +288,7 @@ class S3Store:
         with _translated(f"put s3://{bucket}/{key}"):
             self._client.put_object(
                 Bucket=bucket, Key=key, Body=body, ContentType="application/json",
-                ChecksumAlgorithm="SHA256",
+                ChecksumAlgorithm="CRC32",
             )
 
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[Listed]:

@@ -60,8 +60,10 @@ class ObjectStore(Protocol):
 
     def download(
         self, bucket: str, key: str, dest: Path, *, version_id: str | None = None,
+        size: int | None = None, etag: str | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> None: ...
+    ) -> None:
+        """``size``/``etag``: what a HEAD just returned, so the store need not ask again."""
 
     def upload_file(
         self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
@@ -76,20 +78,29 @@ class ObjectStore(Protocol):
 @dataclass(frozen=True)
 class Digests:
     sha256: str
-    md5: str
-    crc32: str  # base64 of the big-endian CRC32, as S3 reports it
+    #: Only when asked for (``digest_file(md5=True)``): hex, as a plain ETag.
+    md5: str | None = None
+    #: Only when asked for: base64 of the big-endian CRC32, as S3 reports it.
+    crc32: str | None = None
 
 
-def digest_file(path: Path) -> Digests:
-    """SHA-256, MD5 and CRC32 of a file in one streaming pass."""
-    sha256, md5, crc = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+def digest_file(path: Path, *, md5: bool = False, crc32: bool = False) -> Digests:
+    """SHA-256 of a file, plus MD5 and/or CRC32 when asked, in one streaming pass."""
+    sha = hashlib.sha256()
+    md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
+    crc = 0
     with path.open("rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
-            sha256.update(chunk)
-            md5.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-    return Digests(sha256.hexdigest(), md5.hexdigest(),
-                   base64.b64encode(crc.to_bytes(4, "big")).decode())
+            sha.update(chunk)
+            if md5_hash is not None:
+                md5_hash.update(chunk)
+            if crc32:
+                crc = zlib.crc32(chunk, crc)
+    return Digests(
+        sha.hexdigest(),
+        md5_hash.hexdigest() if md5_hash is not None else None,
+        base64.b64encode(crc.to_bytes(4, "big")).decode() if crc32 else None,
+    )
 
 
 def verify_download(path: Path, info: ObjectInfo, what: str) -> tuple[Digests, str]:
@@ -97,25 +108,37 @@ def verify_download(path: Path, info: ObjectInfo, what: str) -> tuple[Digests, s
 
     Order: S3's full-object SHA-256, then its CRC32, then an MD5 ETag; a
     multipart or SSE-KMS object without checksums is checked by size only.
+    Only the SHA-256 (for the manifest) and the one checksum the method needs
+    are computed, in a single pass over the file.
     A mismatch is a retryable StorageError (the bytes were damaged in transit).
     """
     got = path.stat().st_size
     if got != info.size:
         raise StorageError(f"{what}: downloaded {got} bytes, expected {info.size}",
                            retryable=True, code="SizeMismatch")
-    digests = digest_file(path)
-    sha256 = info.checksums.get("sha256")
-    crc32 = info.checksums.get("crc32")
-    if sha256:
-        expected, actual, method = sha256, base64.b64encode(bytes.fromhex(digests.sha256)).decode(), "sha256"
-    elif crc32:
-        expected, actual, method = crc32, digests.crc32, "crc32"
-    elif info.etag and _MD5_ETAG.match(info.etag) and info.sse not in _OPAQUE_ETAG_SSE \
-            and not info.sse_customer:
-        expected, actual, method = info.etag, digests.md5, "md5-etag"
+    method = _method(info)
+    digests = digest_file(path, md5=method == "md5-etag", crc32=method == "crc32")
+    if method == "sha256":
+        expected = info.checksums["sha256"]
+        actual = base64.b64encode(bytes.fromhex(digests.sha256)).decode()
+    elif method == "crc32":
+        expected, actual = info.checksums["crc32"], str(digests.crc32)
+    elif method == "md5-etag":
+        expected, actual = str(info.etag), str(digests.md5)
     else:
-        return digests, "size"
+        return digests, method
     if expected != actual:
         raise StorageError(f"{what}: {method} mismatch (S3 says {expected}, got {actual})",
                            retryable=True, code="ChecksumMismatch")
     return digests, method
+
+
+def _method(info: ObjectInfo) -> str:
+    if info.checksums.get("sha256"):
+        return "sha256"
+    if info.checksums.get("crc32"):
+        return "crc32"
+    if info.etag and _MD5_ETAG.match(info.etag) and info.sse not in _OPAQUE_ETAG_SSE \
+            and not info.sse_customer:
+        return "md5-etag"
+    return "size"

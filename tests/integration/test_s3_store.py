@@ -100,3 +100,49 @@ def test_multipart_object_without_a_full_object_checksum_is_not_compared(
     assert info.checksums == {}
     aws("s3").put_object(Bucket="in-bucket", Key="single.bin", Body=b"abc", ChecksumAlgorithm="SHA256")
     assert "sha256" in store.head("in-bucket", "single.bin").checksums
+
+
+def _requests(store: S3Store) -> list[str]:
+    """The HTTP requests the store's client sends from now on (observed, not patched)."""
+    sent: list[str] = []
+    store._client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+    return sent
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 40 * 1024 * 1024 + 7], ids=["single-get", "ranged-gets"])
+def test_download_told_the_size_and_etag_does_not_head_again(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path, size: int
+) -> None:
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    aws("s3").put_object(Bucket="in-bucket", Key="k.bin", Body=body)
+    info = store.head("in-bucket", "k.bin")
+    sent = _requests(store)
+    for n in range(2):
+        store.download("in-bucket", "k.bin", tmp_path / f"in{n}", size=info.size, etag=info.etag)
+        assert (tmp_path / f"in{n}").read_bytes() == body
+    assert sent and set(sent) == {"GET"}
+    # The transfer manager was made once and reused by the second download.
+    assert store._managers.qsize() == 1
+
+
+def test_a_ranged_download_of_a_replaced_object_is_object_changed(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path
+) -> None:
+    """Ranged GETs carry If-Match with the HEAD's ETag: parts of two versions never mix."""
+    s3 = aws("s3")
+    s3.put_object(Bucket="in-bucket", Key="big", Body=b"a" * (40 * 1024 * 1024))
+    info = store.head("in-bucket", "big")
+    s3.put_object(Bucket="in-bucket", Key="big", Body=b"b" * (40 * 1024 * 1024))
+    with pytest.raises(ObjectChanged):
+        store.download("in-bucket", "big", tmp_path / "in", size=info.size, etag=info.etag)
+
+
+def test_uploads_carry_a_crc32_that_s3_checks(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path
+) -> None:
+    (tmp_path / "r.txt").write_bytes(b"result")
+    store.upload_file(tmp_path / "r.txt", "out-bucket", "r.txt")
+    store.put_json("out-bucket", "m.json", {"a": 1})
+    s3 = aws("s3")
+    for key in ("r.txt", "m.json"):
+        assert s3.head_object(Bucket="out-bucket", Key=key, ChecksumMode="ENABLED").get("ChecksumCRC32")

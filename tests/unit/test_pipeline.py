@@ -70,7 +70,11 @@ def claim(ledger: Ledger, store: FakeStore, key: str, body: bytes = b"hello") ->
 
 def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
     pipeline, ledger, store = make(tmp_path, COPY_UPPER)
-    store.put(OUT, "results/a/b.txt/_failed.json", b"{}")  # from an earlier failed version
+    # An earlier version of the key failed here and left its failure record.
+    old, _ = ledger.submit(Identity("in", "a/b.txt", None, "0" * 32))
+    ledger.claim_next()
+    ledger.transition(old.id, JobState.FAILED, expect=JobState.RUNNING, error="bad")
+    store.put(OUT, "results/a/b.txt/_failed.json", b"{}")
     job = claim(ledger, store, "a/b.txt")
     with structlog.testing.capture_logs() as logs:
         done = pipeline.run(job)
@@ -91,6 +95,16 @@ def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
     assert any(e["event"] == "upload_finished" for e in logs)
     # For job_finished and the EMF metrics: bytes downloaded, and uploaded (HELLO + n).
     assert done.extra == {"bytes_in": 5, "bytes_out": 6}
+
+
+def test_a_key_that_never_failed_costs_no_failure_record_delete(tmp_path: Path) -> None:
+    """Only a failure writes _failed.json: a first success makes no DELETE request, and
+    the download is told the HEAD's size and ETag (no second HEAD in the store)."""
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "fresh.txt")
+    assert pipeline.run(job).state is JobState.SUCCEEDED
+    assert [c[0] for c in store.calls] == ["head", "download", "upload", "upload", "put_json"]
+    assert store.download_hints == [(5, hashlib.md5(b"hello").hexdigest())]
 
 
 def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path) -> None:

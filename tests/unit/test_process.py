@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from worker.process import StopToken, reap_orphans, render_argv, run_command
 
@@ -69,3 +74,31 @@ def test_reap_orphans_kills_only_commands_of_this_work_dir(tmp_path: Path) -> No
         for proc in (orphan, bystander):
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "wait-fallback"])
+def test_exit_status_timeout_and_cancel_with_and_without_pidfds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pidfd: bool
+) -> None:
+    """The exit is noticed through a pidfd where the kernel has them, else by Popen.wait."""
+    if pidfd and not hasattr(os, "pidfd_open"):
+        pytest.fail("this kernel/Python has no pidfd_open: the fast path is untested here")
+    opened: list[int] = []
+    real = getattr(os, "pidfd_open", None)
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        if not pidfd or real is None:
+            raise OSError(38, "Function not implemented")
+        opened.append(pid)
+        return real(pid, flags)
+
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open, raising=False)
+    run = functools.partial(run_command, cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "log",
+                            kill_grace_s=1)
+    assert run(["/bin/sh", "-c", "exit 7"], timeout_s=30).returncode == 7
+    slow = run(["/bin/sleep", "30"], timeout_s=0.3)
+    assert slow.timed_out and slow.returncode == -signal.SIGTERM
+    token = StopToken()
+    threading.Timer(0.2, token.stop, args=(StopToken.CANCEL,)).start()
+    assert run(["/bin/sleep", "30"], timeout_s=30, cancel=token).cancelled
+    assert len(opened) == (3 if pidfd else 0)

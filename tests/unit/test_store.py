@@ -31,8 +31,13 @@ def info(**kw: Any) -> ObjectInfo:
 
 
 def test_digests_in_one_pass(downloaded: Path) -> None:
-    d = digest_file(downloaded)
+    d = digest_file(downloaded, md5=True, crc32=True)
     assert d.sha256 == hashlib.sha256(BODY).hexdigest() and d.md5 == MD5 and d.crc32 == CRC32
+
+
+def test_only_the_asked_digests_are_computed(downloaded: Path) -> None:
+    d = digest_file(downloaded)
+    assert d.sha256 == hashlib.sha256(BODY).hexdigest() and d.md5 is None and d.crc32 is None
 
 
 @pytest.mark.parametrize("meta,method", [
@@ -48,6 +53,8 @@ def test_digests_in_one_pass(downloaded: Path) -> None:
 def test_verification_method(downloaded: Path, meta: dict[str, object], method: str) -> None:
     digests, used = verify_download(downloaded, info(**meta), "download of s3://b/k")
     assert used == method and digests.sha256 == hashlib.sha256(BODY).hexdigest()
+    # Only the checksum the method compares is computed besides the manifest's SHA-256.
+    assert (digests.md5 is not None, digests.crc32 is not None) == (method == "md5-etag", method == "crc32")
 
 
 @pytest.mark.parametrize("meta,fragment", [
