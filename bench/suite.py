@@ -23,6 +23,7 @@ from bench.common import (
     KIB,
     REPO,
     Figure,
+    byte_compile,
     create_buckets,
     machine,
     median,
@@ -66,6 +67,7 @@ def main() -> int:
     began = time.monotonic()
     when = dt.datetime.now(dt.UTC)
 
+    byte_compile()
     print("bench: per-job overhead sweep", flush=True)
     with moto_server() as endpoint:
         client = create_buckets(endpoint)
@@ -209,7 +211,8 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "with c threads (one client each, the daemon's TransferConfig) doing download_file → cp → "
         "upload_file → manifest put_object, first download to last manifest.",
         "2. **Submit cost** (`bench/submit_dispatch.py`): wall time of `processorctl submit` "
-        "against `python3 -c pass` with the same venv interpreter, alternated.",
+        "against `python3 -c pass` with the same venv interpreter, alternated. The packages are "
+        "byte-compiled first (`bench.common.byte_compile`), as the wheel installed on an instance is.",
         "3. **Dispatch latency**: processorctl's return → the command's first instruction "
         "(`date +%s.%N`), daemon idle with a free slot; includes the claim, the HEAD and the 64 KiB "
         "download that precede the command.",
