@@ -7,18 +7,20 @@ it; unknown keys are an error so a typo never silently falls back to a default.
 Environment overrides are ``PROCESSOR_<SECTION>_<KEY>``, e.g.
 ``PROCESSOR_S3_OUTPUT_BUCKET=my-bucket`` or ``PROCESSOR_PROCESSING_CONCURRENCY=4``.
 Lists (``processing.command``) are given as a JSON array.
-"""
 
-from __future__ import annotations
+The sections are ``NamedTuple``s, not dataclasses: just as immutable and
+comparable, and ``processorctl`` (one fresh interpreter per submitted object)
+starts without importing ``dataclasses`` and ``inspect``. No ``from __future__
+import annotations`` here: the field types are read at run time (``_coerce``).
+"""
 
 import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Self
 
 from worker.errors import ConfigError
 
@@ -42,16 +44,14 @@ _LOG_GROUP_RE = re.compile(r"[A-Za-z0-9_./#-]{1,512}")
 _LOG_STREAM_RE = re.compile(r"[^:*]{1,500}")
 
 
-@dataclass(frozen=True)
-class S3Settings:
+class S3Settings(NamedTuple):
     output_bucket: str
     output_prefix: str = ""
     endpoint_url: str = ""
     region: str = "us-east-1"
 
 
-@dataclass(frozen=True)
-class ProcessingSettings:
+class ProcessingSettings(NamedTuple):
     command: tuple[str, ...] = ("/opt/processor/bin/process", "{input}", "{output_dir}")
     concurrency: int = 2
     timeout_s: int = 3600
@@ -67,8 +67,7 @@ class ProcessingSettings:
     drain_timeout_s: int = 60
 
 
-@dataclass(frozen=True)
-class PathSettings:
+class PathSettings(NamedTuple):
     state_dir: Path = Path("/var/lib/processor")
     socket: Path = Path("/run/processor/processor.sock")
     #: Free space (MiB) a job must leave on the state volume after its input is
@@ -88,8 +87,7 @@ class PathSettings:
         return self.state_dir / "logs"
 
 
-@dataclass(frozen=True)
-class LoggingSettings:
+class LoggingSettings(NamedTuple):
     level: str = "info"
     #: Send every event to the journal as structured fields (JOB_ID=, S3_KEY= …).
     journald: bool = True
@@ -106,8 +104,7 @@ class LoggingSettings:
     flush_timeout_s: int = 10
 
 
-@dataclass(frozen=True)
-class ReconcileSettings:
+class ReconcileSettings(NamedTuple):
     #: The input bucket `processorctl reconcile` lists (the --input-bucket default).
     input_bucket: str = ""
     #: Only keys under this prefix.
@@ -122,8 +119,7 @@ class ReconcileSettings:
     instance_id: str = ""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     s3: S3Settings
     processing: ProcessingSettings
     paths: PathSettings
@@ -139,9 +135,8 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "reconcile": ReconcileSettings,
 }
 
-# Field types as written in the dataclasses above (strings, because of the
-# __future__ import); the coercion below switches on them.
-_STR, _INT, _BOOL, _PATH, _ARGV = "str", "int", "bool", "Path", "tuple[str, ...]"
+#: The only type of list a section holds (processing.command).
+_ARGV = tuple[str, ...]
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
@@ -204,14 +199,14 @@ class _EnvValue(str):
 
     variable: str
 
-    def __new__(cls, variable: str, value: str) -> _EnvValue:
+    def __new__(cls, variable: str, value: str) -> Self:
         obj = super().__new__(cls, value)
         obj.variable = variable
         return obj
 
 
 def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], source: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
+    known: dict[str, object] = cls.__annotations__
     for key in values:
         if key not in known:
             where = values[key].variable if isinstance(values[key], _EnvValue) else source
@@ -221,14 +216,14 @@ def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], source:
             )
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        kwargs[key] = _coerce(f"{name}.{key}", str(known[key].type), value, source)
-    for key, spec in known.items():
-        if key not in kwargs and spec.default is MISSING and spec.default_factory is MISSING:
+        kwargs[key] = _coerce(f"{name}.{key}", known[key], value, source)
+    for key in known:
+        if key not in kwargs and key not in cls._field_defaults:
             raise ConfigError(f"{source}: missing required key {name}.{key}", key=f"{name}.{key}")
     return cls(**kwargs)
 
 
-def _coerce(key: str, kind: str, value: Any, source: str) -> Any:
+def _coerce(key: str, kind: object, value: Any, source: str) -> Any:
     where = value.variable if isinstance(value, _EnvValue) else source
     if isinstance(value, _EnvValue):
         value = _parse_env(key, kind, str(value), where)
@@ -236,19 +231,19 @@ def _coerce(key: str, kind: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{where}: {key} must be {expected}, got {value!r}", key=key)
 
-    if kind == _STR:
+    if kind is str:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if kind == _PATH:
+    if kind is Path:
         if not isinstance(value, str) or not value:
             raise bad("a non-empty path string")
         return Path(value)
-    if kind == _INT:
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
         return value
-    if kind == _BOOL:
+    if kind is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -263,13 +258,13 @@ def _coerce(key: str, kind: str, value: Any, source: str) -> Any:
     raise AssertionError(f"unhandled config type {kind} for {key}")  # pragma: no cover
 
 
-def _parse_env(key: str, kind: str, text: str, where: str) -> Any:
-    if kind == _INT:
+def _parse_env(key: str, kind: object, text: str, where: str) -> Any:
+    if kind is int:
         try:
             return int(text)
         except ValueError:
             raise ConfigError(f"{where}: {key} must be an integer, got {text!r}", key=key) from None
-    if kind == _BOOL:
+    if kind is bool:
         lowered = text.strip().lower()
         if lowered in {"1", "true", "yes", "on"}:
             return True

@@ -3,8 +3,11 @@
 Requests are ``{"op": NAME, ...}`` on one line; replies are ``{"ok": true, ...}``
 or ``{"ok": false, "error": "..."}``. The socket is created mode 0660 so only
 root and the service's group reach it. Ops: ``ping``, ``wake`` (a job was
-submitted), ``status``. The client half lives here too, stdlib only, because
-processorctl imports it and must start fast.
+submitted), ``status``.
+
+This is the server. The client half (``request``, ``wake``) lives in
+worker.control_client, so that processorctl can import it without
+``socketserver``; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from worker.control_client import request, wake
 from worker.errors import ControlError
+
+__all__ = ["MAX_REQUEST_BYTES", "ControlServer", "Handler", "request", "wake"]
 
 #: Largest request accepted, in bytes: requests are small JSON objects.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -91,40 +97,3 @@ def _remove_stale(path: Path) -> None:
     finally:
         probe.close()
     raise ControlError(f"another daemon is already listening on {path}")
-
-
-def request(path: Path, op: str, *, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    """Send one request to the daemon and return its reply; ControlError if unreachable."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError as exc:
-        raise ControlError(f"daemon not reachable on {path}: {exc.strerror or exc}") from exc
-    try:
-        reply: dict[str, Any] = json.loads(data)
-    except ValueError as exc:
-        raise ControlError(f"daemon sent an unreadable reply on {path}") from exc
-    if not reply.get("ok"):
-        raise ControlError(str(reply.get("error", "request failed")))
-    return reply
-
-
-def wake(path: Path) -> bool:
-    """Tell the daemon new work is queued; False (and nothing else) when it is not running.
-
-    Best effort on purpose: the job is already committed to the ledger, and a
-    daemon that is down picks it up when it starts.
-    """
-    try:
-        request(path, "wake", timeout=1.0)
-    except ControlError:
-        return False
-    return True

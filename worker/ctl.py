@@ -2,7 +2,9 @@
 
 It runs once per SSM command, so it starts fast: stdlib plus the ledger, never
 boto3. ``submit`` writes to the ledger directly (durable while the daemon is
-stopped) and then pokes the daemon over its socket if it is up.
+stopped) and then pokes the daemon over its socket if it is up. The other
+commands live in worker.ctl_commands, imported only when one is asked for;
+keep what ``submit`` imports small (tests/unit/test_ctl.py checks it).
 """
 
 from __future__ import annotations
@@ -10,24 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
-from worker.control import request, wake
-from worker.errors import (
-    ConfigError,
-    ControlError,
-    InvalidTransition,
-    JobNotFound,
-    LedgerError,
-)
-from worker.job import Identity, Job, JobState, normalise_etag
+from worker.control_client import wake
+from worker.errors import ConfigError, JobNotFound, LedgerError
+from worker.identity import Identity, normalise_etag
 from worker.ledger import Ledger
-from worker.render import describe, dump_json, printable, table, when
+from worker.states import JobState
+
+if TYPE_CHECKING:
+    from worker.ctl_commands import Command
 
 #: S3's limit on a key, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
@@ -40,8 +38,43 @@ class UsageError(Exception):
     """A command-line value is unusable; the message names the option."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter at argparse's width, measured without importing shutil.
+
+    argparse builds a formatter for every ``add_argument`` (to check metavars)
+    and sizes it with ``shutil.get_terminal_size``; importing shutil (and with
+    it zlib, bz2 and lzma) was ≈ 2 ms of every processorctl start.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    if sys.__stdout__ is None:
+        return 80
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser (and subparsers, which take the parent's class) using _HelpFormatter."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(formatter_class=_HelpFormatter, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="processorctl",
         description="Submit and inspect processor jobs.",
         epilog="Exit status: 0 ok, 1 failure, 2 usage or configuration error, "
@@ -118,8 +151,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return exitcodes.FAILURE
     try:
         with Ledger(settings.paths.ledger) as ledger:
-            handler = COMMANDS[args.command]
-            return handler(args, settings, ledger, out)
+            return _command(args.command)(args, settings, ledger, out)
     except UsageError as exc:
         print(f"processorctl: {exc}", file=sys.stderr)
         return exitcodes.USAGE
@@ -154,17 +186,28 @@ def _act_as_state_owner(state_dir: Path) -> None:
 # -- commands -----------------------------------------------------------------
 
 
+def _command(name: str) -> Command:
+    if name == "submit":
+        return _submit
+    # Imported here: it needs the Job dataclass and the renderers, which submit does not.
+    from worker.ctl_commands import COMMANDS
+
+    return COMMANDS[name]
+
+
 def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     identity = _identity(args.bucket, args.key, args.version_id, args.etag,
                          output_prefix=settings.s3.output_prefix)
-    job, created = ledger.submit(identity)
+    job_id, state, created = ledger.enqueue(identity)
     wake(settings.paths.socket)
     if args.json:
-        dump_json(out, {"job_id": job.id, "created": created, "state": job.state.value})
+        from worker.render import dump_json  # the SSM document's submit is not --json
+
+        dump_json(out, {"job_id": job_id, "created": created, "state": state.value})
     else:
-        print(job.id, file=out)
+        print(job_id, file=out)
         if not created:
-            print(f"processorctl: already submitted; job is {job.state.value}", file=sys.stderr)
+            print(f"processorctl: already submitted; job is {state.value}", file=sys.stderr)
     return exitcodes.OK
 
 
@@ -191,133 +234,6 @@ def _identity(
     return Identity(bucket, key, version_id or None, normalise_etag(etag))
 
 
-def _list(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    state = JobState(args.state) if args.state else None
-    jobs = ledger.list_jobs(state, limit=args.limit)
-    if args.json:
-        dump_json(out, [job.to_dict() for job in jobs])
-        return exitcodes.OK
-    rows = [("JOB", "STATE", "ATTEMPTS", "UPDATED", "KEY")]
-    rows += [
-        (j.id, j.state.value, str(j.attempts), when(j.updated_at), printable(j.key, 80))
-        for j in jobs
-    ]
-    table(out, rows)
-    return exitcodes.OK
-
-
-def _show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    job = ledger.get(args.job_id)
-    history = ledger.history(job.id)
-    if args.json:
-        dump_json(out, {**job.to_dict(), "transitions": history})
-        return exitcodes.OK
-    describe(out, job, settings)
-    print("transitions:", file=out)
-    for t in history:
-        reason = f"  ({printable(t['reason'], 200)})" if t["reason"] else ""
-        print(f"  {when(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}"
-              f"  attempt {t['attempt']}{reason}", file=out)
-    return exitcodes.OK
-
-
-def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    try:
-        live: dict[str, Any] | None = request(settings.paths.socket, "status", timeout=2.0)
-    except ControlError:
-        live = None
-    counts = ledger.counts()
-    if args.json:
-        dump_json(out, {"daemon": live, "counts": counts})
-        return exitcodes.OK
-    if live is None:
-        print(f"daemon: not reachable on {settings.paths.socket}", file=out)
-    else:
-        mode = "draining" if live["draining"] else "running"
-        print(f"daemon: {mode}, pid {live['pid']}, version {live['version']}, "
-              f"{live['busy']}/{live['slots']} slots busy", file=out)
-        if live.get("oldest_queued_age_s") is not None:
-            print(f"oldest queued job: {live['oldest_queued_age_s']}s old", file=out)
-    print("jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
-    return exitcodes.OK
-
-
-def _cancel(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    job = ledger.get(args.job_id)
-    if job.state is JobState.QUEUED:
-        try:
-            job = ledger.transition(job.id, JobState.CANCELLED, expect=JobState.QUEUED,
-                                    reason="cancelled by an operator", finished_at=time.time())
-        except InvalidTransition:
-            job = ledger.get(job.id)  # the daemon claimed it meanwhile: cancel it there
-    if job.state is JobState.RUNNING:
-        try:
-            job = _cancel_running(settings, ledger, job)
-        except ControlError as exc:
-            print(f"processorctl: {job.id} is running but the daemon is not reachable ({exc}); "
-                  "a stopped daemon requeues it at start: cancel it then", file=sys.stderr)
-            return exitcodes.DAEMON_UNAVAILABLE
-    if job.state is not JobState.CANCELLED:
-        print(f"processorctl: {job.id} is {job.state.value}; only queued or running jobs "
-              "can be cancelled", file=sys.stderr)
-        return exitcodes.FAILURE
-    _report(out, args.json, job)
-    return exitcodes.OK
-
-
-def _cancel_running(settings: Settings, ledger: Ledger, job: Job) -> Job:
-    """Ask the daemon to stop the job, then wait (TERM, grace, KILL) until it has."""
-    deadline = time.monotonic() + settings.processing.kill_grace_s + 30
-    asked = False
-    while job.state is JobState.RUNNING and time.monotonic() < deadline:
-        if not asked:
-            # False while the daemon is between claiming the job and starting it.
-            asked = bool(request(settings.paths.socket, "cancel", job_id=job.id)["running"])
-        time.sleep(0.1)
-        job = ledger.get(job.id)
-    return job
-
-
-def _retry(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    try:
-        job = ledger.retry(args.job_id)
-    except InvalidTransition as exc:
-        print(f"processorctl: {args.job_id} is {exc.current}; only failed or cancelled jobs "
-              "can be retried", file=sys.stderr)
-        return exitcodes.FAILURE
-    wake(settings.paths.socket)
-    _report(out, args.json, job)
-    return exitcodes.OK
-
-
-def _logs(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    job = ledger.get(args.job_id)
-    path = settings.paths.logs / "jobs" / f"{job.id}.log"
-    offset = 0
-    while True:
-        offset = _copy_from(path, offset, out)
-        if not args.follow or job.state not in (JobState.QUEUED, JobState.RUNNING):
-            break
-        time.sleep(0.25)
-        job = ledger.get(job.id)
-    _copy_from(path, offset, out)
-    if offset == 0 and not path.exists():
-        print(f"processorctl: no output recorded yet for {job.id} ({path})", file=sys.stderr)
-    return exitcodes.OK
-
-
-def _copy_from(path: Path, offset: int, out: TextIO) -> int:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except FileNotFoundError:
-        return offset
-    out.write(data.decode("utf-8", "replace"))
-    out.flush()
-    return offset + len(data)
-
-
 def _duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -326,26 +242,6 @@ def _duration(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 10m, 1h)") from None
-
-
-def _reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    # Imported here: it needs boto3, slow to import, and every other command runs without it.
-    from worker.ctl_reconcile import reconcile
-
-    return reconcile(args, settings, ledger, out)
-
-
-def _report(out: TextIO, as_json: bool, job: Job) -> None:
-    if as_json:
-        dump_json(out, job.to_dict())
-    else:
-        print(f"{job.id} {job.state.value}", file=out)
-
-
-COMMANDS = {
-    "submit": _submit, "list": _list, "show": _show, "status": _status,
-    "cancel": _cancel, "retry": _retry, "logs": _logs, "reconcile": _reconcile,
-}
 
 
 if __name__ == "__main__":  # pragma: no cover

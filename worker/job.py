@@ -1,114 +1,29 @@
-"""Jobs and their states: pure data and the transition table, no I/O.
+"""Jobs: ``Job``, a snapshot of one ledger row; pure data, no I/O.
 
-A job is identified by ``(bucket, key, version)`` where *version* is the S3
-version id when the bucket is versioned, else the object's ETag. The same
-identity is processed once however often S3, Lambda or SSM deliver it; a new
-version of the same key is a new job. The job id is derived from the identity
-so every delivery of one object version maps to the same id.
+The job's states and their transition table live in worker.states, its
+identity and id in worker.identity (both importable without ``dataclasses``,
+for ``processorctl submit``); they are re-exported here so that
+``from worker.job import JobState, Identity`` keeps working everywhere else.
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from worker.errors import InvalidTransition
+from worker.identity import Identity, normalise_etag
+from worker.states import TERMINAL, JobState, Phase, can_transition, check_transition
 
-
-class JobState(str, enum.Enum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Phase(str, enum.Enum):
-    """What a running job is doing right now (shown by `processorctl show`)."""
-
-    NONE = ""
-    DOWNLOADING = "downloading"
-    RUNNING = "running"
-    UPLOADING = "uploading"
-
-
-#: The only legal moves. RUNNING -> QUEUED is a retryable failure or an
-#: interrupted run; QUEUED -> FAILED is a job that can never run (its object
-#: is gone before the first attempt, or an operator gives up on it).
-#: FAILED and CANCELLED go back to QUEUED only through `processorctl retry`.
-_NEXT: Mapping[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.RUNNING: frozenset(
-        {JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
-    ),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset({JobState.QUEUED}),
-    JobState.CANCELLED: frozenset({JobState.QUEUED}),
-}
-
-#: States a job never leaves on its own.
-TERMINAL: frozenset[JobState] = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
-)
-
-
-def can_transition(current: JobState, target: JobState) -> bool:
-    """Whether the transition table allows ``current -> target``."""
-    return target in _NEXT[current]
-
-
-def check_transition(job_id: str, current: JobState, target: JobState) -> None:
-    """Raise InvalidTransition unless ``current -> target`` is legal."""
-    if not can_transition(current, target):
-        raise InvalidTransition(job_id, current.value, target.value)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What makes two deliveries the same job."""
-
-    bucket: str
-    key: str
-    version_id: str | None = None
-    etag: str | None = None
-
-    @property
-    def version(self) -> str:
-        """The version part of the identity: version id, else ETag, else empty."""
-        if self.version_id:
-            return f"v:{self.version_id}"
-        if self.etag:
-            return f"e:{self.etag}"
-        return ""
-
-    def framed(self) -> str:
-        """The identity as one string; JSON framing, so no field can shift into another.
-
-        lambda_trigger.targeting.identity_of frames a request the same way, so
-        the Lambda's rendezvous hashing and the ledger agree on "same job".
-        """
-        return json.dumps([self.bucket, self.key, self.version], ensure_ascii=True)
-
-    def job_id(self) -> str:
-        """A stable, path-safe id: the same identity always yields the same id."""
-        digest = hashlib.sha256(self.framed().encode("ascii")).hexdigest()
-        return f"j-{digest[:20]}"
-
-
-def normalise_etag(etag: str | None) -> str | None:
-    """ETags arrive quoted from S3 APIs and unquoted in events; store them bare."""
-    if etag is None:
-        return None
-    bare = etag.strip().strip('"')
-    return bare or None
+__all__ = [
+    "TERMINAL",
+    "Identity",
+    "Job",
+    "JobState",
+    "Phase",
+    "can_transition",
+    "check_transition",
+    "normalise_etag",
+]
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class _RenderOnce(structlog.stdlib.ProcessorFormatter):
         cached: str | None = getattr(record, "_processor_json", None)
         if cached is None:
             cached = super().format(record)
-            record._processor_json = cached  # type: ignore[attr-defined]
+            record._processor_json = cached
         return cached
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from worker.config import Settings
-from worker.job import Job, JobState
+from worker.states import JobState
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+    from worker.job import Job
 
 
 def describe(out: TextIO, job: Job, settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -35,6 +36,49 @@ def test_processorctl_does_not_import_boto3() -> None:
              "print(','.join(bad))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
+
+
+#: Modules `processorctl submit` must not load: it starts once per S3 object (bench goal: at
+#: most 3x `python -c pass`). boto3 & co. are seconds; the others are milliseconds each
+#: (dataclasses pulls in inspect; worker.job is the Job dataclass; shutil, zlib, bz2, lzma).
+SUBMIT_MUST_NOT_IMPORT = (
+    "boto3", "botocore", "structlog", "moto", "dataclasses", "inspect", "socketserver", "shutil",
+    "worker.job", "worker.control", "worker.ctl_commands", "worker.pipeline", "worker.s3",
+)
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_submit_starts_without_heavy_imports(config: Path, extra: list[str]) -> None:
+    probe = ("import sys\nfrom worker.ctl import main\ncode = main(sys.argv[1:])\n"
+             f"print(code, [m for m in {SUBMIT_MUST_NOT_IMPORT!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe, "--config", str(config), "submit",
+                           "--bucket", "b", "--key=k", "--etag", "e", *extra],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
+
+
+def test_duplicate_submit_prints_the_existing_job(config: Path) -> None:
+    first = processorctl(config, "submit", "--bucket", "b", "--key=k", "--etag", '"e"')
+    assert first.returncode == 0 and first.stderr == ""
+    again = processorctl(config, "submit", "--bucket", "b", "--key=k", "--etag", "e")
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert again.stderr == "processorctl: already submitted; job is queued\n"
+    as_json = processorctl(config, "submit", "--bucket", "b", "--key=k", "--etag", "e", "--json")
+    assert json.loads(as_json.stdout) == {"job_id": first.stdout.strip(), "created": False, "state": "queued"}
+
+
+@pytest.mark.parametrize("columns", ["", "57", "200", "wide"])
+def test_help_is_as_wide_as_argparse_would_make_it(columns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from worker import ctl
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert ctl._terminal_columns() == shutil.get_terminal_size().columns
+    parser = ctl._parser()
+    reference = argparse.ArgumentParser(prog="processorctl")
+    assert parser._get_formatter()._width == reference._get_formatter()._width
 
 
 def test_submit_list_show(config: Path) -> None:

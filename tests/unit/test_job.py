@@ -12,7 +12,7 @@ from worker.job import TERMINAL, Identity, JobState, can_transition, check_trans
 Q, R, S, F, C = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED,
                  JobState.CANCELLED)
 
-#: The contract (ARCHITECTURE §3), written out independently of worker.job._NEXT.
+#: The contract (ARCHITECTURE §3), written out independently of worker.states._NEXT.
 ALLOWED = {
     (Q, R), (Q, C), (Q, F),
     (R, Q), (R, S), (R, F), (R, C),
@@ -51,6 +51,31 @@ def test_job_id_is_stable_and_distinguishes_versions() -> None:
     # No ambiguity from separators inside fields.
     assert Identity("b", "k\0x").job_id() != Identity("b\0k", "x").job_id()
     assert a.startswith("j-") and all(c in "0123456789abcdef" for c in a[2:])
+
+
+@pytest.mark.parametrize("identity,job_id", [
+    (Identity("in", "reports/q3.csv", None, "abc"), "j-53ad5e31761e8618573c"),
+    (Identity("in", "a/é b.csv", "3HL4kqtJlcpXroDTDmJ"), "j-7b3021d58684c26f63af"),
+    (Identity("in", "k"), "j-9a471bac8ed7bc414cdf"),
+])
+def test_job_ids_never_change(identity: Identity, job_id: str) -> None:
+    """Ids already in ledgers (and in result manifests) must keep matching their objects."""
+    assert identity.job_id() == job_id
+
+
+def test_identity_is_an_immutable_value() -> None:
+    a = Identity("b", "k", None, "e")
+    assert a == Identity(bucket="b", key="k", etag="e") and hash(a) == hash(Identity("b", "k", None, "e"))
+    assert a != Identity("b", "k", "e")
+    with pytest.raises(AttributeError):
+        a.key = "other"  # type: ignore[misc]
+
+
+def test_worker_job_reexports_the_light_modules() -> None:
+    from worker import identity, job, states
+
+    assert job.Identity is identity.Identity and job.normalise_etag is identity.normalise_etag
+    assert job.JobState is states.JobState and job.check_transition is states.check_transition
 
 
 def test_hostile_keys_give_path_safe_ids() -> None:

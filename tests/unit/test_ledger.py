@@ -45,6 +45,26 @@ def test_submit_is_idempotent_per_identity(ledger: Ledger) -> None:
     ]
 
 
+def _rows(ledger: Ledger) -> list[list[tuple[object, ...]]]:
+    return [[tuple(r) for r in ledger._db.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+            for table in ("jobs", "transitions")]
+
+
+def test_enqueue_records_exactly_what_submit_records(tmp_path: Path, clock: Clock) -> None:
+    """processorctl submit uses enqueue (no Job built): same rows, same answers."""
+    ident = Identity("in", "a.csv", None, "etag1")
+    with Ledger(tmp_path / "a" / "ledger.db", clock=clock) as by_submit, \
+            Ledger(tmp_path / "b" / "ledger.db", clock=clock) as by_enqueue:
+        job, created = by_submit.submit(ident)
+        assert created and job.id == ident.job_id()
+        assert by_enqueue.enqueue(ident) == (job.id, JobState.QUEUED, True)
+        assert by_enqueue.enqueue(ident) == (job.id, JobState.QUEUED, False)
+        by_submit.submit(ident)
+        assert _rows(by_submit) == _rows(by_enqueue)
+        by_enqueue.claim_next()
+        assert by_enqueue.enqueue(ident) == (job.id, JobState.RUNNING, False)
+
+
 def test_duplicate_of_a_finished_job_returns_it_unchanged(ledger: Ledger) -> None:
     job, _ = ledger.submit(Identity("in", "a", "v1"))
     ledger.claim_next()

@@ -1,0 +1,51 @@
+"""The client half of the control API (worker.control): one request, one reply.
+
+Stdlib only and apart from the server, which needs ``socketserver`` and
+``threading``: ``processorctl`` imports this and must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ControlError
+
+
+def request(path: Path, op: str, *, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """Send one request to the daemon and return its reply; ControlError if unreachable."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise ControlError(f"daemon not reachable on {path}: {exc.strerror or exc}") from exc
+    try:
+        reply: dict[str, Any] = json.loads(data)
+    except ValueError as exc:
+        raise ControlError(f"daemon sent an unreadable reply on {path}") from exc
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error", "request failed")))
+    return reply
+
+
+def wake(path: Path) -> bool:
+    """Tell the daemon new work is queued; False (and nothing else) when it is not running.
+
+    Best effort on purpose: the job is already committed to the ledger, and a
+    daemon that is down picks it up when it starts.
+    """
+    try:
+        request(path, "wake", timeout=1.0)
+    except ControlError:
+        return False
+    return True
