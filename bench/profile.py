@@ -78,7 +78,7 @@ def record(concurrency: int, jobs: int, out: Path) -> tuple[int, float]:
 
 
 def _fold_threads(raw: Path, out: Path) -> None:
-    """Drop the per-thread first frame (one per job: ``thread (tid): job-j-…``) and re-aggregate.
+    """Drop the per-thread first frame (``thread (tid): slot-N``, one per slot thread) and re-aggregate.
 
     What is left is the usual collapsed-stack format (flamegraph.pl, speedscope), a
     few hundred kB instead of megabytes; gzip'd when ``out`` ends in .gz.

@@ -25,6 +25,7 @@ import structlog
 from worker import __version__, metrics, systemd
 from worker.config import Settings
 from worker.control import ControlServer
+from worker.errors import LedgerError
 from worker.job import Job, JobState
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
@@ -45,7 +46,6 @@ log = structlog.get_logger("processor.daemon")
 class _Slot:
     job: Job
     token: StopToken
-    thread: threading.Thread
     started: float
 
 
@@ -65,6 +65,13 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._slots: dict[str, _Slot] = {}
         self._slots_lock = threading.Lock()
+        #: Notified whenever a slot is freed (the drain's fast stop waits on it).
+        self._slot_freed = threading.Condition(self._slots_lock)
+        #: Claimed jobs for the slot threads; None tells a slot thread to exit.
+        self._work: queue.SimpleQueue[tuple[Job, StopToken] | None] = queue.SimpleQueue()
+        self._slot_threads: list[threading.Thread] = []
+        #: Slots being claimed for (see _claim).
+        self._reserved = 0
         self._draining = False
         self._drain_deadline = 0.0
         self._last_status = ""
@@ -84,6 +91,7 @@ class Daemon:
         server = ControlServer(self.settings.paths.socket, self._handlers())
         previous = self._install_signals() if self._install else None
         try:
+            self._start_slot_threads()
             server.start()
             log.info("daemon_started", version=__version__, pid=os.getpid(),
                      socket=str(self.settings.paths.socket),
@@ -92,6 +100,7 @@ class Daemon:
             self._loop()
         finally:
             server.stop()
+            self._stop_slot_threads()
             if previous is not None:
                 self._restore_signals(previous)
             # Mark the pipe closed before closing it, so a late wake() cannot
@@ -172,19 +181,67 @@ class Daemon:
                 pass
 
     def _dispatch(self) -> None:
-        while self._free_slots() > 0:
+        while (claimed := self._claim()) is not None:
+            self._work.put(claimed)
+
+    def _claim(self) -> tuple[Job, StopToken] | None:
+        """Claim the next due job into a free slot; None when no slot or no job.
+
+        The slot is reserved before the ledger is asked, so the main loop and a
+        slot thread claiming at the same time never run more than ``concurrency``.
+        """
+        with self._slots_lock:
+            if len(self._slots) + self._reserved >= self.settings.processing.concurrency:
+                return None
+            self._reserved += 1
+        job = None
+        try:
             job = self.ledger.claim_next()
-            if job is None:
-                return
-            token = StopToken()
-            thread = threading.Thread(
-                target=self._run_job, args=(job, token), name=f"job-{job.id}", daemon=True
-            )
+        finally:
             with self._slots_lock:
-                self._slots[job.id] = _Slot(job, token, thread, time.monotonic())
-            log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
-                     state=job.state.value, attempt=job.attempts)
+                self._reserved -= 1
+                if job is not None:
+                    token = StopToken()
+                    self._slots[job.id] = _Slot(job, token, time.monotonic())
+        if job is None:
+            return None
+        log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
+                 state=job.state.value, attempt=job.attempts)
+        return job, token
+
+    def _start_slot_threads(self) -> None:
+        """One long-lived thread per slot: handing a job over is a queue put, where
+        starting a thread per job would wait for the new thread to get the GIL."""
+        for n in range(self.settings.processing.concurrency):
+            thread = threading.Thread(target=self._slot_thread, name=f"slot-{n + 1}", daemon=True)
             thread.start()
+            self._slot_threads.append(thread)
+
+    def _stop_slot_threads(self, timeout_s: float = 5.0) -> None:
+        for _ in self._slot_threads:
+            self._work.put(None)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._slot_threads:
+            # A job stuck past the drain's deadline keeps its thread; it is a
+            # daemon thread and does not hold up the exit.
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._slot_threads.clear()
+
+    def _slot_thread(self) -> None:
+        while (item := self._work.get()) is not None:
+            while item is not None:
+                self._run_job(*item)
+                # Straight on to the next due job, without a round trip through
+                # the main loop; the loop still dispatches new submissions.
+                item = None if self._draining else self._claim_quietly()
+
+    def _claim_quietly(self) -> tuple[Job, StopToken] | None:
+        try:
+            return self._claim()
+        except LedgerError as exc:
+            # The main loop meets the same error on its next claim and handles it there.
+            log.warning("claim_failed", error=str(exc))
+            return None
 
     def _run_job(self, job: Job, token: StopToken) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id)
@@ -213,6 +270,7 @@ class Daemon:
             # queued before the daemon stops and flushes its log sinks.
             with self._slots_lock:
                 self._slots.pop(job.id, None)
+                self._slot_freed.notify_all()
             structlog.contextvars.clear_contextvars()
             self.wake()
 
@@ -265,11 +323,11 @@ class Daemon:
             slot.token.stop(StopToken.SHUTDOWN)
 
     def _join_all(self, timeout: float) -> None:
+        """Wait until every running job has ended and freed its slot, at most ``timeout``."""
         deadline = time.monotonic() + timeout
-        with self._slots_lock:
-            threads = [slot.thread for slot in self._slots.values()]
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._slot_freed:
+            while self._slots and (left := deadline - time.monotonic()) > 0:
+                self._slot_freed.wait(left)
 
     # -- status ---------------------------------------------------------------
 

@@ -95,15 +95,18 @@ class Ledger:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
+        #: Guards the writing connection; held through each write transaction.
         self._lock = threading.RLock()
+        #: Queries use a connection of their own (WAL readers never wait for a
+        #: writer), opened on first use: processorctl submit never needs it.
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        #: Progress waiting to be written: {job id: column values} (see set_progress).
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._progress_lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer
-            # takes the lock up front instead of failing on upgrade mid-transaction.
-            self._db = sqlite3.connect(
-                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
+            self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before submit returns 0 or a step starts.
             self._db.execute("PRAGMA synchronous=FULL")
@@ -112,9 +115,31 @@ class Ledger:
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
 
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer
+        # takes the lock up front instead of failing on upgrade mid-transaction.
+        db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        return db
+
     def close(self) -> None:
         with self._lock:
+            self._flush_progress()
             self._db.close()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            if self._reader is None:
+                try:
+                    self._reader = self._connect()
+                except sqlite3.Error as exc:
+                    raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+            yield self._reader
 
     def __enter__(self) -> Ledger:
         return self
@@ -125,18 +150,10 @@ class Ledger:
     # -- transactions -------------------------------------------------------
 
     @contextmanager
-    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction under the connection lock.
-
-        ``durable=False`` commits without waiting for the disk (WAL with
-        ``synchronous=NORMAL``): the change is atomic and survives a daemon
-        crash, and the next durable commit (fsync of the same WAL) makes it
-        survive a power cut too. Only advisory data (progress) is written so.
-        """
-        with self._lock:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction under the write lock, fsync'd at COMMIT."""
+        try:
+            with self._lock:
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:
@@ -155,9 +172,9 @@ class Ledger:
                     except sqlite3.Error as exc:
                         self._rollback()
                         raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from exc
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+        finally:
+            # Progress other threads left while this transaction held the lock.
+            self._drain_progress()
 
     def _rollback(self) -> None:
         # SQLite has already rolled back after some errors (SQLITE_FULL at COMMIT):
@@ -335,18 +352,61 @@ class Ledger:
             values["bytes_done"] = bytes_done
         if bytes_total is not None:
             values["bytes_total"] = bytes_total
-        with self._write(durable=False) as db:
-            _update(db, job_id, values)
+        with self._progress_lock:
+            self._progress.setdefault(job_id, {}).update(values)
+        self._drain_progress()
+
+    def _drain_progress(self) -> None:
+        """Write pending progress unless another thread holds the write lock.
+
+        A job thread never waits behind another job's fsync'd transition just to
+        record its phase: whoever holds the lock drains the pending progress when
+        it lets go (``_write``), and every writer of progress tries once itself.
+        """
+        while self._progress and self._lock.acquire(blocking=False):
+            try:
+                self._flush_progress()
+            finally:
+                self._lock.release()
+
+    def _flush_progress(self) -> None:
+        """One transaction with all pending progress; the caller holds ``_lock``.
+
+        It commits without waiting for the disk (WAL with ``synchronous=NORMAL``):
+        atomic, and it survives a daemon crash; the next fsync'd commit makes it
+        survive a power cut too. Only rows still running are touched (a job may
+        have finished since). A failure (a full disk) drops the values: progress
+        is for display only.
+        """
+        with self._progress_lock:
+            pending, self._progress = self._progress, {}
+        if not pending:
+            return
+        try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for job_id, values in pending.items():
+                    _update(self._db, job_id, values, state=JobState.RUNNING)
+                self._db.execute("COMMIT")
+            finally:
+                self._rollback()
+                self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            import logging  # only on this rare path: processorctl submit starts without it
+
+            logging.getLogger("processor.ledger").warning(
+                "progress not recorded for %d job(s): %s", len(pending), exc)
 
     # -- queries ------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        with self._lock:
-            return _job(self._row(self._db, job_id))
+        with self._reading() as db:
+            return _job(self._row(db, job_id))
 
     def find(self, identity: Identity) -> Job | None:
-        with self._lock:
-            row = self._row_by_identity(self._db, identity)
+        with self._reading() as db:
+            row = self._row_by_identity(db, identity)
             return None if row is None else _job(row)
 
     def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
@@ -359,19 +419,19 @@ class Ledger:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        with self._lock:
-            return [_job(r) for r in self._db.execute(sql, args)]
+        with self._reading() as db:
+            return [_job(r) for r in db.execute(sql, args)]
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        with self._reading() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
             found = {r["state"]: r["n"] for r in rows}
         return {s.value: found.get(s.value, 0) for s in JobState}
 
     def next_due_at(self) -> float | None:
         """When the earliest queued job becomes due (None when the queue is empty)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = ?",
                 (JobState.QUEUED.value,),
             ).fetchone()
@@ -383,8 +443,8 @@ class Ledger:
         Only a failure writes ``_failed.json``, so a success need not delete one
         unless this is true.
         """
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT 1 FROM jobs j JOIN transitions t ON t.job_id = j.id"
                 " WHERE j.bucket = ? AND j.key = ? AND t.to_state = ? LIMIT 1",
                 (bucket, key, JobState.FAILED.value),
@@ -392,9 +452,9 @@ class Ledger:
         return row is not None
 
     def history(self, job_id: str) -> list[Mapping[str, Any]]:
-        with self._lock:
-            self._row(self._db, job_id)
-            rows = self._db.execute(
+        with self._reading() as db:
+            self._row(db, job_id)
+            rows = db.execute(
                 "SELECT from_state, to_state, at, attempt, reason FROM transitions"
                 " WHERE job_id = ? ORDER BY seq", (job_id,),
             )
@@ -429,10 +489,17 @@ class Ledger:
         )
 
 
-def _update(db: sqlite3.Connection, job_id: str, values: Mapping[str, Any]) -> None:
+def _update(
+    db: sqlite3.Connection, job_id: str, values: Mapping[str, Any], *, state: JobState | None = None
+) -> None:
+    """Set ``values`` on the job's row (only if it is in ``state``, when given)."""
     columns = ", ".join(f"{name} = ?" for name in values)
     # Column names come from this module, never from input.
-    db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+    if state is None:
+        db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+    else:
+        db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state = ?",  # noqa: S608
+                   (*values.values(), job_id, state.value))
 
 
 def _job(row: sqlite3.Row) -> Job:

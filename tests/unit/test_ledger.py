@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,43 @@ def test_only_progress_is_committed_without_an_fsync(ledger: Ledger) -> None:
     assert not any("synchronous" in s for s in statements) and "COMMIT" in statements
     assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert ledger.get(job.id).bytes_total == 10
+
+
+def test_progress_never_waits_behind_another_transaction(ledger: Ledger) -> None:
+    """A job thread's progress is left for the transaction holding the write lock (an
+    fsync'd transition of another job) to write when it lets go, not waited for."""
+    job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    other, _ = ledger.submit(Identity("in", "other", None, "e"))
+    ledger.claim_next()
+    inside, release = threading.Event(), threading.Event()
+
+    def transition_of_another_job() -> None:
+        with ledger._write() as db:
+            db.execute("UPDATE jobs SET error = 'x' WHERE id = ?", (other.id,))
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=transition_of_another_job)
+    holder.start()
+    assert inside.wait(10)
+    writer = threading.Thread(target=ledger.set_progress, args=(job.id,),
+                              kwargs={"phase": Phase.UPLOADING, "bytes_total": 7})
+    writer.start()
+    writer.join(5)
+    assert not writer.is_alive()  # returned while the lock was held
+    assert ledger.get(job.id).phase is Phase.NONE  # not written yet
+    release.set()
+    holder.join(10)
+    assert ledger.get(job.id).phase is Phase.UPLOADING and ledger.get(job.id).bytes_total == 7
+
+
+def test_late_progress_does_not_touch_a_finished_job(ledger: Ledger) -> None:
+    job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    ledger.claim_next()
+    ledger.transition(job.id, JobState.SUCCEEDED, expect=JobState.RUNNING)
+    ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_done=5)
+    done = ledger.get(job.id)
+    assert done.phase is Phase.NONE and done.bytes_done == 0
 
 
 def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
