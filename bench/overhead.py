@@ -9,12 +9,17 @@ manifest put for the same N objects: from the first download's start to the
 last manifest's end.
 
 Both run the same command (``/bin/cp {input} {output_dir}``) against the same
-moto server, one after the other, for each concurrency of the sweep.
+moto server, one after the other, for each concurrency of the sweep. The
+sweep is repeated for several rounds (a fresh ledger and output prefix each
+time): this machine is shared and noisy, so one pair of runs can be off by
+±15 %; the figure per concurrency is the median over rounds of the ratio of a
+back-to-back pair.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import tempfile
 import time
@@ -44,6 +49,7 @@ class Run:
     concurrency: int
     jobs: int
     window_s: float
+    round: int = 0
 
     @property
     def jobs_per_s(self) -> float:
@@ -62,10 +68,41 @@ def prefill(config: Path, objects: Sequence[tuple[str, str]]) -> None:
             ledger.submit(Identity(INPUT_BUCKET, key, None, etag))
 
 
+@dataclass(frozen=True)
+class Summary:
+    """One concurrency over all rounds."""
+
+    concurrency: int
+    ratios: list[float]  # daemon / bare of each round's back-to-back pair
+    daemon_s: float  # median drain window
+    bare_s: float
+    jobs: int
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+
+def summarize(runs: Sequence[Run]) -> list[Summary]:
+    out = []
+    for c in sorted({r.concurrency for r in runs}):
+        pairs: dict[int, dict[str, Run]] = {}
+        for r in runs:
+            if r.concurrency == c:
+                pairs.setdefault(r.round, {})[r.side] = r
+        ratios = [p["daemon"].window_s / p["bare"].window_s for _, p in sorted(pairs.items())]
+        out.append(Summary(
+            c, ratios, statistics.median(p["daemon"].window_s for p in pairs.values()),
+            statistics.median(p["bare"].window_s for p in pairs.values()),
+            next(iter(pairs.values()))["daemon"].jobs,
+        ))
+    return out
+
+
 def run_daemon(endpoint: str, objects: Sequence[tuple[str, str]], concurrency: int, tmp: Path,
-               *, profile: Sequence[str] = ()) -> Run:
-    config = write_config(tmp / f"daemon-c{concurrency}", endpoint, COPY, concurrency=concurrency,
-                          output_prefix=f"daemon-c{concurrency}/")
+               *, profile: Sequence[str] = (), round_: int = 0) -> Run:
+    name = f"daemon-c{concurrency}-r{round_}"
+    config = write_config(tmp / name, endpoint, COPY, concurrency=concurrency, output_prefix=f"{name}/")
     prefill(config, objects)
     with Daemon(config, prefix=profile):
         wait_for(lambda: finished_count(config) >= len(objects), 600, "the daemon to drain", 0.2)
@@ -74,43 +111,49 @@ def run_daemon(endpoint: str, objects: Sequence[tuple[str, str]], concurrency: i
     if bad:
         raise RuntimeError(f"daemon run c={concurrency}: {len(bad)} jobs did not succeed: {bad[:3]}")
     window = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
-    return Run("daemon", concurrency, len(rows), window)
+    return Run("daemon", concurrency, len(rows), window, round_)
 
 
-def run_bare(endpoint: str, objects: Sequence[tuple[str, str]], concurrency: int, tmp: Path) -> Run:
-    keys = tmp / f"keys-c{concurrency}.txt"
+def run_bare(endpoint: str, objects: Sequence[tuple[str, str]], concurrency: int, tmp: Path,
+             *, round_: int = 0) -> Run:
+    name = f"bare-c{concurrency}-r{round_}"
+    keys = tmp / f"{name}.txt"
     keys.write_text("\n".join(key for key, _ in objects))
     done = subprocess.run(
-        [PYTHON, "-m", "bench.bare", endpoint, str(concurrency), f"bare-c{concurrency}/", str(keys),
-         "--", *COPY],
+        [PYTHON, "-m", "bench.bare", endpoint, str(concurrency), f"{name}/", str(keys), "--", *COPY],
         env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     if done.returncode != 0:
         raise RuntimeError(f"bare run c={concurrency} failed: {done.stderr[-2000:]} {done.stdout[-2000:]}")
     result = json.loads(done.stdout)
-    return Run("bare", concurrency, len(result["durations"]), result["last_end"] - result["first_start"])
+    return Run("bare", concurrency, len(result["durations"]), result["last_end"] - result["first_start"],
+               round_)
 
 
 def sweep(endpoint: str, objects: Sequence[tuple[str, str]], concurrencies: Sequence[int],
-          *, log: bool = True) -> list[Run]:
-    """Bare then daemon at each concurrency (the order alternates to spread any drift)."""
+          *, rounds: int = 1, log: bool = True) -> list[Run]:
+    """``rounds`` times: bare and daemon back to back at each concurrency (which goes
+    first alternates, to spread any drift), each run on a fresh ledger and prefix."""
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as name:
         tmp = Path(name)
-        for i, c in enumerate(concurrencies):
-            order = (run_bare, run_daemon) if i % 2 == 0 else (run_daemon, run_bare)
-            for fn in order:
-                started = time.monotonic()
-                run = fn(endpoint, objects, c, tmp)
-                runs.append(run)
-                if log:
-                    print(f"  overhead: {run.side:6} c={c}: {run.window_s:6.2f} s "
-                          f"({run.jobs_per_s:5.1f} jobs/s; run took {time.monotonic() - started:.1f} s)",
-                          flush=True)
+        for round_ in range(rounds):
+            for i, c in enumerate(concurrencies):
+                # Which side goes first alternates along the sweep and between rounds.
+                order = (run_bare, run_daemon) if (round_ + i) % 2 == 0 else (run_daemon, run_bare)
+                for fn in order:
+                    started = time.monotonic()
+                    run = fn(endpoint, objects, c, tmp, round_=round_)
+                    runs.append(run)
+                    if log:
+                        print(f"  overhead r{round_}: {run.side:6} c={c}: {run.window_s:6.2f} s "
+                              f"({run.jobs_per_s:5.1f} jobs/s; run took "
+                              f"{time.monotonic() - started:.1f} s)", flush=True)
     return runs
 
 
-def plot(runs: Sequence[Run], path: Path, *, title: str) -> None:
+def plot(summaries: Sequence[Summary], path: Path, *, title: str) -> None:
+    """Jobs per second of both sides (median window over the rounds) at each concurrency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,11 +161,11 @@ def plot(runs: Sequence[Run], path: Path, *, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for side, style in (("bare", "o--"), ("daemon", "s-")):
-        points = sorted((r.concurrency, r.jobs_per_s) for r in runs if r.side == side)
+        points = [(s.concurrency, s.jobs / (s.bare_s if side == "bare" else s.daemon_s)) for s in summaries]
         ax.plot([c for c, _ in points], [t for _, t in points], style,
                 label="bare boto3 loop (floor)" if side == "bare" else "processor daemon")
     ax.set_xscale("log", base=2)
-    concurrencies = sorted({r.concurrency for r in runs})
+    concurrencies = [s.concurrency for s in summaries]
     ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
     ax.set_xlabel("concurrency (slots / threads)")
     ax.set_ylabel("jobs per second")

@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=256, help="large object size (default 256)")
     parser.add_argument("--jobs", type=int, default=200, help="objects of 64 KiB per overhead run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="overhead sweeps; each figure is the median over rounds (default 3)")
     parser.add_argument("--trials", type=int, default=200, help="dispatch trials on the empty ledger")
     parser.add_argument("--deep-trials", type=int, default=100, help="trials on the 10,000-job ledger")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy breakdown")
@@ -72,7 +74,8 @@ def main() -> int:
     with moto_server() as endpoint:
         client = create_buckets(endpoint)
         objects = put_small_objects(client, max(args.jobs, args.trials), 64 * KIB)
-        runs = overhead.sweep(endpoint, objects[: args.jobs], args.concurrency)
+        runs = overhead.sweep(endpoint, objects[: args.jobs], args.concurrency, rounds=args.rounds)
+        summaries = overhead.summarize(runs)
         print("bench: submit cost, dispatch latency, queue depth", flush=True)
         sd = submit_dispatch.run(endpoint, objects, trials=args.trials, deep_trials=args.deep_trials)
     print("bench: lambda", flush=True)
@@ -83,12 +86,7 @@ def main() -> int:
         LARGE_RECORD.write_text(json.dumps({**large.__dict__, "date": f"{when:%Y-%m-%d %H:%M}Z"}, indent=1))
     breakdown: list[tuple[str, float]] = []
     profile_note = ""
-    ratios = {r.concurrency: None for r in runs}
-    for c in ratios:
-        daemon = next(r for r in runs if r.side == "daemon" and r.concurrency == c)
-        bare = next(r for r in runs if r.side == "bare" and r.concurrency == c)
-        ratios[c] = daemon.window_s / bare.window_s  # type: ignore[assignment]
-    if not args.no_profile and any(v > GOAL_OVERHEAD for v in ratios.values() if v is not None):
+    if not args.no_profile and any(s.ratio > GOAL_OVERHEAD for s in summaries):
         if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists():
             print("bench: py-spy breakdown of the daemon at concurrency 1", flush=True)
             out = HERE / "profiles" / "daemon-c1.txt.gz"
@@ -101,19 +99,19 @@ def main() -> int:
         else:
             profile_note = "py-spy not installed (`pip install -e '.[bench]'`): no breakdown"
 
-    overhead.plot(runs, args.plot, title=f"{args.jobs} jobs of 64 KiB, /bin/cp, moto on loopback "
+    overhead.plot(summaries, args.plot, title=f"{args.jobs} jobs of 64 KiB, /bin/cp, moto on loopback "
                                          f"({nproc()} cores)")
 
     figures: list[Figure] = []
-    for c in sorted(ratios):
-        daemon = next(r for r in runs if r.side == "daemon" and r.concurrency == c)
-        bare = next(r for r in runs if r.side == "bare" and r.concurrency == c)
-        ratio = daemon.window_s / bare.window_s
+    for summary in summaries:
+        c, ratio = summary.concurrency, summary.ratio
         goal = c in (1, 4)
         figures.append(Figure(
-            f"1. per-job overhead, c={c}: daemon / bare (A/B)",
-            f"**{ratio:.2f}** ({daemon.window_s:.2f} s vs {bare.window_s:.2f} s; "
-            f"{1000 * daemon.window_s / daemon.jobs:.1f} vs {1000 * bare.window_s / bare.jobs:.1f} ms/job)",
+            f"1. per-job overhead, c={c}: daemon / bare (A/B), median of {len(summary.ratios)}",
+            f"**{ratio:.2f}** (rounds: {', '.join(f'{r:.2f}' for r in summary.ratios)}; median windows "
+            f"{summary.daemon_s:.2f} s vs {summary.bare_s:.2f} s, "
+            f"{1000 * summary.daemon_s / summary.jobs:.1f} vs "
+            f"{1000 * summary.bare_s / summary.jobs:.1f} ms/job)",
             f"≤ {GOAL_OVERHEAD}" if goal else "(plot only)", ratio <= GOAL_OVERHEAD if goal else None))
     submit_med, pass_med = median(sd.empty.submit_s), median(sd.python_pass_s)
     figures.append(Figure(
@@ -209,7 +207,9 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "concurrency c draining the jobs queued before it started, from the first claim to the "
         "last `finished_at` (after its manifest is put), from the ledger. B = a bare boto3 loop "
         "with c threads (one client each, the daemon's TransferConfig) doing download_file → cp → "
-        "upload_file → manifest put_object, first download to last manifest.",
+        "upload_file → manifest put_object, first download to last manifest. The sweep runs "
+        f"{args.rounds} rounds (fresh ledger and prefix each); a figure is the median over rounds of "
+        "the ratio of a back-to-back pair (single pairs vary by ±15 % on this shared machine).",
         "2. **Submit cost** (`bench/submit_dispatch.py`): wall time of `processorctl submit` "
         "against `python3 -c pass` with the same venv interpreter, alternated. The packages are "
         "byte-compiled first (`bench.common.byte_compile`), as the wheel installed on an instance is.",
@@ -231,7 +231,8 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "",
         "![daemon vs bare throughput over concurrency](throughput.png)",
         "",
-        "`bench/throughput.png`: jobs per second of both sides at each concurrency (same runs as 1).",
+        "`bench/throughput.png`: jobs per second of both sides at each concurrency (median window "
+        "over the rounds of 1).",
         "",
     ]
     if breakdown:

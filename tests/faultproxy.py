@@ -3,17 +3,20 @@
 Each request is forwarded unless the fault plan says otherwise: answer 503
 SlowDown, 500 InternalError, or drop the connection without a reply. The plan
 is a seeded RNG (reproducible) plus an ``outage`` switch that fails every
-request while set.
+request while set, and ``truncate_gets``: that many GET replies are cut off
+halfway through their body (the headers announce the whole length).
 """
 
 from __future__ import annotations
 
 import http.client
 import random
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 _FAULTS = {
@@ -30,6 +33,7 @@ class FaultProxy:
         self.on_request = on_request
         self.rate = rate
         self.outage = threading.Event()
+        self.truncate_gets = 0
         self.counts: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -46,7 +50,13 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client hanging up on a cut-off or dropped reply is the point, not an error.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -110,7 +120,20 @@ class FaultProxy:
             length = reply.getheader("Content-Length", "0") if req.command == "HEAD" else len(data)
             req.send_header("Content-Length", str(length))
             req.end_headers()
-            if req.command != "HEAD":
+            if req.command == "GET" and reply.status in (200, 206) and self._truncate():
+                req.wfile.write(data[: len(data) // 2])
+                req.wfile.flush()
+                req.close_connection = True
+                req.connection.shutdown(2)
+            elif req.command != "HEAD":
                 req.wfile.write(data)
         finally:
             conn.close()
+
+    def _truncate(self) -> bool:
+        with self._lock:
+            if self.truncate_gets <= 0:
+                return False
+            self.truncate_gets -= 1
+            self.counts["truncated"] += 1
+            return True

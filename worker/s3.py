@@ -258,28 +258,70 @@ class S3Store:
         size: int | None = None, etag: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Download to ``dest``; ``size`` and ``etag`` (from a HEAD) spare s3transfer its own HEAD."""
+        """Download to ``dest``; ``size`` and ``etag`` (from a HEAD) spare a second HEAD.
+
+        Below the multipart threshold, where s3transfer would make a single
+        GetObject anyway, the GET is made here in the job's thread; larger
+        objects go through the pooled transfer manager (parallel ranged GETs).
+        Either way a GET carries If-Match with the HEAD's ETag when it is known.
+        """
+        what = f"download s3://{bucket}/{key}"
+        if size is not None and size < self._transfer.multipart_threshold:
+            with _translated(what):
+                self._get_whole(bucket, key, dest, version_id, etag, progress)
+            return
         extra = {"VersionId": version_id} if version_id else {}
         subscribers: list[BaseSubscriber] = []
         if size is not None:
             subscribers.append(_KnownObject(size, etag))
         if progress is not None:
             subscribers.append(ProgressCallbackInvoker(progress))
-        with _translated(f"download s3://{bucket}/{key}"), self._manager() as manager:
+        with _translated(what), self._manager() as manager:
             manager.download(bucket, key, str(dest), extra_args=extra, subscribers=subscribers).result()
+
+    def _get_whole(
+        self, bucket: str, key: str, dest: Path, version_id: str | None, etag: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            args["VersionId"] = version_id
+        if etag:
+            args["IfMatch"] = f'"{etag}"'
+        body = self._client.get_object(**args)["Body"]
+        try:
+            # StreamingBody checks the length against Content-Length (IncompleteReadError).
+            with dest.open("wb") as out:
+                for chunk in body.iter_chunks(self._transfer.io_chunksize):
+                    out.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+        finally:
+            body.close()
 
     @_retrying
     def upload_file(
         self, src: Path, bucket: str, key: str, *, content_type: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        # CRC32: S3 checks every part and keeps a full-object checksum; the
+        """Upload ``src``: one PutObject below the multipart threshold, else a managed
+        multipart upload (parallel parts, pooled transfer manager)."""
+        # CRC32: S3 checks it (every part) and keeps a full-object checksum; the
         # manifest carries the SHA-256 (computed once, locally).
         extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"}
         if content_type:
             extra["ContentType"] = content_type
+        what = f"upload s3://{bucket}/{key}"
+        size = src.stat().st_size
+        if size < self._transfer.multipart_threshold:
+            with _translated(what), src.open("rb") as body:
+                # A seekable body: botocore's retries rewind it.
+                self._client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+            if progress is not None:
+                progress(size)
+            return
         subscribers = [ProgressCallbackInvoker(progress)] if progress is not None else []
-        with _translated(f"upload s3://{bucket}/{key}"), self._manager() as manager:
+        with _translated(what), self._manager() as manager:
             manager.upload(str(src), bucket, key, extra_args=extra, subscribers=subscribers).result()
 
     @_retrying

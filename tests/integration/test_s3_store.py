@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
-from worker.s3 import S3Store
+from worker.s3 import TRANSFER_CONFIG, S3Store
 
 
 @pytest.fixture
@@ -121,8 +122,38 @@ def test_download_told_the_size_and_etag_does_not_head_again(
         store.download("in-bucket", "k.bin", tmp_path / f"in{n}", size=info.size, etag=info.etag)
         assert (tmp_path / f"in{n}").read_bytes() == body
     assert sent and set(sent) == {"GET"}
-    # The transfer manager was made once and reused by the second download.
-    assert store._managers.qsize() == 1
+    if size < TRANSFER_CONFIG.multipart_threshold:
+        # One GetObject, made in the caller's thread: no transfer manager at all.
+        assert len(sent) == 2 and store._managers.qsize() == 0
+    else:
+        # Ranged GETs by a transfer manager, made once and reused by the second download.
+        assert store._managers.qsize() == 1
+
+
+def test_a_small_download_of_a_replaced_object_is_object_changed(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path
+) -> None:
+    s3 = aws("s3")
+    s3.put_object(Bucket="in-bucket", Key="small", Body=b"v1")
+    info = store.head("in-bucket", "small")
+    s3.put_object(Bucket="in-bucket", Key="small", Body=b"v2")
+    with pytest.raises(ObjectChanged):
+        store.download("in-bucket", "small", tmp_path / "in", size=info.size, etag=info.etag)
+
+
+def test_small_and_multipart_uploads_and_their_progress(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path
+) -> None:
+    for name, size in (("small.bin", 1000), ("big.bin", TRANSFER_CONFIG.multipart_threshold + 5)):
+        path = tmp_path / name
+        path.write_bytes(b"q" * size)
+        seen: list[int] = []
+        store.upload_file(path, "out-bucket", name, content_type="application/octet-stream",
+                          progress=seen.append)
+        assert sum(seen) == size
+        got = aws("s3").get_object(Bucket="out-bucket", Key=name)
+        assert got["Body"].read() == path.read_bytes()
+        assert got["ContentType"] == "application/octet-stream"
 
 
 def test_a_ranged_download_of_a_replaced_object_is_object_changed(
@@ -146,3 +177,26 @@ def test_uploads_carry_a_crc32_that_s3_checks(
     s3 = aws("s3")
     for key in ("r.txt", "m.json"):
         assert s3.head_object(Bucket="out-bucket", Key=key, ChecksumMode="ENABLED").get("ChecksumCRC32")
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 40 * 1024 * 1024 + 7], ids=["single-get", "ranged-gets"])
+def test_a_body_cut_off_mid_download_is_retried_then_complete(
+    aws: Callable[[str], Any], moto_endpoint: str, tmp_path: Path, size: int
+) -> None:
+    """A GET whose body stops short of its Content-Length is a transport error, retried."""
+    s3 = aws("s3")
+    s3.create_bucket(Bucket="in-bucket")
+    body = bytes(range(256)) * (size // 256) + b"t" * (size % 256)
+    s3.put_object(Bucket="in-bucket", Key="cut.bin", Body=body)
+    with FaultProxy(moto_endpoint, rate=0.0) as proxy:
+        store = S3Store.from_settings(S3Settings(output_bucket="o", endpoint_url=proxy.endpoint))
+        info = store.head("in-bucket", "cut.bin")
+        proxy.truncate_gets = 1
+        store.download("in-bucket", "cut.bin", tmp_path / "in", size=info.size, etag=info.etag)
+        assert proxy.counts["truncated"] == 1
+        assert (tmp_path / "in").read_bytes() == body
+        proxy.truncate_gets = 100  # every GET: the error surfaces, retryable, naming the key
+        with pytest.raises(StorageError) as caught:
+            store.download("in-bucket", "cut.bin", tmp_path / "in2", size=info.size, etag=info.etag)
+        assert caught.value.retryable and "cut.bin" in str(caught.value)
+        store.close()
