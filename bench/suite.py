@@ -5,7 +5,8 @@ the machine, the command) and bench/throughput.png. `make bench` runs it.
 Each figure is a ratio against a floor measured in the same run; nothing
 here is a pass/fail test.
 
-Usage: python -m bench.suite [--size-mib 256] [--jobs 200] [--trials 200] [--no-profile]
+Usage: python -m bench.suite [--size-mib 256] [--rounds 3] [--large-rounds 3] [--jobs 200] [--trials 200]
+                              [--no-profile]
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ GOAL_OVERHEAD = 1.10
 GOAL_SUBMIT = 3.0
 GOAL_DISPATCH_P95_MS = 50.0
 GOAL_LARGE_THROUGHPUT = 0.95
+#: The issue's large object: 1 GiB. `make bench` runs a quicker 256 MiB proxy and
+#: reports the goal from the last recorded full-size run.
+GOAL_LARGE_SIZE_MIB = 1024
 GOAL_LARGE_RSS_MIB = 100.0
 GOAL_QUEUE_DEPTH = 1.2
 GOAL_LAMBDA_IMPORT = 1.3
@@ -54,7 +58,9 @@ def _ms(seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256, help="large object size (default 256)")
+    parser.add_argument("--size-mib", type=int, default=256,
+                        help="large object MiB (default 256, a proxy; 1024, the goal's size, is recorded)")
+    parser.add_argument("--large-rounds", type=int, default=3, help="large-object rounds (default 3)")
     parser.add_argument("--jobs", type=int, default=200, help="objects of 64 KiB per overhead run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=3,
@@ -81,9 +87,9 @@ def main() -> int:
     print("bench: lambda", flush=True)
     lam = lambda_cost.measure()
     print(f"bench: large object ({args.size_mib} MiB)", flush=True)
-    large = transfer_memory.measure(args.size_mib)
-    if args.size_mib >= 1024:
-        LARGE_RECORD.write_text(json.dumps({**large.__dict__, "date": f"{when:%Y-%m-%d %H:%M}Z"}, indent=1))
+    large = transfer_memory.measure(args.size_mib, args.large_rounds)
+    if args.size_mib >= GOAL_LARGE_SIZE_MIB:
+        transfer_memory.record(large, LARGE_RECORD, when)
     breakdown: list[tuple[str, float]] = []
     profile_note = ""
     if not args.no_profile and any(s.ratio > GOAL_OVERHEAD for s in summaries):
@@ -130,29 +136,7 @@ def main() -> int:
         f"{_ms(percentile(from_invocation, 50))} / {_ms(percentile(from_invocation, 95))}; "
         f"the daemon had claimed the job {_ms(-percentile(sd.empty.claim_s, 50))} before processorctl "
         "exited (p50)"))
-    large_ratio = large.throughput_ratio
-    moved = 2 * large.size_mib
-    figures.append(Figure(
-        f"4. large object ({large.size_mib} MiB): daemon / floor throughput",
-        f"**{large_ratio:.2f}** ({moved / large.daemon_s:.0f} vs {moved / large.floor_s:.0f} MiB/s moved; "
-        f"{large.daemon_s:.1f} s vs {large.floor_s:.1f} s)",
-        f"≥ {GOAL_LARGE_THROUGHPUT}", large_ratio >= GOAL_LARGE_THROUGHPUT))
-    figures.append(Figure(
-        f"4b. large object ({large.size_mib} MiB): daemon peak RSS",
-        f"**{large.daemon_peak_mib:.1f} MiB** (idle {large.daemon_idle_mib:.1f}, growth "
-        f"{large.daemon_growth_mib:.1f}; floor growth {large.floor_growth_mib:.1f})",
-        f"≤ {GOAL_LARGE_RSS_MIB:.0f} MiB", large.daemon_peak_mib <= GOAL_LARGE_RSS_MIB))
-    if LARGE_RECORD.exists() and large.size_mib < 1024:
-        rec = json.loads(LARGE_RECORD.read_text())
-        rec_moved = 2 * rec["size_mib"]
-        figures.append(Figure(
-            f"4c. last full-size run ({rec['size_mib']} MiB, {rec['date']}, `BENCH_ARGS=--size-mib "
-            f"{rec['size_mib']}`)",
-            f"throughput {rec['floor_s'] / rec['daemon_s']:.2f} ({rec_moved / rec['daemon_s']:.0f} vs "
-            f"{rec_moved / rec['floor_s']:.0f} MiB/s); peak RSS {rec['daemon_peak_mib']:.1f} MiB",
-            f"≥ {GOAL_LARGE_THROUGHPUT}; ≤ {GOAL_LARGE_RSS_MIB:.0f} MiB",
-            rec["floor_s"] / rec["daemon_s"] >= GOAL_LARGE_THROUGHPUT
-            and rec["daemon_peak_mib"] <= GOAL_LARGE_RSS_MIB))
+    figures += _large_figures(large)
     deep_submit = median(sd.deep.submit_s)
     empty_submit_paired = median(sd.empty.submit_s[: len(sd.deep.submit_s)])
     figures.append(Figure(
@@ -190,6 +174,42 @@ def main() -> int:
     return 0
 
 
+def _large_figures(large: transfer_memory.Large) -> list[Figure]:
+    """Rows 4/4b at the goal's size (1 GiB: this run's, else the last recorded full-size run),
+    and 4p/4q for this run when it used the quicker default size (a proxy, not the goal)."""
+    rows: list[Figure] = []
+    full = large.__dict__ if large.size_mib >= GOAL_LARGE_SIZE_MIB else (
+        json.loads(LARGE_RECORD.read_text()) if LARGE_RECORD.exists() else None)
+    if full is None:
+        rows.append(Figure("4. large object (1 GiB)", "not measured yet: `python -m bench.transfer_memory "
+                           "--size-mib 1024 --rounds 1 --record`", f"≥ {GOAL_LARGE_THROUGHPUT}", False))
+    else:
+        ratios = full.get("ratios") or [full["floor_s"] / full["daemon_s"]]
+        ratio, moved = median(ratios), 2 * full["size_mib"]
+        source = "this run" if full is large.__dict__ else f"recorded {full['date']}"
+        rows.append(Figure(
+            f"4. large object ({full['size_mib']} MiB, {source}): daemon / floor throughput",
+            f"**{ratio:.2f}** (rounds: {', '.join(f'{r:.2f}' for r in ratios)}; median "
+            f"{moved / full['daemon_s']:.0f} vs {moved / full['floor_s']:.0f} MiB/s moved)",
+            f"≥ {GOAL_LARGE_THROUGHPUT}", ratio >= GOAL_LARGE_THROUGHPUT))
+        rows.append(Figure(
+            f"4b. large object ({full['size_mib']} MiB, {source}): daemon peak RSS",
+            f"**{full['daemon_peak_mib']:.1f} MiB** (idle {full['daemon_idle_mib']:.1f}; floor growth "
+            f"{full['floor_growth_mib']:.1f})",
+            f"≤ {GOAL_LARGE_RSS_MIB:.0f} MiB", full["daemon_peak_mib"] <= GOAL_LARGE_RSS_MIB))
+    if large.size_mib < GOAL_LARGE_SIZE_MIB:
+        moved = 2 * large.size_mib
+        rows.append(Figure(
+            f"4p. large object, quick proxy ({large.size_mib} MiB, this run): daemon / floor throughput",
+            f"{large.throughput_ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in large.ratios)}; median "
+            f"{moved / large.daemon_s:.0f} vs {moved / large.floor_s:.0f} MiB/s moved)", "(proxy)"))
+        rows.append(Figure(
+            f"4q. large object, quick proxy ({large.size_mib} MiB, this run): daemon peak RSS",
+            f"{large.daemon_peak_mib:.1f} MiB (idle {large.daemon_idle_mib:.1f}, growth "
+            f"{large.daemon_growth_mib:.1f}; floor growth {large.floor_growth_mib:.1f})", "(proxy)"))
+    return rows
+
+
 def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_note: str, command: str,
             when: dt.datetime, elapsed: float, args: argparse.Namespace) -> str:
     lines = [
@@ -216,9 +236,12 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "3. **Dispatch latency**: processorctl's return → the command's first instruction "
         "(`date +%s.%N`), daemon idle with a free slot; includes the claim, the HEAD and the 64 KiB "
         "download that precede the command.",
-        f"4. **Large object** (`bench/transfer_memory.py`, {args.size_mib} MiB here; "
-        "`make bench BENCH_ARGS=\"--size-mib 1024\"` for 1 GiB): the job's ledger time against a "
-        "bare download_file → cp → upload_file, and the daemon's VmHWM.",
+        f"4. **Large object** (`bench/transfer_memory.py`): the goal is for 1 GiB, which takes "
+        "≈ 3.5 min a round here (moto slows to ≈ 20 MiB/s on objects that size), so `make bench` runs a "
+        f"{args.size_mib} MiB proxy and reports the 1 GiB goal from the last recorded full-size run "
+        "(`python -m bench.transfer_memory --size-mib 1024 --rounds 2 --record`): the job's ledger "
+        "time against a bare download_file → cp → upload_file, and the daemon's VmHWM; in rounds "
+        "like 1 (median ratio, highest VmHWM).",
         f"5. **Queue depth**: 2 and 3 again against a second daemon whose ledger holds "
         f"{submit_dispatch.QUEUE_DEPTH:,} queued jobs that are not yet due (filled with "
         "`Ledger.submit`), alternated with the empty one; plus `claim_next` and `counts` in-process.",

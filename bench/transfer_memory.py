@@ -12,14 +12,20 @@ Measured, in the same run:
             download, verify, cp, hash, upload, manifest) and the daemon's
             peak RSS (VmHWM) during the job, and its growth over its idle peak.
 
-Usage: python -m bench.transfer_memory [--size-mib 1024]
+Both are repeated for several rounds (a fresh daemon each, which side goes
+first alternating): throughput is the median of the rounds' ratios, peak RSS
+the highest of the rounds.
+
+Usage: python -m bench.transfer_memory [--size-mib 1024] [--rounds 3] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,23 +72,25 @@ IDLE = ("import boto3, worker.s3; print(next(int(l.split()[1]) for l in open('/p
 @dataclass(frozen=True)
 class Large:
     size_mib: int
-    floor_s: float
-    daemon_s: float
+    floor_s: float  # median over rounds
+    daemon_s: float  # median over rounds
     floor_growth_mib: float
     daemon_idle_mib: float
-    daemon_peak_mib: float
+    daemon_peak_mib: float  # highest over rounds
+    #: floor time / daemon time of each round (back to back).
+    ratios: tuple[float, ...] = ()
 
     @property
     def throughput_ratio(self) -> float:
         """Daemon throughput over the floor's (higher is better; 1.0 = as fast)."""
-        return self.floor_s / self.daemon_s
+        return statistics.median(self.ratios) if self.ratios else self.floor_s / self.daemon_s
 
     @property
     def daemon_growth_mib(self) -> float:
         return self.daemon_peak_mib - self.daemon_idle_mib
 
 
-def measure(size_mib: int) -> Large:
+def measure(size_mib: int, rounds: int = 3) -> Large:
     with moto_server() as endpoint, tempfile.TemporaryDirectory(prefix="bench-large-") as tmp_name:
         tmp = Path(tmp_name)
         s3 = create_buckets(endpoint)
@@ -94,49 +102,84 @@ def measure(size_mib: int) -> Large:
         s3.upload_file(str(source), INPUT_BUCKET, "big.bin")
         source.unlink()
         etag = s3.head_object(Bucket=INPUT_BUCKET, Key="big.bin")["ETag"]
-
-        (tmp / "floor-out").mkdir()
-        floor = json.loads(subprocess.run(
-            [PYTHON, "-c", FLOOR, endpoint, str(tmp / "floor.bin"), str(tmp / "floor-out"),
-             INPUT_BUCKET, OUTPUT_BUCKET],
-            env=ENV, capture_output=True, text=True, check=True).stdout)
         idle_floor = int(subprocess.run([PYTHON, "-c", IDLE], env=ENV, capture_output=True, text=True,
                                         check=True).stdout)
-        for leftover in (tmp / "floor.bin", tmp / "floor-out" / "floor.bin"):
-            leftover.unlink()
+        floors: list[dict[str, float]] = []
+        daemons: list[tuple[float, float, float]] = []
+        for round_ in range(rounds):
+            steps = (_floor, _daemon) if round_ % 2 == 0 else (_daemon, _floor)
+            for step in steps:
+                if step is _floor:
+                    floors.append(_floor(endpoint, tmp / f"floor-{round_}"))
+                else:
+                    daemons.append(_daemon(endpoint, tmp / f"daemon-{round_}", etag))
+    return Large(
+        size_mib,
+        statistics.median(f["elapsed_s"] for f in floors),
+        statistics.median(d[0] for d in daemons),
+        (max(f["hwm_kib"] for f in floors) - idle_floor) / 1024,
+        max(d[1] for d in daemons) / 1024,
+        max(d[2] for d in daemons) / 1024,
+        tuple(f["elapsed_s"] / d[0] for f, d in zip(floors, daemons, strict=True)),
+    )
 
-        config = write_config(tmp / "daemon", endpoint, ("/bin/cp", "{input}", "{output_dir}"),
-                              concurrency=1, output_prefix="daemon/")
-        with Daemon(config) as daemon:
-            time.sleep(0.5)
-            idle_hwm = status_kib(daemon.proc.pid, "VmHWM")
-            job_id = subprocess.run([str(BIN / "processorctl"), "--config", str(config), "submit",
-                                     "--bucket", INPUT_BUCKET, "--key=big.bin", f"--etag={etag}"],
-                                    env=ENV, capture_output=True, text=True, check=True).stdout.strip()
 
-            def done() -> bool:
-                rows = read_ledger(config, "SELECT state FROM jobs WHERE id = ?", (job_id,))
-                return rows[0]["state"] not in ("queued", "running")
+def _floor(endpoint: str, work: Path) -> dict[str, float]:
+    (work / "out").mkdir(parents=True)
+    floor: dict[str, float] = json.loads(subprocess.run(
+        [PYTHON, "-c", FLOOR, endpoint, str(work / "floor.bin"), str(work / "out"),
+         INPUT_BUCKET, OUTPUT_BUCKET],
+        env=ENV, capture_output=True, text=True, check=True).stdout)
+    for leftover in (work / "floor.bin", work / "out" / "floor.bin"):
+        leftover.unlink()
+    return floor
 
-            wait_for(done, 3600, "the large job", 0.2)
-            peak_hwm = status_kib(daemon.proc.pid, "VmHWM")
-        row = read_ledger(config, "SELECT state, error, started_at, finished_at FROM jobs WHERE id = ?",
-                          (job_id,))[0]
-        if row["state"] != "succeeded":
-            raise RuntimeError(f"large job {row['state']}: {row['error']}")
-    return Large(size_mib, floor["elapsed_s"], row["finished_at"] - row["started_at"],
-                 (floor["hwm_kib"] - idle_floor) / 1024, idle_hwm / 1024, peak_hwm / 1024)
+
+def _daemon(endpoint: str, work: Path, etag: str) -> tuple[float, float, float]:
+    """(the job's seconds in the ledger, idle VmHWM KiB, VmHWM KiB after the job) of a fresh daemon."""
+    config = write_config(work, endpoint, ("/bin/cp", "{input}", "{output_dir}"),
+                          concurrency=1, output_prefix=f"{work.name}/")
+    with Daemon(config) as daemon:
+        time.sleep(0.5)
+        idle_hwm = status_kib(daemon.proc.pid, "VmHWM")
+        job_id = subprocess.run([str(BIN / "processorctl"), "--config", str(config), "submit",
+                                 "--bucket", INPUT_BUCKET, "--key=big.bin", f"--etag={etag}"],
+                                env=ENV, capture_output=True, text=True, check=True).stdout.strip()
+
+        def done() -> bool:
+            rows = read_ledger(config, "SELECT state FROM jobs WHERE id = ?", (job_id,))
+            return rows[0]["state"] not in ("queued", "running")
+
+        wait_for(done, 3600, "the large job", 0.2)
+        peak_hwm = status_kib(daemon.proc.pid, "VmHWM")
+    row = read_ledger(config, "SELECT state, error, started_at, finished_at FROM jobs WHERE id = ?",
+                      (job_id,))[0]
+    if row["state"] != "succeeded":
+        raise RuntimeError(f"large job {row['state']}: {row['error']}")
+    return row["finished_at"] - row["started_at"], idle_hwm, peak_hwm
+
+
+def record(large: Large, path: Path, when: dt.datetime) -> None:
+    """Keep a full-size run's figures (bench/large_object_record.json) for the suite's table."""
+    path.write_text(json.dumps({**large.__dict__, "date": f"{when:%Y-%m-%d %H:%M}Z"}, indent=1) + "\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--record", action="store_true",
+                        help="write the figures to bench/large_object_record.json (make bench shows them)")
     args = parser.parse_args()
-    r = measure(args.size_mib)
+    when = dt.datetime.now(dt.UTC)
+    r = measure(args.size_mib, args.rounds)
+    if args.record:
+        record(r, Path(__file__).resolve().parent / "large_object_record.json", when)
     moved = 2 * r.size_mib
     print(f"{r.size_mib} MiB: floor {r.floor_s:.1f} s ({moved / r.floor_s:.0f} MiB/s moved), "
           f"daemon {r.daemon_s:.1f} s ({moved / r.daemon_s:.0f} MiB/s), throughput ratio "
-          f"{r.throughput_ratio:.2f}; daemon peak RSS {r.daemon_peak_mib:.1f} MiB (idle "
+          f"{r.throughput_ratio:.2f} (rounds {', '.join(f'{x:.2f}' for x in r.ratios)}); "
+          f"daemon peak RSS {r.daemon_peak_mib:.1f} MiB (idle "
           f"{r.daemon_idle_mib:.1f}, growth {r.daemon_growth_mib:.1f}); floor growth "
           f"{r.floor_growth_mib:.1f} MiB")
     return 0

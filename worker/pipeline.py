@@ -8,6 +8,7 @@ the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import os
 import random
@@ -15,6 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ RESERVED_NAMES = frozenset({MANIFEST_NAME, FAILED_NAME})
 
 #: How often byte counters are written to the ledger during a transfer.
 PROGRESS_INTERVAL_S = 0.5
+
+#: Outputs at least this large are hashed (for the manifest) while they upload.
+OVERLAP_HASH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -248,12 +253,21 @@ class Pipeline:
         prefix = self.result_prefix(job)
         outputs = []
         for path, relative, size in files:
-            digest = digest_file(path).sha256
             key = prefix + relative
-            self.store.upload_file(
-                path, self.settings.s3.output_bucket, key,
+            upload = functools.partial(
+                self.store.upload_file, path, self.settings.s3.output_bucket, key,
                 content_type=mimetypes.guess_type(relative)[0], progress=progress,
             )
+            if size < OVERLAP_HASH_BYTES:
+                digest = digest_file(path).sha256
+                upload()
+            else:
+                # Hash while the upload runs (hashlib releases the GIL): for a large
+                # output that is one pass over the file off the job's critical path.
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hash-{job.id}") as hasher:
+                    pending = hasher.submit(digest_file, path)
+                    upload()
+                    digest = pending.result().sha256
             outputs.append({"key": key, "path": relative, "size": size, "sha256": digest})
         log.info("upload_finished", files=len(outputs), bytes=total)
         return outputs

@@ -16,7 +16,7 @@ from worker.config import settings_from_mapping
 from worker.errors import StorageError
 from worker.job import Identity, Job, JobState
 from worker.ledger import Ledger
-from worker.pipeline import FAILED_NAME, MANIFEST_NAME, Pipeline
+from worker.pipeline import FAILED_NAME, MANIFEST_NAME, OVERLAP_HASH_BYTES, Pipeline
 from worker.process import StopToken
 
 OUT = "out"
@@ -105,6 +105,19 @@ def test_a_key_that_never_failed_costs_no_failure_record_delete(tmp_path: Path) 
     assert pipeline.run(job).state is JobState.SUCCEEDED
     assert [c[0] for c in store.calls] == ["head", "download", "upload", "upload", "put_json"]
     assert store.download_hints == [(5, hashlib.md5(b"hello").hexdigest())]
+
+
+def test_large_outputs_are_hashed_while_they_upload(tmp_path: Path) -> None:
+    """An output above OVERLAP_HASH_BYTES is hashed in a thread during its upload; the
+    manifest's SHA-256 is the same as for a small one hashed first."""
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    body = bytes(range(97, 123)) * (OVERLAP_HASH_BYTES // 26 + 1)
+    job = claim(ledger, store, "big.txt", body)
+    assert pipeline.run(job).state is JobState.SUCCEEDED
+    outputs = {o["path"]: o for o in store.json(OUT, "results/big.txt/" + MANIFEST_NAME)["outputs"]}
+    assert outputs["upper.txt"]["size"] == len(body) >= OVERLAP_HASH_BYTES
+    assert outputs["upper.txt"]["sha256"] == hashlib.sha256(body.upper()).hexdigest()
+    assert outputs["nested/n.txt"]["sha256"] == hashlib.sha256(b"n").hexdigest()
 
 
 def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path) -> None:
