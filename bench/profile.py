@@ -45,15 +45,19 @@ BUCKETS: Sequence[tuple[str, Sequence[str]]] = (
     ("ledger writes (set_progress, transitions; BEGIN IMMEDIATE + fsync)", ("(worker/ledger.py",)),
     ("logging (structlog -> JSON -> file + stderr)", ("structlog/", "logging/__init__.py")),
     ("HEAD before the download (S3Store.head)", ("S3Store.head ",)),
-    ("download_file (its own HEAD + GET, transfer manager)", ("S3Store.download ",)),
+    ("download (one GET below 32 MiB, else ranged GETs)", ("S3Store.download ",)),
     ("verify the download (hash)", ("verify_download ",)),
     ("processing command (fork/exec/wait of cp)", ("run_command ",)),
     ("hash the outputs", ("digest_file ",)),
-    ("upload_file (transfer manager + PUT)", ("S3Store.upload_file ",)),
-    ("DELETE _failed.json", ("S3Store.delete ",)),
+    ("upload (one PUT below 32 MiB, else multipart)", ("S3Store.upload_file ",)),
+    ("DELETE _failed.json (only after a failure of the key)", ("S3Store.delete ",)),
     ("PUT _manifest.json", ("S3Store.put_json ",)),
     ("work dir create/remove", ("shutil.py", "pathlib.py")),
 )
+
+
+#: A slot thread claiming its next job itself (claim_next's fsync'd transaction).
+CLAIM = "slot thread: claim of the next job (claim_next, fsync)"
 
 
 def record(concurrency: int, jobs: int, out: Path) -> tuple[int, float]:
@@ -109,14 +113,16 @@ def summarize(path: Path, jobs: int) -> list[tuple[str, float]]:
             name = next((label for label, needles in BUCKETS if any(n in stack for n in needles)),
                         "other pipeline steps")
             per_bucket[name] += samples
+        elif "Daemon._claim " in stack and "Daemon._slot_thread " in stack:
+            per_bucket[CLAIM] += samples
         elif "Daemon._loop " in stack:
             if stack.rsplit(";", 1)[-1].startswith("Daemon._sleep "):  # in select()
                 per_bucket["(main loop idle in select)"] += samples
             else:
                 per_bucket["main loop busy (claim_next, counts, next_due_at, status)"] += samples
     ms = 1000.0 / RATE / jobs
-    order = [label for label, _ in BUCKETS] + ["other pipeline steps",
-                                              "main loop busy (claim_next, counts, next_due_at, status)"]
+    order = [label for label, _ in BUCKETS] + [
+        "other pipeline steps", CLAIM, "main loop busy (claim_next, counts, next_due_at, status)"]
     return [(label, per_bucket[label] * ms) for label in order if per_bucket[label]]
 
 

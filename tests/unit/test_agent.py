@@ -498,3 +498,32 @@ def test_bad_document_fails_only_that_command(base_env: dict[str, str], tmp_path
 
 def test_module_logger_name() -> None:
     assert agent_mod.LOGGER.name == "processor.local.agent"
+
+
+def test_a_started_agent_runs_commands_side_by_side(base_env: dict[str, str], tmp_path: Path) -> None:
+    """Like the real agent (CommandWorkersLimit 5), a started agent runs commands at once:
+    each script waits until three of them have started, which never happens one by one
+    (the step would time out instead)."""
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
+    document = {
+        "schemaVersion": "2.2",
+        "parameters": {"N": {"type": "String", "allowedPattern": "^[0-9]$",
+                             "interpolationType": "ENV_VAR"}},
+        "mainSteps": [{"action": "aws:runShellScript", "name": "meet", "inputs": {
+            "timeoutSeconds": "20",
+            "runCommand": [f'touch "{rendezvous}/$SSM_N"',
+                           f'while [ "$(ls "{rendezvous}" | wc -l)" -lt 3 ]; do sleep 0.02; done']}}],
+    }
+    ssm = FakeSsm({"Meet": document})
+    agent = _agent(ssm, base_env, tmp_path, poll_interval=0.01)
+    for n in range(3):
+        ssm.send("Meet", "i-local", {"N": [str(n)]})
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(agent.results) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        agent.stop(timeout=30)
+    assert sorted(r.status for r in agent.results) == ["Success"] * 3, agent.results

@@ -34,14 +34,17 @@ real service and agent, and where it differs:
   agent's ``ReplaceParameter`` does (``{{\\s*Name\\s*}}``, every occurrence,
   value inserted raw). This is what makes such documents injectable, and the
   tests show it.
-* Scripts run one at a time, in request order, each in its own session so a
-  timeout kills the whole process group; values never appear on a command
-  line, and ``shell=True`` is never used.
+* Commands start in request order and, while the agent runs (``start()``), up
+  to ``COMMAND_WORKERS`` (5) at a time, the real agent's default
+  ``CommandWorkersLimit``; ``run_once()`` runs them one after another. Each
+  script runs in its own session so a timeout kills the whole process group;
+  values never appear on a command line, and ``shell=True`` is never used.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -52,6 +55,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,6 +80,10 @@ STATUS_TIMED_OUT = "TimedOut"
 
 #: Command statuses that mean "do not run".
 _SKIP_STATUSES = frozenset({"Cancelled", "Cancelling"})
+
+
+#: Commands run at once while the agent polls (the real agent's CommandWorkersLimit default).
+COMMAND_WORKERS = 5
 
 
 class SsmClient(Protocol):
@@ -167,6 +175,8 @@ class LocalSsmAgent:
         self._run_lock = threading.Lock()  # one run_once at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: set[Future[CommandResult | None]] = set()
 
     @property
     def results(self) -> list[CommandResult]:
@@ -179,15 +189,23 @@ class LocalSsmAgent:
         if self._thread is not None:
             raise RuntimeError("agent already started")
         self._stop.clear()
+        self._pool = ThreadPoolExecutor(COMMAND_WORKERS, thread_name_prefix="local-ssm-command")
         self._thread = threading.Thread(target=self._loop, name="local-ssm-agent", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop polling; wait up to ``timeout`` for a running command to finish."""
+        """Stop polling; wait up to ``timeout`` for running commands to finish.
+
+        Commands received but not started stay unseen: a later start() runs them.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False, cancel_futures=True)
+            wait(list(self._running), timeout=timeout)
 
     @property
     def online(self) -> bool:
@@ -207,22 +225,43 @@ class LocalSsmAgent:
         return self._run_pending(stoppable=False)
 
     def _run_pending(self, *, stoppable: bool) -> list[CommandResult]:
+        """Run (or, while started, hand to the command workers) every new command."""
         with self._run_lock:
             results = []
             for command in self._pending_commands():
                 if stoppable and self._stop.is_set():
                     break  # the rest stay unseen: a later start() runs them
-                self._seen.add(command["CommandId"])
-                result = self._execute(command)
-                with self._lock:
-                    self._results.append(result)
-                results.append(result)
-                if self._on_result is not None:
-                    try:
-                        self._on_result(result)
-                    except Exception:
-                        LOGGER.exception("on_result callback failed for %s", result.command_id)
+                command_id = command["CommandId"]
+                self._seen.add(command_id)
+                pool = self._pool if stoppable else None
+                if pool is None:
+                    result = self._finish(command, stoppable=False)
+                    if result is not None:
+                        results.append(result)
+                    continue
+                future = pool.submit(self._finish, command, stoppable=True)
+                self._running.add(future)
+                future.add_done_callback(functools.partial(self._forget, command_id=command_id))
             return results
+
+    def _forget(self, future: Future[CommandResult | None], command_id: str) -> None:
+        self._running.discard(future)
+        if future.cancelled():
+            self._seen.discard(command_id)  # never started: a later start() runs it
+
+    def _finish(self, command: Mapping[str, Any], *, stoppable: bool) -> CommandResult | None:
+        if stoppable and self._stop.is_set():
+            self._seen.discard(command["CommandId"])  # stopping: leave it for a later start()
+            return None
+        result = self._execute(command)
+        with self._lock:
+            self._results.append(result)
+        if self._on_result is not None:
+            try:
+                self._on_result(result)
+            except Exception:
+                LOGGER.exception("on_result callback failed for %s", result.command_id)
+        return result
 
     def _pending_commands(self) -> list[dict[str, Any]]:
         if self._inbox is not None:
