@@ -92,7 +92,7 @@ def main() -> int:
         transfer_memory.record(large, LARGE_RECORD, when)
     breakdown: list[tuple[str, float]] = []
     profile_note = ""
-    if not args.no_profile and any(s.ratio > GOAL_OVERHEAD for s in summaries):
+    if not args.no_profile:
         if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists():
             print("bench: py-spy breakdown of the daemon at concurrency 1", flush=True)
             out = HERE / "profiles" / "daemon-c1.txt.gz"
