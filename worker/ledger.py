@@ -150,28 +150,40 @@ class Ledger:
     # -- transactions -------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction under the write lock, fsync'd at COMMIT."""
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction under the write lock.
+
+        ``durable``: fsync'd at COMMIT (``synchronous=FULL``). Without it the
+        commit is atomic and survives the daemon's death (the WAL is in the page
+        cache) but not a power cut until the next durable commit, which fsyncs
+        the same WAL.
+        """
         try:
             with self._lock:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
-                    raise LedgerError(f"ledger {self.path} is not writable: {exc}") from exc
-                try:
-                    yield self._db
-                except sqlite3.Error as exc:
-                    self._rollback()
-                    raise LedgerError(f"ledger {self.path}: {exc}") from exc
-                except BaseException:
-                    self._rollback()
-                    raise
-                else:
                     try:
-                        self._db.execute("COMMIT")
+                        self._db.execute("BEGIN IMMEDIATE")
+                    except sqlite3.Error as exc:
+                        raise LedgerError(f"ledger {self.path} is not writable: {exc}") from exc
+                    try:
+                        yield self._db
                     except sqlite3.Error as exc:
                         self._rollback()
-                        raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from exc
+                        raise LedgerError(f"ledger {self.path}: {exc}") from exc
+                    except BaseException:
+                        self._rollback()
+                        raise
+                    else:
+                        try:
+                            self._db.execute("COMMIT")
+                        except sqlite3.Error as exc:
+                            self._rollback()
+                            raise LedgerError(f"ledger {self.path}: commit failed: {exc}") from exc
+                finally:
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
         finally:
             # Progress other threads left while this transaction held the lock.
             self._drain_progress()
@@ -271,9 +283,17 @@ class Ledger:
             return _job(self._row(db, job_id))
 
     def claim_next(self) -> Job | None:
-        """Move the oldest due queued job to running (attempt counted) and return it."""
+        """Move the oldest due queued job to running (attempt counted) and return it.
+
+        The claim is committed without an fsync of its own (see ``_write``): it
+        survives a daemon crash, and so the poison-input guard of
+        ``requeue_interrupted`` sees it; a power cut before the job's next
+        durable commit leaves the job queued, which is where a crash would put a
+        running job anyway (only that attempt goes uncounted). Every other
+        transition, and every submit, is fsync'd.
+        """
         now = self._clock()
-        with self._write() as db:
+        with self._write(durable=False) as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE state = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, created_at LIMIT 1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,22 +137,32 @@ def test_ledger_is_wal_and_survives_reopen(tmp_path: Path) -> None:
         assert ledger.get(job.id).key == "k"
 
 
-def test_only_progress_is_committed_without_an_fsync(ledger: Ledger) -> None:
-    """Transitions commit with synchronous=FULL; progress (advisory) with NORMAL, and
-    the connection is back to FULL afterwards, so the next transition is durable."""
-    job, _ = ledger.submit(Identity("in", "k", None, "e"))
-    ledger.claim_next()
+def test_only_claims_and_progress_are_committed_without_an_fsync(ledger: Ledger) -> None:
+    """Submits and transitions commit with synchronous=FULL; a claim and progress with
+    NORMAL, and the connection is back to FULL afterwards, so the next commit is durable."""
     statements: list[str] = []
-    ledger._db.set_trace_callback(statements.append)
-    ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=10)
-    progress, statements[:] = list(statements), []
-    ledger.transition(job.id, JobState.SUCCEEDED, expect=JobState.RUNNING)
-    ledger._db.set_trace_callback(None)
-    assert progress[0] == "PRAGMA synchronous=NORMAL" and progress[-1] == "PRAGMA synchronous=FULL"
-    assert "COMMIT" in progress
-    assert not any("synchronous" in s for s in statements) and "COMMIT" in statements
-    assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert ledger.get(job.id).bytes_total == 10
+
+    def traced(call: Callable[[], object]) -> list[str]:
+        statements.clear()
+        ledger._db.set_trace_callback(statements.append)
+        try:
+            call()
+        finally:
+            ledger._db.set_trace_callback(None)
+        assert "COMMIT" in statements
+        return list(statements)
+
+    def unsynced(trace: list[str]) -> bool:
+        assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        return trace[0] == "PRAGMA synchronous=NORMAL" and trace[-1] == "PRAGMA synchronous=FULL"
+
+    job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    assert not unsynced(traced(lambda: ledger.submit(Identity("in", "k2", None, "e"))))
+    assert unsynced(traced(ledger.claim_next))
+    assert unsynced(traced(lambda: ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=10)))
+    final = traced(lambda: ledger.transition(job.id, JobState.SUCCEEDED, expect=JobState.RUNNING))
+    assert not any("synchronous" in s for s in final)
+    assert ledger.get(job.id).bytes_total == 10  # the progress was written
 
 
 def test_progress_never_waits_behind_another_transaction(ledger: Ledger) -> None:
