@@ -19,58 +19,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.identity import Identity
+from worker.ledger_schema import SCHEMA_VERSION, migrate
 from worker.states import JobState, Phase, check_transition
 
 if TYPE_CHECKING:
     # Imported where a Job is built (``_job``): worker.job needs ``dataclasses``,
     # and ``processorctl submit`` (``Ledger.enqueue``) starts faster without it.
     from worker.job import Job
-
-#: Bumped whenever the schema changes; older ledgers are migrated on open.
-SCHEMA_VERSION = 2
-
-#: Steps from each older schema version to the next (applied in order on open).
-_MIGRATIONS: dict[int, str] = {
-    1: "ALTER TABLE jobs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0",
-}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id              TEXT PRIMARY KEY,
-    bucket          TEXT NOT NULL,
-    key             TEXT NOT NULL,
-    version         TEXT NOT NULL,
-    version_id      TEXT,
-    etag            TEXT,
-    state           TEXT NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    retries_used    INTEGER NOT NULL DEFAULT 0,
-    created_at      REAL NOT NULL,
-    updated_at      REAL NOT NULL,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    phase           TEXT NOT NULL DEFAULT '',
-    bytes_total     INTEGER NOT NULL DEFAULT 0,
-    bytes_done      INTEGER NOT NULL DEFAULT 0,
-    exit_code       INTEGER,
-    error           TEXT,
-    stderr_tail     TEXT,
-    started_at      REAL,
-    finished_at     REAL,
-    result_prefix   TEXT,
-    UNIQUE (bucket, key, version)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);
-CREATE TABLE IF NOT EXISTS transitions (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id     TEXT NOT NULL REFERENCES jobs (id),
-    from_state TEXT,
-    to_state   TEXT NOT NULL,
-    at         REAL NOT NULL,
-    attempt    INTEGER NOT NULL,
-    reason     TEXT
-);
-CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions (job_id, seq);
-"""
 
 _UPDATABLE = frozenset(
     {
@@ -200,20 +155,7 @@ class Ledger:
         if version == SCHEMA_VERSION:
             return
         with self._write() as db:
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"ledger {self.path} has schema {version}, newer than this "
-                    f"processor ({SCHEMA_VERSION}); refusing to touch it"
-                )
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            else:
-                for step in range(version, SCHEMA_VERSION):
-                    db.execute(_MIGRATIONS[step])
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(db, self.path)
 
     # -- commands -----------------------------------------------------------
 
