@@ -188,10 +188,12 @@ class Daemon:
         """Claim the next due job into a free slot; None when no slot or no job.
 
         The slot is reserved before the ledger is asked, so the main loop and a
-        slot thread claiming at the same time never run more than ``concurrency``.
+        slot thread claiming at the same time never run more than ``concurrency``,
+        and a drain (which waits for ``_busy()``, reservations included) never
+        ends while a claim is under way; nothing is claimed once it has begun.
         """
         with self._slots_lock:
-            if len(self._slots) + self._reserved >= self.settings.processing.concurrency:
+            if self._draining or len(self._slots) + self._reserved >= self.settings.processing.concurrency:
                 return None
             self._reserved += 1
         job = None
@@ -204,6 +206,7 @@ class Daemon:
                     token = StopToken()
                     self._slots[job.id] = _Slot(job, token, time.monotonic())
         if job is None:
+            self.wake()  # a drain may be waiting for this reservation to go
             return None
         log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
                  state=job.state.value, attempt=job.attempts)
@@ -233,7 +236,7 @@ class Daemon:
                 self._run_job(*item)
                 # Straight on to the next due job, without a round trip through
                 # the main loop; the loop still dispatches new submissions.
-                item = None if self._draining else self._claim_quietly()
+                item = self._claim_quietly()
 
     def _claim_quietly(self) -> tuple[Job, StopToken] | None:
         try:
@@ -333,7 +336,7 @@ class Daemon:
 
     def _busy(self) -> int:
         with self._slots_lock:
-            return len(self._slots)
+            return len(self._slots) + self._reserved
 
     def _free_slots(self) -> int:
         return self.settings.processing.concurrency - self._busy()

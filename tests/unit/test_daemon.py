@@ -230,3 +230,30 @@ def test_a_second_daemon_on_the_same_socket_refuses_to_start(short_tmp: Path) ->
         other = Daemon(conf, ledger, FakePipeline(ledger), install_signals=False)  # type: ignore[arg-type]
         with pytest.raises(ControlError, match="already listening"):
             other.run()
+
+
+def test_claims_are_reserved_and_stop_when_a_drain_begins(short_tmp: Path) -> None:
+    """A claim holds its slot from before the ledger is asked (a drain counts it as busy),
+    never goes past concurrency, and nothing is claimed once a drain has begun."""
+    from worker.daemon import Daemon
+
+    conf = settings(short_tmp, concurrency=1)
+    with Ledger(conf.paths.ledger) as ledger:
+        daemon = Daemon(conf, ledger, FakePipeline(ledger), install_signals=False)  # type: ignore[arg-type]
+        for key in ("a", "b"):
+            submit(ledger, key)
+        seen_busy: list[int] = []
+        real_claim = ledger.claim_next
+
+        def claim_next() -> Job | None:
+            seen_busy.append(daemon._busy())  # what a drain would see mid-claim
+            return real_claim()
+
+        ledger.claim_next = claim_next  # type: ignore[method-assign]
+        first = daemon._claim()
+        assert first is not None and seen_busy == [1]
+        assert daemon._claim() is None  # the one slot is taken: the ledger is not even asked
+        assert seen_busy == [1] and ledger.counts()["queued"] == 1
+        daemon._slots.clear()
+        daemon._draining = True
+        assert daemon._claim() is None and ledger.counts()["queued"] == 1
