@@ -19,13 +19,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.stubservers import LoopbackHTTP
+
 _FAULTS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
     "internal": (500, "InternalError", "We encountered an internal error. Please try again."),
 }
 
 
-class FaultProxy:
+class FaultProxy(LoopbackHTTP):
     def __init__(self, upstream: str, *, rate: float = 0.1, seed: int = 7,
                  on_request: Callable[[str, dict[str, str], bytes], None] | None = None) -> None:
         self.upstream = urlsplit(upstream)
@@ -56,22 +58,7 @@ class FaultProxy:
                 if not isinstance(sys.exc_info()[1], ConnectionError):
                     super().handle_error(request, client_address)
 
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._serve(Handler, Server)
 
     def _choose(self) -> str:
         with self._lock:

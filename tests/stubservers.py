@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,34 @@ class Seen:
 Reply = Callable[[Seen], tuple[int, str, bytes]]
 
 
-class Recorder:
+class LoopbackHTTP:
+    """A threading HTTP server on 127.0.0.1 (a free port) serving from a daemon thread
+    while the ``with`` block lasts; subclasses build their handler and call ``_serve``."""
+
+    _server: ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler],
+               server: type[ThreadingHTTPServer] = ThreadingHTTPServer) -> None:
+        self._server = server(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+class Recorder(LoopbackHTTP):
     """An HTTP server on 127.0.0.1 that records every request and answers with ``reply``."""
 
     def __init__(self, reply: Reply) -> None:
@@ -49,22 +77,7 @@ class Recorder:
 
             do_GET = do_PUT = do_POST = _any
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Recorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._serve(Handler)
 
 
 @contextmanager
