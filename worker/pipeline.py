@@ -74,6 +74,8 @@ class Outcome:
     #: S3 (or the network to it) failed, not the job: retry without spending the
     #: job's attempt budget, so an outage delays jobs but never fails them.
     storage: bool = False
+    #: Bytes uploaded (a success), for job_finished and the metrics.
+    bytes_out: int = 0
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Pipeline:
         work = self.settings.paths.work / job.id
         try:
             outcome = self._attempt(job, work, cancel, log)
-            sizes = _sizes(work, outcome.state)
+            sizes = _sizes(work, outcome)
         finally:
             # Free the space first: on a full disk the ledger needs it to record the outcome.
             shutil.rmtree(work, ignore_errors=True)
@@ -210,7 +212,8 @@ class Pipeline:
             self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
         manifest = self._manifest(job, got, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
-        return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix})
+        return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix},
+                       bytes_out=sum(o["size"] for o in outputs))
 
     def _progress_sink(self, job_id: str, log: Any) -> Callable[[int], None]:
         def sink(done: int) -> None:
@@ -372,23 +375,17 @@ def _stopped(reason: str, details: Mapping[str, Any] | None = None) -> Outcome:
     return Outcome(JobState.CANCELLED, "cancelled by an operator", details or {})
 
 
-def _sizes(work: Path, state: JobState) -> dict[str, object]:
+def _sizes(work: Path, outcome: Outcome) -> dict[str, object]:
     """Bytes downloaded and (for a success) uploaded, for job_finished and the metrics.
 
-    Measured here because the ledger's ``bytes_total`` is per phase (input,
-    then outputs) and the work dir is about to go.
+    The input is measured here because the ledger's ``bytes_total`` is per phase
+    (input, then outputs) and the work dir is about to go.
     """
     try:
         bytes_in = (work / "input").stat().st_size
     except OSError:
         bytes_in = 0
-    bytes_out = 0
-    if state is JobState.SUCCEEDED:
-        try:
-            bytes_out = sum(size for _, _, size in collect_outputs(work / "output"))
-        except (OSError, OutputError):
-            pass
-    return {"bytes_in": bytes_in, "bytes_out": bytes_out}
+    return {"bytes_in": bytes_in, "bytes_out": outcome.bytes_out}
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
