@@ -305,7 +305,8 @@ class Ledger:
         """Record what a running job is doing; not a transition, so not logged.
 
         Advisory (``requeue_interrupted`` resets it after a crash), so it is
-        committed without an fsync of its own.
+        committed without an fsync of its own, and a ledger that cannot take it
+        (full disk) drops it with a warning instead of raising.
         """
         values: dict[str, Any] = {"updated_at": self._clock()}
         if phase is not None:
@@ -358,7 +359,7 @@ class Ledger:
             import logging  # only on this rare path: processorctl submit starts without it
 
             logging.getLogger("processor.ledger").warning(
-                "progress not recorded for %d job(s): %s", len(pending), exc)
+                "progress_not_recorded: %d job(s): %s", len(pending), exc)
 
     # -- queries ------------------------------------------------------------
 

@@ -28,7 +28,6 @@ from worker.config import Settings
 from worker.errors import (
     InsufficientSpace,
     Interrupted,
-    LedgerError,
     ObjectChanged,
     OutputError,
     StorageError,
@@ -158,7 +157,7 @@ class Pipeline:
         if needed > free:
             raise InsufficientSpace(needed, free)
         self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=info.size, bytes_done=0)
-        progress = _Progress(self._progress_sink(job.id, log), cancel)
+        progress = _Progress(self._progress_sink(job.id), cancel)
         log.info("download_started", size=info.size)
         self.store.download(
             job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
@@ -215,15 +214,9 @@ class Pipeline:
         return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix},
                        bytes_out=sum(o["size"] for o in outputs))
 
-    def _progress_sink(self, job_id: str, log: Any) -> Callable[[int], None]:
-        def sink(done: int) -> None:
-            try:
-                self.ledger.set_progress(job_id, bytes_done=done)
-            except LedgerError as exc:
-                # Progress is for display; a busy or full ledger must not fail the transfer.
-                log.warning("progress_not_recorded", error=str(exc))
-
-        return sink
+    def _progress_sink(self, job_id: str) -> Callable[[int], None]:
+        # Never raises for a busy or full ledger: progress is for display (Ledger.set_progress).
+        return lambda done: self.ledger.set_progress(job_id, bytes_done=done)
 
     def _command_env(self, job: Job, work: Path) -> dict[str, str]:
         # A clean environment: the command gets the contract's variables, not
@@ -252,7 +245,7 @@ class Pipeline:
         files = collect_outputs(out_dir)
         total = sum(size for _, _, size in files)
         self.ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_total=total, bytes_done=0)
-        progress = _Progress(self._progress_sink(job.id, log), cancel)
+        progress = _Progress(self._progress_sink(job.id), cancel)
         prefix = self.result_prefix(job)
         outputs = []
         for path, relative, size in files:

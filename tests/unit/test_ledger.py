@@ -263,3 +263,20 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
         job = ledger.get("j-old")
         assert job.attempts == 2 and job.retries_used == 0 and job.state is JobState.QUEUED
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_progress_a_ledger_cannot_take_is_dropped_with_a_warning(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Progress is for display: a ledger that refuses the write (full disk, read-only)
+    must not fail the transfer reporting it; transitions still raise LedgerError."""
+    job, _ = ledger.submit(Identity("in", "k", None, "e"))
+    ledger.claim_next()
+    ledger._db.execute("PRAGMA query_only=ON")
+    with caplog.at_level("WARNING", logger="processor.ledger"):
+        ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_total=5)
+    assert "progress_not_recorded" in caplog.text and ledger._progress == {}
+    with pytest.raises(LedgerError):
+        ledger.transition(job.id, JobState.SUCCEEDED, expect=JobState.RUNNING)
+    ledger._db.execute("PRAGMA query_only=OFF")
+    assert ledger.get(job.id).phase is Phase.NONE
