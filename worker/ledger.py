@@ -1,10 +1,11 @@
 """The job ledger: SQLite in WAL mode on the state volume.
 
 Every state change is one ``BEGIN IMMEDIATE`` transaction that updates the job
-row and appends to ``transitions``, committed (``synchronous=FULL``) before the
-step it announces starts. ``processorctl submit`` writes here directly, so a
-job is durable even while the daemon is stopped; the daemon and processorctl
-are separate processes and SQLite's locking serialises them.
+row and appends to ``transitions``, committed before the step it announces
+starts, and fsync'd (``synchronous=FULL``) except a claim and progress (see
+``claim_next``). ``processorctl submit`` writes here directly, so a job is
+durable even while the daemon is stopped; the daemon and processorctl are
+separate processes and SQLite's locking serialises them.
 """
 
 from __future__ import annotations

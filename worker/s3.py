@@ -185,10 +185,12 @@ class _KnownObject(BaseSubscriber):  # type: ignore[misc]  # s3transfer is untyp
 class S3Store:
     """ObjectStore backed by boto3.
 
-    Transfers go through s3transfer's TransferManager (boto3's managed
-    transfer), kept in a small pool: one per concurrent transfer, created on
-    first need and reused, so a job does not pay for a new manager and its
-    thread pools on every call. ``close()`` shuts them down.
+    An object below the multipart threshold moves in one GetObject/PutObject
+    made in the caller's thread. Larger ones go through s3transfer's
+    TransferManager (boto3's managed transfer: parallel parts), kept in a small
+    pool, one per concurrent transfer, created on first need and reused, so a
+    job does not pay for a new manager and its thread pools on every call.
+    ``close()`` shuts them down.
     """
 
     def __init__(self, client: Any, transfer_config: TransferConfig = TRANSFER_CONFIG) -> None:
@@ -215,6 +217,7 @@ class S3Store:
             except queue.Empty:
                 return
             manager.shutdown()
+
     @classmethod
     def from_settings(cls, settings: S3Settings) -> S3Store:
         config = Config(
