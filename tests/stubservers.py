@@ -1,9 +1,11 @@
-"""Tiny loopback servers for the logging tests: a recording HTTP endpoint, IMDS, a black hole."""
+"""Tiny loopback servers for tests: a recording HTTP endpoint, an IMDSv2 stub, a black hole."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +80,76 @@ class Recorder(LoopbackHTTP):
             do_GET = do_PUT = do_POST = _any
 
         self._serve(Handler)
+
+
+class Imds(LoopbackHTTP):
+    """The EC2 instance metadata service as IMDSv2 serves it, on 127.0.0.1.
+
+    PUT /latest/api/token (with a TTL header of 1-21600 s) hands out a token;
+    GETs under /latest/meta-data/ answer 401 without a live token, 404 for an
+    item not in ``items``, else its value. Tests change ``items`` while it runs
+    (a Spot notice appears), ``revoke()`` tokens, or set ``status`` to answer
+    every request with an error (IMDS down).
+    """
+
+    def __init__(self, items: dict[str, str]) -> None:
+        self.items = dict(items)
+        self.status: int | None = None
+        #: (method, path, token sent or "") of every request, in order.
+        self.requests: list[tuple[str, str, str]] = []
+        self._tokens: dict[str, float] = {}
+        self._serial = itertools.count(1)
+        imds = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+            def _reply(self, status: int, body: str = "") -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self) -> None:
+                imds.requests.append(("PUT", self.path, ""))
+                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+                if imds.status is not None:
+                    return self._reply(imds.status)
+                if self.path != "/latest/api/token":
+                    return self._reply(404)
+                if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                    return self._reply(400)
+                token = f"tok-{next(imds._serial)}"
+                imds._tokens[token] = time.monotonic() + int(ttl)
+                self._reply(200, token)
+
+            def do_GET(self) -> None:
+                token = self.headers.get("X-aws-ec2-metadata-token", "")
+                imds.requests.append(("GET", self.path, token))
+                if imds.status is not None:
+                    return self._reply(imds.status)
+                if imds._tokens.get(token, 0.0) < time.monotonic():
+                    return self._reply(401)  # IMDSv2 only: no live token, no answer
+                prefix = "/latest/meta-data/"
+                value = imds.items.get(self.path[len(prefix):]) if self.path.startswith(prefix) else None
+                if value is None:
+                    return self._reply(404)
+                self._reply(200, value)
+
+        self._serve(Handler)
+
+    def revoke(self) -> None:
+        """Forget every token (as after a stop and start of the instance)."""
+        self._tokens.clear()
+
+    def gets(self, path: str) -> int:
+        """How many GETs of /latest/meta-data/<path> it has had so far (answered or refused)."""
+        return sum(1 for method, p, _ in list(self.requests) if method == "GET" and p.endswith("/" + path))
 
 
 @contextmanager

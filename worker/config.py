@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
@@ -119,12 +119,33 @@ class ReconcileSettings(NamedTuple):
     instance_id: str = ""
 
 
+class InstanceSettings(NamedTuple):
+    """The instance guard (worker/instance.py): how the daemon learns its EC2 instance is going away."""
+
+    #: Protect this instance from scale-in while the daemon holds at least one
+    #: job (autoscaling:SetInstanceProtection on its Auto Scaling group).
+    scale_in_protection: bool = False
+    #: Poll IMDS for the two-minute Spot interruption notice and drain at once.
+    watch_spot_interruption: bool = False
+    #: Poll IMDS for the Auto Scaling target lifecycle state and drain at once
+    #: when it says the instance is leaving (Terminated, or into a warm pool).
+    watch_lifecycle_state: bool = False
+    #: The instance metadata service; another http:// URL only for tests and non-EC2 hosts.
+    imds_url: str = "http://169.254.169.254"
+    #: Seconds between two IMDS polls (the Spot notice comes two minutes ahead).
+    poll_s: int = 5
+    #: The instance's Auto Scaling group; empty: read from the instance tag
+    #: aws:autoscaling:groupName in IMDS (needs InstanceMetadataTags enabled).
+    autoscaling_group: str = ""
+
+
 class Settings(NamedTuple):
     s3: S3Settings
     processing: ProcessingSettings
     paths: PathSettings
     logging: LoggingSettings
     reconcile: ReconcileSettings
+    instance: InstanceSettings = InstanceSettings()
 
 
 _SECTIONS: Mapping[str, type[Any]] = {
@@ -133,6 +154,7 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "paths": PathSettings,
     "logging": LoggingSettings,
     "reconcile": ReconcileSettings,
+    "instance": InstanceSettings,
 }
 
 #: The only type of list a section holds (processing.command).
@@ -328,3 +350,15 @@ def _check(settings: Settings, source: str) -> None:
         fail("logging.cloudwatch_stream", "must be at most 500 characters without ':' or '*'")
     if lg.flush_timeout_s < 0:
         fail("logging.flush_timeout_s", f"must not be negative, got {lg.flush_timeout_s}")
+    _check_instance(settings.instance, fail)
+
+
+def _check_instance(inst: InstanceSettings, fail: Callable[[str, str], None]) -> None:
+    # http.client speaks plain HTTP only, as IMDS does; a host is needed to connect at all.
+    if not re.fullmatch(r"http://[^/?#\s]+/?", inst.imds_url):
+        fail("instance.imds_url", f"must be an http:// URL of a host (and port), got {inst.imds_url!r}")
+    # IMDS answers a limited number of requests per second per instance.
+    if inst.poll_s < 1:
+        fail("instance.poll_s", f"must be at least 1, got {inst.poll_s}")
+    if len(inst.autoscaling_group) > 255 or inst.autoscaling_group != inst.autoscaling_group.strip():
+        fail("instance.autoscaling_group", "must be at most 255 characters without surrounding blanks")

@@ -15,7 +15,9 @@
     ├── OutputError                 the command's outputs break the contract
     ├── InsufficientSpace           the state dir cannot hold the job's input
     ├── Interrupted                 a job was asked to stop mid-transfer (.reason)
-    └── ControlError                the control socket could not be reached
+    ├── ControlError                the control socket could not be reached
+    ├── MetadataError               the EC2 instance metadata service (IMDS) did not answer (.status)
+    └── ScalingError                an Auto Scaling call failed (.retryable, .code)
 
     ShutdownRequested (BaseException) asks the daemon to stop; no `except Exception`
                                       may swallow it.
@@ -121,6 +123,23 @@ class Interrupted(ProcessorError):
 
 class ControlError(ProcessorError):
     """The daemon's control socket could not be reached or answered an error."""
+
+
+class MetadataError(ProcessorError):
+    """The instance metadata service failed or answered an unexpected status (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ScalingError(ProcessorError):
+    """An Auto Scaling call failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
 
 
 class ShutdownRequested(BaseException):
