@@ -160,3 +160,65 @@ def test_unknown_key_lists_the_known_ones_in_order() -> None:
     with pytest.raises(ConfigError, match=r"known in \[s3\]: output_bucket, output_prefix, endpoint_url, "
                                           r"region\)"):
         settings_from_mapping({"s3": {"output_bucket": "o", "bucket": "x"}}, {})
+
+
+# -- [instance]: the instance guard ---------------------------------------------------
+
+
+def test_instance_section_defaults_and_file_values(tmp_path: Path) -> None:
+    from worker.config import InstanceSettings
+
+    assert settings_from_mapping(MINIMAL, {}).instance == InstanceSettings(
+        scale_in_protection=False, watch_spot_interruption=False, watch_lifecycle_state=False,
+        imds_url="http://169.254.169.254", poll_s=5, autoscaling_group="")
+    path = write(tmp_path, """
+[s3]
+output_bucket = "out"
+[instance]
+scale_in_protection = true
+watch_spot_interruption = true
+watch_lifecycle_state = true
+imds_url = "http://127.0.0.1:8111"
+poll_s = 2
+autoscaling_group = "stack-processor"
+""")
+    inst = load_settings(path, environ={}).instance
+    assert (inst.scale_in_protection, inst.watch_spot_interruption, inst.watch_lifecycle_state) == (
+        True, True, True)
+    assert (inst.imds_url, inst.poll_s, inst.autoscaling_group) == (
+        "http://127.0.0.1:8111", 2, "stack-processor")
+
+
+def test_instance_environment_overrides() -> None:
+    inst = settings_from_mapping(MINIMAL, {
+        "PROCESSOR_INSTANCE_SCALE_IN_PROTECTION": "true",
+        "PROCESSOR_INSTANCE_WATCH_SPOT_INTERRUPTION": "yes",
+        "PROCESSOR_INSTANCE_POLL_S": "3",
+        "PROCESSOR_INSTANCE_IMDS_URL": "http://127.0.0.1:9/",
+        "PROCESSOR_INSTANCE_AUTOSCALING_GROUP": "g",
+    }).instance
+    assert (inst.scale_in_protection, inst.watch_spot_interruption, inst.poll_s) == (True, True, 3)
+    assert (inst.imds_url, inst.autoscaling_group) == ("http://127.0.0.1:9/", "g")
+    with pytest.raises(ConfigError, match="PROCESSOR_INSTANCE_POLL_S.*instance.poll_s.*integer") as bad:
+        settings_from_mapping(MINIMAL, {"PROCESSOR_INSTANCE_POLL_S": "often"})
+    assert bad.value.key == "instance.poll_s"
+    with pytest.raises(ConfigError, match="PROCESSOR_INSTANCE_WATCH_SPOT.*instance.watch_spot"):
+        settings_from_mapping(MINIMAL, {"PROCESSOR_INSTANCE_WATCH_SPOT": "true"})
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("poll_s", 0, "must be at least 1"),
+    ("poll_s", 1.5, "must be an integer"),
+    ("scale_in_protection", "yes", "must be true or false"),
+    ("imds_url", "", "must be an http:// URL"),
+    ("imds_url", "https://169.254.169.254", "must be an http:// URL"),
+    ("imds_url", "169.254.169.254", "must be an http:// URL"),
+    ("imds_url", "http://169.254.169.254/latest/meta-data", "must be an http:// URL"),
+    ("autoscaling_group", "g" * 256, "at most 255 characters"),
+    ("autoscaling_group", " g", "without surrounding blanks"),
+    ("autoscaling_grup", "g", "unknown key instance.autoscaling_grup"),
+])
+def test_bad_instance_values_are_named(key: str, value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as err:
+        settings_from_mapping({**MINIMAL, "instance": {key: value}}, {})
+    assert err.value.key == f"instance.{key}"
