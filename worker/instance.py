@@ -260,6 +260,8 @@ class Guard:
                     self._step_protection()
             except Exception:  # noqa: BLE001 - a bug here must not end the watch; log it, go on
                 _log.exception("instance_guard_error")
+                self._stopping.wait(self._poll_s)  # and must not spin if it recurs
+                continue
             self._wake.wait(self._until_next(next_poll))
         self._clear_on_exit()
 

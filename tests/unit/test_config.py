@@ -199,10 +199,10 @@ def test_instance_environment_overrides() -> None:
     }).instance
     assert (inst.scale_in_protection, inst.watch_spot_interruption, inst.poll_s) == (True, True, 3)
     assert (inst.imds_url, inst.autoscaling_group) == ("http://127.0.0.1:9/", "g")
-    with pytest.raises(ConfigError, match="PROCESSOR_INSTANCE_POLL_S.*instance.poll_s.*integer") as bad:
+    with pytest.raises(ConfigError, match=r"PROCESSOR_INSTANCE_POLL_S.*instance\.poll_s.*integer") as bad:
         settings_from_mapping(MINIMAL, {"PROCESSOR_INSTANCE_POLL_S": "often"})
     assert bad.value.key == "instance.poll_s"
-    with pytest.raises(ConfigError, match="PROCESSOR_INSTANCE_WATCH_SPOT.*instance.watch_spot"):
+    with pytest.raises(ConfigError, match=r"PROCESSOR_INSTANCE_WATCH_SPOT.*instance\.watch_spot"):
         settings_from_mapping(MINIMAL, {"PROCESSOR_INSTANCE_WATCH_SPOT": "true"})
 
 
