@@ -48,6 +48,9 @@ class Usage(Protocol):
     def total(self) -> int: ...
 
     @property
+    def used(self) -> int: ...
+
+    @property
     def free(self) -> int: ...
 
 
@@ -85,11 +88,14 @@ class DiskSpace:
         with self._lock:
             disk = self._usage(self.root)
             held = sum(n for job, n in self._reserved.items() if job != job_id)
-            if needed > disk.total:
+            # used + free, not total: blocks reserved for root (ext4's 5 %) are never ours.
+            usable = min(disk.total, disk.used + disk.free)
+            if needed > usable:
                 raise InsufficientSpace(
                     f"the input ({_bytes(size)}) plus paths.min_free_mb ({_bytes(self.reserve_bytes)}) "
                     f"needs {_bytes(needed)}, more than the whole state volume at {self.root} holds "
-                    f"({_bytes(disk.total)} total, {_bytes(disk.free)} free): it can never fit here",
+                    f"({_bytes(disk.total)} total, {_bytes(usable)} usable by the daemon, "
+                    f"{_bytes(disk.free)} free): it can never fit here",
                     path=self.root, needed=needed, free=disk.free, total=disk.total, retryable=False,
                 )
             if needed > disk.free - held:

@@ -190,3 +190,18 @@ def test_reservations_make_concurrent_checks_exclusive() -> None:
     with pytest.raises(InsufficientSpace) as never:
         space.reserve("huge", 951)
     assert not never.value.retryable and never.value.total == 1000
+
+
+def test_blocks_reserved_for_root_count_as_never_available() -> None:
+    """ext4 keeps 5 % for root: the daemon's user can never use it, so an input that
+    needs more than used + free fails instead of waiting for ever."""
+    disk = FakeDisk(total=1000, free=100)
+    reserved_for_root = 50
+    space = DiskSpace(Path("/state/work"), reserve_bytes=0,
+                      usage=lambda p: type(disk(p))(1000, 1000 - 100 - reserved_for_root, 100))
+    with pytest.raises(InsufficientSpace) as never:
+        space.reserve("j", 951)
+    assert not never.value.retryable and "950 bytes usable" in str(never.value)
+    with pytest.raises(InsufficientSpace) as later:
+        space.reserve("j", 950)
+    assert later.value.retryable
