@@ -403,7 +403,9 @@ def _sizes(work: Path, outcome: Outcome) -> dict[str, object]:
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
-    ceiling = min(max_s, base_s * 2.0 ** max(attempt - 1, 0))
+    # The exponent is clamped: a long wait for S3 or disk space counts past 1,024
+    # attempts, where 2.0 ** n overflows (2 ** 62 is past any sane cap anyway).
+    ceiling = min(max_s, base_s * 2.0 ** min(max(attempt - 1, 0), 62))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -296,6 +296,13 @@ def test_backoff_is_exponential_with_equal_jitter(
     assert max(delays) - min(delays) > (high - low) / 4  # jittered, not constant
 
 
+def test_backoff_survives_thousands_of_attempts() -> None:
+    """A job waiting days for S3 or disk space keeps counting attempts: no OverflowError."""
+    from worker.pipeline import backoff_delay
+
+    assert 15 <= backoff_delay(5000, 5, 30) <= 30
+
+
 def test_s3_unavailable_never_spends_the_attempt_budget(tmp_path: Path) -> None:
     pipeline, ledger, store = make(tmp_path, COPY_UPPER, max_attempts=1)
     job = claim(ledger, store, "k")
