@@ -8,7 +8,6 @@ the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
 
 from __future__ import annotations
 
-import errno
 import functools
 import mimetypes
 import os
@@ -37,7 +36,7 @@ from worker.errors import (
 from worker.job import Job, JobState, Phase
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
-from worker.space import DiskSpace, Usage, space_retry_bounds
+from worker.space import DiskSpace, Usage, is_no_space, space_retry_bounds
 from worker.store import ObjectInfo, ObjectStore, digest_file, verify_download
 
 #: Files the pipeline itself writes at the top of a job's result prefix.
@@ -76,8 +75,7 @@ class Outcome:
     #: S3 (or the network to it) failed, not the job: retry without spending the
     #: job's attempt budget, so an outage delays jobs but never fails them.
     storage: bool = False
-    #: The state volume is too full for now: wait for space (see worker.space),
-    #: without spending the attempt budget either.
+    #: The state volume is too full for now: wait for space, not spending the budget either.
     space: bool = False
     #: Bytes uploaded (a success), for job_finished and the metrics.
     bytes_out: int = 0
@@ -149,7 +147,7 @@ class Pipeline:
         except OutputError as exc:
             return Outcome(JobState.FAILED, str(exc))
         except OSError as exc:
-            if exc.errno in _NO_SPACE:  # full for now (other jobs' work dirs go): wait
+            if is_no_space(exc):  # full for now (other jobs' work dirs go): wait
                 return Outcome(JobState.QUEUED, str(self.space.exhausted("the attempt", exc)), space=True)
             # Local trouble: unreadable output, command not found.
             return Outcome(JobState.FAILED, f"local error: {exc}")
@@ -186,7 +184,7 @@ class Pipeline:
                 size=info.size, etag=info.etag, progress=progress,
             )
         except OSError as exc:
-            if exc.errno in _NO_SPACE:
+            if is_no_space(exc):
                 raise self.space.exhausted("the download", exc, info.size) from exc
             raise
         finally:
@@ -371,10 +369,6 @@ class Pipeline:
         )
         log.info("job_state_changed", state=done.state.value)
         return done
-
-
-#: errno values that mean "the volume is full" (EDQUOT: a quota is, for this user).
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _check(cancel: StopToken | None) -> None:

@@ -15,6 +15,7 @@ only make another job wait a little longer, never overfill the disk.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import threading
 from collections.abc import Callable
@@ -39,6 +40,15 @@ SPACE_RETRY_FLOOR_S = 1.0
 #: A command that fails with less than this free (or less than min_free_mb) gets
 #: the free space added to its recorded error: the disk is the likely cause.
 NEARLY_FULL_BYTES = 16 * 1024 * 1024
+
+
+#: errno values that mean "the volume is full" (EDQUOT: a quota is, for this user).
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(exc: OSError) -> bool:
+    """Whether ``exc`` says the volume (or the user's quota on it) is full."""
+    return exc.errno in _NO_SPACE
 
 
 class Usage(Protocol):
