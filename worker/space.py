@@ -11,6 +11,14 @@ process, from the check until the download ends, and the next check counts
 those reservations as used. A reservation is the whole input until its
 download ends, so while one is being written its bytes count twice; that can
 only make another job wait a little longer, never overfill the disk.
+
+A waiting job is queued with a due time, like any retry, and checked again
+then: the ledger has no way to bring a queued job's due time forward when
+another job finishes. So the first check comes soon (most waits end when a job
+of this daemon finishes and its work dir goes; the daemon's loop wakes when a
+slot frees and claims the job once due), and the delay doubles to a cap, so a
+wait of hours costs about 120 checks an hour (each one HEAD and two small
+ledger commits), never a hot loop.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ SPACE_RETRY_FIRST_S = 5.0
 #: long wait cheap, and a freed disk is noticed within this.
 SPACE_RETRY_MAX_S = 30.0
 
-#: Never retry a space wait sooner than this, even with retry_base_s = 0: no hot loop.
+#: The first delay's ceiling is at least this (the delay is half to all of it),
+#: even with retry_base_s = 0: no hot loop.
 SPACE_RETRY_FLOOR_S = 1.0
 
 #: A command that fails with less than this free (or less than min_free_mb) gets
