@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from worker.errors import ObjectChanged, StorageError
 from worker.store import ObjectInfo
@@ -68,23 +68,3 @@ class FakeStore:
 
     def json(self, bucket: str, key: str) -> Any:
         return json.loads(self.objects[(bucket, key)])
-
-
-class DiskUsage(NamedTuple):
-    total: int
-    used: int
-    free: int
-
-
-@dataclass
-class FakeDisk:
-    """``shutil.disk_usage`` of a volume whose free space a test sets (no disk is filled)."""
-
-    total: int
-    free: int
-    #: Every path asked about.
-    asked: list[Path] = field(default_factory=list)
-
-    def __call__(self, path: Path) -> DiskUsage:
-        self.asked.append(path)
-        return DiskUsage(self.total, self.total - self.free, self.free)

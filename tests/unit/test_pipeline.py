@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.fakes import FakeDisk, FakeStore
+from tests.fakedisk import FakeDisk
+from tests.fakes import FakeStore
 from worker.config import settings_from_mapping
 from worker.errors import StorageError
 from worker.job import Identity, Job, JobState

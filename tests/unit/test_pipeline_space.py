@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import FakeDisk
+from tests.fakedisk import FakeDisk
 from tests.unit.test_pipeline import COPY_UPPER, FAILED_NAME, OUT, claim, make, script
 from worker.errors import InsufficientSpace
 from worker.job import JobState
