@@ -6,7 +6,8 @@ it; unknown keys are an error so a typo never silently falls back to a default.
 
 Environment overrides are ``PROCESSOR_<SECTION>_<KEY>``, e.g.
 ``PROCESSOR_S3_OUTPUT_BUCKET=my-bucket`` or ``PROCESSOR_PROCESSING_CONCURRENCY=4``.
-Lists (``processing.command``) are given as a JSON array.
+Lists (``processing.command``, ``processing.pass_environment``) are given as a
+JSON array, tables (``processing.environment``) as a JSON object of strings.
 
 The sections are ``NamedTuple``s, not dataclasses: just as immutable and
 comparable, and ``processorctl`` (one fresh interpreter per submitted object)
@@ -35,6 +36,26 @@ CONFIG_ENV = "PROCESSOR_CONFIG"
 
 #: Prefix of per-key environment overrides.
 ENV_PREFIX = "PROCESSOR_"
+
+#: What a variable name given to the processing command must look like (POSIX).
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: Names the pipeline sets for every job (with ``PROCESSOR_*``, the contract's
+#: variables): neither processing.environment nor pass_environment may give them.
+PIPELINE_ENV_NAMES = frozenset({"HOME", "TMPDIR"})
+
+
+class EnvironmentNames(tuple[str, ...]):
+    """processing.pass_environment: names taken from the daemon's environment."""
+
+    __slots__ = ()
+
+
+class Environment(tuple[tuple[str, str], ...]):
+    """processing.environment: (NAME, value) pairs, a tuple so Settings stay hashable."""
+
+    __slots__ = ()
+
 
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 
@@ -65,6 +86,11 @@ class ProcessingSettings(NamedTuple):
     #: On SIGTERM, how long running jobs may take to finish before they are
     #: stopped and left queued. Keep the unit's TimeoutStopSec above this.
     drain_timeout_s: int = 60
+    #: Variables set for the command, NAME = "value" (applied after pass_environment).
+    environment: Environment = Environment()
+    #: Variables copied from the daemon's environment when the daemon has them
+    #: (systemd's PassEnvironment=); a name the daemon lacks is left unset.
+    pass_environment: EnvironmentNames = EnvironmentNames()
 
 
 class PathSettings(NamedTuple):
@@ -269,6 +295,17 @@ def _coerce(key: str, kind: object, value: Any, source: str) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
+    if kind is EnvironmentNames:
+        if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+            raise bad("an array of strings")
+        return EnvironmentNames(value)
+    if kind is Environment:
+        if not isinstance(value, Mapping):
+            raise bad('a table of NAME = "value"')
+        for name, text in value.items():
+            if not isinstance(text, str):
+                raise ConfigError(f"{where}: {key}.{name} must be a string, got {text!r}", key=key)
+        return Environment(value.items())
     if kind == _ARGV:
         if (
             not isinstance(value, list)
@@ -293,12 +330,19 @@ def _parse_env(key: str, kind: object, text: str, where: str) -> Any:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{where}: {key} must be true or false, got {text!r}", key=key)
-    if kind == _ARGV:
+    if kind == _ARGV or kind is EnvironmentNames:
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             raise ConfigError(
                 f"{where}: {key} must be a JSON array of strings, got {text!r}", key=key
+            ) from None
+    if kind is Environment:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{where}: {key} must be a JSON object of strings, got {text!r}", key=key
             ) from None
     return text
 
@@ -328,6 +372,7 @@ def _check(settings: Settings, source: str) -> None:
         fail("processing.retry_max_s", "must be >= processing.retry_base_s >= 0")
     if "{input}" not in p.command:
         fail("processing.command", "must contain the argument \"{input}\"")
+    _check_environment(p, fail)
     if not settings.paths.state_dir.is_absolute():
         fail("paths.state_dir", f"must be an absolute path, got {str(settings.paths.state_dir)!r}")
     if not settings.paths.socket.is_absolute():
@@ -362,3 +407,19 @@ def _check_instance(inst: InstanceSettings, fail: Callable[[str, str], None]) ->
         fail("instance.poll_s", f"must be at least 1, got {inst.poll_s}")
     if len(inst.autoscaling_group) > 255 or inst.autoscaling_group != inst.autoscaling_group.strip():
         fail("instance.autoscaling_group", "must be at most 255 characters without surrounding blanks")
+
+
+def _check_environment(p: ProcessingSettings, fail: Callable[[str, str], None]) -> None:
+    """Names the command may be given: POSIX names, none the pipeline sets itself."""
+    named = [("processing.pass_environment", name) for name in p.pass_environment]
+    named += [("processing.environment", name) for name, _ in p.environment]
+    for key, name in named:
+        if not ENV_NAME_RE.fullmatch(name):
+            fail(key, f"has {name!r}, which is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if name.startswith(ENV_PREFIX):
+            fail(key, f"has {name!r}: PROCESSOR_* names are the command contract's, set by the pipeline")
+        if name in PIPELINE_ENV_NAMES:
+            fail(key, f"has {name!r}, which the pipeline sets for each job (its work dir)")
+    for name, value in p.environment:
+        if "\0" in value:
+            fail("processing.environment", f"value of {name} contains a NUL byte")

@@ -13,7 +13,8 @@
     │   ├── CommandFailed           it exited non-zero (.returncode, .stderr_tail)
     │   └── CommandTimedOut         it ran past processing.timeout_s
     ├── OutputError                 the command's outputs break the contract
-    ├── InsufficientSpace           the state dir cannot hold the job's input
+    ├── InsufficientSpace           the state volume cannot hold the job's input: now
+    │                               (.retryable: wait for space) or ever
     ├── Interrupted                 a job was asked to stop mid-transfer (.reason)
     ├── ControlError                the control socket could not be reached
     ├── MetadataError               the EC2 instance metadata service (IMDS) did not answer (.status)
@@ -24,6 +25,11 @@
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class ProcessorError(Exception):
@@ -103,14 +109,18 @@ class OutputError(ProcessorError):
 
 
 class InsufficientSpace(ProcessorError):
-    """The state directory has too little free space for the job's input."""
+    """The state volume cannot hold the job's input; ``retryable``: not yet, but later."""
 
-    def __init__(self, needed: int, free: int) -> None:
-        super().__init__(
-            f"the object needs {needed} bytes (with reserve) but the state dir has {free} bytes free"
-        )
+    def __init__(
+        self, message: str, *, path: Path, needed: int, free: int, total: int | None,
+        retryable: bool,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
         self.needed = needed
         self.free = free
+        self.total = total
+        self.retryable = retryable
 
 
 class Interrupted(ProcessorError):

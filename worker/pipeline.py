@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from worker import __version__
+from worker.command_env import base_environment, job_environment
 from worker.config import Settings
 from worker.errors import (
     InsufficientSpace,
@@ -35,6 +36,7 @@ from worker.errors import (
 from worker.job import Job, JobState, Phase
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
+from worker.space import DiskSpace, Usage, is_no_space, space_retry_bounds
 from worker.store import ObjectInfo, ObjectStore, digest_file, verify_download
 
 #: Files the pipeline itself writes at the top of a job's result prefix.
@@ -73,6 +75,8 @@ class Outcome:
     #: S3 (or the network to it) failed, not the job: retry without spending the
     #: job's attempt budget, so an outage delays jobs but never fails them.
     storage: bool = False
+    #: The state volume is too full for now: wait for space, not spending the budget either.
+    space: bool = False
     #: Bytes uploaded (a success), for job_finished and the metrics.
     bytes_out: int = 0
 
@@ -83,6 +87,16 @@ class Pipeline:
     store: ObjectStore
     ledger: Ledger
     clock: Callable[[], float] = time.time
+    #: The daemon's environment, read once (None: os.environ, at construction); worker.command_env.
+    environ: Mapping[str, str] | None = None
+    #: How full the state volume is (tests pass a fake instead of filling a disk).
+    disk_usage: Callable[[Path], Usage] = shutil.disk_usage
+
+    def __post_init__(self) -> None:
+        daemon_env = os.environ if self.environ is None else self.environ
+        self._base_env = base_environment(self.settings.processing, daemon_env)
+        paths = self.settings.paths
+        self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
 
     def result_prefix(self, job: Job) -> str:
         """``<output prefix><source key>/``: where every result of this job lands."""
@@ -126,10 +140,16 @@ class Pipeline:
                 outage = exc.code not in ("ChecksumMismatch", "SizeMismatch")
                 return Outcome(JobState.QUEUED, str(exc), storage=outage)
             return Outcome(JobState.FAILED, str(exc))
-        except (OutputError, InsufficientSpace) as exc:
+        except InsufficientSpace as exc:
+            if exc.retryable:
+                return Outcome(JobState.QUEUED, str(exc), space=True)
+            return Outcome(JobState.FAILED, str(exc))
+        except OutputError as exc:
             return Outcome(JobState.FAILED, str(exc))
         except OSError as exc:
-            # Local trouble: full disk, unreadable output, command not found.
+            if is_no_space(exc):  # full for now (other jobs' work dirs go): wait
+                return Outcome(JobState.QUEUED, str(self.space.exhausted("the attempt", exc)), space=True)
+            # Local trouble: unreadable output, command not found.
             return Outcome(JobState.FAILED, f"local error: {exc}")
 
     def _record(self, job: Job, outcome: Outcome, log: Any) -> Job:
@@ -143,7 +163,8 @@ class Pipeline:
             return self._finish(job, JobState.CANCELLED, log, error=outcome.error, **fields)
         if outcome.interrupted:
             return self._requeue(job, log, reason=outcome.error)
-        return self.retry_or_fail(job, log, error=outcome.error, storage=outcome.storage, **fields)
+        return self.retry_or_fail(job, log, error=outcome.error, storage=outcome.storage,
+                                  space=outcome.space, **fields)
 
     # -- steps ----------------------------------------------------------------
 
@@ -152,17 +173,22 @@ class Pipeline:
     ) -> Downloaded:
         started = time.monotonic()
         info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
-        free = shutil.disk_usage(dest.parent).free
-        needed = info.size + self.settings.paths.min_free_mb * 1024 * 1024
-        if needed > free:
-            raise InsufficientSpace(needed, free)
-        self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=info.size, bytes_done=0)
-        progress = _Progress(self._progress_sink(job.id), cancel)
-        log.info("download_started", size=info.size)
-        self.store.download(
-            job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
-            size=info.size, etag=info.etag, progress=progress,
-        )
+        # Raises InsufficientSpace: never fits (fail) or not now (wait); see worker.space.
+        self.space.reserve(job.id, info.size)
+        try:
+            self.ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=info.size, bytes_done=0)
+            progress = _Progress(self._progress_sink(job.id), cancel)
+            log.info("download_started", size=info.size)
+            self.store.download(
+                job.bucket, job.key, dest, version_id=job.version_id or info.version_id,
+                size=info.size, etag=info.etag, progress=progress,
+            )
+        except OSError as exc:
+            if is_no_space(exc):
+                raise self.space.exhausted("the download", exc, info.size) from exc
+            raise
+        finally:
+            self.space.release(job.id)
         digests, method = verify_download(dest, info, f"download of s3://{job.bucket}/{job.key}")
         timings["download_s"] = time.monotonic() - started
         log.info("download_finished", size=info.size, verified_by=method,
@@ -181,7 +207,7 @@ class Pipeline:
         )
         log.info("command_started", argv0=argv[0])
         result = run_command(
-            argv, cwd=work, env=self._command_env(job, work),
+            argv, cwd=work, env=job_environment(self._base_env, job, work),
             log_path=self.settings.paths.logs / "jobs" / f"{job.id}.log",
             timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
         )
@@ -198,7 +224,10 @@ class Pipeline:
         if result.returncode == EX_TEMPFAIL:
             return Outcome(JobState.QUEUED, f"command asked for a retry (exit {EX_TEMPFAIL})", details)
         if result.returncode != 0:
-            return Outcome(JobState.FAILED, f"command exited with status {result.returncode}", details)
+            error = f"command exited with status {result.returncode}"
+            # Its outputs are still on disk: a (nearly) full volume now is the likely cause.
+            note = self.space.nearly_full_note()
+            return Outcome(JobState.FAILED, f"{error}; {note}" if note else error, details)
         _check(cancel)
         started = time.monotonic()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
@@ -217,27 +246,6 @@ class Pipeline:
     def _progress_sink(self, job_id: str) -> Callable[[int], None]:
         # Never raises for a busy or full ledger: progress is for display (Ledger.set_progress).
         return lambda done: self.ledger.set_progress(job_id, bytes_done=done)
-
-    def _command_env(self, job: Job, work: Path) -> dict[str, str]:
-        # A clean environment: the command gets the contract's variables, not
-        # the daemon's (which may hold credentials or endpoints).
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": str(work),
-            "TMPDIR": str(work / "tmp"),
-            "PROCESSOR_JOB_ID": job.id,
-            "PROCESSOR_INPUT": str(work / "input"),
-            "PROCESSOR_OUTPUT_DIR": str(work / "output"),
-            "PROCESSOR_SOURCE_BUCKET": job.bucket,
-            "PROCESSOR_SOURCE_KEY": job.key,
-            "PROCESSOR_ATTEMPT": str(job.attempts),
-        }
-        if job.version_id:
-            env["PROCESSOR_SOURCE_VERSION_ID"] = job.version_id
-        if job.etag:
-            env["PROCESSOR_SOURCE_ETAG"] = job.etag
-        return env
 
     def _upload_outputs(
         self, job: Job, out_dir: Path, cancel: StopToken | None, log: Any
@@ -293,25 +301,31 @@ class Pipeline:
     # -- outcomes -------------------------------------------------------------
 
     def retry_or_fail(
-        self, job: Job, log: Any, *, error: str, storage: bool = False, **fields: Any
+        self, job: Job, log: Any, *, error: str, storage: bool = False, space: bool = False,
+        **fields: Any,
     ) -> Job:
         """Requeue with backoff, or fail once the job has used up processing.max_attempts.
 
         ``storage`` failures (S3 unavailable) never use up the budget: they are
         retried with backoff capped at retry_max_s until S3 answers again.
+        ``space`` waits (volume full for now) neither, and are checked again
+        soon (bounds and why: worker.space).
         """
         p = self.settings.processing
-        used = job.retries_used + (0 if storage else 1)
-        if not storage and used >= p.max_attempts:
+        free = storage or space
+        used = job.retries_used + (0 if free else 1)
+        if not free and used >= p.max_attempts:
             return self._fail(job, log, error=f"{error}; gave up after {used} attempts",
                               retries_used=used, **fields)
         delay = backoff_delay(job.attempts, p.retry_base_s, p.retry_max_s)
+        if space:  # grows with the checks made without spending budget
+            delay = backoff_delay(job.attempts - used, *space_retry_bounds(p.retry_base_s, p.retry_max_s))
         updated = self.ledger.transition(
             job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=error,
             next_attempt_at=self.clock() + delay, error=error, retries_used=used, **fields,
         )
         log.warning("job_retry_scheduled", state=updated.state.value, error=error,
-                    delay_s=round(delay, 1), storage=storage, retries_used=used)
+                    delay_s=round(delay, 1), storage=storage, space=space, retries_used=used)
         return updated
 
     def _requeue(self, job: Job, log: Any, *, reason: str) -> Job:
@@ -383,7 +397,9 @@ def _sizes(work: Path, outcome: Outcome) -> dict[str, object]:
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
-    ceiling = min(max_s, base_s * 2.0 ** max(attempt - 1, 0))
+    # The exponent is clamped: a long wait for S3 or disk space counts past 1,024
+    # attempts, where 2.0 ** n overflows (2 ** 62 is past any sane cap anyway).
+    ceiling = min(max_s, base_s * 2.0 ** min(max(attempt - 1, 0), 62))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -222,3 +222,92 @@ def test_bad_instance_values_are_named(key: str, value: object, fragment: str) -
     with pytest.raises(ConfigError, match=fragment) as err:
         settings_from_mapping({**MINIMAL, "instance": {key: value}}, {})
     assert err.value.key == f"instance.{key}"
+
+def test_environment_keys_default_to_nothing() -> None:
+    p = settings_from_mapping(MINIMAL, {}).processing
+    assert p.environment == () and p.pass_environment == ()
+
+
+def test_environment_table_and_pass_list_load_from_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[s3]
+output_bucket = "o"
+[processing]
+pass_environment = ["HTTPS_PROXY", "NO_PROXY"]
+[processing.environment]
+MODEL_PATH = "/opt/models/v3"
+LD_LIBRARY_PATH = "/opt/vendor/lib"
+PATH = "/opt/vendor/bin:/usr/bin:/bin"
+""")
+    s = load_settings(path, environ={})
+    assert dict(s.processing.environment) == {
+        "MODEL_PATH": "/opt/models/v3", "LD_LIBRARY_PATH": "/opt/vendor/lib",
+        "PATH": "/opt/vendor/bin:/usr/bin:/bin",
+    }
+    assert s.processing.pass_environment == ("HTTPS_PROXY", "NO_PROXY")
+    # Immutable, and the settings stay hashable values.
+    assert isinstance(s.processing.environment, tuple) and hash(s) == hash(load_settings(path, environ={}))
+    with pytest.raises(AttributeError):
+        s.processing.environment.append(("X", "y"))  # type: ignore[attr-defined]
+
+
+def test_environment_keys_are_overridden_by_json_in_the_environment() -> None:
+    s = settings_from_mapping(
+        {**MINIMAL, "processing": {"environment": {"A": "file"}, "pass_environment": ["B"]}},
+        {"PROCESSOR_PROCESSING_ENVIRONMENT": '{"MODEL_PATH": "/m", "LICENSE_SERVER": "27000@lic"}',
+         "PROCESSOR_PROCESSING_PASS_ENVIRONMENT": '["HTTPS_PROXY"]'},
+    )
+    assert dict(s.processing.environment) == {"MODEL_PATH": "/m", "LICENSE_SERVER": "27000@lic"}
+    assert s.processing.pass_environment == ("HTTPS_PROXY",)
+
+
+@pytest.mark.parametrize("variable,value,fragment", [
+    ("PROCESSOR_PROCESSING_ENVIRONMENT", "MODEL_PATH=/m", "must be a JSON object of strings"),
+    ("PROCESSOR_PROCESSING_ENVIRONMENT", '["MODEL_PATH"]', 'must be a table of NAME = "value"'),
+    ("PROCESSOR_PROCESSING_ENVIRONMENT", '{"THREADS": 4}', "processing.environment.THREADS must be a string"),
+    ("PROCESSOR_PROCESSING_ENVIRONMENT", '{"PROCESSOR_JOB_ID": "x"}', "'PROCESSOR_JOB_ID'"),
+    ("PROCESSOR_PROCESSING_PASS_ENVIRONMENT", "HTTPS_PROXY", "must be a JSON array of strings"),
+    ("PROCESSOR_PROCESSING_PASS_ENVIRONMENT", '{"HTTPS_PROXY": "x"}', "must be an array of strings"),
+    ("PROCESSOR_PROCESSING_PASS_ENVIRONMENT", '["HOME"]', "'HOME'"),
+])
+def test_bad_environment_overrides_name_the_variable(variable: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(MINIMAL, {variable: value})
+    # A bad type names the variable; a bad name (checked after merging) names the key.
+    key = "processing." + variable.removeprefix("PROCESSOR_PROCESSING_").lower()
+    assert variable in str(info.value) or key in str(info.value)
+    assert fragment in str(info.value) and info.value.key == key
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("environment", {"MODEL PATH": "/m"}, "'MODEL PATH', which is not a variable name"),
+    ("environment", {"1ST": "x"}, "'1ST', which is not a variable name"),
+    ("environment", {"": "x"}, "'', which is not a variable name"),
+    ("environment", {"A=B": "x"}, "'A=B', which is not a variable name"),
+    ("environment", {"PROCESSOR_INPUT": "/etc/passwd"}, "PROCESSOR_* names are the command contract's"),
+    ("environment", {"PROCESSOR_ANYTHING": "x"}, "PROCESSOR_* names"),
+    ("environment", {"HOME": "/root"}, "'HOME', which the pipeline sets"),
+    ("environment", {"TMPDIR": "/tmp"}, "'TMPDIR', which the pipeline sets"),
+    ("environment", {"X": "a\0b"}, "value of X contains a NUL byte"),
+    ("environment", {"X": 1}, "processing.environment.X must be a string"),
+    ("environment", {"X": ["a"]}, "processing.environment.X must be a string"),
+    ("environment", ["X=1"], 'processing.environment must be a table of NAME = "value"'),
+    ("environment", "X=1", 'processing.environment must be a table of NAME = "value"'),
+    ("pass_environment", "HTTPS_PROXY", "processing.pass_environment must be an array of strings"),
+    ("pass_environment", [1], "processing.pass_environment must be an array of strings"),
+    ("pass_environment", ["HTTPS-PROXY"], "'HTTPS-PROXY', which is not a variable name"),
+    ("pass_environment", ["PROCESSOR_CONFIG"], "PROCESSOR_* names"),
+    ("pass_environment", ["TMPDIR"], "'TMPDIR', which the pipeline sets"),
+])
+def test_bad_environment_settings_name_the_key_and_the_name(key: str, value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({**MINIMAL, "processing": {key: value}}, {})
+    assert f"processing.{key}" in str(info.value) and info.value.key == f"processing.{key}"
+    assert fragment in str(info.value)
+
+
+def test_path_and_lang_may_be_set_for_the_command() -> None:
+    s = settings_from_mapping(
+        {**MINIMAL, "processing": {"environment": {"PATH": "/opt/bin", "LANG": "de_DE.UTF-8"},
+                                   "pass_environment": ["PATH", "LC_ALL"]}}, {})
+    assert dict(s.processing.environment) == {"PATH": "/opt/bin", "LANG": "de_DE.UTF-8"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.fakedisk import FakeDisk
 from tests.fakes import FakeStore
 from worker.config import settings_from_mapping
 from worker.errors import StorageError
@@ -34,7 +36,10 @@ COPY_UPPER = script(
 )
 
 
-def make(tmp_path: Path, command: list[str], **processing: object) -> tuple[Pipeline, Ledger, FakeStore]:
+def make(
+    tmp_path: Path, command: list[str], *, disk: FakeDisk | None = None,
+    environ: dict[str, str] | None = None, **processing: object,
+) -> tuple[Pipeline, Ledger, FakeStore]:
     settings = settings_from_mapping(
         {
             "s3": {"output_bucket": OUT, "output_prefix": "results/"},
@@ -47,7 +52,9 @@ def make(tmp_path: Path, command: list[str], **processing: object) -> tuple[Pipe
     clock = Clock()
     ledger = Ledger(settings.paths.ledger, clock=clock)
     store = FakeStore()
-    return Pipeline(settings, store, ledger, clock=clock), ledger, store
+    pipeline = Pipeline(settings, store, ledger, clock=clock, environ={} if environ is None else environ,
+                        disk_usage=disk or shutil.disk_usage)
+    return pipeline, ledger, store
 
 
 class Clock:
@@ -229,15 +236,6 @@ def test_cancel_and_shutdown_tokens(tmp_path: Path) -> None:
         assert pipeline.run(job, token).state is expected
 
 
-def test_object_larger_than_free_space_is_refused(tmp_path: Path) -> None:
-    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
-    job = claim(ledger, store, "huge")
-    store.size_override = 1 << 60
-    done = pipeline.run(job)
-    assert done.state is JobState.FAILED and "bytes free" in (done.error or "")
-    assert ("download", "in", "huge") not in store.calls
-
-
 def test_command_that_cannot_start_fails_clearly(tmp_path: Path) -> None:
     pipeline, ledger, store = make(tmp_path, ["/nonexistent/processor-bin", "{input}"])
     job = claim(ledger, store, "k")
@@ -269,20 +267,6 @@ def test_manifest_records_the_verified_input_checksum(tmp_path: Path) -> None:
     assert source["sha256"] == hashlib.sha256(b"abc").hexdigest() and source["verified_by"] == "md5-etag"
 
 
-def test_full_disk_during_download_fails_the_job_cleanly(tmp_path: Path) -> None:
-    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
-    job = claim(ledger, store, "k")
-
-    def no_space(bucket: str, key: str, dest: Path, **kw: object) -> None:
-        dest.write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
-
-    store.download = no_space  # type: ignore[method-assign]
-    done = pipeline.run(job)
-    assert done.state is JobState.FAILED and "No space left on device" in (done.error or "")
-    assert not (tmp_path / "state" / "work" / job.id).exists()
-
-
 def test_stderr_is_drained_even_when_the_log_cannot_be_written(tmp_path: Path) -> None:
     # 1 MiB of stderr: far more than a pipe holds, so a stalled reader would hang the command.
     noisy = script("import sys; sys.stderr.write('e' * (1 << 20)); sys.exit(3)")
@@ -311,6 +295,13 @@ def test_backoff_is_exponential_with_equal_jitter(
     delays = [backoff_delay(attempt, base, cap) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
     assert max(delays) - min(delays) > (high - low) / 4  # jittered, not constant
+
+
+def test_backoff_survives_thousands_of_attempts() -> None:
+    """A job waiting days for S3 or disk space keeps counting attempts: no OverflowError."""
+    from worker.pipeline import backoff_delay
+
+    assert 15 <= backoff_delay(5000, 5, 30) <= 30
 
 
 def test_s3_unavailable_never_spends_the_attempt_budget(tmp_path: Path) -> None:
@@ -347,3 +338,49 @@ def test_a_job_that_keeps_killing_the_daemon_is_failed_not_looped(tmp_path: Path
     done = pipeline.run(job)
     assert done.state is JobState.FAILED and "died during 2 attempts" in (done.error or "")
     assert store.json(OUT, "results/poison/_failed.json")["error"] == done.error
+
+
+def test_the_command_sees_exactly_the_configured_environment(tmp_path: Path) -> None:
+    """Defaults, then pass_environment (from the daemon's environment, given once), then
+    environment, then the job's own variables; nothing else of the daemon's leaks in."""
+    record = tmp_path / "env.json"
+    dump = script(f"import os, json; json.dump(dict(os.environ), open({str(record)!r}, 'w'))")
+    daemon_env = {
+        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HTTPS_PROXY": "http://proxy.internal:3128",
+        "AWS_SECRET_ACCESS_KEY": "must-not-leak", "PROCESSOR_CONFIG": "/etc/processor/x.toml",
+        "LD_LIBRARY_PATH": "/daemon/lib",
+    }
+    pipeline, ledger, store = make(
+        tmp_path, dump, environ=daemon_env,
+        environment={"MODEL_PATH": "/opt/models/v3", "LD_LIBRARY_PATH": "/opt/vendor/lib",
+                     "PATH": "/opt/vendor/bin:/usr/bin:/bin"},
+        pass_environment=["HTTPS_PROXY", "NO_PROXY", "LD_LIBRARY_PATH"],
+    )
+    daemon_env["HTTPS_PROXY"] = "changed after start"  # read once, when the pipeline was built
+    job = claim(ledger, store, "e.txt")
+    assert pipeline.run(job).state is JobState.SUCCEEDED
+    work = tmp_path / "state" / "work" / job.id
+    assert json.loads(record.read_text()) == {
+        "PATH": "/opt/vendor/bin:/usr/bin:/bin",     # environment overrides the default
+        "LANG": "C.UTF-8",
+        "HTTPS_PROXY": "http://proxy.internal:3128",  # passed through; NO_PROXY unset: absent
+        "LD_LIBRARY_PATH": "/opt/vendor/lib",        # environment wins over pass_environment
+        "MODEL_PATH": "/opt/models/v3",
+        "HOME": str(work), "TMPDIR": str(work / "tmp"),
+        "PROCESSOR_JOB_ID": job.id, "PROCESSOR_INPUT": str(work / "input"),
+        "PROCESSOR_OUTPUT_DIR": str(work / "output"), "PROCESSOR_SOURCE_BUCKET": "in",
+        "PROCESSOR_SOURCE_KEY": "e.txt", "PROCESSOR_ATTEMPT": "1",
+        "PROCESSOR_SOURCE_ETAG": job.etag,
+    }
+
+
+def test_without_configuration_the_command_gets_only_defaults_and_the_contract(tmp_path: Path) -> None:
+    record = tmp_path / "env.json"
+    dump = script(f"import os, json; json.dump(sorted(os.environ), open({str(record)!r}, 'w'))")
+    pipeline, ledger, store = make(tmp_path, dump, environ={"SECRET": "x", "HTTPS_PROXY": "p"})
+    job = claim(ledger, store, "d.txt")
+    assert pipeline.run(job).state is JobState.SUCCEEDED
+    assert json.loads(record.read_text()) == sorted([
+        "PATH", "LANG", "HOME", "TMPDIR", "PROCESSOR_JOB_ID", "PROCESSOR_INPUT", "PROCESSOR_OUTPUT_DIR",
+        "PROCESSOR_SOURCE_BUCKET", "PROCESSOR_SOURCE_KEY", "PROCESSOR_ATTEMPT", "PROCESSOR_SOURCE_ETAG",
+    ])
