@@ -35,7 +35,6 @@ import pytest
 from worker import metrics
 from worker.config import load_settings
 from worker.errors import ConfigError
-from worker.job import JobState
 from worker.local import cfn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -810,7 +809,8 @@ def test_fleet_group_has_fleet_size_instances_tagged_and_drained(
     assert params["MaxSize"]["Default"] == 0
     for size, expected in ((0, False), (10, True)):
         assert _conditions(template, {"MaxSize": size})["HasMaxSize"] is expected
-    assert group["UpdatePolicy"]["AutoScalingScheduledAction"] == {"IgnoreUnmodifiedGroupSizeProperties": True}
+    assert group["UpdatePolicy"]["AutoScalingScheduledAction"] == {
+        "IgnoreUnmodifiedGroupSizeProperties": True}
     # The scaling policies' metrics: InService instances (the divisor) and the desired
     # capacity (scale-out from zero), collected every minute.
     (collection,) = props["MetricsCollection"]
@@ -935,7 +935,8 @@ def test_alarms_watch_failed_jobs_the_failure_queue_and_the_instance(
     # A fleet also watches its dead-letter queue (to the topic, like the others).
     dead = fleet["DeadLetterQueueAlarm"]["Properties"]
     assert (dead["Namespace"], dead["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
-    assert dead["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}]
+    assert dead["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}]
     assert (dead["Threshold"], dead["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
 
 
