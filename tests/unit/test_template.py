@@ -1275,12 +1275,18 @@ def test_deploy_doc_lists_every_checkov_skip_and_a_valid_policy(template: dict[s
             "ec2:CreateLaunchTemplate", "ec2:CreateLaunchTemplateVersion",
             "autoscaling:CreateAutoScalingGroup", "autoscaling:UpdateAutoScalingGroup",
             "autoscaling:PutLifecycleHook", "autoscaling:DeleteAutoScalingGroup",
-            "iam:CreateServiceLinkedRole"} <= actions
-    # How a fleet is scaled and drained, and what happens to its volumes.
+            "iam:CreateServiceLinkedRole", "autoscaling:PutScalingPolicy",
+            "autoscaling:EnableMetricsCollection", "events:PutRule", "events:PutTargets",
+            "sqs:StartMessageMoveTask"} <= actions
+    # How a fleet scales and hands work back, its dead-letter queue, its volumes.
     assert "## A fleet" in doc
-    for needle in ("FleetSize", "processor-lifecycle", "complete-lifecycle-action",
-                   "processorctl list --state queued", "fleet_tag"):
+    for needle in ("FleetSize", "MinSize", "MaxSize", "BacklogPerInstanceTarget",
+                   "Concurrency × acceptable_wait_s ÷ d", "ScaleOutFromZeroAlarm", "OnDemandPercentage",
+                   "start-message-move-task", "autoscaling:SetInstanceProtection", "processor-lifecycle",
+                   "complete-lifecycle-action", "processor-reconcile.timer", "QueueMaxReceiveCount"):
         assert needle in doc, needle
+    for gone in ("TARGET_TAG", "TargetCacheSeconds", "fleet_tag"):
+        assert gone not in doc, gone
 
 
 # --- deploy/deploy.sh ---------------------------------------------------------------------
