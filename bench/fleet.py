@@ -15,6 +15,9 @@ from a fixed seed (lognormal around 30 s; 5 % of the jobs 10x longer):
   highest-random-weight hashing of its key, and each instance runs its own
   queue on its S slots. Both are also given against the lower bound of any
   schedule, max(total work / slots, longest job).
+* **Waits under steady load**: the same durations arriving as a Poisson stream
+  at 80 % of the fleet's capacity; the 95th percentile of the time a job waits
+  for a slot, shared queue against rendezvous.
 * **Autoscaling**: the group of deploy/cloudformation/processor.yaml, with the
   rule bench/scaling_rule.py reads from the template, evaluated every 60 s as
   CloudWatch would; instances take ``startup_s`` to bootstrap; scale-in
@@ -130,6 +133,50 @@ def efficiency(instances: int, slots: int, seeds: Sequence[int], jobs_per_slot: 
             found[name].append(makespan / ideal)
             found[f"{name}_bound"].append(makespan / bound)
     return Efficiency(instances, slots, **found)
+
+
+def _waits(arrivals: Sequence[tuple[float, Job]], slots: int) -> list[float]:
+    """Each job's wait for a slot, first come first served on ``slots`` slots."""
+    free = [0.0] * slots
+    waits = []
+    for at, job in arrivals:
+        start = max(at, heapq.heappop(free))
+        heapq.heappush(free, start + job.duration_s)
+        waits.append(start - at)
+    return waits
+
+
+def _p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class SteadyWaits:
+    """p95 wait per seed of each scheme, in seconds."""
+
+    shared: list[float]
+    rendezvous: list[float]
+
+
+def steady_waits(instances: int, slots: int, seeds: Sequence[int], jobs: int = 2000,
+                 utilization: float = 0.8) -> SteadyWaits:
+    shared, placed = [], []
+    for seed in seeds:
+        work = workload(jobs, seed)
+        mean = sum(j.duration_s for j in work) / len(work)
+        rate = utilization * instances * slots / mean
+        rng = random.Random(seed + 10_000)
+        arrivals, now = [], 0.0
+        for job in work:
+            now += rng.expovariate(rate)
+            arrivals.append((now, job))
+        shared.append(_p95(_waits(arrivals, instances * slots)))
+        per_instance: list[list[tuple[float, Job]]] = [[] for _ in range(instances)]
+        for at, job in arrivals:
+            per_instance[rendezvous_owner(job.key, instances)].append((at, job))
+        placed.append(_p95([w for queue in per_instance for w in _waits(queue, slots)]))
+    return SteadyWaits(shared, placed)
 
 
 # --- autoscaling ------------------------------------------------------------------------
@@ -323,6 +370,13 @@ def figures(seeds: Sequence[int] = range(20), jobs_per_slot: int = 20, max_size:
             f"shared **{median(eff.shared):.2f}** (by construction); rendezvous {_ratios(eff.rendezvous)}; "
             f"against the lower bound max(work/slots, longest job): shared {median(eff.shared_bound):.2f}, "
             f"rendezvous {median(eff.rendezvous_bound):.2f}"))
+    for count in (3, 10):
+        steady = steady_waits(count, rule.slots, seeds)
+        rows.append(Figure(
+            f"7b. steady arrivals at 80 % of {count} instances x {rule.slots} slots (2000 jobs): p95 wait "
+            "for a slot, rendezvous / shared queue",
+            f"**{median(steady.rendezvous) / median(steady.shared):.1f}×** (medians over {len(seeds)} "
+            f"seeds: {median(steady.rendezvous):.0f} s vs {median(steady.shared):.0f} s)"))
     jobs = workload(max_size * rule.slots * jobs_per_slot, seeds[0])
     outcome = scale_from_idle(rule, jobs)
     first = next(at for at, _, why in outcome.decisions if why == "scale-out from zero")
@@ -333,7 +387,7 @@ def figures(seeds: Sequence[int] = range(20), jobs_per_slot: int = 20, max_size:
     ideal = ideal_s(jobs, max_size * rule.slots)
     scaled_in = f"{back - outcome.finished_s():.0f} s" if not math.isnan(back) else "not within the hour"
     rows.append(Figure(
-        f"7b. autoscaling from 0 (simulated, the template's rule; MinSize {rule.min_size}, MaxSize "
+        f"7c. autoscaling from 0 (simulated, the template's rule; MinSize {rule.min_size}, MaxSize "
         f"{rule.max_size}, target {rule.target_value:g}/instance, start-up {STARTUP_S:.0f} s): "
         f"{len(jobs)} jobs",
         f"first launch at {first:.0f} s, {peak} InService at {at_peak:.0f} s; makespan / ideal on "

@@ -253,8 +253,9 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "jobs from fixed seeds (lognormal around 30 s, 5 % of them 10× longer) on N instances × 2 "
         "slots; makespan / ideal, the greedy schedule of the same durations on all N × 2 slots (the "
         "shared queue is that schedule; rendezvous places each job on one instance by hash), and "
-        "against the lower bound max(work / slots, longest job). 7b: the stack's own scaling rule "
-        "(read from the template by `bench/scaling_rule.py`) taking a burst onto a fleet at 0.",
+        "against the lower bound max(work / slots, longest job). 7b: the same durations arriving "
+        "steadily at 80 % of the fleet's capacity, p95 wait for a slot. 7c: the stack's own scaling "
+        "rule (read from the template by `bench/scaling_rule.py`) taking a burst onto a fleet at 0.",
         "",
         "| measure | value | goal | |",
         "| --- | --- | --- | --- |",

@@ -21,6 +21,7 @@ from bench.fleet import (
     efficiency,
     rendezvous_owner,
     scale_from_idle,
+    steady_waits,
     workload,
 )
 from bench.scaling_rule import TEMPLATE, RuleError, evaluate, load_rule
@@ -142,6 +143,10 @@ def test_shared_queue_balances_better_than_rendezvous() -> None:
         assert eff.shared == [1.0] * 10
         assert sorted(eff.rendezvous)[5] > 1.0
         assert all(s >= 1.0 for s in eff.shared_bound + eff.rendezvous_bound)
+    # Under steady load a job waits behind others on its own instance while slots are free
+    # elsewhere: placing by hash has the longer tail.
+    steady = steady_waits(3, 2, range(5), jobs=1000)
+    assert all(r > s for r, s in zip(steady.rendezvous, steady.shared, strict=True))
     # Rendezvous is a function of the key (duplicates meet on one instance) and spreads.
     owners = [rendezvous_owner(f"k{i}", 3) for i in range(300)]
     assert owners == [rendezvous_owner(f"k{i}", 3) for i in range(300)]
