@@ -502,8 +502,11 @@ def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
     allowed = _allowed(stack, "InstanceRole")
     input_objects = {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}/*"}
     assert allowed["s3:GetObjectVersion"] == [input_objects]
+    # The input objects, the one wheel, and of the output only the manifests (the daemon's
+    # "already processed" check before it runs a job).
     assert allowed["s3:GetObject"] == [
-        input_objects, {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}"},
+        input_objects, {"Fn::Sub": "${OutputBucket.Arn}/${OutputPrefix}*/_manifest.json"},
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}"},
     ]
     # Scoped to the buckets themselves (not their objects): see the comments in the template;
     # the output bucket only under the results prefix (a condition on s3:prefix).
