@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import lambda_cost, overhead, profile, submit_dispatch, transfer_memory
+from bench import fleet, lambda_cost, overhead, profile, submit_dispatch, transfer_memory
 from bench.common import (
     KIB,
     REPO,
@@ -166,6 +166,8 @@ def main() -> int:
     figures.append(Figure(
         f"6b. Lambda per record, fake SSM client ({lambda_cost.RECORDS} records/event)",
         f"{lam.record_s * 1e6:.0f} µs (bare decode + send loop: {lam.bare_record_s * 1e6:.0f} µs)"))
+    print("bench: fleet (simulated)", flush=True)
+    figures += fleet.figures()
 
     elapsed = time.monotonic() - began
     text = _render(figures, breakdown, profile_note, command, when, elapsed, args)
@@ -247,6 +249,13 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "`Ledger.submit`), alternated with the empty one; plus `claim_next` and `counts` in-process.",
         "6. **Lambda** (`bench/lambda_cost.py`): import time inside a fresh interpreter (median of "
         "10, alternated), and `handle()` per record with a fake SSM client.",
+        "7. **Fleet** (`bench/fleet.py`, simulated: moto's Auto Scaling scales nothing): bursts of "
+        "jobs from fixed seeds (lognormal around 30 s, 5 % of them 10× longer) on N instances × 2 "
+        "slots; makespan / ideal, the greedy schedule of the same durations on all N × 2 slots (the "
+        "shared queue is that schedule; rendezvous places each job on one instance by hash), and "
+        "against the lower bound max(work / slots, longest job). 7b: the same durations arriving "
+        "steadily at 80 % of the fleet's capacity, p95 wait for a slot. 7c: the stack's own scaling "
+        "rule (read from the template by `bench/scaling_rule.py`) taking a burst onto a fleet at 0.",
         "",
         "| measure | value | goal | |",
         "| --- | --- | --- | --- |",

@@ -1,0 +1,184 @@
+"""A fleet's work queue, scaling and Spot capacity in deploy/cloudformation/processor.yaml.
+
+Checked offline on the template as CloudFormation resolves it with FleetSize above 1
+(``_stack`` of test_template.py). How the scaling rule behaves over time is
+tests/unit/test_scaling.py, which drives bench/fleet.py's simulation with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.unit.test_template import (
+    DAEMON_MAX_ATTEMPTS,
+    INPUT_BUCKET_NAME,
+    MODES,
+    TEMPLATE,
+    _conditions,
+    _stack,
+)
+from worker.config import ProcessingSettings
+from worker.local import cfn
+
+FLEET_GROUP = {"Ref": "FleetGroup"}
+WORK_QUEUE_NAME = {"Fn::GetAtt": ["WorkQueue", "QueueName"]}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return cfn.load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def fleet(template: dict[str, Any]) -> dict[str, Any]:
+    res: dict[str, Any] = _stack(template, FleetSize=MODES["fleet"])["Resources"]
+    return res
+
+
+@pytest.fixture(scope="module")
+def single(template: dict[str, Any]) -> dict[str, Any]:
+    res: dict[str, Any] = _stack(template, FleetSize=MODES["single"])["Resources"]
+    return res
+
+
+@pytest.fixture(scope="module")
+def params(template: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = template["Parameters"]
+    return found
+
+
+def _metrics_by_id(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["Id"]: m for m in metrics}
+
+
+def test_work_queue_redrives_to_a_dead_letter_queue(fleet: dict[str, Any], params: dict[str, Any]) -> None:
+    queue = fleet["WorkQueue"]["Properties"]
+    dead = fleet["DeadLetterQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "QueueMaxReceiveCount"},
+    }
+    # Above the daemons' attempts: each retry after exit 75 is a receive.
+    assert params["QueueMaxReceiveCount"]["Default"] > DAEMON_MAX_ATTEMPTS
+    assert params["QueueMaxReceiveCount"]["Default"] > params["MaxAttempts"]["Default"]
+    assert ProcessingSettings().max_attempts == DAEMON_MAX_ATTEMPTS
+    # The lease the daemons use (visibility_s); SQS takes 0-43200 s.
+    assert queue["VisibilityTimeout"] == {"Ref": "QueueVisibilitySeconds"}
+    visibility = params["QueueVisibilitySeconds"]
+    assert (visibility["Default"], visibility["MaxValue"]) == (300, 43200)
+    # The dead-letter queue keeps its messages 14 days, longer than the work queue.
+    assert dead["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["MessageRetentionPeriod"] < dead["MessageRetentionPeriod"]
+    for props in (queue, dead):
+        assert props["SqsManagedSseEnabled"] is True
+
+
+def test_backlog_per_instance_target_tracking(fleet: dict[str, Any], params: dict[str, Any]) -> None:
+    policy = fleet["BacklogScalingPolicy"]["Properties"]
+    assert policy["AutoScalingGroupName"] == FLEET_GROUP
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    config = policy["TargetTrackingConfiguration"]
+    assert config["TargetValue"] == {"Ref": "BacklogPerInstanceTarget"}
+    assert "DisableScaleIn" not in config
+    metrics = _metrics_by_id(config["CustomizedMetricSpecification"]["Metrics"])
+    (returned,) = [m for m in metrics.values() if m["ReturnData"]]
+    # Visible messages of this work queue divided by the group's InService instances.
+    numerator, denominator = (name.strip() for name in returned["Expression"].split("/"))
+    visible = metrics[numerator]["MetricStat"]["Metric"]
+    assert (visible["Namespace"], visible["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert visible["Dimensions"] == [{"Name": "QueueName", "Value": WORK_QUEUE_NAME}]
+    instances = metrics[denominator]["MetricStat"]["Metric"]
+    assert (instances["Namespace"], instances["MetricName"]) == ("AWS/AutoScaling", "GroupInServiceInstances")
+    assert instances["Dimensions"] == [{"Name": "AutoScalingGroupName", "Value": FLEET_GROUP}]
+    # The group publishes the divisor (metrics collection).
+    collected = fleet["FleetGroup"]["Properties"]["MetricsCollection"][0]["Metrics"]
+    assert "GroupInServiceInstances" in collected
+    # The target is derived from slots and an acceptable wait: the formula is in its
+    # description, and the default is that formula for the default slots.
+    target = params["BacklogPerInstanceTarget"]
+    assert "Concurrency x acceptable_wait_s / average job duration" in " ".join(target["Description"].split())
+    slots = params["Concurrency"]["Default"]
+    wait_s, duration_s = (int(n) for n in re.findall(r"(\d+) s\b", target["Description"].split("Default")[1]))
+    assert target["Default"] == slots * wait_s // duration_s
+
+
+def test_scale_out_from_zero(fleet: dict[str, Any], params: dict[str, Any]) -> None:
+    policy = fleet["ScaleOutFromZeroPolicy"]["Properties"]
+    assert policy["AutoScalingGroupName"] == FLEET_GROUP
+    assert (policy["PolicyType"], policy["AdjustmentType"]) == ("StepScaling", "ExactCapacity")
+    assert policy["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+    alarm = fleet["ScaleOutFromZeroAlarm"]["Properties"]
+    assert alarm["AlarmActions"] == [{"Ref": "ScaleOutFromZeroPolicy"}]
+    metrics = _metrics_by_id(alarm["Metrics"])
+    (returned,) = [m for m in metrics.values() if m["ReturnData"]]
+    assert returned["Expression"] == "IF(desired == 0 AND visible > 0, 1, 0)"
+    assert metrics["visible"]["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": WORK_QUEUE_NAME}]
+    desired = metrics["desired"]["MetricStat"]["Metric"]
+    assert (desired["MetricName"], desired["Dimensions"]) == (
+        "GroupDesiredCapacity", [{"Name": "AutoScalingGroupName", "Value": FLEET_GROUP}])
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    # An idle fleet may cost nothing.
+    assert params["MinSize"]["Default"] == 0 and params["MinSize"]["MinValue"] == 0
+
+
+def test_spot_turns_the_group_into_a_mixed_instances_policy(template: dict[str, Any]) -> None:
+    on_demand = _stack(template, FleetSize=3)["Resources"]["FleetGroup"]["Properties"]
+    assert "MixedInstancesPolicy" not in on_demand and "CapacityRebalance" not in on_demand
+    spot = _stack(template, FleetSize=3, OnDemandPercentage=25, OnDemandBaseCapacity=1,
+                  FleetInstanceType2="t3a.small", FleetInstanceType3="m5.large")["Resources"]
+    group = spot["FleetGroup"]["Properties"]
+    assert "LaunchTemplate" not in group
+    assert group["CapacityRebalance"] is True
+    mixed = group["MixedInstancesPolicy"]
+    assert mixed["LaunchTemplate"]["LaunchTemplateSpecification"] == on_demand["LaunchTemplate"]
+    assert mixed["LaunchTemplate"]["Overrides"] == [
+        {"InstanceType": {"Ref": "InstanceType"}},
+        {"InstanceType": {"Ref": "FleetInstanceType2"}},
+        {"InstanceType": {"Ref": "FleetInstanceType3"}},
+    ]
+    assert mixed["InstancesDistribution"] == {
+        "OnDemandBaseCapacity": {"Ref": "OnDemandBaseCapacity"},
+        "OnDemandPercentageAboveBaseCapacity": {"Ref": "OnDemandPercentage"},
+        "SpotAllocationStrategy": "capacity-optimized",
+    }
+    # One instance never uses Spot, whatever the parameter says.
+    assert _conditions(template, {"FleetSize": 1, "OnDemandPercentage": 0})["UsesSpot"] is False
+
+
+def test_reconcile_schedule_invokes_the_trigger_in_reconcile_mode(
+    fleet: dict[str, Any], params: dict[str, Any], single: dict[str, Any],
+) -> None:
+    rule = fleet["ReconcileSchedule"]["Properties"]
+    assert rule["ScheduleExpression"] == {"Ref": "ReconcileRate"}
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["TriggerFunction", "Arn"]}
+    assert json.loads(target["Input"]) == {"processor": "reconcile", "older_than_s": 900}
+    permission = fleet["ReconcileSchedulePermission"]["Properties"]
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["ReconcileSchedule", "Arn"]}
+    assert permission["FunctionName"] == {"Fn::GetAtt": ["TriggerFunction", "Arn"]}
+    rate = params["ReconcileRate"]
+    for ok in (rate["Default"], "rate(15 minutes)", "cron(0 * * * ? *)"):
+        assert re.fullmatch(rate["AllowedPattern"], ok), ok
+    for bad in ("rate(0 hours)", "hourly", "rate(1 hour); x"):
+        assert not re.fullmatch(rate["AllowedPattern"], bad), bad
+    # The reconcile mode's reads: the input bucket's listing (by its computed name,
+    # as everywhere, see the notification pattern) and the output's markers.
+    env = fleet["TriggerFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["INPUT_BUCKET"] == {"Fn::Sub": INPUT_BUCKET_NAME}
+    assert "ReconcileSchedule" not in single
+
+
+def test_max_size_defaults_to_fleet_size_and_sizes_are_bounded(template: dict[str, Any]) -> None:
+    for size in MODES.values():
+        group = _stack(template, FleetSize=size)["Resources"].get("FleetGroup")
+        if group is None:
+            continue
+        assert group["Properties"]["MaxSize"] == {"Ref": "FleetSize"}
+    assert _stack(template, FleetSize=3, MaxSize=10)["Resources"]["FleetGroup"]["Properties"][
+        "MaxSize"] == {"Ref": "MaxSize"}
