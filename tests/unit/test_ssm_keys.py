@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from lambda_trigger.events import JobRequest, parse_event
+from lambda_trigger.handler import handle
 from lambda_trigger.ssm import encode_key_base64, submit_parameters
 from tests.eventfixtures import event_names, load_event
+from tests.unit.test_events import CONTROL_KEY
+from tests.unit.test_handler import ENV, Factory, FakeSsm
 from worker.identity import decode_key_base64
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters
@@ -121,3 +124,12 @@ def test_key_and_key_base64_both_default_to_empty(submit_document: Mapping[str, 
     # fills both defaults, so either may be left out of SendCommand.
     values = validate_parameters(submit_document, {"Bucket": ["processor-input"]})
     assert values["Key"] == "" and values["KeyBase64"] == ""
+
+
+def test_the_handler_sends_a_control_character_key_as_key_base64() -> None:
+    ssm = FakeSsm()
+    handle(load_event("put_key_with_control_characters"), ENV, Factory(ssm))
+    (call,) = ssm.calls
+    assert set(call["Parameters"]) == {"Bucket", "KeyBase64", "ETag"}
+    assert ssm.keys == [CONTROL_KEY]
+    assert "\n" not in call["Comment"] and "\t" not in call["Comment"]
