@@ -18,7 +18,9 @@ Exceptions::
 
 from __future__ import annotations
 
+import base64
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,12 @@ from lambda_trigger.events import JobRequest
 
 #: SendCommand rejects a Comment longer than this (API reference); moto does not.
 COMMENT_MAX_CHARS = 100
+
+#: The submit document's ``Key`` pattern (deploy/cloudformation/processor.yaml)
+#: in Python: 1..1024 characters, none a control character. A key it refuses
+#: (a tab, a newline, DEL...) travels as ``KeyBase64`` instead, which takes any
+#: key (tests/unit/test_ssm_keys.py holds the two to the document).
+_PLAIN_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,1024}\Z")
 
 #: botocore "standard" mode retries ThrottlingException (and the other
 #: throttling codes, 5xx and connection errors) with exponential backoff and
@@ -176,8 +184,16 @@ def make_discovery_clients(region: str | None = None) -> tuple[Any, Any]:
 
 
 def submit_parameters(request: JobRequest) -> dict[str, list[str]]:
-    """The submit document's parameters; unset ones are left to the document's defaults."""
-    parameters = {"Bucket": [request.bucket], "Key": [request.key]}
+    """The submit document's parameters; unset ones are left to the document's defaults.
+
+    The key goes as ``Key`` (readable in the console) when that parameter's
+    pattern takes it, else as ``KeyBase64`` (base64url of its UTF-8 bytes, no
+    padding): every legal S3 key is carried, byte for byte.
+    """
+    if _PLAIN_KEY.match(request.key):
+        parameters = {"Bucket": [request.bucket], "Key": [request.key]}
+    else:
+        parameters = {"Bucket": [request.bucket], "KeyBase64": [encode_key_base64(request.key)]}
     if request.version_id:
         parameters["VersionId"] = [request.version_id]
     if request.etag:
@@ -185,9 +201,14 @@ def submit_parameters(request: JobRequest) -> dict[str, list[str]]:
     return parameters
 
 
+def encode_key_base64(key: str) -> str:
+    """base64url of the key's UTF-8 bytes without ``=`` padding (the document's ``KeyBase64``)."""
+    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
+
+
 def submit_comment(request: JobRequest) -> str:
     """A console-friendly Comment, cut to SSM's limit (the key is in the parameters)."""
-    comment = f"processor submit s3://{request.bucket}/{request.key}"
+    comment = f"processor submit s3://{request.bucket}/{_escaped(request.key)}"
     if len(comment) <= COMMENT_MAX_CHARS:
         return comment
     return comment[: COMMENT_MAX_CHARS - 1] + "\N{HORIZONTAL ELLIPSIS}"

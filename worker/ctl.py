@@ -20,18 +20,13 @@ from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.control_client import wake
 from worker.errors import ConfigError, JobNotFound, LedgerError
-from worker.identity import Identity, normalise_etag
+from worker.identity import Identity, decode_key_base64, normalise_etag
+from worker.layout import MAX_KEY_BYTES
 from worker.ledger import Ledger
 from worker.states import JobState
 
 if TYPE_CHECKING:
     from worker.ctl_commands import Command
-
-#: S3's limit on a key, in UTF-8 bytes.
-MAX_KEY_BYTES = 1024
-
-#: The longest name the pipeline itself writes under a result prefix.
-RESULT_NAME_RESERVE = "_manifest.json"
 
 
 class UsageError(Exception):
@@ -86,8 +81,14 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="durably queue one S3 object; prints the job id")
     submit.add_argument("--bucket", required=True)
-    submit.add_argument(
-        "--key", required=True, help="the object key, decoded (write --key=VALUE: keys may start with '-')"
+    key = submit.add_mutually_exclusive_group(required=True)
+    key.add_argument(
+        "--key", help="the object key, decoded (write --key=VALUE: keys may start with '-')"
+    )
+    key.add_argument(
+        "--key-base64", metavar="B64",
+        help="the object key as base64url of its UTF-8 bytes, '=' padding optional: any key, "
+        "control characters included (the SSM document's KeyBase64)",
     )
     submit.add_argument("--version-id", default="", help="S3 version id (versioned buckets)")
     submit.add_argument("--etag", default="", help="the object's ETag, when not versioned")
@@ -196,8 +197,14 @@ def _command(name: str) -> Command:
 
 
 def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    identity = _identity(args.bucket, args.key, args.version_id, args.etag,
-                         output_prefix=settings.s3.output_prefix)
+    if args.key_base64 is not None:
+        try:
+            key = decode_key_base64(args.key_base64)
+        except ValueError as exc:
+            raise UsageError(f"--key-base64: {exc}") from None
+    else:
+        key = args.key
+    identity = _identity(args.bucket, key, args.version_id, args.etag)
     job_id, state, created = ledger.enqueue(identity)
     wake(settings.paths.socket)
     if args.json:
@@ -211,9 +218,7 @@ def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
     return exitcodes.OK
 
 
-def _identity(
-    bucket: str, key: str, version_id: str, etag: str, *, output_prefix: str = ""
-) -> Identity:
+def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
     if not bucket:
         raise UsageError("--bucket must not be empty")
     if not key:
@@ -224,13 +229,8 @@ def _identity(
         raise UsageError(f"--key is not valid UTF-8: {key!r}") from None
     if len(encoded) > MAX_KEY_BYTES:
         raise UsageError(f"--key is {len(encoded)} bytes; S3 keys are at most {MAX_KEY_BYTES}")
-    # Results land at <prefix><key>/...: refuse now what could never be uploaded later.
-    longest = len(f"{output_prefix}{key}/{RESULT_NAME_RESERVE}".encode())
-    if longest > MAX_KEY_BYTES:
-        raise UsageError(
-            f"--key is {len(encoded)} bytes: its results (<output prefix><key>/"
-            f"{RESULT_NAME_RESERVE}) would be {longest} bytes, over S3's {MAX_KEY_BYTES}-byte key limit"
-        )
+    # A key too long for <output prefix><key>/_manifest.json is fine: its results
+    # go to the _by-id/<job id>/ fallback (worker.layout).
     return Identity(bucket, key, version_id or None, normalise_etag(etag))
 
 

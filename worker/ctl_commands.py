@@ -20,7 +20,7 @@ from worker.control_client import request, wake
 from worker.errors import ControlError, InvalidTransition
 from worker.job import Job, JobState
 from worker.ledger import Ledger
-from worker.render import describe, dump_json, printable, table, when
+from worker.render import describe, dump_json, printable, result_location, table, when
 
 Command = Callable[[argparse.Namespace, Settings, Ledger, TextIO], int]
 
@@ -44,7 +44,8 @@ def _show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
     job = ledger.get(args.job_id)
     history = ledger.history(job.id)
     if args.json:
-        dump_json(out, {**job.to_dict(), "transitions": history})
+        dump_json(out, {**job.to_dict(), "results": result_location(job, settings),
+                        "transitions": history})
         return exitcodes.OK
     describe(out, job, settings)
     print("transitions:", file=out)

@@ -11,8 +11,10 @@ Stdlib only and no ``dataclasses``: ``processorctl submit`` imports this.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
+import re
 from typing import NamedTuple
 
 
@@ -45,6 +47,40 @@ class Identity(NamedTuple):
         """A stable, path-safe id: the same identity always yields the same id."""
         digest = hashlib.sha256(self.framed().encode("ascii")).hexdigest()
         return f"j-{digest[:20]}"
+
+
+#: base64url's alphabet; ``=`` padding is optional (the SSM document sends none).
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
+
+
+def decode_key_base64(text: str) -> str:
+    """The key carried as base64url of its UTF-8 bytes (the submit document's KeyBase64).
+
+    Strict, so one key has one spelling: only the base64url alphabet, padding
+    optional but correct, no stray bits in the last character, valid UTF-8.
+    Raises ValueError saying what is wrong.
+    """
+    if not text:
+        raise ValueError("is empty")
+    if not _BASE64URL.match(text):
+        raise ValueError("is not base64url (only A-Z a-z 0-9 - _ and '=' padding)")
+    bare = text.rstrip("=")
+    if len(bare) % 4 == 1:
+        raise ValueError(f"is not base64url: {len(bare)} characters cannot encode whole bytes")
+    if text != bare and len(text) % 4:
+        raise ValueError("is not base64url: wrong '=' padding (give full padding or none)")
+    try:
+        raw = binascii.a2b_base64(bare.replace("-", "+").replace("_", "/") + "=" * (-len(bare) % 4),
+                                  strict_mode=True)
+    except binascii.Error as exc:
+        raise ValueError(f"is not base64url: {exc}") from None
+    if binascii.b2a_base64(raw, newline=False).decode().rstrip("=") != bare.replace("-", "+").replace(
+            "_", "/"):
+        raise ValueError("is not base64url in its canonical form (stray bits in the last character)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"decodes to bytes that are not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def normalise_etag(etag: str | None) -> str | None:

@@ -34,15 +34,12 @@ from worker.errors import (
     StorageError,
 )
 from worker.job import Job, JobState, Phase
+from worker.layout import FAILED_NAME, MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
+from worker.layout import result_prefix as layout_result_prefix
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.space import DiskSpace, Usage, is_no_space, space_retry_bounds
 from worker.store import ObjectInfo, ObjectStore, digest_file, verify_download
-
-#: Files the pipeline itself writes at the top of a job's result prefix.
-MANIFEST_NAME = "_manifest.json"
-FAILED_NAME = "_failed.json"
-RESERVED_NAMES = frozenset({MANIFEST_NAME, FAILED_NAME})
 
 #: How often byte counters are written to the ledger during a transfer.
 PROGRESS_INTERVAL_S = 0.5
@@ -98,9 +95,10 @@ class Pipeline:
         paths = self.settings.paths
         self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
 
-    def result_prefix(self, job: Job) -> str:
-        """``<output prefix><source key>/``: where every result of this job lands."""
-        return f"{self.settings.s3.output_prefix}{job.key}/"
+    def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
+        """Where this job's outcome lands: ``<output prefix><source key>/``, or the
+        ``_by-id/<job id>/`` fallback when a key under it would not fit (worker.layout)."""
+        return layout_result_prefix(self.settings.s3.output_prefix, job.key, job.id, outputs or ())
 
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:
         """Take a job the ledger has marked RUNNING to its next state, and return it."""
@@ -232,12 +230,13 @@ class Pipeline:
         started = time.monotonic()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
         timings["upload_s"] = time.monotonic() - started
-        prefix = self.result_prefix(job)
+        prefix = self.result_prefix(job, [o["path"] for o in outputs])
         # A success replaces an earlier failure record (only _fail writes one, and
         # the ledger remembers every failure), then the manifest goes last: its
         # presence is what tells consumers the result set is complete.
         if self.ledger.has_failed(job.bucket, job.key):
-            self.store.delete(self.settings.s3.output_bucket, prefix + FAILED_NAME)
+            for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
+                self.store.delete(self.settings.s3.output_bucket, failed_key)
         manifest = self._manifest(job, got, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
         return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix},
@@ -254,7 +253,12 @@ class Pipeline:
         total = sum(size for _, _, size in files)
         self.ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_total=total, bytes_done=0)
         progress = _Progress(self._progress_sink(job.id), cancel)
-        prefix = self.result_prefix(job)
+        names = [relative for _, relative, _ in files]
+        prefix = self.result_prefix(job, names)
+        too_long = [name for name in names if not fits(prefix, [name])]
+        if too_long:  # even under the short fallback prefix
+            raise OutputError(f"output {too_long[0]!r} is too long: {prefix}{too_long[0]} "
+                              "would pass S3's 1024-byte key limit")
         outputs = []
         for path, relative, size in files:
             key = prefix + relative
@@ -337,9 +341,10 @@ class Pipeline:
         return updated
 
     def _fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
+        prefix = self.result_prefix(job)
         failed = self.ledger.transition(
             job.id, JobState.FAILED, expect=JobState.RUNNING, reason=error, error=error,
-            finished_at=self.clock(), **fields,
+            finished_at=self.clock(), **{"result_prefix": prefix, **fields},
         )
         record = {
             "job_id": job.id,
@@ -353,9 +358,7 @@ class Pipeline:
             "processor_version": __version__,
         }
         try:
-            self.store.put_json(
-                self.settings.s3.output_bucket, self.result_prefix(job) + FAILED_NAME, record
-            )
+            self.store.put_json(self.settings.s3.output_bucket, prefix + FAILED_NAME, record)
         except StorageError as exc:
             # The ledger already holds the failure; the bucket copy is a courtesy.
             log.warning("failure_record_not_written", error=str(exc))

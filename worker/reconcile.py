@@ -5,7 +5,8 @@ still be on its way otherwise), has no job with its identity in this
 instance's ledger, and has neither ``_manifest.json`` nor ``_failed.json``
 under its result prefix. The result check is per key: a result of an older
 version of the key counts, so a job is never run twice for one key by the
-reconciler; the ledger check is per version.
+reconciler; the ledger check is per version. A key too long for its results
+(worker.layout) has them under ``_by-id/<job id>/``: that check is per version.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from worker.job import Identity
+from worker.layout import FAILED_NAME, MANIFEST_NAME, fallback_source
 from worker.ledger import Ledger
-from worker.pipeline import FAILED_NAME, MANIFEST_NAME
 from worker.store import Listed
 
 
@@ -37,7 +38,8 @@ class Decision:
 
 
 def result_sources(result_keys: Iterable[str], output_prefix: str) -> set[str]:
-    """Source keys that have a manifest or a failure record, from an output-bucket listing."""
+    """Source keys that have a manifest or a failure record, from an output-bucket listing
+    (fallback results appear as ``_by-id/<job id>``: worker.layout.fallback_source)."""
     sources = set()
     for key in result_keys:
         for marker in (MANIFEST_NAME, FAILED_NAME):
@@ -58,7 +60,7 @@ def plan(
             verdict = Verdict.FOLDER
         elif now - obj.last_modified < older_than_s:
             verdict = Verdict.TOO_NEW
-        elif obj.key in with_results:
+        elif obj.key in with_results or fallback_source(identity.job_id()) in with_results:
             verdict = Verdict.HAS_RESULT
         elif ledger.find(identity) is not None:
             verdict = Verdict.HAS_JOB

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from worker import layout
 from worker.states import JobState
 
 if TYPE_CHECKING:
@@ -33,8 +34,12 @@ def describe(out: TextIO, job: Job, settings: Settings) -> None:
         fields.append(("exit code", str(job.exit_code)))
     if job.error:
         fields.append(("error", printable(job.error, 2000)))
-    if job.result_prefix:
-        fields.append(("results", f"s3://{settings.s3.output_bucket}/{printable(job.result_prefix, 2000)}"))
+    where = result_location(job, settings)
+    notes = [note for flag, note in ((where["fallback"], "fallback: the key is too long for "
+                                      "<output prefix><key>/"), (not where["final"], "expected"))
+             if flag]
+    fields.append(("results", f"s3://{where['bucket']}/{printable(where['prefix'], 2000)}"
+                   + (f"  ({'; '.join(notes)})" if notes else "")))
     fields.append(("log", str(settings.paths.logs / "jobs" / f"{job.id}.log")))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
@@ -43,6 +48,19 @@ def describe(out: TextIO, job: Job, settings: Settings) -> None:
         print("stderr (tail):", file=out)
         for line in job.stderr_tail.splitlines()[-20:]:
             print(f"  | {printable(line, 500)}", file=out)
+
+
+def result_location(job: Job, settings: Settings) -> dict[str, Any]:
+    """Where the job's outcome is (``final``: the ledger recorded it) or is expected to land.
+
+    ``fallback`` marks the ``_by-id/<job id>/`` location of keys too long for
+    their results (worker.layout). Until the job ends the expectation is the
+    key-only rule; a success whose outputs do not fit still moves to the fallback.
+    """
+    output_prefix = settings.s3.output_prefix
+    prefix = job.result_prefix or layout.result_prefix(output_prefix, job.key, job.id)
+    return {"bucket": settings.s3.output_bucket, "prefix": prefix,
+            "fallback": layout.is_fallback(output_prefix, prefix), "final": bool(job.result_prefix)}
 
 
 def printable(text: str, limit: int) -> str:

@@ -89,7 +89,8 @@ def test_documents_round_trip_through_the_emulator(ssm: Any, submit_document: st
     assert doc["DocumentType"] == "Command"
     assert "{{" not in doc["Content"]
     described = ssm.describe_document(Name=submit_document)["Document"]
-    assert {p["Name"] for p in described["Parameters"]} == {"Bucket", "Key", "VersionId", "ETag"}
+    assert {p["Name"] for p in described["Parameters"]} == {"Bucket", "Key", "KeyBase64", "VersionId",
+                                                               "ETag"}
 
 
 def test_hostile_key_is_submitted_verbatim(

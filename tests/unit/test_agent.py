@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from lambda_trigger.ssm import encode_key_base64
+from worker.identity import decode_key_base64
 from worker.local import agent as agent_mod
 from worker.local import cfn
 from worker.local.agent import CommandResult, LocalSsmAgent
@@ -169,7 +171,8 @@ def test_env_var_step_keeps_the_script_unchanged(submit_content: dict[str, Any])
     values = validate_parameters(submit_content, {"Bucket": ["b-1"], "Key": ["$(id)"]})
     script, env = render_step(step, values, submit_content["parameters"])
     assert script == "\n".join(step["inputs"]["runCommand"]) + "\n"
-    assert env == {"SSM_Bucket": "b-1", "SSM_Key": "$(id)", "SSM_VersionId": "", "SSM_ETag": ""}
+    assert env == {"SSM_Bucket": "b-1", "SSM_Key": "$(id)", "SSM_KeyBase64": "", "SSM_VersionId": "",
+                   "SSM_ETag": ""}
 
 
 def test_env_var_placeholders_are_left_unfilled(caplog: pytest.LogCaptureFixture) -> None:
@@ -237,6 +240,35 @@ def test_hostile_keys_reach_processorctl_verbatim(
             "--etag=",
         ]
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("key", ["tab\there", "new\nline", "nul\x00byte", "del\x7f", "-\x1b[2J",
+                                 "\r" + "\U0001F4C4" * 255 + "abc"], ids=repr)
+def test_control_character_keys_reach_processorctl_as_key_base64(
+    submit_content: dict[str, Any], base_env: dict[str, str], tmp_path: Path, key: str
+) -> None:
+    encoded = encode_key_base64(key)
+    proc = _run_document(submit_content, {"Bucket": ["processor-input"], "KeyBase64": [encoded]},
+                         base_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    argv = _recorded_argv(tmp_path)
+    assert argv == ["submit", "--bucket=processor-input", f"--key-base64={encoded}",
+                    "--version-id=", "--etag="]
+    assert decode_key_base64(argv[2].removeprefix("--key-base64=")) == key
+
+
+@pytest.mark.parametrize("parameters,said", [
+    ({"Key": ["a"], "KeyBase64": ["YQ"]}, "not both"),
+    ({}, "both are empty"),
+    ({"Key": [""], "KeyBase64": [""]}, "both are empty"),
+])
+def test_submit_script_wants_exactly_one_of_key_and_key_base64(
+    submit_content: dict[str, Any], base_env: dict[str, str], tmp_path: Path,
+    parameters: dict[str, list[str]], said: str,
+) -> None:
+    proc = _run_document(submit_content, {"Bucket": ["b-1"], **parameters}, base_env, tmp_path)
+    assert proc.returncode == 2 and "exactly one of Key and KeyBase64" in proc.stderr, proc.stderr
+    assert said in proc.stderr and not (tmp_path / "argv").exists()
 
 
 def test_version_and_etag_are_passed(

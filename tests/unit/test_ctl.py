@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import re
@@ -127,12 +128,78 @@ def test_submit_rejects_bad_values_naming_the_option(config: Path, args: list[st
         assert ledger.list_jobs() == []
 
 
-def test_keys_whose_results_cannot_fit_in_s3_are_refused(config: Path) -> None:
+def test_keys_too_long_for_their_results_are_accepted_and_shown_at_the_fallback(config: Path) -> None:
+    """Keys whose <key>/_manifest.json would pass 1,024 bytes are legal S3 keys: submit takes
+    them (it used to refuse them after SendCommand had succeeded, so nothing recorded them)
+    and show says their results go to _by-id/<job id>/."""
     room = 1024 - len("/_manifest.json")
     fits = "é" * (room // 2) + "k" * (room % 2)  # exactly at the limit, 2-byte characters
-    assert processorctl(config, "submit", "--bucket", "b", f"--key={fits}").returncode == 0
-    done = processorctl(config, "submit", "--bucket", "b", f"--key={fits}x")
-    assert done.returncode == exitcodes.USAGE and "over S3's 1024-byte key limit" in done.stderr
+    for key, fallback in ((fits, False), (fits + "x", True), ("é" * 512, True), ("k" * 1024, True)):
+        done = processorctl(config, "submit", "--bucket", "b", f"--key={key}")
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.strip()
+        _, out = run(config, "show", job_id, "--json")
+        results = json.loads(out)["results"]
+        expected = f"_by-id/{job_id}/" if fallback else key + "/"
+        assert results == {"bucket": "out", "prefix": expected, "fallback": fallback,
+                           "final": False}, key[:20]
+        _, out = run(config, "show", job_id)
+        line = next(ln for ln in out.splitlines() if ln.startswith("results:"))
+        assert ("fallback" in line) is fallback and "expected" in line
+
+
+def test_show_names_the_recorded_result_prefix_and_marks_the_fallback(config: Path) -> None:
+    _, out = run(config, "submit", "--bucket", "b", "--key=" + "k" * 1024)
+    job_id = out.strip()
+    with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
+        ledger.claim_next()
+        ledger.transition(job_id, JobState.FAILED, expect=JobState.RUNNING, reason="boom",
+                          error="boom", result_prefix=f"_by-id/{job_id}/")
+    _, out = run(config, "show", job_id)
+    assert re.search(rf"results: +s3://out/_by-id/{job_id}/  \(fallback: the key is too long",
+                     out), out
+    assert "expected" not in out
+    shown = json.loads(run(config, "show", job_id, "--json")[1])
+    assert shown["results"]["final"] is True and shown["results"]["fallback"] is True
+
+
+@pytest.mark.parametrize("key", ["tab\there", "new\nline", "nul\x00byte", "-rf", "日本 📄.csv",
+                                 "\x7f" + "\U0001F4C4" * 255 + "abc"], ids=repr)
+def test_submit_key_base64_decodes_to_the_same_job_as_key(config: Path, key: str) -> None:
+    encoded = base64.urlsafe_b64encode(key.encode()).decode()
+    code, out = run(config, "submit", "--bucket", "b", f"--key-base64={encoded.rstrip('=')}")
+    assert code == 0
+    job_id = out.strip()
+    assert job_id == Identity("b", key).job_id()
+    # Padded or not, the same key: the same job.
+    assert run(config, "submit", "--bucket", "b", f"--key-base64={encoded}") == (0, out)
+    with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
+        assert [j.key for j in ledger.list_jobs()] == [key]
+
+
+@pytest.mark.parametrize("value,fragment", [
+    ("", "is empty"),
+    ("a", "cannot encode whole bytes"),
+    ("YQ=", "padding"),
+    ("a+b/", "not base64url"),
+    ("YQ\n", "not base64url"),
+    ("YR", "canonical"),
+    ("gA", "not UTF-8"),  # 0x80 alone
+    ("7aCA", "not UTF-8"),  # a UTF-16 surrogate, encoded as UTF-8
+])
+def test_submit_key_base64_errors_name_the_option(config: Path, value: str, fragment: str) -> None:
+    done = processorctl(config, "submit", "--bucket", "b", f"--key-base64={value}")
+    assert done.returncode == exitcodes.USAGE, done.stderr
+    assert "--key-base64" in done.stderr and fragment in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
+        assert ledger.list_jobs() == []
+
+
+@pytest.mark.parametrize("args", [["--key=a", "--key-base64=YQ"], []], ids=["both", "neither"])
+def test_submit_wants_exactly_one_of_key_and_key_base64(config: Path, args: list[str]) -> None:
+    done = processorctl(config, "submit", "--bucket", "b", *args)
+    assert done.returncode == exitcodes.USAGE and "--key" in done.stderr, done.stderr
 
 
 def test_unusable_ledger_exits_4_and_says_so(short_tmp: Path) -> None:

@@ -170,6 +170,10 @@ def test_submit_script_execs_processorctl_with_opt_equals_value(
         'exec processorctl submit --bucket="$SSM_Bucket" --key="$SSM_Key" '
         '--version-id="${SSM_VersionId-}" --etag="${SSM_ETag-}"'
     ) in script
+    assert (
+        'exec processorctl submit --bucket="$SSM_Bucket" --key-base64="$SSM_KeyBase64" '
+        '--version-id="${SSM_VersionId-}" --etag="${SSM_ETag-}"'
+    ) in script
 
 
 # --- the patterns ---------------------------------------------------------------------
@@ -185,9 +189,9 @@ KEYS_ACCEPTED = [
     "{" * 2 + " Key " + "}" * 2,
     "k" * 1024,
     "日" * 1024,
+    "",  # the default: the key is in KeyBase64 (the script wants exactly one)
 ]
 KEYS_REJECTED = [
-    "",
     "k" * 1025,
     "a\nb",
     "a.csv\n",

@@ -21,6 +21,8 @@ BUCKET = "processor-input"
 SHELL_KEY = "uploads/$(touch /tmp/pwned);rm -rf ~`id`|&<>'\"\\*?.csv"
 PUT_ETAG = "0f343b0931126a20f133d67c2b018a3b"
 EMPTY_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
+CONTROL_KEY = "inbox/tab\there\nnew line\rcr\x1b[2J\x7fdel.csv"
+LONGEST_TAB_KEY = "\t" + "\U0001F4C4" * 255 + "abc"  # 1,024 bytes
 
 
 def _put(key: str, sequencer: str, *, version_id: str | None = None, etag: str = PUT_ETAG,
@@ -37,6 +39,14 @@ EXPECTED: dict[str, tuple[list[JobRequest], list[int]]] = {
     "put_unicode_key": ([_put("inbox/r\u00e9sum\u00e9 \u65e5\u672c.csv", "0055AED6DCD90281E8")], []),
     "put_shell_metachar_key": ([_put(SHELL_KEY, "0055AED6DCD90281E9")], []),
     "put_shell_metachar_key_slash_encoded": ([_put(SHELL_KEY, "0055AED6DCD90281EA")], []),
+    # Control characters are legal in S3 keys; S3 percent-encodes them in events.
+    "put_key_with_control_characters": ([_put(CONTROL_KEY, "0055AED6DCD90281ED",
+                                              etag="5d41402abc4b2a76b9719d911017c592")], []),
+    # The longest key S3 takes (1,024 bytes), in 4-byte UTF-8 characters.
+    "put_key_1024_bytes_of_4_byte_characters": ([_put("\U0001F4C4" * 256, "0055AED6DCD90281EE",
+                                                      etag="7d793037a0760186574b0282f2f435e7")], []),
+    "put_key_1024_bytes_with_a_tab": ([_put(LONGEST_TAB_KEY, "0055AED6DCD90281EF",
+                                            etag="9e107d9d372bb6826bd81d3542a419d6")], []),
     "put_versioned": ([_put("incoming/versioned.csv", "0055AED6DCD90281EB",
                             version_id="096fKKXTRTtl3on89fVO.nfljtsv6qko")], []),
     "multipart_complete": ([_put("incoming/large-video.mp4", "0055AED6DCD90281EC",

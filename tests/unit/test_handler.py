@@ -39,6 +39,7 @@ from lambda_trigger.targeting import (
 )
 from tests.eventfixtures import load_event
 from tests.unit.test_targeting import FLEET, Clock, Ec2Instance, make_directory
+from worker.identity import decode_key_base64
 
 INSTANCE = "i-0123456789abcdef0"
 ENV = {"DOCUMENT_NAME": "processor-SubmitDocument", "TARGET_INSTANCE_ID": INSTANCE}
@@ -59,7 +60,7 @@ class FakeSsm:
 
     def send_command(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
-        codes = self._fail.get(kwargs["Parameters"]["Key"][0])
+        codes = self._fail.get(sent_key(kwargs["Parameters"]))
         if codes:
             code = codes.pop(0)
             raise ClientError({"Error": {"Code": code, "Message": f"fake {code}"}},
@@ -68,7 +69,14 @@ class FakeSsm:
 
     @property
     def keys(self) -> list[str]:
-        return [call["Parameters"]["Key"][0] for call in self.calls]
+        return [sent_key(call["Parameters"]) for call in self.calls]
+
+
+def sent_key(parameters: Mapping[str, list[str]]) -> str:
+    """The key a SendCommand carries, as Key or as KeyBase64 (decoded as processorctl does)."""
+    if "KeyBase64" in parameters:
+        return decode_key_base64(parameters["KeyBase64"][0])
+    return parameters["Key"][0]
 
 
 class Factory:
