@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from worker.config import ProcessingSettings
+from worker.identity import encode_key_base64
 from worker.job import Job
 
 #: PATH for the command when the daemon itself has none.
@@ -53,7 +54,10 @@ def job_environment(base: Mapping[str, str], job: Job, work: Path) -> dict[str, 
         "PROCESSOR_INPUT": str(work / "input"),
         "PROCESSOR_OUTPUT_DIR": str(work / "output"),
         "PROCESSOR_SOURCE_BUCKET": job.bucket,
-        "PROCESSOR_SOURCE_KEY": job.key,
+        # An environment variable cannot hold a NUL byte, which an S3 key may: such a
+        # key shows U+FFFD in its place here, and the _BASE64 form is always exact.
+        "PROCESSOR_SOURCE_KEY": job.key.replace("\0", "\ufffd"),
+        "PROCESSOR_SOURCE_KEY_BASE64": encode_key_base64(job.key),
         "PROCESSOR_ATTEMPT": str(job.attempts),
     })
     if job.version_id:
@@ -61,3 +65,4 @@ def job_environment(base: Mapping[str, str], job: Job, work: Path) -> dict[str, 
     if job.etag:
         env["PROCESSOR_SOURCE_ETAG"] = job.etag
     return env
+

@@ -53,6 +53,12 @@ class Identity(NamedTuple):
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
 
 
+def encode_key_base64(key: str) -> str:
+    """The key's UTF-8 bytes as unpadded base64url: what decode_key_base64 reads back."""
+    return binascii.b2a_base64(key.encode("utf-8"), newline=False).decode("ascii").rstrip("=").replace(
+        "+", "-").replace("/", "_")
+
+
 def decode_key_base64(text: str) -> str:
     """The key carried as base64url of its UTF-8 bytes (the submit document's KeyBase64).
 

@@ -158,37 +158,29 @@ def test_every_hostile_key_is_processed_and_none_runs_anything(tmp_path: Path) -
     elapsed = time.monotonic() - started
     assert rejections == [], rejections  # 0 keys rejected
     assert sorted(j.key for j in jobs) == sorted(keys)
-    # The one key that does not succeed: an environment variable cannot hold a NUL, so
-    # PROCESSOR_SOURCE_KEY cannot carry it to the command (worker/pipeline.py's command
-    # environment, outside this change). It still ends with a failure record naming it.
-    unfinished = [j for j in jobs if j.state is not JobState.SUCCEEDED]
-    assert [(j.key, j.state) for j in unfinished] == [(NUL_KEY, JobState.FAILED)], unfinished
-    assert "embedded null byte" in (unfinished[0].error or "")
-    assert failure_records == {NUL_KEY: unfinished[0].id}
-    # One manifest per other upload, naming its key byte for byte, at the documented place.
-    assert sorted(manifests) == sorted(k for k in keys if k != NUL_KEY)
+    # Every key succeeds, a NUL byte included (it reaches the command exactly through
+    # PROCESSOR_SOURCE_KEY_BASE64): one manifest per upload, naming its key byte for byte,
+    # at the documented place, and no failure record anywhere.
+    assert [j for j in jobs if j.state is not JobState.SUCCEEDED] == []
+    assert failure_records == {}
+    assert sorted(manifests) == sorted(keys)
     fallback = {k for k in keys if k in FALLBACK or k.startswith("_by-id/")}
     for job in jobs:
-        if job.key == NUL_KEY:
-            assert job.result_prefix == NUL_KEY + "/"
-            continue
         manifest = manifests[job.key]
         assert manifest["source"]["key"] == job.key and manifest["job_id"] == job.id
         expected = f"_by-id/{job.id}/" if job.key in fallback else job.key + "/"
         assert job.result_prefix == expected, job.key[:40]
         assert {o["key"] for o in manifest["outputs"]} == {expected + "summary.json",
                                                            expected + "summary.md"}
-    assert sum(o.endswith("/" + layout.MANIFEST_NAME) for o in outputs) == len(keys) - 1
-    assert [o for o in outputs if o.endswith("/" + layout.FAILED_NAME)] == [
-        NUL_KEY + "/" + layout.FAILED_NAME]
+    assert sum(o.endswith("/" + layout.MANIFEST_NAME) for o in outputs) == len(keys)
+    assert [o for o in outputs if o.endswith("/" + layout.FAILED_NAME)] == []
     # No command ran: no canary, nothing new anywhere near the state dir, nothing at /.
     assert list(canary.iterdir()) == []
     assert after == before, after ^ before
     assert not Path("/tmp/escape-space").exists() and not Path("/pwned").exists()
-    REPORT.append(f"hostile keys: {len(keys)} uploaded, 0 rejected, {len(keys) - 1} processed "
+    REPORT.append(f"hostile keys: {len(keys)} uploaded, 0 rejected, {len(keys)} processed "
                   f"intact ({len(CONTROL) + 1} via KeyBase64, {len(fallback)} at _by-id/<job id>/), "
-                  f"1 failure record (a NUL cannot reach the command's environment), "
-                  f"0 canaries touched, {elapsed:.1f}s")
+                  f"0 failure records, 0 canaries touched, {elapsed:.1f}s")
 
 
 # -- the same keys, below the pipeline --------------------------------------------------------

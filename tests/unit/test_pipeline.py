@@ -370,8 +370,8 @@ def test_the_command_sees_exactly_the_configured_environment(tmp_path: Path) -> 
         "HOME": str(work), "TMPDIR": str(work / "tmp"),
         "PROCESSOR_JOB_ID": job.id, "PROCESSOR_INPUT": str(work / "input"),
         "PROCESSOR_OUTPUT_DIR": str(work / "output"), "PROCESSOR_SOURCE_BUCKET": "in",
-        "PROCESSOR_SOURCE_KEY": "e.txt", "PROCESSOR_ATTEMPT": "1",
-        "PROCESSOR_SOURCE_ETAG": job.etag,
+        "PROCESSOR_SOURCE_KEY": "e.txt", "PROCESSOR_SOURCE_KEY_BASE64": "ZS50eHQ",
+        "PROCESSOR_ATTEMPT": "1", "PROCESSOR_SOURCE_ETAG": job.etag,
     }
 
 
@@ -383,5 +383,19 @@ def test_without_configuration_the_command_gets_only_defaults_and_the_contract(t
     assert pipeline.run(job).state is JobState.SUCCEEDED
     assert json.loads(record.read_text()) == sorted([
         "PATH", "LANG", "HOME", "TMPDIR", "PROCESSOR_JOB_ID", "PROCESSOR_INPUT", "PROCESSOR_OUTPUT_DIR",
-        "PROCESSOR_SOURCE_BUCKET", "PROCESSOR_SOURCE_KEY", "PROCESSOR_ATTEMPT", "PROCESSOR_SOURCE_ETAG",
+        "PROCESSOR_SOURCE_BUCKET", "PROCESSOR_SOURCE_KEY", "PROCESSOR_SOURCE_KEY_BASE64",
+        "PROCESSOR_ATTEMPT", "PROCESSOR_SOURCE_ETAG",
     ])
+
+
+def test_a_key_with_a_nul_byte_reaches_the_command_exactly_through_the_base64_variable(
+        tmp_path: Path) -> None:
+    # An S3 key may hold a NUL; no environment variable can (execve would refuse it).
+    record = tmp_path / "env.json"
+    dump = script("import os, json, base64; v = os.environ['PROCESSOR_SOURCE_KEY_BASE64']; json.dump("
+                  "{'plain': os.environ['PROCESSOR_SOURCE_KEY'], 'exact': base64.urlsafe_b64decode("
+                  f"v + '=' * (-len(v) % 4)).decode()}}, open({str(record)!r}, 'w'))")
+    pipeline, ledger, store = make(tmp_path, dump)
+    job = claim(ledger, store, "nul\x00byte")
+    assert pipeline.run(job).state is JobState.SUCCEEDED
+    assert json.loads(record.read_text()) == {"plain": "nul\ufffdbyte", "exact": "nul\x00byte"}
