@@ -26,7 +26,7 @@ from lambda_trigger import s3, sqs
 from lambda_trigger.config import load_reconcile_config
 from lambda_trigger.events import JobRequest
 from lambda_trigger.logs import log_counts, log_line
-from lambda_trigger.reconcile import Verdict, count, index_results, plan
+from lambda_trigger.reconcile import Verdict, index_results, plan
 from lambda_trigger.ssm import DeliveryError, FailedRecord
 
 #: The event field and value that select this mode.
@@ -70,16 +70,21 @@ def reconcile(
     try:
         results = index_results(s3.list_keys(client, config.output_bucket, config.output_prefix),
                                 config.output_prefix)
-        decisions = list(plan(s3.list_objects(client, config.input_bucket, config.prefix),
-                              bucket=config.input_bucket, results=results, now=clock(),
-                              older_than_s=config.older_than_s))
+        # Streamed: only the lost objects are kept, not the whole listing (128 MB functions).
+        counts = {verdict: 0 for verdict in Verdict}
+        lost: list[JobRequest] = []
+        for decision in plan(s3.list_objects(client, config.input_bucket, config.prefix),
+                             bucket=config.input_bucket, results=results, now=clock(),
+                             older_than_s=config.older_than_s):
+            counts[decision.verdict] += 1
+            if decision.verdict is Verdict.SUBMIT:
+                listed = decision.listed
+                lost.append(JobRequest(config.input_bucket, listed.key, listed.version_id,
+                                       listed.etag, _EVENT_NAME, None))
     except s3.ListingError as exc:
         log_line(logging.ERROR, "reconcile_failed", bucket=exc.bucket,
                  error=f"{exc.code}: {exc.message}")
         raise
-    lost = [JobRequest(config.input_bucket, d.listed.key, d.listed.version_id, d.listed.etag,
-                       _EVENT_NAME, None)
-            for d in decisions if d.verdict is Verdict.SUBMIT]
     failures: list[FailedRecord] = []
     sent = 0
     if lost and not config.dry_run:
@@ -102,14 +107,13 @@ def reconcile(
             log_line(logging.INFO, "reconcile_would_send", bucket=request.bucket,
                      key=request.key, version_id=request.version_id, etag=request.etag,
                      reason="dry_run")
-    counts = count(decisions)
     summary = ReconcileSummary(
         input_bucket=config.input_bucket, prefix=config.prefix,
-        older_than_s=config.older_than_s, dry_run=config.dry_run, listed=len(decisions),
+        older_than_s=config.older_than_s, dry_run=config.dry_run, listed=sum(counts.values()),
         # In a dry run "sent" is what a real pass would send.
         sent=len(lost) if config.dry_run else sent, failed=len(failures),
-        has_result=counts[Verdict.HAS_RESULT.value], too_new=counts[Verdict.TOO_NEW.value],
-        folder=counts[Verdict.FOLDER.value],
+        has_result=counts[Verdict.HAS_RESULT], too_new=counts[Verdict.TOO_NEW],
+        folder=counts[Verdict.FOLDER],
     )
     log_counts(logging.ERROR if failures else logging.INFO, "reconcile_finished", summary)
     if failures:
