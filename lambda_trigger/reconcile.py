@@ -9,7 +9,8 @@ them equal to the worker's (tests/unit/test_reconcile_plan.py):
 - where a job's results live: ``<output prefix><key>/``, except for keys so
   long that ``<output prefix><key>/_manifest.json`` would pass S3's
   1,024-byte key limit, whose results live under
-  ``<output prefix>_by-id/<job id>/`` instead.
+  ``<output prefix>_by-id/<job id>/`` instead (worker/layout.py, which also
+  sends there a success whose outputs would not fit).
 
 An input object is lost -- it gets (re)submitted -- when it is older than
 ``older_than_s`` (its event may still be on its way otherwise), is not a
@@ -105,9 +106,20 @@ def job_id(bucket: str, key: str, version_id: str | None, etag: str | None) -> s
 
 
 def uses_by_id(output_prefix: str, key: str) -> bool:
-    """True when ``key``'s results cannot live at ``<prefix><key>/`` (S3 key limit)."""
-    longest = f"{output_prefix}{key}/{MANIFEST_NAME}"
-    return len(longest.encode("utf-8")) > S3_KEY_MAX_BYTES
+    """True when ``key``'s results cannot live at ``<prefix><key>/``.
+
+    That is when ``<prefix><key>/_manifest.json`` (the longer reserved name)
+    would pass S3's key limit, or when the normal prefix would itself read as
+    a ``_by-id/`` one. A success whose *outputs* do not fit goes to ``_by-id/``
+    as well (worker/layout.py); the Lambda cannot know the outputs, which is
+    why Results.has looks at both places.
+    """
+    normal = f"{output_prefix}{key}/"
+    if normal.startswith(BY_ID_DIR):
+        return True
+    longest = normal + MANIFEST_NAME
+    # surrogatepass: counts bytes as the worker does, whatever the string holds.
+    return len(longest.encode("utf-8", "surrogatepass")) > S3_KEY_MAX_BYTES
 
 
 def result_prefix(output_prefix: str, key: str, job: str) -> str:

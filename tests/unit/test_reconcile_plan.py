@@ -57,10 +57,12 @@ def test_result_names_are_the_pipelines() -> None:
 
 
 def _layout_rule(output_prefix: str, key: str, job: str) -> str:
-    """The fallback rule as the issue states it, written independently of the module."""
-    if len(f"{output_prefix}{key}/_manifest.json".encode()) > 1024:
+    """The fallback rule as the issue states it, written independently of the module
+    (plus: a normal prefix that would read as a ``_by-id/`` one is not used)."""
+    normal = f"{output_prefix}{key}/"
+    if len(f"{normal}_manifest.json".encode()) > 1024 or normal.startswith("_by-id/"):
         return f"{output_prefix}_by-id/{job}/"
-    return f"{output_prefix}{key}/"
+    return normal
 
 
 @pytest.mark.parametrize("prefix", ["", "results/", "r\u00e9sultats/\u65e5/"])
@@ -69,12 +71,22 @@ def test_result_prefix_follows_the_by_id_rule(prefix: str) -> None:
     # The boundary, byte-exact: 1024 bytes fit, 1025 do not; a multi-byte
     # character is what makes bytes and characters differ.
     room = 1024 - len(f"{prefix}/_manifest.json".encode())
-    keys += ["x" * room, "x" * (room + 1), "x" * (room - 2) + "\u00e9", "x" * (room - 1) + "\u00e9"]
+    keys += ["x" * room, "x" * (room + 1), "x" * (room - 2) + "\u00e9", "x" * (room - 1) + "\u00e9",
+             "_by-id", "_by-id/j-0123", "_by-idx", "a/_by-id/b"]
     for key in keys:
         job = job_id("b", key, None, "e")
         assert result_prefix(prefix, key, job) == _layout_rule(prefix, key, job), key
     assert result_prefix(prefix, "x" * room, "j-1") == f"{prefix}{'x' * room}/"
     assert result_prefix(prefix, "x" * (room + 1), "j-1") == f"{prefix}_by-id/j-1/"
+
+
+@pytest.mark.parametrize("prefix", ["", "results/"])
+def test_result_prefix_is_worker_layouts_for_a_result_without_long_outputs(prefix: str) -> None:
+    """Against the worker's own rule, where this branch has it (worker/layout.py)."""
+    layout = pytest.importorskip("worker.layout")
+    for key in [*_keys(300), "_by-id", "_by-id/j-0123", "y" * 1009, "y" * 1010]:
+        job = job_id("b", key, None, "e")
+        assert result_prefix(prefix, key, job) == layout.result_prefix(prefix, key, job), key
 
 
 def test_index_finds_results_at_both_locations_and_ignores_other_files() -> None:

@@ -111,7 +111,9 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None) -> int:
             os.environ.update({**emulator.env(), "AWS_ENDPOINT_URL_SSM": front.endpoint,
                                **lambda_environment(res)})
             pump = EventPump(emulator.client("sqs"), res.queue_url,
-                             on_invocation=lambda i: _on_invocation(console, failures, i))
+                             on_invocation=lambda i: _on_invocation(
+                                 console, failures, i,
+                                 "message(s)" if res.work_queue_url else "command(s)"))
             pump.start()
             stack.callback(pump.stop)
             _banner(console, res, state_dir, nodes)
@@ -199,10 +201,11 @@ def _on_command(console: _Console, failures: list[str], result: CommandResult) -
         console.say(f"ssm     {result.command_id[:8]} {result.status}: {printable(reason, 500)}")
 
 
-def _on_invocation(console: _Console, failures: list[str], invocation: Invocation) -> None:
+def _on_invocation(
+    console: _Console, failures: list[str], invocation: Invocation, what: str = "command(s)"
+) -> None:
     if invocation.ok:
         result = invocation.result if isinstance(invocation.result, dict) else {}
-        what = "message(s)" if result.get("message_ids") else "command(s)"
         console.say(f"lambda  {invocation.request_id[:8]} sent {result.get('sent', 0)} {what}")
     else:
         failures.append(f"Lambda invocation {invocation.request_id}: {invocation.error}")
