@@ -22,6 +22,9 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 #: The name the local stack plays, so document names match a deployed stack's.
 STACK_NAME = "processor"
 
+#: The tag every local instance carries, as on AWS (what the operator documents target).
+INSTANCE_TAG = "processor:fleet"
+
 #: The fleet's work queue: its lease (default visibility) is short locally so a
 #: message of a stopped daemon comes back while you watch (AWS default: 300 s).
 WORK_QUEUE_VISIBILITY_S = 30
@@ -45,9 +48,6 @@ class Resources:
     #: one instance, which keeps the SSM flow.
     work_queue_url: str = ""
     work_dead_letter_queue_url: str = ""
-
-    #: The tag every local instance carries (what the operator documents target, as on AWS).
-    fleet_tag: tuple[str, str] = ("processor:fleet", "processor")
 
 
 class Emulator:
@@ -134,7 +134,7 @@ def provision(
     launched = ec2.run_instances(
         ImageId=image, MinCount=instances, MaxCount=instances, InstanceType="t3.small",
         TagSpecifications=[{"ResourceType": "instance",
-                            "Tags": [{"Key": "processor:fleet", "Value": STACK_NAME}]}],
+                            "Tags": [{"Key": INSTANCE_TAG, "Value": STACK_NAME}]}],
     )["Instances"]
     return Resources(
         endpoint=emulator.endpoint, input_bucket=input_bucket, output_bucket=output_bucket,
