@@ -1,14 +1,12 @@
-"""SendCommand of the submit document for one job request, and the AWS clients.
+"""SendCommand of the submit document for one job request, and the SSM client.
 
 botocore's ClientError and BotoCoreError from SendCommand become SendError
-here, so the handler never inspects them (targeting.py does the same for the
-discovery calls).
+here, so the handler never inspects them.
 
-The target is always one instance id in ``InstanceIds``. A ``Targets`` tag
-query would run the submit on *every* matching instance, i.e. the same job
-once per instance. For a fleet, ``deliver`` walks the rendezvous order that
-targeting.py computed and fails over to the next instance only on the
-errors that mean "this instance cannot take commands" (``FAILOVER_CODES``).
+The target is the one instance id in ``InstanceIds`` (the single-instance
+flow). A ``Targets`` tag query would run the submit on *every* matching
+instance, i.e. the same job once per instance; a fleet is fed through its
+SQS work queue instead (sqs.py).
 
 Exceptions::
 
@@ -65,31 +63,6 @@ UPDATE_ATTEMPTS = 4
 UPDATE_BACKOFF_BASE_S = 0.25
 UPDATE_BACKOFF_CAP_S = 2.0
 
-#: SendCommand errors that are about the *instance*, so the next instance in
-#: the rendezvous order may well succeed (botocore's SSM model, SendCommand
-#: errors, checked against botocore 1.44):
-#: - InvalidInstanceId: no permission on the node, SSM Agent not running or
-#:   not registered, or the node shutting-down/terminated;
-#: - UnsupportedPlatformType: the document does not support this node's
-#:   platform (e.g. a Windows node that carries the fleet tag).
-#: Everything else (InvalidDocument, InvalidDocumentVersion,
-#: InvalidParameters, AccessDenied, throttling after its retries ...) would
-#: fail the same way on every instance: the record fails at once.
-#: "Undeliverable" is not among them because it is no SendCommand error: it
-#: is a command-invocation status SSM reports later (the call itself has
-#: already returned a CommandId); the reconciler (§7) covers those jobs.
-FAILOVER_CODES = frozenset({"InvalidInstanceId", "UnsupportedPlatformType"})
-
-#: The online check (DescribeInstanceInformation) is an optimisation with a
-#: correct fallback, so it gets one retry, not the send path's patience (an
-#: endpoint without the operation answers 500, which standard mode retries).
-ONLINE_CHECK_CONFIG = Config(
-    retries={"mode": "standard", "total_max_attempts": 2},
-    connect_timeout=5,
-    read_timeout=10,
-)
-
-
 class SsmClient(Protocol):
     """The one call we make; a boto3 SSM client satisfies it, as do test fakes."""
 
@@ -99,8 +72,7 @@ class SsmClient(Protocol):
 class SendError(Exception):
     """SendCommand failed for ``request``; ``code`` is the AWS error code or botocore error name.
 
-    ``instance_id`` is the instance of the failed call; ``failed_over_from``
-    the instances tried (and failed over) before it.
+    ``instance_id`` is the instance of the failed call.
     """
 
     def __init__(
@@ -110,23 +82,12 @@ class SendError(Exception):
         message: str,
         *,
         instance_id: str | None = None,
-        failed_over_from: Sequence[str] = (),
     ) -> None:
         super().__init__(f"s3://{request.bucket}/{request.key}: {code}: {message}")
         self.request = request
         self.code = code
         self.message = message
         self.instance_id = instance_id
-        self.failed_over_from = tuple(failed_over_from)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A sent command: its id, the instance that took it, the instances failed over from."""
-
-    command_id: str
-    instance_id: str
-    failed_over_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,19 +129,6 @@ def make_client() -> SsmClient:
     """
     client: SsmClient = boto3.session.Session().client("ssm", config=CLIENT_CONFIG)
     return client
-
-
-def make_discovery_clients(region: str | None = None) -> tuple[Any, Any]:
-    """(EC2 client, SSM client) for targeting.InstanceDirectory, from the standard environment
-    (``region`` when the environment names none: the reconciler passes its configured one).
-
-    EC2 gets the send path's retries: without the instance list no record
-    can go anywhere. The SSM one only makes the online check.
-    """
-    session = boto3.session.Session()
-    region = session.region_name or region
-    return (session.client("ec2", region_name=region, config=CLIENT_CONFIG),
-            session.client("ssm", region_name=region, config=ONLINE_CHECK_CONFIG))
 
 
 def submit_parameters(request: JobRequest) -> dict[str, list[str]]:
@@ -253,43 +201,6 @@ def send_submit(
             return _command_id(response, request, instance_id)
         sleep(_backoff(attempt))
         attempt += 1
-
-
-def deliver(
-    client: SsmClient,
-    *,
-    document_name: str,
-    instances: Sequence[str],
-    request: JobRequest,
-    document_version: str | None = None,
-    on_failover: Callable[[str, SendError], None] = lambda instance_id, error: None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Delivery:
-    """Send to ``instances[0]``, failing over down the list on FAILOVER_CODES.
-
-    ``on_failover(instance_id, error)`` is called for every instance that
-    failed with a failover code (including the last one), so the caller can
-    drop it from its instance cache. Any other error stops at once. Raises
-    SendError carrying ``instance_id`` and ``failed_over_from``.
-    """
-    if not instances:
-        raise ValueError("deliver needs at least one instance")
-    last = len(instances) - 1
-    for position, instance_id in enumerate(instances):
-        try:
-            command_id = send_submit(client, document_name=document_name,
-                                     instance_id=instance_id, request=request,
-                                     document_version=document_version, sleep=sleep)
-        except SendError as exc:
-            exc.failed_over_from = tuple(instances[:position])
-            if exc.code not in FAILOVER_CODES:
-                raise
-            on_failover(instance_id, exc)
-            if position == last:
-                raise
-        else:
-            return Delivery(command_id, instance_id, tuple(instances[:position]))
-    raise AssertionError("unreachable: the last instance returns or raises")
 
 
 def _backoff(attempt: int) -> float:

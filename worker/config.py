@@ -138,11 +138,6 @@ class ReconcileSettings(NamedTuple):
     #: Only objects older than this, so objects whose event is still on its way
     #: are left to it (S3 -> Lambda -> SSM normally takes seconds).
     older_than_s: int = 900
-    #: In a fleet, the tag (Key=Value) its instances share: the reconciler then
-    #: takes only the objects that rendezvous-hash to this instance, as the Lambda would.
-    fleet_tag: str = ""
-    #: This instance's id in the fleet; empty means ask the EC2 metadata service.
-    instance_id: str = ""
 
 
 class InstanceSettings(NamedTuple):
@@ -379,8 +374,6 @@ def _check(settings: Settings, source: str) -> None:
         fail("paths.socket", f"must be an absolute path, got {str(settings.paths.socket)!r}")
     if len(str(settings.paths.socket).encode()) > 107:
         fail("paths.socket", "is longer than a Unix socket path may be (107 bytes)")
-    if settings.reconcile.fleet_tag and "=" not in settings.reconcile.fleet_tag.strip("="):
-        fail("reconcile.fleet_tag", f"must be Key=Value, got {settings.reconcile.fleet_tag!r}")
     if settings.reconcile.older_than_s < 0:
         fail("reconcile.older_than_s", f"must not be negative, got {settings.reconcile.older_than_s}")
     if settings.paths.min_free_mb < 0:

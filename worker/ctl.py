@@ -121,11 +121,6 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--prefix", help="default: reconcile.prefix")
     reconcile.add_argument("--older-than", type=_duration, metavar="DURATION",
                            help="e.g. 10m, 900s, 1h (default: reconcile.older_than_s)")
-    reconcile.add_argument("--fleet-tag", metavar="KEY=VALUE",
-                           help="in a fleet: take only objects that hash to this instance "
-                           "(default: reconcile.fleet_tag)")
-    reconcile.add_argument("--instance-id", help="this instance in the fleet (default: "
-                           "reconcile.instance_id, else the EC2 metadata service)")
     reconcile.add_argument("--dry-run", action="store_true", help="list what would be submitted")
     reconcile.add_argument("--json", action="store_true")
 

@@ -1,71 +1,44 @@
 """The safety net for lost events: submit input objects that have neither a job nor a result.
 
-An object is submitted when it is older than ``older_than_s`` (its event may
-still be on its way otherwise), has no job with its identity in this
-instance's ledger, and has neither ``_manifest.json`` nor ``_failed.json``
-under its result prefix. The result check is per key: a result of an older
-version of the key counts, so a job is never run twice for one key by the
-reconciler; the ledger check is per version. A key too long for its results
-(worker.layout) has them under ``_by-id/<job id>/``: that check is per version.
+One global pass, no ownership: every instance that runs it may submit any
+lost object into its own ledger, and the Lambda's reconcile mode sends the
+same objects to a fleet's queue. Overlap is harmless: the daemon checks the
+output bucket for a manifest of the same identity before running a job.
+
+The decision itself (too new, folder marker, result at either result
+location) is lambda_trigger.reconcile.plan, shared with the Lambda; this
+module adds the ledger check (an object with a job here is left to it).
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 
+from lambda_trigger.reconcile import Decision, Results, Verdict, index_results
+from lambda_trigger.reconcile import Listed as ListedObject
+from lambda_trigger.reconcile import plan as plan_objects
 from worker.job import Identity
-from worker.layout import FAILED_NAME, MANIFEST_NAME, fallback_source
 from worker.ledger import Ledger
 from worker.store import Listed
 
-
-class Verdict(str, enum.Enum):
-    SUBMIT = "submit"
-    HAS_JOB = "has_job"
-    HAS_RESULT = "has_result"
-    TOO_NEW = "too_new"
-    NOT_OURS = "not_ours"
-    FOLDER = "folder"
+__all__ = ["Decision", "Results", "Verdict", "identity_of", "plan", "result_index"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    listed: Listed
-    identity: Identity
-    verdict: Verdict
+def identity_of(bucket: str, listed: ListedObject) -> Identity:
+    return Identity(bucket, listed.key, listed.version_id, listed.etag)
 
 
-def result_sources(result_keys: Iterable[str], output_prefix: str) -> set[str]:
-    """Source keys that have a manifest or a failure record, from an output-bucket listing
-    (fallback results appear as ``_by-id/<job id>``: worker.layout.fallback_source)."""
-    sources = set()
-    for key in result_keys:
-        for marker in (MANIFEST_NAME, FAILED_NAME):
-            suffix = "/" + marker
-            if key.startswith(output_prefix) and key.endswith(suffix):
-                sources.add(key[len(output_prefix): -len(suffix)])
-    return sources
+def result_index(result_keys: Iterable[str], output_prefix: str) -> Results:
+    """Which objects have a manifest or a failure record, from an output-bucket listing."""
+    return index_results(result_keys, output_prefix)
 
 
 def plan(
-    objects: Iterable[Listed], *, bucket: str, ledger: Ledger, with_results: set[str],
-    now: float, older_than_s: float, owns: Callable[[Identity], bool] = lambda _i: True,
+    objects: Iterable[Listed], *, bucket: str, ledger: Ledger, results: Results,
+    now: float, older_than_s: float,
 ) -> Iterator[Decision]:
     """Judge every listed object (pure apart from ledger reads)."""
-    for obj in objects:
-        identity = Identity(bucket, obj.key, obj.version_id, obj.etag)
-        if obj.key.endswith("/"):
-            verdict = Verdict.FOLDER
-        elif now - obj.last_modified < older_than_s:
-            verdict = Verdict.TOO_NEW
-        elif obj.key in with_results or fallback_source(identity.job_id()) in with_results:
-            verdict = Verdict.HAS_RESULT
-        elif ledger.find(identity) is not None:
-            verdict = Verdict.HAS_JOB
-        elif not owns(identity):
-            verdict = Verdict.NOT_OURS
-        else:
-            verdict = Verdict.SUBMIT
-        yield Decision(obj, identity, verdict)
+    return plan_objects(
+        objects, bucket=bucket, results=results, now=now, older_than_s=older_than_s,
+        has_job=lambda listed: ledger.find(identity_of(bucket, listed)) is not None,
+    )

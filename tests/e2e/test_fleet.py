@@ -1,172 +1,154 @@
-"""A local fleet (`processor local --instances 3`): spread, duplicates, failover.
+"""A local fleet (`processor local --instances 3`) on the shared SQS work queue.
 
-The Lambda targets the fleet by tag and picks an instance per object by
-rendezvous hashing; the local SSM front delivers each command to exactly the
-addressed instance, as SSM does.
+The Lambda sends one message per upload to the work queue; three daemons pull
+from it (config ``[queue]``). Every object must end with exactly one manifest
+and one run of the command, whichever daemon took it, and duplicate messages
+(anyone may send one) must not run anything again: the daemon finds the
+manifest of the same object version first.
+
+Needs the daemon's queue consumer (worker, ``[queue]``) as well as the local
+stack's queue wiring.
 """
 
 from __future__ import annotations
 
 import json
-import queue
+import random
 import re
+import shlex
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lambda_trigger.targeting import rendezvous_order
-from tests.e2e.test_local import running_local
-from worker.job import Identity, JobState
+from tests.e2e.test_local import Running, running_local
+from worker.job import JobState
 from worker.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 
-OBJECTS = 300
+INSTANCES = 3
+OBJECTS = 60
+#: Liveness bound: fail when nothing moved for this long.
+STALL_S = 90.0
+
+#: A processing command that records each run (one JSON line per run, appended
+#: with O_APPEND so lines from concurrent daemons do not interleave). The path
+#: is written into the script: the daemon passes the command only the
+#: environment its config names.
+RECORDER = '''
+import json, os, pathlib, sys
+line = json.dumps({"key": os.environ["PROCESSOR_SOURCE_KEY"], "job": os.environ["PROCESSOR_JOB_ID"]})
+fd = os.open({runs!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+os.write(fd, (line + "\\n").encode())
+os.close(fd)
+pathlib.Path(sys.argv[2], "copy.bin").write_bytes(pathlib.Path(sys.argv[1]).read_bytes())
+'''
 
 
-def ledgers_by_instance(state: Path, instances: list[str]) -> dict[str, Path]:
-    return {instance: state / f"node-{n}" / "ledger" / "ledger.db"
-            for n, instance in enumerate(instances, start=1)}
+def _ledgers(state: Path) -> list[Path]:
+    return [state / f"node-{n}" / "ledger" / "ledger.db" for n in range(1, INSTANCES + 1)]
 
 
-def jobs_of(path: Path) -> list[Any]:
+def _jobs(path: Path) -> list[Any]:
+    if not path.exists():
+        return []
     with Ledger(path) as ledger:
         return ledger.list_jobs()
 
 
-def test_300_objects_spread_over_3_instances_and_a_duplicate_lands_on_the_same_one(
+def _runs(path: Path) -> Counter[str]:
+    if not path.exists():
+        return Counter()
+    return Counter(json.loads(line)["key"] for line in path.read_text().splitlines() if line)
+
+
+def _queue_depth(sqs: Any, url: str) -> int:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                      "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _manifests(s3: Any) -> dict[str, dict[str, Any]]:
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="processor-output"):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/_manifest.json"):
+                body = s3.get_object(Bucket="processor-output", Key=item["Key"])
+                found[item["Key"]] = {"etag": body["ETag"], **json.loads(body["Body"].read())}
+    return found
+
+
+def _wait_until_settled(stack: Running, keys: set[str], runs_file: Path, url: str) -> None:
+    """Until every key has a manifest and the work queue is empty; fail on a stall."""
+    s3, sqs = stack.client("s3"), stack.client("sqs")
+    progress: tuple[int, int, int] = (-1, -1, -1)
+    last = time.monotonic()
+    while True:
+        done = {m["source"]["key"] for m in _manifests(s3).values()}
+        now = (len(done & keys), sum(_runs(runs_file).values()), _queue_depth(sqs, url))
+        if done >= keys and now[2] == 0:
+            return
+        if now != progress:
+            progress, last = now, time.monotonic()
+        assert time.monotonic() - last < STALL_S, (now, stack.output()[-3000:])
+        assert stack.proc.poll() is None, stack.output()[-3000:]
+        time.sleep(0.5)
+
+
+def test_every_upload_runs_once_on_one_of_the_fleet_and_duplicates_run_nothing(
     tmp_path: Path,
 ) -> None:
-    with running_local(tmp_path, "--instances", "3") as stack:
-        match = re.search(r"instance\(s\)\s+(\S+), (\S+), (\S+);", stack.output())
+    runs_file = tmp_path / "runs.jsonl"
+    recorder = tmp_path / "recorder.py"
+    recorder.write_text(RECORDER.replace("{runs!r}", repr(str(runs_file))))
+    command = shlex.join([sys.executable, str(recorder), "{input}", "{output_dir}"])
+    with running_local(tmp_path, "--instances", str(INSTANCES), "--command", command) as stack:
+        match = re.search(r"work queue\s+(\S+)", stack.output())
         assert match, stack.output()
-        instances = list(match.groups())
-        s3 = stack.client("s3")
-        etags = {}
-        for n in range(OBJECTS):
-            key = f"fleet/{n:03d}.txt"
-            etags[key] = s3.put_object(Bucket="processor-input", Key=key, Body=f"w{n} x".encode())["ETag"]
-        paths = ledgers_by_instance(tmp_path / "state", instances)
+        url = match.group(1)
+        dlq = re.search(r"dead-letter queue\s+(\S+)", stack.output())
+        assert dlq, stack.output()
+        s3, sqs = stack.client("s3"), stack.client("sqs")
+        keys = {f"fleet/{n:03d}.bin" for n in range(OBJECTS)} | {"fleet/a b+c %25 \u65e5.bin"}
+        for key in sorted(keys):
+            s3.put_object(Bucket="processor-input", Key=key, Body=key.encode() * 50)
 
-        def done() -> int:
-            return sum(1 for p in paths.values() for j in jobs_of(p) if j.state is JobState.SUCCEEDED)
+        _wait_until_settled(stack, keys, runs_file, url)
 
-        deadline = time.monotonic() + 240
-        while done() < OBJECTS:
-            assert time.monotonic() < deadline, (done(), stack.output()[-3000:])
-            time.sleep(0.5)
-        placed = {instance: {j.key: j for j in jobs_of(path)} for instance, path in paths.items()}
-        counts = Counter({instance: len(jobs) for instance, jobs in placed.items()})
-        assert sum(counts.values()) == OBJECTS, counts
-        # Each object ran where rendezvous hashing puts it, and nowhere else.
-        for instance, jobs in placed.items():
-            for job in jobs.values():
-                assert rendezvous_order(job.identity.framed(), instances)[0] == instance
-        # moto's instance ids are random, so allow more than the seeded Lambda test's ±20%.
-        assert all(abs(c - OBJECTS / 3) <= 0.35 * OBJECTS / 3 for c in counts.values()), counts
+        # Exactly once: one run per object, one manifest per object.
+        runs = _runs(runs_file)
+        assert runs == Counter({key: 1 for key in keys}), runs
+        manifests = _manifests(s3)
+        assert sorted(m["source"]["key"] for m in manifests.values()) == sorted(keys)
+        # Each object is a succeeded job in a daemon's ledger, with the manifest's job id.
+        ran_on: dict[str, dict[str, int]] = {}
+        for n, path in enumerate(_ledgers(tmp_path / "state"), start=1):
+            for job in _jobs(path):
+                if job.state is JobState.SUCCEEDED:
+                    ran_on.setdefault(job.key, {})[job.id] = n
+        assert set(ran_on) == keys
+        by_key = {m["source"]["key"]: m for m in manifests.values()}
+        for key, jobs in ran_on.items():
+            assert by_key[key]["job_id"] in jobs, (key, jobs)
+        # The queue spread the work: more than one daemon ran jobs.
+        assert len({n for jobs in ran_on.values() for n in jobs.values()}) > 1, ran_on
 
-        # A duplicate delivery of one event: same instance, same job, nothing new.
-        key = "fleet/007.txt"
-        owner = next(i for i, jobs in placed.items() if key in jobs)
-        head = s3.head_object(Bucket="processor-input", Key=key)
-        event = {"Records": [{
-            "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-            "eventName": "ObjectCreated:Put",
-            "s3": {"bucket": {"name": "processor-input"},
-                   "object": {"key": key, "size": head["ContentLength"], "eTag": head["ETag"].strip('"'),
-                              "sequencer": "0A1B2C3D4E5F678901"}}}]}
-        sqs = stack.client("sqs")
-        url = sqs.get_queue_url(QueueName="processor-events")["QueueUrl"]
-        job_id = placed[owner][key].id
-        assert stack.output().count(f"ran processor-SubmitDocument: {job_id}") == 1
-        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
-        # The whole chain ran again (Lambda -> SSM -> agent -> processorctl) and the
-        # owner's ledger answered with the existing job.
-        deadline = time.monotonic() + 60
-        while stack.output().count(f"ran processor-SubmitDocument: {job_id}") < 2:
-            assert time.monotonic() < deadline, stack.output()[-2000:]
-            time.sleep(0.2)
-        after = {instance: len(jobs_of(path)) for instance, path in paths.items()}
-        assert after == dict(counts)
-        assert placed[owner][key].attempts == 1
-
-
-def test_with_one_agent_down_its_objects_fail_over_and_all_complete(
-    tmp_path: Path, aws: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """In-process: the same building blocks as `processor local --instances 3`, one agent stopped."""
-    from worker.local.agent import parse_content
-    from worker.local.emulator import Emulator, provision
-    from worker.local.node import start_node
-    from worker.local.pump import EventPump
-    from worker.local.ssmfront import SsmFront
-    from worker.local.stack import _command
-
-    results: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    with ExitStack() as stack:
-        emulator = Emulator(_free_port())
-        stack.callback(emulator.stop)
-        res = provision(emulator, input_bucket="failover-in", output_bucket="failover-out", instances=3)
-        ssm = emulator.client("ssm")
-        front = SsmFront(res.endpoint, lambda name, version: parse_content(ssm.get_document(Name=name)))
-        front.start()
-        stack.callback(front.stop)
-        nodes = [start_node(stack, emulator, res, front, instance_id=instance,
-                            state_dir=tmp_path / f"node-{n}", command=_command(None),
-                            on_result=results.put)
-                 for n, instance in enumerate(res.instance_ids)]
-        assert all(nodes)
-        down = nodes[0]
-        assert down is not None
-        down.agent.stop(10)
-        for name, value in {**emulator.env(), "AWS_ENDPOINT_URL_SSM": front.endpoint,
-                            "DOCUMENT_NAME": res.submit_document,
-                            "TARGET_TAG": "=".join(res.fleet_tag),
-                            "TARGET_CACHE_SECONDS": "0"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("TARGET_INSTANCE_ID", raising=False)
-        from lambda_trigger import handler
-
-        handler.cached_directory.cache_clear()
-        pump = EventPump(emulator.client("sqs"), res.queue_url)
-        pump.start()
-        stack.callback(pump.stop)
-        s3 = emulator.client("s3")
-        keys = [f"fo/{n:02d}.txt" for n in range(30)]
-        for key in keys:
-            s3.put_object(Bucket="failover-in", Key=key, Body=key.encode())
-        identities = {key: Identity("failover-in", key, None,
-                                    s3.head_object(Bucket="failover-in", Key=key)["ETag"].strip('"'))
-                      for key in keys}
-        wanted_on_down = [k for k, i in identities.items()
-                          if rendezvous_order(i.framed(), list(res.instance_ids))[0] == down.instance_id]
-        assert wanted_on_down, "no object hashed to the stopped instance; pick more objects"
-        live = [n for n in nodes[1:] if n is not None]
-        deadline = time.monotonic() + 180
-        while True:
-            jobs = [j for node in live for j in jobs_of(node.ledger_path)]
-            if sum(1 for j in jobs if j.state is JobState.SUCCEEDED) == len(keys):
-                break
-            assert time.monotonic() < deadline, [(j.key, j.state) for j in jobs]
-            time.sleep(0.3)
-        assert not down.ledger_path.exists() or jobs_of(down.ledger_path) == []
-        assert {j.key for j in jobs} == set(keys)
-        # Failed-over objects went to their second choice.
-        for key in wanted_on_down:
-            second = rendezvous_order(identities[key].framed(), list(res.instance_ids))[1]
-            owner = next(n for n in live if any(j.key == key for j in jobs_of(n.ledger_path)))
-            assert owner.instance_id == second, key
-        handler.cached_directory.cache_clear()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        # 20 % duplicate messages, as anyone may send them: nothing runs again.
+        rng = random.Random(7)
+        duplicates = rng.sample(sorted(keys), len(keys) // 5)
+        for key in duplicates:
+            source = by_key[key]["source"]
+            sqs.send_message(QueueUrl=url, MessageBody=json.dumps(
+                {"bucket": "processor-input", "key": key, "version_id": source["version_id"],
+                 "etag": source["etag"]}))
+        _wait_until_settled(stack, keys, runs_file, url)
+        assert _runs(runs_file) == runs
+        after = _manifests(s3)
+        assert {k: m["etag"] for k, m in after.items()} == {k: m["etag"] for k, m in manifests.items()}
+        assert _queue_depth(sqs, dlq.group(1)) == 0

@@ -90,7 +90,7 @@ def endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     """The standard AWS environment pointing at the emulator, in a fresh account."""
     for name in ("AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_IAM",
                  "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION",
-                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "TARGET_TAG", "DOCUMENT_VERSION"):
+                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "QUEUE_URL", "DOCUMENT_VERSION"):
         monkeypatch.delenv(name, raising=False)
     # Keep a developer's ~/.aws out of it.
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))

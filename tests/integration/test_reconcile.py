@@ -50,7 +50,7 @@ def test_reconcile_submits_only_what_has_neither_job_nor_result(
     report = json.loads(done.stdout)
     assert sorted(item["key"] for item in report["submitted"]) == sorted(lost)
     assert report["counts"] == {"submit": 3, "has_job": 1, "has_result": 1, "too_new": 0,
-                                "not_ours": 0, "folder": 1}
+                                "folder": 1}
     again = json.loads(processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "0",
                                     "--json", env=CREDENTIALS).stdout)
     assert again["submitted"] == [] and again["counts"]["has_job"] == 4
@@ -71,32 +71,36 @@ def test_reconcile_without_a_bucket_is_a_usage_error(short_tmp: Path) -> None:
     assert bad.returncode == 2 and "not a duration" in bad.stderr
 
 
-def test_in_a_fleet_each_instance_reconciles_only_its_rendezvous_share(
+def test_every_instance_reconciles_globally_and_long_keys_count_their_by_id_results(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3, ec2 = aws("s3"), aws("ec2")
+    """No ownership: each instance's pass submits every lost object into its own ledger
+    (overlap is harmless: the daemon's manifest check), and a key too long for
+    ``<key>/_manifest.json`` counts as done by its result under ``_by-id/<job id>/``."""
+    s3 = aws("s3")
     s3.create_bucket(Bucket=IN)
     s3.create_bucket(Bucket=OUT)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    fleet = sorted(i["InstanceId"] for i in ec2.run_instances(
-        ImageId=image, MinCount=3, MaxCount=3,
-        TagSpecifications=[{"ResourceType": "instance",
-                            "Tags": [{"Key": "processor:fleet", "Value": "recon"}]}])["Instances"])
-    keys = [f"fleet/{n:02d}.txt" for n in range(30)]
+    keys = [f"fleet/{n:02d}.txt" for n in range(6)]
     for key in keys:
         s3.put_object(Bucket=IN, Key=key, Body=key.encode())
+    long_key = "L" * 1015  # 1015 + len("/_manifest.json") > 1024
+    etag = s3.put_object(Bucket=IN, Key=long_key, Body=b"long")["ETag"].strip('"')
+    s3.put_object(Bucket=OUT, Key=f"_by-id/{Identity(IN, long_key, None, etag).job_id()}/_manifest.json",
+                  Body=b"{}")
     env = {**CREDENTIALS, "AWS_ENDPOINT_URL": moto_endpoint}
-    shares = {}
-    for n, instance in enumerate(fleet):
+    for n in range(2):
         node = short_tmp / f"n{n}"
         node.mkdir()
         config = write_config(node, output_bucket=OUT, endpoint=moto_endpoint)
         done = processorctl(config, "reconcile", "--input-bucket", IN, "--older-than", "0", "--json",
-                            "--fleet-tag", "processor:fleet=recon", "--instance-id", instance, env=env)
+                            env=env)
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
-        shares[instance] = {item["key"] for item in report["submitted"]}
-        assert report["counts"]["not_ours"] == len(keys) - len(shares[instance])
-    assert set().union(*shares.values()) == set(keys)
-    assert sum(len(share) for share in shares.values()) == len(keys)  # disjoint
-    assert all(share for share in shares.values())
+        assert sorted(item["key"] for item in report["submitted"]) == keys
+        assert report["counts"]["has_result"] == 1
+
+
+def test_the_fleet_options_are_gone(short_tmp: Path) -> None:
+    config = write_config(short_tmp)
+    done = processorctl(config, "reconcile", "--input-bucket", "b", "--fleet-tag", "k=v")
+    assert done.returncode == 2 and "--fleet-tag" in done.stderr

@@ -1,7 +1,8 @@
-"""lambda_trigger.handler (with an in-memory SSM fake) and lambda_trigger.ssm's pure parts.
+"""lambda_trigger.handler in its SSM mode (with an in-memory SSM fake), its configuration, and
+lambda_trigger.ssm's pure parts.
 
 The SendCommand adapter against the emulator over HTTP is in
-tests/integration/test_lambda_ssm.py.
+tests/integration/test_lambda_ssm.py; the queue mode in tests/unit/test_queue_mode.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from lambda_trigger import handler as handler_module
-from lambda_trigger.events import JobRequest, parse_event
+from lambda_trigger.events import JobRequest
 from lambda_trigger.handler import ConfigError, TriggerConfig, handle, load_config
 from lambda_trigger.ssm import (
     CLIENT_CONFIG,
@@ -30,21 +31,14 @@ from lambda_trigger.ssm import (
     send_submit,
     submit_comment,
 )
-from lambda_trigger.targeting import (
-    DEFAULT_CACHE_SECONDS,
-    InstanceDirectory,
-    TargetTag,
-    identity_of,
-    rendezvous_order,
-)
 from tests.eventfixtures import load_event
-from tests.unit.test_targeting import FLEET, Clock, Ec2Instance, make_directory
 from worker.identity import decode_key_base64
 
 INSTANCE = "i-0123456789abcdef0"
+QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/processor-work"
 ENV = {"DOCUMENT_NAME": "processor-SubmitDocument", "TARGET_INSTANCE_ID": INSTANCE}
-LOG_KEYS = {"event", "bucket", "key", "version_id", "etag", "instance_id", "failed_over_from",
-            "command_id", "error", "reason"}
+LOG_KEYS = {"event", "bucket", "key", "version_id", "etag", "instance_id", "command_id",
+            "queue_url", "message_id", "error", "reason"}
 
 
 class FakeSsm:
@@ -111,7 +105,7 @@ def test_one_send_per_created_record_with_exact_arguments() -> None:
 
     summary = handle(load_event("multi_record"), ENV, Factory(fake))
 
-    assert summary == {"sent": 2, "skipped": 2, "command_ids": ["cmd-1", "cmd-2"]}
+    assert summary == {"sent": 2, "skipped": 2, "command_ids": ["cmd-1", "cmd-2"], "message_ids": []}
     assert fake.calls == [
         {
             "DocumentName": "processor-SubmitDocument",
@@ -200,18 +194,14 @@ def test_malformed_event_propagates() -> None:
         ({"DOCUMENT_NAME": " ", "TARGET_INSTANCE_ID": INSTANCE}, "DOCUMENT_NAME", "required"),
         ({"DOCUMENT_NAME": "doc"}, "TARGET_INSTANCE_ID", "required"),
         ({"DOCUMENT_NAME": "doc", "TARGET_INSTANCE_ID": ""}, "TARGET_INSTANCE_ID", "required"),
-        ({"DOCUMENT_NAME": "doc"}, "TARGET_INSTANCE_ID", "TARGET_TAG=Key=Value"),
-        ({**ENV, "TARGET_TAG": "Role=processor"}, "TARGET_TAG", "together"),
-        ({"DOCUMENT_NAME": "doc", "TARGET_TAG": "Role"}, "TARGET_TAG", "no '='"),
-        ({"DOCUMENT_NAME": "doc", "TARGET_TAG": "=processor"}, "TARGET_TAG", "key is empty"),
-        ({"DOCUMENT_NAME": "doc", "TARGET_TAG": "Role="}, "TARGET_TAG", "value is empty"),
-        ({"DOCUMENT_NAME": "doc", "TARGET_TAG": "Role=p", "TARGET_CACHE_SECONDS": "soon"},
-         "TARGET_CACHE_SECONDS", ">= 0"),
-        ({"DOCUMENT_NAME": "doc", "TARGET_TAG": "Role=p", "TARGET_CACHE_SECONDS": "-1"},
-         "TARGET_CACHE_SECONDS", ">= 0"),
-        ({"DOCUMENT_NAME": "doc", "TARGET_TAG": "Role=p", "TARGET_CACHE_SECONDS": "nan"},
-         "TARGET_CACHE_SECONDS", ">= 0"),
-        ({**ENV, "TARGET_CACHE_SECONDS": "1 minute"}, "TARGET_CACHE_SECONDS", ">= 0"),
+        ({"DOCUMENT_NAME": "doc"}, "TARGET_INSTANCE_ID", "or set QUEUE_URL for a fleet"),
+        ({}, "DOCUMENT_NAME", "or set QUEUE_URL for a fleet"),
+        ({**ENV, "TARGET_TAG": "Role=processor"}, "TARGET_TAG", "replaced by QUEUE_URL"),
+        ({"QUEUE_URL": QUEUE, "TARGET_TAG": "Role=processor"}, "TARGET_TAG", "QUEUE_URL"),
+        ({**ENV, "TARGET_CACHE_SECONDS": "60"}, "TARGET_CACHE_SECONDS", "removed"),
+        ({**ENV, "QUEUE_URL": QUEUE}, "QUEUE_URL", "TARGET_INSTANCE_ID"),
+        ({"QUEUE_URL": "processor-work"}, "QUEUE_URL", "not the URL of an SQS standard queue"),
+        ({"QUEUE_URL": QUEUE + ".fifo"}, "QUEUE_URL", "standard queue"),
         ({"DOCUMENT_NAME": "doc", "TARGET_INSTANCE_ID": "web-1"}, "TARGET_INSTANCE_ID",
          "not an instance id"),
     ],
@@ -234,16 +224,17 @@ def test_config_accepts_instance_ids_and_treats_empty_version_as_unset() -> None
         assert load_config(env) == TriggerConfig("doc", instance, None)
 
 
-@pytest.mark.parametrize(("env", "tag", "seconds"), [
-    ({"TARGET_TAG": "Role=processor"}, TargetTag("Role", "processor"), DEFAULT_CACHE_SECONDS),
-    ({"TARGET_TAG": "aws:autoscaling:groupName=asg-1", "TARGET_INSTANCE_ID": " ",
-      "TARGET_CACHE_SECONDS": "0"}, TargetTag("aws:autoscaling:groupName", "asg-1"), 0.0),
-    ({"TARGET_TAG": "Role=a=b", "TARGET_CACHE_SECONDS": "2.5"}, TargetTag("Role", "a=b"), 2.5),
+@pytest.mark.parametrize("env", [
+    {"QUEUE_URL": QUEUE},
+    # DOCUMENT_NAME may stay set (the stack sets it in both modes); it is not used.
+    {"QUEUE_URL": f" {QUEUE} ", "DOCUMENT_NAME": "doc", "TARGET_INSTANCE_ID": " "},
+    {"QUEUE_URL": "http://127.0.0.1:4566/000000000000/processor-work"},
 ])
-def test_config_accepts_a_fleet_tag(env: dict[str, str], tag: TargetTag, seconds: float) -> None:
-    config = load_config({"DOCUMENT_NAME": "doc", **env})
+def test_config_accepts_a_queue_url(env: dict[str, str]) -> None:
+    config = load_config(env)
 
-    assert config == TriggerConfig("doc", None, None, target_tag=tag, cache_seconds=seconds)
+    assert config.queue_url == env["QUEUE_URL"].strip()
+    assert (config.document_name, config.instance_id) == (None, None)
 
 
 def test_config_is_checked_even_for_a_test_event() -> None:
@@ -271,8 +262,8 @@ def test_one_json_log_line_per_record(caplog: pytest.LogCaptureFixture) -> None:
     assert by_event["record_sent"] == {
         "event": "record_sent", "bucket": "processor-input", "key": "incoming/batch/a.csv",
         "version_id": None, "etag": "0f343b0931126a20f133d67c2b018a3b",
-        "instance_id": INSTANCE, "failed_over_from": [], "command_id": "cmd-1", "error": None,
-        "reason": None}
+        "instance_id": INSTANCE, "command_id": "cmd-1", "queue_url": None, "message_id": None,
+        "error": None, "reason": None}
     assert by_event["record_failed"]["key"] == "incoming/batch/b c+d.csv"
     assert by_event["record_failed"]["error"].startswith("InvalidDocument")
     assert by_event["record_malformed"]["error"] == "Records[4].eventName: missing"
@@ -297,244 +288,6 @@ def test_test_event_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
     handle(load_event("s3_test_event"), ENV, Factory(FakeSsm()))
 
     assert [line["event"] for line in _log_lines(caplog)] == ["test_event_ignored"]
-
-
-# --- handle(): fleet targeting (TARGET_TAG) ---------------------------------------
-
-FLEET_ENV = {"DOCUMENT_NAME": "processor-SubmitDocument", "TARGET_TAG": "Role=processor"}
-
-
-class FleetSsm:
-    """SendCommand to one instance: InvalidInstanceId for ``dead`` ones, else ``errors`` in turn.
-
-    ``errors`` maps instance id -> error codes consumed one per call to it.
-    """
-
-    def __init__(self, dead: set[str] | None = None,
-                 errors: Mapping[str, list[str]] | None = None) -> None:
-        self.dead = set(dead or ())
-        self._errors = {instance: list(codes) for instance, codes in (errors or {}).items()}
-        self.calls: list[dict[str, Any]] = []
-
-    def send_command(self, **kwargs: Any) -> dict[str, Any]:
-        self.calls.append(kwargs)
-        (instance_id,) = kwargs["InstanceIds"]
-        codes = self._errors.get(instance_id)
-        code = "InvalidInstanceId" if instance_id in self.dead else (codes.pop(0) if codes else None)
-        if code:
-            raise ClientError({"Error": {"Code": code, "Message": f"fake {code}"}}, "SendCommand")
-        return {"Command": {"CommandId": f"cmd-{len(self.calls)}"}}
-
-    @property
-    def targets(self) -> list[str]:
-        return [call["InstanceIds"][0] for call in self.calls]
-
-
-class Directories:
-    """A directory factory handing out one InstanceDirectory; records what it was asked for."""
-
-    def __init__(self, directory: InstanceDirectory) -> None:
-        self.directory = directory
-        self.asked: list[tuple[TargetTag, float]] = []
-
-    def __call__(self, tag: TargetTag, cache_seconds: float) -> InstanceDirectory:
-        self.asked.append((tag, cache_seconds))
-        return self.directory
-
-
-def _order(name: str, instances: list[str] = FLEET) -> list[str]:
-    """The rendezvous order of the (first) object in event fixture ``name``."""
-    request = parse_event(load_event(name)).requests[0]
-    return rendezvous_order(identity_of(request), instances)
-
-
-def _send_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [line for line in _log_lines(caplog) if line["event"] in ("record_sent", "record_failed")]
-
-
-def test_fleet_sends_each_job_to_its_rendezvous_instance_only(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    directory, _, _ = make_directory()
-    directories = Directories(directory)
-    fake = FleetSsm()
-
-    summary = handle(load_event("put_plain"), FLEET_ENV, Factory(fake), directories)
-
-    assert summary["sent"] == 1
-    assert directories.asked == [(TargetTag("Role", "processor"), DEFAULT_CACHE_SECONDS)]
-    (call,) = fake.calls
-    assert call["InstanceIds"] == [_order("put_plain")[0]]
-    assert "Targets" not in call
-    (line,) = _send_lines(caplog)
-    assert (line["event"], line["instance_id"], line["failed_over_from"]) == (
-        "record_sent", _order("put_plain")[0], [])
-
-
-def test_fleet_fails_over_on_invalid_instance_id(caplog: pytest.LogCaptureFixture) -> None:
-    order = _order("put_plain")
-    directory, _, _ = make_directory()
-    fake = FleetSsm(dead={order[0]})
-
-    summary = handle(load_event("put_plain"), FLEET_ENV, Factory(fake), Directories(directory))
-
-    assert summary["command_ids"] == ["cmd-2"]
-    assert fake.targets == order[:2]
-    (line,) = _send_lines(caplog)
-    assert (line["event"], line["instance_id"], line["failed_over_from"], line["error"]) == (
-        "record_sent", order[1], [order[0]], None)
-    (dropped,) = [line for line in _log_lines(caplog) if line["event"] == "instance_dropped"]
-    assert dropped["instance_id"] == order[0]
-    assert dropped["error"].startswith("InvalidInstanceId")
-
-    # The dead instance is out of the cache: a redelivery goes straight to the next one.
-    handle(load_event("put_plain"), FLEET_ENV, Factory(fake), Directories(directory))
-    assert fake.targets == [*order[:2], order[1]]
-
-
-def test_fleet_all_instances_failing_fails_the_record_naming_the_key(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    order = _order("put_unicode_key")
-    directory, _, _ = make_directory()
-    fake = FleetSsm(dead=set(FLEET))
-
-    with pytest.raises(DeliveryError) as info:
-        handle(load_event("put_unicode_key"), FLEET_ENV, Factory(fake), Directories(directory))
-
-    assert fake.targets == order
-    (failure,) = info.value.failures
-    assert (failure.key, failure.error) == ("inbox/r\u00e9sum\u00e9 \u65e5\u672c.csv",
-                                            "InvalidInstanceId")
-    assert failure.detail == f"fake InvalidInstanceId (on {order[2]}, after {order[0]}, {order[1]})"
-    assert "inbox/r\u00e9sum\u00e9 \u65e5\u672c.csv" in str(info.value)
-    (line,) = _send_lines(caplog)
-    assert (line["event"], line["instance_id"], line["failed_over_from"]) == (
-        "record_failed", order[2], order[:2])
-
-    # Until the next discovery nothing is left to try: fail fast, send nothing.
-    with pytest.raises(DeliveryError) as again:
-        handle(load_event("put_plain"), FLEET_ENV, Factory(fake), Directories(directory))
-    assert [f.error for f in again.value.failures] == ["NoOnlineInstances"]
-    assert len(fake.calls) == 3
-
-
-def test_fleet_does_not_fail_over_on_a_configuration_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    order = _order("put_plain")
-    directory, _, _ = make_directory()
-    fake = FleetSsm(errors={order[0]: ["InvalidDocument"]})
-
-    with pytest.raises(DeliveryError) as info:
-        handle(load_event("put_plain"), FLEET_ENV, Factory(fake), Directories(directory))
-
-    assert fake.targets == order[:1]
-    assert [f.error for f in info.value.failures] == ["InvalidDocument"]
-    assert directory.instances() == sorted(FLEET)  # not the instance's fault: kept
-    (line,) = _send_lines(caplog)
-    assert (line["instance_id"], line["failed_over_from"]) == (order[0], [])
-
-
-def test_fleet_retries_too_many_updates_on_the_same_instance() -> None:
-    order = _order("put_plain")
-    directory, _, _ = make_directory()
-    fake = FleetSsm(errors={order[0]: [TOO_MANY_UPDATES]})
-
-    handle(load_event("put_plain"), FLEET_ENV, Factory(fake), Directories(directory))
-
-    assert fake.targets == [order[0], order[0]]
-
-
-def test_fleet_with_no_online_instance_fails_every_record(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    directory, _, _ = make_directory(ping={i: "ConnectionLost" for i in FLEET})
-    fake = FleetSsm()
-
-    with pytest.raises(DeliveryError) as info:
-        handle(load_event("multi_record"), FLEET_ENV, Factory(fake), Directories(directory))
-
-    assert fake.calls == []
-    assert [(f.key, f.error) for f in info.value.failures] == [
-        ("incoming/batch/a.csv", "NoOnlineInstances"),
-        ("incoming/batch/b c+d.csv", "NoOnlineInstances")]
-    assert "tagged Role=processor" in info.value.failures[0].detail
-    assert [line["event"] for line in _send_lines(caplog)] == ["record_failed"] * 2
-
-
-def test_fleet_discovery_failure_fails_the_records_with_its_code() -> None:
-    directory, ec2, _ = make_directory()
-    ec2.fail = ["UnauthorizedOperation"]
-
-    with pytest.raises(DeliveryError) as info:
-        handle(load_event("put_plain"), FLEET_ENV, Factory(FleetSsm()), Directories(directory))
-
-    (failure,) = info.value.failures
-    assert failure.error == "UnauthorizedOperation"
-    assert "listing instances tagged Role=processor" in failure.detail
-
-
-def test_fleet_sends_duplicates_of_an_object_to_one_instance() -> None:
-    event = load_event("put_versioned")
-    event["Records"].append(load_event("put_versioned")["Records"][0])
-    directory, _, _ = make_directory()
-    fake = FleetSsm()
-
-    handle(event, FLEET_ENV, Factory(fake), Directories(directory))
-
-    assert fake.targets == [_order("put_versioned")[0]] * 2
-
-
-def test_fleet_spreads_many_objects_over_the_instances() -> None:
-    event = load_event("put_plain")
-    template = event["Records"][0]
-    event["Records"] = [{**template, "s3": {**template["s3"], "object": {
-        **template["s3"]["object"], "key": f"spread/{n:04d}.csv"}}} for n in range(300)]
-    directory, ec2, _ = make_directory()
-    fake = FleetSsm()
-
-    handle(event, FLEET_ENV, Factory(fake), Directories(directory))
-
-    counts = {instance: fake.targets.count(instance) for instance in FLEET}
-    assert all(80 <= n <= 120 for n in counts.values()), counts
-    assert ec2.discoveries == 1  # one discovery for the whole batch
-
-
-def test_lambda_handler_keeps_the_fleet_across_invocations(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = Clock()
-    directory, ec2, info = make_directory(clock=clock)
-    built: list[TargetTag] = []
-
-    def fake_discovery_clients() -> tuple[Any, Any]:
-        built.append(TargetTag("x", "y"))
-        return ec2, info
-
-    monkeypatch.setattr(handler_module, "make_discovery_clients", fake_discovery_clients)
-    monkeypatch.setattr(handler_module, "make_client", FleetSsm)
-    handler_module.cached_client.cache_clear()
-    handler_module.cached_directory.cache_clear()
-    try:
-        for name, value in FLEET_ENV.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("TARGET_INSTANCE_ID", raising=False)
-        handler_module.lambda_handler(load_event("put_plain"), None)
-        handler_module.lambda_handler(load_event("put_versioned"), None)
-        assert (len(built), ec2.discoveries) == (1, 1)
-
-        monkeypatch.setenv("TARGET_TAG", "Role=other")  # a new tag: a new directory
-        ec2.instances.append(Ec2Instance("i-0fffffffffffffff6", tags={"Role": "other"}))
-        info.ping["i-0fffffffffffffff6"] = "Online"
-        handler_module.lambda_handler(load_event("put_plain"), None)
-        assert (len(built), ec2.discoveries) == (2, 2)
-        client = handler_module.cached_client()
-        assert isinstance(client, FleetSsm)
-        assert client.targets[-1] == "i-0fffffffffffffff6"
-    finally:
-        handler_module.cached_client.cache_clear()
-        handler_module.cached_directory.cache_clear()
 
 
 # --- lambda_handler ------------------------------------------------------------

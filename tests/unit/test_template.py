@@ -438,19 +438,16 @@ def test_trigger_role_is_send_command_its_queue_and_its_logs(stack: dict[str, An
     allowed = _allowed(stack, "TriggerRole")
     logs = {"logs:CreateLogStream", "logs:PutLogEvents"}
     if "FleetGroup" in stack:
-        # A fleet: messages to the work queue, and the reconcile mode's reads.
-        assert set(allowed) == {"sqs:SendMessage", "s3:ListBucket", "s3:GetObject"} | logs
+        # A fleet: messages to the work queue, and the reconcile mode's listings (no reads).
+        assert set(allowed) == {"sqs:SendMessage", "s3:ListBucket", "s3:ListBucketVersions"} | logs
         assert allowed["sqs:SendMessage"] == [{"Fn::GetAtt": ["WorkQueue", "Arn"]},
                                               {"Fn::GetAtt": ["FailureQueue", "Arn"]}]
         assert allowed["s3:ListBucket"] == [
             {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}"},
             {"Fn::GetAtt": ["OutputBucket", "Arn"]},
         ]
-        # Only the two result markers, under the results prefix.
-        assert allowed["s3:GetObject"] == [
-            {"Fn::Sub": "${OutputBucket.Arn}/${OutputPrefix}*/_manifest.json"},
-            {"Fn::Sub": "${OutputBucket.Arn}/${OutputPrefix}*/_failed.json"},
-        ]
+        assert allowed["s3:ListBucketVersions"] == [
+            {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{INPUT_BUCKET_NAME}"}]
         (listing,) = [c for a, on, c in _grants(stack, "TriggerRole")
                       if a == "s3:ListBucket" and on == [{"Fn::GetAtt": ["OutputBucket", "Arn"]}]]
         assert listing == {"StringLike": {"s3:prefix": {"Fn::Sub": "${OutputPrefix}*"}}}

@@ -22,6 +22,18 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 #: The name the local stack plays, so document names match a deployed stack's.
 STACK_NAME = "processor"
 
+#: The tag every local instance carries, as on AWS (what the operator documents target).
+INSTANCE_TAG = "processor:fleet"
+
+#: The fleet's work queue: its lease (default visibility) is short locally so a
+#: message of a stopped daemon comes back while you watch (AWS default: 300 s).
+WORK_QUEUE_VISIBILITY_S = 30
+#: Receives before SQS moves a message to the DLQ: above the daemons'
+#: processing.max_attempts (3), so only a message no daemon can take ends there.
+WORK_QUEUE_MAX_RECEIVES = 5
+#: The DLQ keeps messages for the longest SQS allows (14 days), for inspection.
+DLQ_RETENTION_S = 14 * 24 * 3600
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -32,9 +44,10 @@ class Resources:
     dead_letter_queue_url: str
     instance_ids: tuple[str, ...]
     submit_document: str
-
-    #: The tag every local instance carries (what TARGET_TAG selects).
-    fleet_tag: tuple[str, str] = ("processor:fleet", "processor")
+    #: A fleet's (--instances > 1) shared work queue and its dead-letter queue; empty for
+    #: one instance, which keeps the SSM flow.
+    work_queue_url: str = ""
+    work_dead_letter_queue_url: str = ""
 
 
 class Emulator:
@@ -115,18 +128,38 @@ def provision(
     cfn.create_documents(ssm, specs)
     submit = next(spec.name for spec in specs if spec.logical_id == "SubmitDocument")
 
+    work_queue_url, work_dlq_url = _work_queue(sqs) if instances > 1 else ("", "")
+
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     launched = ec2.run_instances(
         ImageId=image, MinCount=instances, MaxCount=instances, InstanceType="t3.small",
         TagSpecifications=[{"ResourceType": "instance",
-                            "Tags": [{"Key": "processor:fleet", "Value": STACK_NAME}]}],
+                            "Tags": [{"Key": INSTANCE_TAG, "Value": STACK_NAME}]}],
     )["Instances"]
     return Resources(
         endpoint=emulator.endpoint, input_bucket=input_bucket, output_bucket=output_bucket,
         queue_url=queue_url, dead_letter_queue_url=dlq_url,
         instance_ids=tuple(sorted(i["InstanceId"] for i in launched)),
-        submit_document=submit,
+        submit_document=submit, work_queue_url=work_queue_url,
+        work_dead_letter_queue_url=work_dlq_url,
     )
+
+
+def _work_queue(sqs: Any) -> tuple[str, str]:
+    """The fleet's shared SQS standard work queue and its DLQ (redrive policy), as the stack has."""
+    dlq_url = sqs.create_queue(
+        QueueName=f"{STACK_NAME}-work-dlq",
+        Attributes={"MessageRetentionPeriod": str(DLQ_RETENTION_S)},
+    )["QueueUrl"]
+    url = sqs.create_queue(
+        QueueName=f"{STACK_NAME}-work",
+        Attributes={
+            "VisibilityTimeout": str(WORK_QUEUE_VISIBILITY_S),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": _queue_arn(sqs, dlq_url),
+                                         "maxReceiveCount": str(WORK_QUEUE_MAX_RECEIVES)}),
+        },
+    )["QueueUrl"]
+    return str(url), str(dlq_url)
 
 
 def _queue_arn(sqs: Any, url: str) -> str:

@@ -27,6 +27,12 @@ from worker.local.ssmfront import SsmFront
 #: How long a daemon may take to answer on its socket after start.
 DAEMON_START_TIMEOUT_S = 30.0
 
+#: A local fleet daemon's lease and long poll on the work queue: shorter than
+#: the AWS defaults (300 s, 20 s) so a stopped daemon's messages come back,
+#: and a daemon stops, within seconds while you watch.
+QUEUE_VISIBILITY_S = 30
+QUEUE_WAIT_S = 5
+
 
 @dataclass
 class Node:
@@ -93,10 +99,26 @@ def write_config(state_dir: Path, res: Resources, command: list[str]) -> Path:
         "[logging]",
         'level = "info"',
         "journald = false",
+        *_queue_section(res),
         "",
     ])
     config.write_text(text, encoding="utf-8")
     return config
+
+
+def _queue_section(res: Resources) -> list[str]:
+    """A fleet daemon pulls from the shared work queue; one instance has no [queue] (SSM flow)."""
+    if not res.work_queue_url:
+        return []
+    return [
+        "[queue]",
+        f"url = {json.dumps(res.work_queue_url)}",
+        f"endpoint_url = {json.dumps(res.endpoint)}",
+        f"visibility_s = {QUEUE_VISIBILITY_S}",
+        f"wait_s = {QUEUE_WAIT_S}",
+        # Only messages about the input bucket are jobs; others go to the DLQ.
+        f"input_bucket = {json.dumps(res.input_bucket)}",
+    ]
 
 
 @contextmanager

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ledger, work files and logs (default ./{DEFAULT_STATE_DIR}; "
                         "reset at every start, since the emulator starts empty)")
     parser.add_argument("--instances", type=int, default=1,
-                        help="run a fleet of N instances (a daemon and an SSM agent each, all tagged); "
-                        "the Lambda then targets them by tag (default 1)")
+                        help="run a fleet of N instances (a daemon and an SSM agent each) pulling from "
+                        "one SQS work queue that the Lambda feeds (default 1: the Lambda sends "
+                        "SendCommand to the one instance)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="with --once: give up waiting for results after this many seconds")

@@ -1,8 +1,14 @@
-"""Wire the local stack together and run it: `processor local [--once]`.
+"""Wire the local stack together and run it: `processor local [--once] [--instances N]`.
 
 Order of start: emulator -> resources -> daemon (a real `processor run`
 subprocess) -> local SSM agent -> event pump. Order of stop is the reverse;
 the daemon gets SIGTERM and drains like under systemd.
+
+One instance is the seed's flow: the Lambda sends SendCommand of the submit
+document to it. A fleet (N > 1) is what the stack builds on AWS: the Lambda
+gets QUEUE_URL and sends one message per upload to the shared SQS work
+queue that every daemon pulls from (config ``[queue]``); each instance keeps
+its SSM agent for the operator documents.
 """
 
 from __future__ import annotations
@@ -85,24 +91,29 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None) -> int:
             failures: list[str] = []
             nodes = []
             for n, instance in enumerate(res.instance_ids, start=1):
-                node = start_node(
-                    stack, emulator, res, front, instance_id=instance,
-                    state_dir=state_dir if len(res.instance_ids) == 1 else state_dir / f"node-{n}",
-                    command=command, on_result=lambda r: _on_command(console, failures, r),
-                )
+                try:
+                    node = start_node(
+                        stack, emulator, res, front, instance_id=instance,
+                        state_dir=state_dir if len(res.instance_ids) == 1 else state_dir / f"node-{n}",
+                        command=command, on_result=lambda r: _on_command(console, failures, r),
+                    )
+                except ConfigError as exc:
+                    # The config written for the daemon does not load: say which key.
+                    print(f"processor local: {exc}", file=sys.stderr)
+                    return exitcodes.FAILURE
                 if node is None:
                     return exitcodes.FAILURE
                 nodes.append(node)
             # The Lambda reads its configuration from the environment, as on AWS; its SSM
             # calls go through the front, which behaves like the service where moto does not.
-            target = ({"TARGET_INSTANCE_ID": res.instance_ids[0]} if len(nodes) == 1
-                      else {"TARGET_TAG": "=".join(res.fleet_tag)})
-            os.environ.pop("TARGET_INSTANCE_ID", None)
-            os.environ.pop("TARGET_TAG", None)
+            for name in ("TARGET_INSTANCE_ID", "DOCUMENT_NAME", "QUEUE_URL"):
+                os.environ.pop(name, None)
             os.environ.update({**emulator.env(), "AWS_ENDPOINT_URL_SSM": front.endpoint,
-                               "DOCUMENT_NAME": res.submit_document, **target})
+                               **lambda_environment(res)})
             pump = EventPump(emulator.client("sqs"), res.queue_url,
-                             on_invocation=lambda i: _on_invocation(console, failures, i))
+                             on_invocation=lambda i: _on_invocation(
+                                 console, failures, i,
+                                 "message(s)" if res.work_queue_url else "command(s)"))
             pump.start()
             stack.callback(pump.stop)
             _banner(console, res, state_dir, nodes)
@@ -115,6 +126,13 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def lambda_environment(res: Resources) -> dict[str, str]:
+    """The trigger's target, as the stack sets it: one instance by id, a fleet by its queue."""
+    if res.work_queue_url:
+        return {"QUEUE_URL": res.work_queue_url}
+    return {"DOCUMENT_NAME": res.submit_document, "TARGET_INSTANCE_ID": res.instance_ids[0]}
 
 
 def _document(ssm: Any, name: str, version: str | None) -> dict[str, Any]:
@@ -160,6 +178,8 @@ def _banner(console: _Console, res: Resources, state_dir: Path, nodes: list[Node
         f"  input bucket       s3://{res.input_bucket}",
         f"  output bucket      s3://{res.output_bucket}",
         f"  instance(s)        {instances}; SSM document {res.submit_document}",
+        *([f"  work queue         {res.work_queue_url}  (every daemon pulls from it)",
+           f"  dead-letter queue  {res.work_dead_letter_queue_url}"] if res.work_queue_url else []),
         f"  state dir          {state_dir}  (config: "
         + ", ".join(str(node.config.relative_to(state_dir)) for node in nodes) + ")",
         f"  upload more with   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
@@ -181,10 +201,12 @@ def _on_command(console: _Console, failures: list[str], result: CommandResult) -
         console.say(f"ssm     {result.command_id[:8]} {result.status}: {printable(reason, 500)}")
 
 
-def _on_invocation(console: _Console, failures: list[str], invocation: Invocation) -> None:
+def _on_invocation(
+    console: _Console, failures: list[str], invocation: Invocation, what: str = "command(s)"
+) -> None:
     if invocation.ok:
-        sent = invocation.result.get("sent", 0) if isinstance(invocation.result, dict) else 0
-        console.say(f"lambda  {invocation.request_id[:8]} sent {sent} command(s)")
+        result = invocation.result if isinstance(invocation.result, dict) else {}
+        console.say(f"lambda  {invocation.request_id[:8]} sent {result.get('sent', 0)} {what}")
     else:
         failures.append(f"Lambda invocation {invocation.request_id}: {invocation.error}")
         console.say(f"lambda  {invocation.request_id[:8]} failed: {invocation.error}")

@@ -1,0 +1,121 @@
+"""The Lambda's reconcile mode: the fleet's one global pass that re-queues lost objects.
+
+An EventBridge schedule invokes the trigger function with
+``{"processor": "reconcile", "older_than_s": 900, "prefix": "", "dry_run": false}``
+(every field but ``processor`` optional). The pass lists the input bucket,
+judges every object with the shared planning rule (reconcile.plan, the same
+one `processorctl reconcile` uses), and sends one queue message per lost
+object. Sending an object twice -- this pass overlapping the Lambda's own
+message, or a second pass -- is harmless: the daemon finds the manifest of
+the same identity and does not run the command again.
+
+It logs one ``reconcile_sent`` line per object queued, then one
+``reconcile_finished`` summary line, and returns the summary. When any
+message could not be sent it raises DeliveryError after the summary, so the
+schedule's retry policy sees a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
+
+from lambda_trigger import s3, sqs
+from lambda_trigger.config import load_reconcile_config
+from lambda_trigger.events import JobRequest
+from lambda_trigger.logs import log_counts, log_line
+from lambda_trigger.reconcile import Verdict, index_results, plan
+from lambda_trigger.ssm import DeliveryError, FailedRecord
+
+#: The event field and value that select this mode.
+RECONCILE_MODE = ("processor", "reconcile")
+#: What queued messages are marked with in the JobRequest (no S3 event name).
+_EVENT_NAME = "Reconcile"
+
+
+class ReconcileSummary(TypedDict):
+    """The result of one pass (and its ``reconcile_finished`` log line)."""
+
+    input_bucket: str
+    prefix: str
+    older_than_s: float
+    dry_run: bool
+    listed: int
+    sent: int
+    failed: int
+    has_result: int
+    too_new: int
+    folder: int
+
+
+def is_reconcile(event: object) -> bool:
+    """True for the schedule's reconcile event (never for an S3 notification)."""
+    name, value = RECONCILE_MODE
+    return isinstance(event, Mapping) and event.get(name) == value
+
+
+def reconcile(
+    event: Mapping[str, object],
+    env: Mapping[str, str],
+    s3_client_factory: Callable[[], Any],
+    queue_client_factory: Callable[[], sqs.SqsClient],
+    *,
+    clock: Callable[[], float] = time.time,
+) -> ReconcileSummary:
+    """One pass; raises ConfigError, s3.ListingError, or DeliveryError (after logging)."""
+    config = load_reconcile_config(env, event)
+    client = s3_client_factory()
+    try:
+        results = index_results(s3.list_keys(client, config.output_bucket, config.output_prefix),
+                                config.output_prefix)
+        # Streamed: only the lost objects are kept, not the whole listing (128 MB functions).
+        counts = {verdict: 0 for verdict in Verdict}
+        lost: list[JobRequest] = []
+        for decision in plan(s3.list_objects(client, config.input_bucket, config.prefix),
+                             bucket=config.input_bucket, results=results, now=clock(),
+                             older_than_s=config.older_than_s):
+            counts[decision.verdict] += 1
+            if decision.verdict is Verdict.SUBMIT:
+                listed = decision.listed
+                lost.append(JobRequest(config.input_bucket, listed.key, listed.version_id,
+                                       listed.etag, _EVENT_NAME, None))
+    except s3.ListingError as exc:
+        log_line(logging.ERROR, "reconcile_failed", bucket=exc.bucket,
+                 error=f"{exc.code}: {exc.message}")
+        raise
+    failures: list[FailedRecord] = []
+    sent = 0
+    if lost and not config.dry_run:
+        queued, failed = sqs.send_requests(queue_client_factory(), config.queue_url, lost)
+        sent = len(queued)
+        for item in queued:
+            log_line(logging.INFO, "reconcile_sent", queue_url=config.queue_url,
+                     message_id=item.message_id, bucket=item.request.bucket,
+                     key=item.request.key, version_id=item.request.version_id,
+                     etag=item.request.etag)
+        for failure in failed:
+            log_line(logging.ERROR, "reconcile_send_failed", queue_url=config.queue_url,
+                     bucket=failure.request.bucket, key=failure.request.key,
+                     version_id=failure.request.version_id, etag=failure.request.etag,
+                     error=f"{failure.code}: {failure.message}")
+            failures.append(FailedRecord(failure.request.bucket, failure.request.key,
+                                         failure.code, failure.message))
+    elif lost:
+        for request in lost:
+            log_line(logging.INFO, "reconcile_would_send", bucket=request.bucket,
+                     key=request.key, version_id=request.version_id, etag=request.etag,
+                     reason="dry_run")
+    summary = ReconcileSummary(
+        input_bucket=config.input_bucket, prefix=config.prefix,
+        older_than_s=config.older_than_s, dry_run=config.dry_run, listed=sum(counts.values()),
+        # In a dry run "sent" is what a real pass would send.
+        sent=len(lost) if config.dry_run else sent, failed=len(failures),
+        has_result=counts[Verdict.HAS_RESULT], too_new=counts[Verdict.TOO_NEW],
+        folder=counts[Verdict.FOLDER],
+    )
+    log_counts(logging.ERROR if failures else logging.INFO, "reconcile_finished", summary)
+    if failures:
+        raise DeliveryError(failures)
+    return summary
