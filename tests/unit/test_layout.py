@@ -11,7 +11,7 @@ import pytest
 from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make, script
 from worker import layout
 from worker.job import Identity, JobState
-from worker.reconcile import Verdict, plan, result_sources
+from worker.reconcile import Verdict, plan, result_index
 from worker.store import Listed
 
 ROOM = 1024 - len("/_manifest.json")  # the longest <prefix><key> whose results fit
@@ -141,12 +141,11 @@ def test_reconcile_counts_a_fallback_result_as_a_result(tmp_path: Path) -> None:
     _, ledger, _ = make(tmp_path, COPY_UPPER)
     long_key, other = "k" * 1024, "m" * 1024
     done_id = Identity("in", long_key, None, "e1").job_id()
-    sources = result_sources([f"results/_by-id/{done_id}/_manifest.json", "results/a/_failed.json"],
-                             "results/")
-    assert sources == {f"_by-id/{done_id}", "a"}
+    results = result_index([f"results/_by-id/{done_id}/_manifest.json", "results/a/_failed.json"],
+                           "results/")
     listed = [Listed(long_key, None, "e1", 1, 0.0), Listed(other, None, "e2", 1, 0.0),
               Listed("a", None, "e3", 1, 0.0)]
-    verdicts = [d.verdict for d in plan(listed, bucket="in", ledger=ledger, with_results=sources,
+    verdicts = [d.verdict for d in plan(listed, bucket="in", ledger=ledger, results=results,
                                         now=1000.0, older_than_s=10)]
     assert verdicts == [Verdict.HAS_RESULT, Verdict.SUBMIT, Verdict.HAS_RESULT]
 
