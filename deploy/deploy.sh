@@ -258,7 +258,7 @@ if [ -z "$REGION" ] && [ "$DRY_RUN" = false ]; then
   REGION=$(aws configure get region || true)
 fi
 [ -n "$REGION" ] || REGION=us-east-1
-ACCOUNT= CALLER_ARN=
+ACCOUNT='' CALLER_ARN=''
 read -r ACCOUNT CALLER_ARN < <(aws_query "123456789012 arn:aws:iam::123456789012:user/dry-run" \
   sts get-caller-identity --query '[Account,Arn]' --output text) || true
 require ACCOUNT "$ACCOUNT" "could not identify the AWS account: check the CLI's credentials (aws sts get-caller-identity)"
@@ -353,7 +353,7 @@ if [ -z "$SUBNET_ID" ] && [ "$STACK_EXISTS" = false ]; then
   require SUBNET_ID "$SUBNET_ID" "the default VPC $VPC_ID has no default subnet: pass --subnet-id"
 fi
 if [ -n "$SUBNET_ID" ]; then
-  VPC_ID= ZONE=
+  VPC_ID='' ZONE=''
   read -r VPC_ID ZONE < <(aws_query "vpc-0123456789abcdef0 ${REGION}a" ec2 describe-subnets \
     --region "$REGION" --subnet-ids "$SUBNET_ID" \
     --query 'Subnets[0].[VpcId,AvailabilityZone]' --output text) || true
@@ -381,7 +381,7 @@ if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ]; then
       exit 1
     fi
   fi
-  HYPERVISOR= BARE_METAL=
+  HYPERVISOR='' BARE_METAL=''
   read -r HYPERVISOR BARE_METAL < <(aws_query "nitro False" ec2 describe-instance-types --region "$REGION" \
     --instance-types "$TYPE" --query 'InstanceTypes[0].[Hypervisor,BareMetal]' --output text) || true
   require HYPERVISOR "$HYPERVISOR" "could not look up instance type $TYPE in $REGION"
