@@ -269,7 +269,8 @@ def test_an_ami_pin_that_never_validates_fails_clearly(checkout: Path, tmp_path:
 
 @pytest.mark.parametrize("status", ["ROLLBACK_COMPLETE", "ROLLBACK_FAILED"])
 def test_a_failed_stack_is_not_updated(checkout: Path, tmp_path: Path, status: str) -> None:
-    rules = _account(stack=_rule("cloudformation describe-stacks", _ok(status), args=["Stacks[0].StackStatus"]))
+    rules = _account(stack=_rule("cloudformation describe-stacks", _ok(status),
+                                 args=["Stacks[0].StackStatus"]))
     run = _deploy(checkout, tmp_path, rules)
     assert run.returncode == 1
     assert f"stack processor is in {status}" in run.stderr and "--delete-failed" in run.stderr
