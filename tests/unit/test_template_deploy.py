@@ -3,7 +3,9 @@
 No Lambda reservation by default, an alarm that stays quiet while the instance
 is stopped, failed SendCommand invocations made visible (EventBridge -> the
 failure queue, under a queue policy for that one rule), pinned dependencies at
-boot, and the stop timeout the drain document allows for agreeing with the unit.
+boot, the stop timeout the drain document allows for agreeing with the unit,
+and DEPLOY.md agreeing with the template (six documents) and the Lambda
+(which SendCommand errors it fails over on).
 cfn-lint and checkov cover the new resources through test_document.py and
 test_template.py.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from lambda_trigger.ssm import FAILOVER_CODES
 from tests.unit.test_template import REPO, TEMPLATE, _of_type, _stack
 from worker.local import cfn
 
@@ -94,3 +97,24 @@ def test_drain_document_and_unit_agree_on_the_stop_timeout() -> None:
     # The drain document waits longer than systemd lets the stop take.
     drain = _template()["Resources"]["DrainDocument"]["Properties"]["Content"]
     assert drain["mainSteps"][0]["inputs"]["timeoutSeconds"] > int(seconds)
+
+
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+            "nine": 9, "ten": 10}
+
+
+def test_deploy_doc_counts_and_names_every_ssm_document() -> None:
+    documents = _of_type(_template()["Resources"], "AWS::SSM::Document")
+    doc = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    said = [*re.findall(r"\b(\w+) document names\b", doc), *re.findall(r"\bThe (\w+) documents are\b", doc),
+            *re.findall(r"\bthe (\w+) SSM documents\b", doc)]
+    counts = {_NUMBERS[word.lower()] for word in said}
+    assert counts == {len(documents)}, counts
+    for name in documents:
+        assert f"`<stack>-{name}`" in doc, name
+
+
+def test_deploy_doc_names_the_failover_codes_the_lambda_uses() -> None:
+    doc = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    (sentence,) = re.findall(r"failing over to the next[^.]*\.", doc)
+    assert set(re.findall(r"`(\w+)`", sentence)) == set(FAILOVER_CODES)
