@@ -362,63 +362,6 @@ if [ -n "$SUBNET_ID" ]; then
   PARAMETERS+=("VpcId=$VPC_ID" "SubnetId=$SUBNET_ID" "AvailabilityZone=$ZONE")
 fi
 
-# The instance type: offered in the zone (else EC2 refuses the launch deep into the
-# deploy) and Nitro (the bootstrap finds the data volume by its NVMe device link).
-# Checked whenever the type or the zone may change: on create, --instance-type or
-# --subnet-id.
-if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ]; then
-  TYPE=$INSTANCE_TYPE
-  if [ -z "$TYPE" ]; then
-    TYPE=$(awk '/^  InstanceType:$/ {found = 1} found && /^    Default:/ {print $2; exit}' "$TEMPLATE")
-  fi
-  if [ -n "$ZONE" ]; then
-    OFFERED=$(aws_query "$TYPE" ec2 describe-instance-type-offerings --region "$REGION" \
-      --location-type availability-zone \
-      --filters "Name=location,Values=$ZONE" "Name=instance-type,Values=$TYPE" \
-      --query 'InstanceTypeOfferings[].InstanceType' --output text)
-    if [ -z "$OFFERED" ] || [ "$OFFERED" = None ]; then
-      say "instance type $TYPE is not offered in $ZONE (subnet $SUBNET_ID): pick another --instance-type or --subnet-id"
-      exit 1
-    fi
-  fi
-  HYPERVISOR='' BARE_METAL=''
-  read -r HYPERVISOR BARE_METAL < <(aws_query "nitro False" ec2 describe-instance-types --region "$REGION" \
-    --instance-types "$TYPE" --query 'InstanceTypes[0].[Hypervisor,BareMetal]' --output text) || true
-  require HYPERVISOR "$HYPERVISOR" "could not look up instance type $TYPE in $REGION"
-  if [ "$HYPERVISOR" != nitro ] && [ "${BARE_METAL:-}" != True ]; then
-    say "instance type $TYPE is not Nitro-based (hypervisor: $HYPERVISOR): the bootstrap finds the data volume by its NVMe device; pick a Nitro type such as t3, m5, m6i, c6i"
-    exit 1
-  fi
-fi
-
-# The AMI, pinned in an SSM parameter of our own: CloudFormation resolves an SSM
-# parameter at every update, and the public "latest" one moves with each release,
-# which would replace the instance on an unrelated update.
-if [ "$REFRESH_AMI" = true ] || [ "$DRY_RUN" = true ] \
-   || ! aws ssm get-parameter --name "$AMI_PIN" --region "$REGION" >/dev/null 2>&1; then
-  AMI=$(aws_query ami-0123456789abcdef0 ssm get-parameter --region "$REGION" --name "$AMI_SOURCE" \
-    --query Parameter.Value --output text)
-  require AMI "$AMI" "could not read the latest Amazon Linux 2023 AMI from $AMI_SOURCE"
-  say "pinning $AMI ($AMI_SOURCE) in $AMI_PIN"
-  aws_cli ssm put-parameter --region "$REGION" --name "$AMI_PIN" --type String \
-    --data-type aws:ec2:image --value "$AMI" --overwrite >/dev/null
-  # SSM validates an aws:ec2:image value asynchronously: until it has, get-parameter
-  # does not return it and a deploy that resolves the parameter fails.
-  if [ "$DRY_RUN" = false ]; then
-    waited=0
-    until [ "$(aws ssm get-parameter --region "$REGION" --name "$AMI_PIN" \
-               --query Parameter.Value --output text 2>/dev/null || true)" = "$AMI" ]; do
-      if [ "$waited" -ge "$AMI_WAIT_SECONDS" ]; then
-        say "SSM has not accepted $AMI in $AMI_PIN after ${AMI_WAIT_SECONDS}s (the aws:ec2:image check failed or is slow):"
-        say "see aws ssm get-parameter-history --name $AMI_PIN --region $REGION, then deploy again"
-        exit 1
-      fi
-      sleep "$POLL_SECONDS"
-      waited=$((waited + POLL_SECONDS))
-    done
-  fi
-fi
-
 # A fleet's subnets must share one VPC, the security group's (VpcId; known here on
 # create or with --subnet-id).
 if [ -n "$FLEET_SUBNET_IDS" ]; then
@@ -428,6 +371,48 @@ if [ -n "$FLEET_SUBNET_IDS" ]; then
   if [ "$(printf '%s\n' "$FLEET_VPCS" | wc -l)" -ne 1 ] \
      || { [ -n "${VPC_ID:-}" ] && [ "$FLEET_VPCS" != "$VPC_ID" ]; }; then
     say "--fleet-subnet-ids must all be in one VPC, the one of the instance ${VPC_ID:-} (they are in: $(printf '%s ' "$FLEET_VPCS"))"
+    exit 1
+  fi
+fi
+
+# The instance type: offered in every zone it may launch in (else EC2 refuses the
+# launch deep into the deploy) and Nitro (the bootstrap finds the data volume by its
+# NVMe device link). Checked whenever the type or a zone may change: on create,
+# --instance-type, --subnet-id or --fleet-subnet-ids. The type is the one asked for,
+# else the stack's current one, else the template's default.
+if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ] || [ -n "$FLEET_SUBNET_IDS" ]; then
+  TYPE=$INSTANCE_TYPE
+  if [ -z "$TYPE" ] && [ "$STACK_EXISTS" = true ]; then
+    TYPE=$(aws_query None cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+      --query "Stacks[0].Parameters[?ParameterKey=='InstanceType'].ParameterValue | [0]" --output text)
+  fi
+  if [ -z "$TYPE" ] || [ "$TYPE" = None ]; then
+    TYPE=$(awk '/^  InstanceType:$/ {found = 1} found && /^    Default:/ {print $2; exit}' "$TEMPLATE")
+  fi
+  ZONES=$ZONE
+  if [ -n "$FLEET_SUBNET_IDS" ]; then
+    FLEET_ZONES=$(aws_query "${REGION}a" ec2 describe-subnets --region "$REGION" \
+      --subnet-ids ${FLEET_SUBNETS[@]+"${FLEET_SUBNETS[@]}"} --query 'Subnets[].AvailabilityZone' \
+      --output text | tr -s '\t ' '\n' | sort -u)
+    require FLEET_ZONES "$FLEET_ZONES" "could not look up the Availability Zones of --fleet-subnet-ids $FLEET_SUBNET_IDS"
+    ZONES="$ZONES $FLEET_ZONES"
+  fi
+  for zone in $ZONES; do
+    OFFERED=$(aws_query "$TYPE" ec2 describe-instance-type-offerings --region "$REGION" \
+      --location-type availability-zone \
+      --filters "Name=location,Values=$zone" "Name=instance-type,Values=$TYPE" \
+      --query 'InstanceTypeOfferings[].InstanceType' --output text)
+    if [ -z "$OFFERED" ] || [ "$OFFERED" = None ]; then
+      say "instance type $TYPE is not offered in $zone (a zone of the instance's or the fleet's subnets): pick another --instance-type or subnet"
+      exit 1
+    fi
+  done
+  HYPERVISOR='' BARE_METAL=''
+  read -r HYPERVISOR BARE_METAL < <(aws_query "nitro False" ec2 describe-instance-types --region "$REGION" \
+    --instance-types "$TYPE" --query 'InstanceTypes[0].[Hypervisor,BareMetal]' --output text) || true
+  require HYPERVISOR "$HYPERVISOR" "could not look up instance type $TYPE in $REGION"
+  if [ "$HYPERVISOR" != nitro ] && [ "${BARE_METAL:-}" != True ]; then
+    say "instance type $TYPE is not Nitro-based (hypervisor: $HYPERVISOR): the bootstrap finds the data volume by its NVMe device; pick a Nitro type such as t3, m5, m6i, c6i"
     exit 1
   fi
 fi
@@ -463,6 +448,35 @@ if [ -n "$RESERVED" ]; then
       say "Deploy without it (the default, -1: no reservation), or ask for a higher Lambda concurrency quota (Service Quotas, 'Concurrent executions') first."
       exit 1
     fi
+  fi
+fi
+
+# The AMI (after the checks above: this step writes), pinned in an SSM parameter of
+# our own: CloudFormation resolves an SSM parameter at every update, and the public
+# "latest" one moves with each release, which would replace the instance on an
+# unrelated update.
+if [ "$REFRESH_AMI" = true ] || [ "$DRY_RUN" = true ] \
+   || ! aws ssm get-parameter --name "$AMI_PIN" --region "$REGION" >/dev/null 2>&1; then
+  AMI=$(aws_query ami-0123456789abcdef0 ssm get-parameter --region "$REGION" --name "$AMI_SOURCE" \
+    --query Parameter.Value --output text)
+  require AMI "$AMI" "could not read the latest Amazon Linux 2023 AMI from $AMI_SOURCE"
+  say "pinning $AMI ($AMI_SOURCE) in $AMI_PIN"
+  aws_cli ssm put-parameter --region "$REGION" --name "$AMI_PIN" --type String \
+    --data-type aws:ec2:image --value "$AMI" --overwrite >/dev/null
+  # SSM validates an aws:ec2:image value asynchronously: until it has, get-parameter
+  # does not return it and a deploy that resolves the parameter fails.
+  if [ "$DRY_RUN" = false ]; then
+    waited=0
+    until [ "$(aws ssm get-parameter --region "$REGION" --name "$AMI_PIN" \
+               --query Parameter.Value --output text 2>/dev/null || true)" = "$AMI" ]; do
+      if [ "$waited" -ge "$AMI_WAIT_SECONDS" ]; then
+        say "SSM has not accepted $AMI in $AMI_PIN after ${AMI_WAIT_SECONDS}s (the aws:ec2:image check failed or is slow):"
+        say "see aws ssm get-parameter-history --name $AMI_PIN --region $REGION, then deploy again"
+        exit 1
+      fi
+      sleep "$POLL_SECONDS"
+      waited=$((waited + POLL_SECONDS))
+    done
   fi
 fi
 

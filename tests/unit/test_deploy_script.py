@@ -84,8 +84,11 @@ def _rule(command: str, *responses: dict[str, Any], args: Sequence[str] = ()) ->
     return {"command": command, "args": list(args), "responses": list(responses)}
 
 
-def _account(**overrides: Any) -> list[dict[str, Any]]:
-    """A fresh account with a default VPC, no stack yet, and the AMI pin missing until put."""
+def _account(first: Sequence[dict[str, Any]] = (), **overrides: Any) -> list[dict[str, Any]]:
+    """A fresh account with a default VPC, no stack yet, and the AMI pin missing until put.
+
+    ``first``: rules matched before all others (more specific answers).
+    """
     rules = {
         "sts": _rule("sts get-caller-identity",
                      _ok("123456789012\tarn:aws:iam::123456789012:user/deployer")),
@@ -110,8 +113,8 @@ def _account(**overrides: Any) -> list[dict[str, Any]]:
         "wait": _rule("cloudformation wait", _ok()),
     }
     rules.update(overrides)
-    # Specific rules first: the fake takes the first rule that matches.
-    return list(rules.values())
+    # The fake takes the first rule that matches.
+    return [*first, *rules.values()]
 
 
 @dataclass
@@ -329,6 +332,37 @@ def test_the_instance_type_asked_for_is_the_one_checked(checkout: Path, tmp_path
     assert "Name=location,Values=eu-west-1a" in offerings
     (types,) = [c for c in run.calls if c[:2] == ["ec2", "describe-instance-types"]]
     assert "m6i.large" in types
+
+
+#: A fleet over two subnets of the instance's VPC, in two zones.
+_FLEET_SUBNETS = [
+    _rule("ec2 describe-subnets", _ok("vpc-0aaa\tvpc-0aaa"), args=["Subnets[].VpcId"]),
+    _rule("ec2 describe-subnets", _ok("eu-west-1b\teu-west-1c"), args=["Subnets[].AvailabilityZone"]),
+]
+
+
+def test_every_zone_of_a_fleet_is_checked_for_the_instance_type(checkout: Path, tmp_path: Path) -> None:
+    missing = _rule("ec2 describe-instance-type-offerings", _ok(""),
+                    args=["Name=location,Values=eu-west-1c"])
+    run = _deploy(checkout, tmp_path, _account(first=[*_FLEET_SUBNETS, missing]),
+                  "--fleet-size", "2", "--fleet-subnet-ids", "subnet-0ccc,subnet-0ddd")
+    assert run.returncode == 1, run.stderr
+    assert "instance type t3.small is not offered in eu-west-1c" in run.stderr
+    zones = [a for c in run.calls if c[:2] == ["ec2", "describe-instance-type-offerings"]
+             for a in c if a.startswith("Name=location,")]
+    assert zones == [f"Name=location,Values=eu-west-1{z}" for z in "abc"]
+    assert run.deployed() is None
+
+
+def test_an_update_checks_the_stacks_own_instance_type(checkout: Path, tmp_path: Path) -> None:
+    current = _rule("cloudformation describe-stacks", _ok("m5.large"),
+                    args=["Stacks[0].Parameters[?ParameterKey=='InstanceType'].ParameterValue | [0]"])
+    rules = _account(first=[current], stack=_rule("cloudformation describe-stacks", _ok("UPDATE_COMPLETE"),
+                                                  args=["Stacks[0].StackStatus"]))
+    run = _deploy(checkout, tmp_path, rules, "--subnet-id", "subnet-0bbb")
+    assert run.returncode == 0, run.stderr
+    (types,) = [c for c in run.calls if c[:2] == ["ec2", "describe-instance-types"]]
+    assert "m5.large" in types
 
 
 def test_constraints_that_leave_a_dependency_unpinned_are_refused(checkout: Path, tmp_path: Path) -> None:
