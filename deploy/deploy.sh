@@ -34,6 +34,13 @@ Options:
                            --parameter 'ProcessingCommand=["/opt/tool", "{input}", "{output_dir}"]'
   --refresh-ami            pin the latest Amazon Linux 2023 AMI again (this REPLACES the
                            instance on update: read docs/DEPLOY.md first)
+  --constraints FILE       pip constraints file shipped with the wheel (the versions every
+                           instance installs); default: resolved now in a throw-away
+                           virtualenv (pip freeze). It must pin boto3, structlog, tenacity
+                           and watchtower with ==
+  --delete-failed          a stack left in ROLLBACK_COMPLETE or ROLLBACK_FAILED by a failed
+                           first deploy is deleted (and waited for) before deploying again;
+                           without it, the script stops and says so
   --dry-run                build the artifacts and print the AWS commands instead of running them
   -h, --help               show this help
 
@@ -57,7 +64,14 @@ FLEET_SIZE=
 FLEET_SUBNET_IDS=
 REFRESH_AMI=false
 DRY_RUN=false
+DELETE_FAILED=false
+CONSTRAINTS_FILE=
 EXTRA_PARAMETERS=()
+# Bounded waits (seconds); the environment may shorten them (the tests do).
+AMI_WAIT_SECONDS=${PROCESSOR_DEPLOY_AMI_WAIT_SECONDS:-120}
+POLL_SECONDS=${PROCESSOR_DEPLOY_POLL_SECONDS:-3}
+#: Lambda keeps this many concurrent executions unreserved in every account.
+LAMBDA_UNRESERVED_MINIMUM=10
 
 need_value() {
   if [ "$2" -lt 2 ]; then
@@ -93,6 +107,11 @@ while [ "$#" -gt 0 ]; do
       esac
       shift 2 ;;
     --refresh-ami) REFRESH_AMI=true; shift ;;
+    --constraints)
+      need_value "$1" "$#"
+      [ -f "$2" ] || die_usage "--constraints: no such file '$2'"
+      CONSTRAINTS_FILE=$2; shift 2 ;;
+    --delete-failed) DELETE_FAILED=true; shift ;;
     --dry-run) DRY_RUN=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die_usage "unknown option '$1'" ;;
@@ -190,6 +209,25 @@ with zipfile.ZipFile(sys.argv[1]) as archive:
 print(hashed.hexdigest()[:16])
 PY
 }
+# The wheel's dependencies, pinned: without a constraints file every boot would
+# install whatever boto3/structlog/watchtower is newest that day. Resolved by
+# installing the wheel into a throw-away virtualenv, as the instance will.
+CONSTRAINTS=$BUILD/constraints.txt
+if [ -n "$CONSTRAINTS_FILE" ]; then
+  cp "$CONSTRAINTS_FILE" "$CONSTRAINTS"
+else
+  say "resolving the wheel's dependencies for the constraints file"
+  python3 -m venv "$BUILD/resolve"
+  "$BUILD/resolve/bin/python" -m pip install --quiet --disable-pip-version-check "$WHEEL_PATH" >&2
+  "$BUILD/resolve/bin/python" -m pip freeze --disable-pip-version-check --exclude processor >"$CONSTRAINTS"
+fi
+for dependency in boto3 structlog tenacity watchtower; do
+  if ! grep -Eiq "^$dependency==[0-9][^ ;]*\$" "$CONSTRAINTS"; then
+    say "the constraints file ${CONSTRAINTS_FILE:-(pip freeze)} does not pin $dependency with ==: the instances would install an unpinned $dependency"
+    exit 1
+  fi
+done
+
 WHEEL_NAME=$(basename "$WHEEL_PATH")
 mkdir -p "$DIST"
 cp "$WHEEL_PATH" "$DIST/$WHEEL_NAME"
@@ -197,19 +235,72 @@ LAMBDA_NAME=lambda_trigger-$(digest "$LAMBDA_ZIP").zip
 cp "$LAMBDA_ZIP" "$DIST/$LAMBDA_NAME"
 # Content-addressed keys: a new build is a new key, so the stack update sees a change.
 WHEEL_KEY=processor/$STACK_NAME/$(digest "$WHEEL_PATH")/$WHEEL_NAME
+# Next to the wheel, named by its content: new pins are a new key (and UserData).
+CONSTRAINTS_NAME=constraints-$(python3 -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()[:16])' "$CONSTRAINTS").txt
+CONSTRAINTS_KEY=${WHEEL_KEY%/*}/$CONSTRAINTS_NAME
+cp "$CONSTRAINTS" "$DIST/$CONSTRAINTS_NAME"
 LAMBDA_KEY=processor/$STACK_NAME/$LAMBDA_NAME
-say "built dist/$WHEEL_NAME and dist/$LAMBDA_NAME"
+say "built dist/$WHEEL_NAME, dist/$CONSTRAINTS_NAME and dist/$LAMBDA_NAME"
 
-# --- account, region, artifact bucket -------------------------------------------------------
+# --- account, region, stack state -------------------------------------------------------------
+
+# `read … < <(aws …)` does not stop on a failed command under set -e: every value
+# read from a lookup is checked before it is used.
+require() {
+  local name=$1 value=$2 what=$3
+  if [ -z "$value" ] || [ "$value" = None ]; then
+    say "$what ($name came back empty)"
+    exit 1
+  fi
+}
 
 if [ -z "$REGION" ] && [ "$DRY_RUN" = false ]; then
   REGION=$(aws configure get region || true)
 fi
 [ -n "$REGION" ] || REGION=us-east-1
+ACCOUNT='' CALLER_ARN=''
 read -r ACCOUNT CALLER_ARN < <(aws_query "123456789012 arn:aws:iam::123456789012:user/dry-run" \
-  sts get-caller-identity --query '[Account,Arn]' --output text)
+  sts get-caller-identity --query '[Account,Arn]' --output text) || true
+require ACCOUNT "$ACCOUNT" "could not identify the AWS account: check the CLI's credentials (aws sts get-caller-identity)"
+require CALLER_ARN "${CALLER_ARN:-}" "could not identify the AWS caller: check the CLI's credentials (aws sts get-caller-identity)"
 PARTITION=$(printf '%s' "$CALLER_ARN" | cut -d: -f2)
 ARTIFACT_BUCKET=${ARTIFACT_BUCKET:-$STACK_NAME-deploy-$ACCOUNT-$REGION}
+
+# What state the stack is in decides create or update. A failed first deploy leaves
+# ROLLBACK_COMPLETE (or ROLLBACK_FAILED): such a stack cannot be updated, only
+# deleted. REVIEW_IN_PROGRESS is a stack that has never been created (a change set
+# was made but not run): `cloudformation deploy` creates it, so it is new here too.
+STACK_STATUS=NONE
+if [ "$DRY_RUN" = false ]; then
+  STACK_STATUS=$(aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" \
+    --query 'Stacks[0].StackStatus' --output text 2>/dev/null) || STACK_STATUS=NONE
+  [ -n "$STACK_STATUS" ] || STACK_STATUS=NONE
+fi
+case "$STACK_STATUS" in
+  ROLLBACK_COMPLETE|ROLLBACK_FAILED)
+    if [ "$DELETE_FAILED" = false ]; then
+      say "stack $STACK_NAME is in $STACK_STATUS: its first deploy failed and it cannot be updated."
+      say "Read why in the stack's events (aws cloudformation describe-stack-events --stack-name $STACK_NAME --region $REGION),"
+      say "then run deploy/deploy.sh again with --delete-failed to delete it and deploy afresh."
+      exit 1
+    fi
+    say "deleting the failed stack $STACK_NAME ($STACK_STATUS) before deploying again"
+    aws cloudformation delete-stack --stack-name "$STACK_NAME" --region "$REGION"
+    if ! aws cloudformation wait stack-delete-complete --stack-name "$STACK_NAME" --region "$REGION"; then
+      say "stack $STACK_NAME could not be deleted: see its events, delete what is left, then deploy again"
+      exit 1
+    fi
+    STACK_STATUS=NONE ;;
+  *_IN_PROGRESS)
+    if [ "$STACK_STATUS" != REVIEW_IN_PROGRESS ]; then
+      say "stack $STACK_NAME is busy ($STACK_STATUS): wait until it has finished, then deploy again"
+      exit 1
+    fi ;;
+esac
+STACK_EXISTS=true
+case "$STACK_STATUS" in NONE|REVIEW_IN_PROGRESS) STACK_EXISTS=false ;; esac
+
+# --- artifact bucket and upload ------------------------------------------------------------
 
 if [ "$DRY_RUN" = true ] || ! aws s3api head-bucket --bucket "$ARTIFACT_BUCKET" --region "$REGION" 2>/dev/null; then
   say "creating the artifact bucket $ARTIFACT_BUCKET"
@@ -234,6 +325,7 @@ fi
 
 say "uploading to s3://$ARTIFACT_BUCKET/"
 aws_cli s3 cp --region "$REGION" --only-show-errors "$WHEEL_PATH" "s3://$ARTIFACT_BUCKET/$WHEEL_KEY"
+aws_cli s3 cp --region "$REGION" --only-show-errors "$CONSTRAINTS" "s3://$ARTIFACT_BUCKET/$CONSTRAINTS_KEY"
 aws_cli s3 cp --region "$REGION" --only-show-errors "$LAMBDA_ZIP" "s3://$ARTIFACT_BUCKET/$LAMBDA_KEY"
 
 # --- parameters ------------------------------------------------------------------------------
@@ -241,48 +333,33 @@ aws_cli s3 cp --region "$REGION" --only-show-errors "$LAMBDA_ZIP" "s3://$ARTIFAC
 PARAMETERS=(
   "ArtifactBucket=$ARTIFACT_BUCKET"
   "WheelKey=$WHEEL_KEY"
+  "ConstraintsKey=$CONSTRAINTS_KEY"
   "LambdaCodeKey=$LAMBDA_KEY"
   "BucketNamePrefix=$STACK_NAME"
   "ImageId=$AMI_PIN"
 )
 
-STACK_EXISTS=false
-if [ "$DRY_RUN" = false ] \
-   && aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" >/dev/null 2>&1; then
-  STACK_EXISTS=true
-fi
-
 # Network: on create (or with --subnet-id) the subnet, its VPC and its zone; on an
 # update without --subnet-id the stack keeps its values (a new subnet replaces the
 # instance).
+ZONE=
 if [ -z "$SUBNET_ID" ] && [ "$STACK_EXISTS" = false ]; then
   VPC_ID=$(aws_query vpc-0123456789abcdef0 ec2 describe-vpcs --region "$REGION" \
     --filters Name=is-default,Values=true --query 'Vpcs[0].VpcId' --output text)
-  if [ -z "$VPC_ID" ] || [ "$VPC_ID" = None ]; then
-    say "this region has no default VPC: pass --subnet-id"
-    exit 1
-  fi
+  require VPC_ID "$VPC_ID" "this region ($REGION) has no default VPC: pass --subnet-id"
   SUBNET_ID=$(aws_query subnet-0123456789abcdef0 ec2 describe-subnets --region "$REGION" \
     --filters "Name=vpc-id,Values=$VPC_ID" Name=default-for-az,Values=true \
     --query 'sort_by(Subnets, &AvailabilityZone)[0].SubnetId' --output text)
+  require SUBNET_ID "$SUBNET_ID" "the default VPC $VPC_ID has no default subnet: pass --subnet-id"
 fi
 if [ -n "$SUBNET_ID" ]; then
+  VPC_ID='' ZONE=''
   read -r VPC_ID ZONE < <(aws_query "vpc-0123456789abcdef0 ${REGION}a" ec2 describe-subnets \
     --region "$REGION" --subnet-ids "$SUBNET_ID" \
-    --query 'Subnets[0].[VpcId,AvailabilityZone]' --output text)
+    --query 'Subnets[0].[VpcId,AvailabilityZone]' --output text) || true
+  require VPC_ID "$VPC_ID" "could not look up subnet $SUBNET_ID in $REGION (does it exist in this region?)"
+  require ZONE "${ZONE:-}" "could not look up the Availability Zone of subnet $SUBNET_ID"
   PARAMETERS+=("VpcId=$VPC_ID" "SubnetId=$SUBNET_ID" "AvailabilityZone=$ZONE")
-fi
-
-# The AMI, pinned in an SSM parameter of our own: CloudFormation resolves an SSM
-# parameter at every update, and the public "latest" one moves with each release,
-# which would replace the instance on an unrelated update.
-if [ "$REFRESH_AMI" = true ] || [ "$DRY_RUN" = true ] \
-   || ! aws ssm get-parameter --name "$AMI_PIN" --region "$REGION" >/dev/null 2>&1; then
-  AMI=$(aws_query ami-0123456789abcdef0 ssm get-parameter --region "$REGION" --name "$AMI_SOURCE" \
-    --query Parameter.Value --output text)
-  say "pinning $AMI ($AMI_SOURCE) in $AMI_PIN"
-  aws_cli ssm put-parameter --region "$REGION" --name "$AMI_PIN" --type String \
-    --data-type aws:ec2:image --value "$AMI" --overwrite >/dev/null
 fi
 
 # A fleet's subnets must share one VPC, the security group's (VpcId; known here on
@@ -290,7 +367,7 @@ fi
 if [ -n "$FLEET_SUBNET_IDS" ]; then
   IFS=, read -r -a FLEET_SUBNETS <<<"$FLEET_SUBNET_IDS"
   FLEET_VPCS=$(aws_query "${VPC_ID:-vpc-0123456789abcdef0}" ec2 describe-subnets --region "$REGION" \
-    --subnet-ids "${FLEET_SUBNETS[@]}" --query 'Subnets[].VpcId' --output text | tr -s '\t ' '\n' | sort -u)
+    --subnet-ids ${FLEET_SUBNETS[@]+"${FLEET_SUBNETS[@]}"} --query 'Subnets[].VpcId' --output text | tr -s '\t ' '\n' | sort -u)
   if [ "$(printf '%s\n' "$FLEET_VPCS" | wc -l)" -ne 1 ] \
      || { [ -n "${VPC_ID:-}" ] && [ "$FLEET_VPCS" != "$VPC_ID" ]; }; then
     say "--fleet-subnet-ids must all be in one VPC, the one of the instance ${VPC_ID:-} (they are in: $(printf '%s ' "$FLEET_VPCS"))"
@@ -298,11 +375,117 @@ if [ -n "$FLEET_SUBNET_IDS" ]; then
   fi
 fi
 
+# The instance type: offered in every zone it may launch in (else EC2 refuses the
+# launch deep into the deploy) and Nitro (the bootstrap finds the data volume by its
+# NVMe device link). Checked whenever the type or a zone may change: on create,
+# --instance-type, --subnet-id or --fleet-subnet-ids. The type is the one asked for,
+# else the stack's current one, else the template's default.
+if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ] || [ -n "$FLEET_SUBNET_IDS" ]; then
+  TYPE=$INSTANCE_TYPE
+  if [ -z "$TYPE" ] && [ "$STACK_EXISTS" = true ]; then
+    TYPE=$(aws_query None cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+      --query "Stacks[0].Parameters[?ParameterKey=='InstanceType'].ParameterValue | [0]" --output text)
+  fi
+  if [ -z "$TYPE" ] || [ "$TYPE" = None ]; then
+    TYPE=$(awk '/^  InstanceType:$/ {found = 1} found && /^    Default:/ {print $2; exit}' "$TEMPLATE")
+  fi
+  ZONES=$ZONE
+  if [ -n "$FLEET_SUBNET_IDS" ]; then
+    FLEET_ZONES=$(aws_query "${REGION}a" ec2 describe-subnets --region "$REGION" \
+      --subnet-ids ${FLEET_SUBNETS[@]+"${FLEET_SUBNETS[@]}"} --query 'Subnets[].AvailabilityZone' \
+      --output text | tr -s '\t ' '\n' | sort -u)
+    require FLEET_ZONES "$FLEET_ZONES" "could not look up the Availability Zones of --fleet-subnet-ids $FLEET_SUBNET_IDS"
+    ZONES="$ZONES $FLEET_ZONES"
+  fi
+  for zone in $ZONES; do
+    OFFERED=$(aws_query "$TYPE" ec2 describe-instance-type-offerings --region "$REGION" \
+      --location-type availability-zone \
+      --filters "Name=location,Values=$zone" "Name=instance-type,Values=$TYPE" \
+      --query 'InstanceTypeOfferings[].InstanceType' --output text)
+    if [ -z "$OFFERED" ] || [ "$OFFERED" = None ]; then
+      say "instance type $TYPE is not offered in $zone (a zone of the instance's or the fleet's subnets): pick another --instance-type or subnet"
+      exit 1
+    fi
+  done
+  HYPERVISOR='' BARE_METAL=''
+  read -r HYPERVISOR BARE_METAL < <(aws_query "nitro False" ec2 describe-instance-types --region "$REGION" \
+    --instance-types "$TYPE" --query 'InstanceTypes[0].[Hypervisor,BareMetal]' --output text) || true
+  require HYPERVISOR "$HYPERVISOR" "could not look up instance type $TYPE in $REGION"
+  if [ "$HYPERVISOR" != nitro ] && [ "${BARE_METAL:-}" != True ]; then
+    say "instance type $TYPE is not Nitro-based (hypervisor: $HYPERVISOR): the bootstrap finds the data volume by its NVMe device; pick a Nitro type such as t3, m5, m6i, c6i"
+    exit 1
+  fi
+fi
+
+# A reserved concurrency comes out of the account's unreserved pool, which Lambda
+# keeps at 10 or more: a new account whose quota is 10 cannot reserve anything, and
+# CloudFormation would only say so when it creates the function, and roll back.
+RESERVED=
+for parameter in ${EXTRA_PARAMETERS[@]+"${EXTRA_PARAMETERS[@]}"}; do
+  case "$parameter" in TriggerReservedConcurrency=*) RESERVED=${parameter#*=} ;; esac
+done
+if [ -n "$RESERVED" ]; then
+  if ! [[ $RESERVED =~ ^(-1|[0-9]+)$ ]]; then
+    die_usage "TriggerReservedConcurrency must be -1 (none) or a number of executions, got '$RESERVED'"
+  fi
+  if [ "$RESERVED" -gt 0 ]; then
+    UNRESERVED=$(aws_query 1000 lambda get-account-settings --region "$REGION" \
+      --query AccountLimit.UnreservedConcurrentExecutions --output text)
+    require UnreservedConcurrentExecutions "$UNRESERVED" "could not read the account's Lambda concurrency (aws lambda get-account-settings)"
+    # On an update the function's own reservation is already out of the pool.
+    CURRENT=0
+    if [ "$STACK_EXISTS" = true ]; then
+      FUNCTION=$(aws_query None cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+        --query "Stacks[0].Outputs[?OutputKey=='TriggerFunctionName'].OutputValue | [0]" --output text)
+      if [ -n "$FUNCTION" ] && [ "$FUNCTION" != None ]; then
+        CURRENT=$(aws_query None lambda get-function-concurrency --region "$REGION" --function-name "$FUNCTION" \
+          --query ReservedConcurrentExecutions --output text)
+        [[ $CURRENT =~ ^[0-9]+$ ]] || CURRENT=0
+      fi
+    fi
+    if [ $((UNRESERVED + CURRENT - RESERVED)) -lt "$LAMBDA_UNRESERVED_MINIMUM" ]; then
+      say "TriggerReservedConcurrency=$RESERVED cannot be reserved: this account has $((UNRESERVED + CURRENT)) unreserved concurrent executions in $REGION and Lambda keeps $LAMBDA_UNRESERVED_MINIMUM unreserved."
+      say "Deploy without it (the default, -1: no reservation), or ask for a higher Lambda concurrency quota (Service Quotas, 'Concurrent executions') first."
+      exit 1
+    fi
+  fi
+fi
+
+# The AMI (after the checks above: this step writes), pinned in an SSM parameter of
+# our own: CloudFormation resolves an SSM parameter at every update, and the public
+# "latest" one moves with each release, which would replace the instance on an
+# unrelated update.
+if [ "$REFRESH_AMI" = true ] || [ "$DRY_RUN" = true ] \
+   || ! aws ssm get-parameter --name "$AMI_PIN" --region "$REGION" >/dev/null 2>&1; then
+  AMI=$(aws_query ami-0123456789abcdef0 ssm get-parameter --region "$REGION" --name "$AMI_SOURCE" \
+    --query Parameter.Value --output text)
+  require AMI "$AMI" "could not read the latest Amazon Linux 2023 AMI from $AMI_SOURCE"
+  say "pinning $AMI ($AMI_SOURCE) in $AMI_PIN"
+  aws_cli ssm put-parameter --region "$REGION" --name "$AMI_PIN" --type String \
+    --data-type aws:ec2:image --value "$AMI" --overwrite >/dev/null
+  # SSM validates an aws:ec2:image value asynchronously: until it has, get-parameter
+  # does not return it and a deploy that resolves the parameter fails.
+  if [ "$DRY_RUN" = false ]; then
+    waited=0
+    until [ "$(aws ssm get-parameter --region "$REGION" --name "$AMI_PIN" \
+               --query Parameter.Value --output text 2>/dev/null || true)" = "$AMI" ]; do
+      if [ "$waited" -ge "$AMI_WAIT_SECONDS" ]; then
+        say "SSM has not accepted $AMI in $AMI_PIN after ${AMI_WAIT_SECONDS}s (the aws:ec2:image check failed or is slow):"
+        say "see aws ssm get-parameter-history --name $AMI_PIN --region $REGION, then deploy again"
+        exit 1
+      fi
+      sleep "$POLL_SECONDS"
+      waited=$((waited + POLL_SECONDS))
+    done
+  fi
+fi
+
 [ -z "$ALARM_EMAIL" ] || PARAMETERS+=("AlarmEmail=$ALARM_EMAIL")
 [ -z "$INSTANCE_TYPE" ] || PARAMETERS+=("InstanceType=$INSTANCE_TYPE")
 [ -z "$FLEET_SIZE" ] || PARAMETERS+=("FleetSize=$FLEET_SIZE")
 [ -z "$FLEET_SUBNET_IDS" ] || PARAMETERS+=("FleetSubnetIds=$FLEET_SUBNET_IDS")
-PARAMETERS+=("${EXTRA_PARAMETERS[@]}")
+# ${a[@]+"${a[@]}"}: bash before 4.4 (macOS ships 3.2) calls an empty array unbound under set -u.
+PARAMETERS+=(${EXTRA_PARAMETERS[@]+"${EXTRA_PARAMETERS[@]}"})
 
 # --- deploy ------------------------------------------------------------------------------------
 
@@ -314,7 +497,7 @@ aws_cli cloudformation deploy --region "$REGION" --stack-name "$STACK_NAME" \
   --capabilities CAPABILITY_NAMED_IAM \
   --no-fail-on-empty-changeset \
   --tags "Application=processor" "processor:stack=$STACK_NAME" \
-  --parameter-overrides "${PARAMETERS[@]}"
+  --parameter-overrides ${PARAMETERS[@]+"${PARAMETERS[@]}"}
 
 aws_cli cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
   --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output table

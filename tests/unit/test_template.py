@@ -59,6 +59,7 @@ DUMMY_REFS = {
     "DaemonLogGroup": "/processor/processor/daemon",
     "ArtifactBucket": "processor-artifacts-123456789012-eu-west-1",
     "WheelKey": "processor/0123abcd/processor-0.1.0-py3-none-any.whl",
+    "ConstraintsKey": "processor/0123abcd/processor-0.1.0-py3-none-any.whl.constraints.txt",
     "LambdaCodeKey": "processor/0123abcd/lambda_trigger.zip",
 }
 
@@ -504,6 +505,7 @@ def test_instance_role_reads_input_writes_output_reads_wheel_writes_its_logs(
     assert allowed["s3:GetObject"] == [
         input_objects, {"Fn::Sub": "${OutputBucket.Arn}/${OutputPrefix}*/_manifest.json"},
         {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${WheelKey}"},
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/${ConstraintsKey}"},
     ]
     # Scoped to the buckets themselves (not their objects): see the comments in the template;
     # the output bucket only under the results prefix (a condition on s3:prefix).

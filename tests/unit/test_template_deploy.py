@@ -1,0 +1,122 @@
+"""What the first real deploy needed from the template (issue 13, item 6), checked offline.
+
+No Lambda reservation by default, an alarm that stays quiet while the instance
+is stopped, failed SendCommand invocations made visible (EventBridge -> the
+failure queue, under a queue policy for that one rule), pinned dependencies at
+boot, the stop timeout the drain document allows for agreeing with the unit,
+and DEPLOY.md agreeing with the template (six documents) and the Lambda
+(which SendCommand errors it fails over on).
+cfn-lint and checkov cover the new resources through test_document.py and
+test_template.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lambda_trigger.ssm import FAILOVER_CODES
+from tests.unit.test_template import REPO, TEMPLATE, _of_type, _stack
+from worker.local import cfn
+
+SERVICE = REPO / "deploy" / "systemd" / "processor.service"
+
+
+def _template() -> dict[str, Any]:
+    return cfn.load_template(TEMPLATE)
+
+
+def test_no_lambda_reservation_by_default() -> None:
+    template = _template()
+    parameter = template["Parameters"]["TriggerReservedConcurrency"]
+    assert parameter["Default"] == -1
+    # With the default the property is absent, so a quota of 10 is enough to create the stack.
+    function = _stack(template)["Resources"]["TriggerFunction"]["Properties"]
+    assert "ReservedConcurrentExecutions" not in function
+    reserved = _stack(template, TriggerReservedConcurrency=5)["Resources"]["TriggerFunction"]
+    assert reserved["Properties"]["ReservedConcurrentExecutions"] == {"Ref": "TriggerReservedConcurrency"}
+
+
+def test_instance_status_alarm_treats_no_data_as_not_failing() -> None:
+    # No data: not launched yet, stopped for a UserData change, or a group at zero.
+    alarm = _template()["Resources"]["InstanceStatusAlarm"]["Properties"]
+    assert alarm["TreatMissingData"] in {"notBreaching", "missing"}
+
+
+def test_failed_submit_invocations_go_to_the_failure_queue() -> None:
+    resources = _template()["Resources"]
+    (rule,) = _of_type(resources, "AWS::Events::Rule").values()
+    props = rule["Properties"]
+    assert props["State"] == "ENABLED"
+    assert props["EventPattern"] == {
+        "source": ["aws.ssm"],
+        "detail-type": ["EC2 Command Invocation Status-change Notification"],
+        "detail": {"document-name": [{"Ref": "SubmitDocument"}],
+                   "status": ["Failed", "TimedOut", "Undeliverable"]},
+    }
+    assert [t["Arn"] for t in props["Targets"]] == [{"Fn::GetAtt": ["FailureQueue", "Arn"]}]
+
+
+def test_failure_queue_policy_admits_that_rule_only() -> None:
+    resources = _template()["Resources"]
+    (name,) = [n for n, r in _of_type(resources, "AWS::Events::Rule").items()]
+    (policy,) = _of_type(resources, "AWS::SQS::QueuePolicy").values()
+    props = policy["Properties"]
+    assert props["Queues"] == [{"Ref": "FailureQueue"}]
+    (statement,) = props["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Resource"] == {"Fn::GetAtt": ["FailureQueue", "Arn"]}
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [name, "Arn"]}}}
+
+
+def test_user_data_installs_the_wheel_with_the_shipped_constraints() -> None:
+    template = _template()
+    assert "ConstraintsKey" in template["Parameters"]
+    assert "Default" not in template["Parameters"]["ConstraintsKey"]  # deploy.sh always passes it
+    resources = template["Resources"]
+    bodies = [
+        resources["Instance"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"],
+        resources["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"],
+    ]
+    for body in bodies:
+        assert "CONSTRAINTS_URI='s3://${ArtifactBucket}/${ConstraintsKey}'" in body
+        installs = [line.strip() for line in body.splitlines() if "-m pip install" in line]
+        assert installs, "no pip install in the UserData"
+        for line in installs:
+            assert ' -c "$download/constraints.txt" ' in line, line
+
+
+def test_drain_document_and_unit_agree_on_the_stop_timeout() -> None:
+    unit = SERVICE.read_text(encoding="utf-8")
+    (seconds,) = re.findall(r"^TimeoutStopSec=(\d+)$", unit, re.M)
+    text = TEMPLATE.read_text(encoding="utf-8")
+    said = re.findall(r"TimeoutStopSec is (\d+) s", text)
+    assert said and set(said) == {seconds}, (said, seconds)
+    # The drain document waits longer than systemd lets the stop take.
+    drain = _template()["Resources"]["DrainDocument"]["Properties"]["Content"]
+    assert drain["mainSteps"][0]["inputs"]["timeoutSeconds"] > int(seconds)
+
+
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+            "nine": 9, "ten": 10}
+
+
+def test_deploy_doc_counts_and_names_every_ssm_document() -> None:
+    documents = _of_type(_template()["Resources"], "AWS::SSM::Document")
+    doc = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    said = [*re.findall(r"\b(\w+) document names\b", doc), *re.findall(r"\bThe (\w+) documents are\b", doc),
+            *re.findall(r"\bthe (\w+) SSM documents\b", doc)]
+    counts = {_NUMBERS[word.lower()] for word in said}
+    assert counts == {len(documents)}, counts
+    for name in documents:
+        assert f"`<stack>-{name}`" in doc, name
+
+
+def test_deploy_doc_names_the_failover_codes_the_lambda_uses() -> None:
+    doc = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    # From "fails over" to the end of its sentence: only codes the Lambda fails over on.
+    sentences = re.findall(r"\bfail(?:s|ing)? over\b[^.]*\.", doc)
+    named = {code for sentence in sentences for code in re.findall(r"`([A-Z]\w+)`", sentence)}
+    assert named <= set(FAILOVER_CODES), named - set(FAILOVER_CODES)
