@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -21,6 +20,7 @@ import pytest
 
 from lambda_trigger.targeting import rendezvous_order
 from tests.e2e.test_local import running_local
+from tests.waiting import wait_until
 from worker.job import Identity, JobState
 from worker.ledger import Ledger
 
@@ -56,10 +56,8 @@ def test_300_objects_spread_over_3_instances_and_a_duplicate_lands_on_the_same_o
         def done() -> int:
             return sum(1 for p in paths.values() for j in jobs_of(p) if j.state is JobState.SUCCEEDED)
 
-        deadline = time.monotonic() + 240
-        while done() < OBJECTS:
-            assert time.monotonic() < deadline, (done(), stack.output()[-3000:])
-            time.sleep(0.5)
+        wait_until(lambda: done() >= OBJECTS, stall_s=60, progress=done, interval=0.5,
+                   describe=lambda: (done(), stack.output()[-3000:]))
         placed = {instance: {j.key: j for j in jobs_of(path)} for instance, path in paths.items()}
         counts = Counter({instance: len(jobs) for instance, jobs in placed.items()})
         assert sum(counts.values()) == OBJECTS, counts
@@ -87,10 +85,9 @@ def test_300_objects_spread_over_3_instances_and_a_duplicate_lands_on_the_same_o
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
         # The whole chain ran again (Lambda -> SSM -> agent -> processorctl) and the
         # owner's ledger answered with the existing job.
-        deadline = time.monotonic() + 60
-        while stack.output().count(f"ran processor-SubmitDocument: {job_id}") < 2:
-            assert time.monotonic() < deadline, stack.output()[-2000:]
-            time.sleep(0.2)
+        wait_until(lambda: stack.output().count(f"ran processor-SubmitDocument: {job_id}") >= 2,
+                   stall_s=60, progress=lambda: len(stack.output()), interval=0.2,
+                   describe=lambda: stack.output()[-2000:])
         after = {instance: len(jobs_of(path)) for instance, path in paths.items()}
         assert after == dict(counts)
         assert placed[owner][key].attempts == 1
@@ -147,13 +144,15 @@ def test_with_one_agent_down_its_objects_fail_over_and_all_complete(
                           if rendezvous_order(i.framed(), list(res.instance_ids))[0] == down.instance_id]
         assert wanted_on_down, "no object hashed to the stopped instance; pick more objects"
         live = [n for n in nodes[1:] if n is not None]
-        deadline = time.monotonic() + 180
-        while True:
-            jobs = [j for node in live for j in jobs_of(node.ledger_path)]
-            if sum(1 for j in jobs if j.state is JobState.SUCCEEDED) == len(keys):
-                break
-            assert time.monotonic() < deadline, [(j.key, j.state) for j in jobs]
-            time.sleep(0.3)
+        def live_jobs() -> list[Any]:
+            return [j for node in live for j in jobs_of(node.ledger_path)]
+
+        def succeeded() -> int:
+            return sum(1 for j in live_jobs() if j.state is JobState.SUCCEEDED)
+
+        wait_until(lambda: succeeded() == len(keys), stall_s=60, progress=succeeded, interval=0.3,
+                   describe=lambda: [(j.key, j.state) for j in live_jobs()])
+        jobs = live_jobs()
         assert not down.ledger_path.exists() or jobs_of(down.ledger_path) == []
         assert {j.key for j in jobs} == set(keys)
         # Failed-over objects went to their second choice.

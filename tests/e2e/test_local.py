@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import CREDENTIALS
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +49,15 @@ class Running:
         with self.lock:
             return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            assert self.proc.poll() is None or text in self.output(), self.output()
-            assert time.monotonic() < deadline, f"{text!r} not seen in:\n{self.output()}"
-            time.sleep(0.05)
+    def wait_for(self, text: str, stall_s: float = 60) -> None:
+        """Until ``text`` is printed; fails when the output stops growing for ``stall_s``."""
+        def seen() -> bool:
+            output = self.output()
+            assert text in output or self.proc.poll() is None, output
+            return text in output
+
+        wait_until(seen, stall_s=stall_s, progress=lambda: len(self.output()),
+                   describe=lambda: f"{text!r} not seen in:\n{self.output()}")
 
     def client(self, service: str) -> Any:
         return boto3.session.Session(region_name="us-east-1", **{
@@ -101,14 +104,14 @@ def running_local(tmp_path: Path, *args: str) -> Iterator[Running]:
         reader.join(timeout=10)
 
 
-def wait_for_object(s3: Any, bucket: str, key: str, timeout: float = 60) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_for_object(s3: Any, bucket: str, key: str, stall_s: float = 60) -> bytes:
+    def fetched() -> bytes | None:
         try:
             return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         except s3.exceptions.NoSuchKey:
-            assert time.monotonic() < deadline, f"s3://{bucket}/{key} never appeared"
-            time.sleep(0.2)
+            return None
+
+    return wait_until(fetched, stall_s=stall_s, interval=0.2, describe=f"s3://{bucket}/{key} never appeared")
 
 
 def test_upload_produces_results_and_manifest(local_stack: Running) -> None:

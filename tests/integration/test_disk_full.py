@@ -68,13 +68,13 @@ def test_full_disk_fails_jobs_cleanly_and_the_daemon_keeps_serving(
         assert job["state"] == "failed" and "bytes free" in job["error"], job
 
         fills = submit("fills-disk.bin", b"x" * MIB)
-        job = wait_state(config, fills, {"succeeded", "failed"}, timeout=60)
+        job = wait_state(config, fills, {"succeeded", "failed"}, stall_s=60)
         assert job["state"] == "failed", job
         assert "No space left on device" in (job["stderr_tail"] or ""), job
         failed = json.loads(s3.get_object(Bucket=OUT, Key="fills-disk.bin/_failed.json")["Body"].read())
         assert failed["job_id"] == fills
 
         fine = submit("small.txt", b"small input")
-        job = wait_state(config, fine, {"succeeded", "failed"}, timeout=60)
+        job = wait_state(config, fine, {"succeeded", "failed"}, stall_s=60)
         assert job["state"] == "succeeded", job
     assert list((small_volume / "work").iterdir()) == []

@@ -28,8 +28,9 @@ from tests.e2e.test_local import running_local
 from tests.eventfixtures import load_event
 from tests.reliability.common import object_keys
 from tests.unit.test_handler import ENV, Factory, FakeSsm
+from tests.waiting import wait_until
 from worker import exitcodes
-from worker.job import JobState
+from worker.job import Job, JobState
 from worker.ledger import Ledger
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters
@@ -116,18 +117,24 @@ def test_hostile_keys_are_processed_or_rejected_and_never_run_anything(tmp_path:
         s3 = stack.client("s3")
         for key in processed + rejected + TOO_LONG:
             s3.put_object(Bucket="processor-input", Key=key, Body=b"three little words\n")
-        deadline = time.monotonic() + 150
         with Ledger(state / "ledger" / "ledger.db") as ledger:
-            while True:
-                jobs = ledger.list_jobs()
-                rejections = _lambda_failures(stack.output())
-                too_long = stack.output().count("over S3's 1024-byte key limit")
-                if len(jobs) >= len(processed) and all(j.state.value in ("succeeded", "failed")
-                                                       for j in jobs) and len(rejections) >= len(rejected) \
-                        and too_long >= len(TOO_LONG):
-                    break
-                assert time.monotonic() < deadline, (len(jobs), len(rejections), stack.output()[-3000:])
-                time.sleep(0.5)
+            def seen() -> tuple[list[Job], list[dict[str, Any]], int]:
+                return (ledger.list_jobs(), _lambda_failures(stack.output()),
+                        stack.output().count("over S3's 1024-byte key limit"))
+
+            def done() -> bool:
+                jobs, rejections, too_long = seen()
+                return len(jobs) >= len(processed) and all(
+                    j.state.value in ("succeeded", "failed") for j in jobs
+                ) and len(rejections) >= len(rejected) and too_long >= len(TOO_LONG)
+
+            def progress() -> object:
+                jobs, rejections, too_long = seen()
+                return sorted(j.state.value for j in jobs), len(rejections), too_long
+
+            wait_until(done, stall_s=60, progress=progress, interval=0.5,
+                       describe=lambda: (progress(), stack.output()[-3000:]))
+            jobs, rejections, too_long = seen()
         manifests = {key: json.loads(s3.get_object(Bucket="processor-output",
                                                    Key=key + "/_manifest.json")["Body"].read())
                      for key in processed}

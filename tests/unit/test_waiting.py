@@ -18,6 +18,6 @@ def test_waiting_helper_passes_slow_progress_and_fails_a_stall() -> None:
         return counter["n"] >= 40
 
     assert wait_until(step, stall_s=0.2, progress=lambda: counter["n"], interval=0.02)
-    with pytest.raises(Stalled, match="no progress for 0.2 s; progress stuck at 7: stuck job"):
+    with pytest.raises(Stalled, match=r"no progress for 0\.2 s; progress stuck at 7: stuck job"):
         wait_until(lambda: False, stall_s=0.2, progress=lambda: 7, describe=lambda: "stuck job")
     assert wait_until(lambda: "value", stall_s=0.1) == "value"
