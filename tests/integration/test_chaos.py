@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPORT, processorctl, write_config
 from tests.reliability.common import daemon
 from tests.waiting import wait_until
@@ -43,6 +45,8 @@ COMMAND = (
 )
 
 
+# Hang guard only: 20 daemon restarts and 300 jobs; a loaded machine may take 2-3x longer.
+@pytest.mark.timeout(600)
 def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
