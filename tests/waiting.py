@@ -14,8 +14,10 @@ Throughput figures belong in bench/, not here.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -55,3 +57,32 @@ def wait_until(
             where = f"; progress stuck at {last!r}" if progress is not None else ""
             raise Stalled(f"no progress for {stall_s:g} s{where}: {what}")
         time.sleep(interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid`` and its descendants (Linux /proc); 0.0 once gone.
+
+    The progress of a process that prints nothing while it works — start-up
+    (imports, the emulator, the stack) on a loaded machine can be silent for
+    a minute: as long as it keeps burning CPU it is slow, not stuck.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        # After the command name: state, ppid, … utime (12th), stime (13th).
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    family, total = {pid}, 0.0
+    for _ in range(len(stats)):  # grow the tree until it stops growing
+        grown = family | {p for p, (ppid, _cpu) in stats.items() if ppid in family}
+        if grown == family:
+            break
+        family = grown
+    for member in family:
+        total += stats.get(member, (0, 0.0))[1]
+    return total

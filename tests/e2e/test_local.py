@@ -25,7 +25,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import CREDENTIALS
-from tests.waiting import wait_until
+from tests.waiting import cpu_seconds, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,13 @@ def running_local(tmp_path: Path, *args: str) -> Iterator[Running]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        running.wait_for("processor local is ready")
+        # Start-up prints nothing until ready and may take minutes on a busy
+        # machine: its progress is the stack's CPU time, so only a stack that
+        # stopped working (a deadlock, a hung connection) fails here.
+        wait_until(lambda: "processor local is ready" in running.output() or proc.poll() is not None,
+                   stall_s=60, progress=lambda: (len(running.output()), cpu_seconds(proc.pid)),
+                   describe=lambda: f"processor local never became ready:\n{running.output()}")
+        assert proc.poll() is None, running.output()
         yield running
     finally:
         if proc.poll() is None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CREDENTIALS, processorctl, write_config
-from tests.waiting import wait_until
+from tests.waiting import cpu_seconds, wait_until
 from worker import exitcodes
 from worker.control import request
 from worker.errors import ControlError
@@ -44,7 +44,9 @@ def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subproce
             return False
 
     try:
-        wait_until(answers, stall_s=stall_s, describe="daemon did not answer on its socket")
+        # Start-up is silent; while it burns CPU (imports on a loaded machine) it is not stuck.
+        wait_until(answers, stall_s=stall_s, progress=lambda: cpu_seconds(proc.pid),
+                   describe="daemon did not answer on its socket")
         yield proc
     finally:
         if proc.poll() is None:
