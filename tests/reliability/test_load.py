@@ -32,9 +32,9 @@ MAX_PEAK_RSS_MIB = 200
 STALL_S = 60
 
 
-# The hang guard, far above the 154-183 s this took on 2 shared cores: another
-# job on the same CPUs can make a healthy burst 2-3x slower.
-@pytest.mark.timeout(1200)
+# The hang guard only, far above the 154-183 s this took on 2 shared cores: with
+# two CPU hogs on a machine already shared it drained in 736 s (test 812 s).
+@pytest.mark.timeout(1800)
 def test_burst_of_1000_uploads_all_processed_with_bounded_memory(tmp_path: Path) -> None:
     # A cheap processing command, so the figure measures the pipeline, not the summariser.
     with running_local(tmp_path, "--command", "cp {input} {output_dir}") as stack:
