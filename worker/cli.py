@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from worker import __version__, exitcodes
-from worker.config import CONFIG_HELP, config_path, load_settings
+from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.errors import ConfigError, LedgerError, ProcessorError
 
 
@@ -46,6 +46,25 @@ def run_daemon(config: str | None) -> int:
         print(f"processor: configuration error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
 
+    from worker import statelock
+
+    # First, before logs, ledger, recovery or the socket touch the state dir: a
+    # second daemon would requeue the first one's running jobs and kill their
+    # commands as orphans.
+    try:
+        lock = statelock.acquire(settings.paths.state_dir)
+    except statelock.StateDirLocked as exc:
+        print(f"processor: {exc}", file=sys.stderr)
+        return exitcodes.STATE_DIR_LOCKED
+    except OSError as exc:
+        print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    with lock:  # held for the daemon's whole life
+        return _run_locked(settings)
+
+
+def _run_locked(settings: Settings) -> int:
+    """Lock held: set up logging and the ledger, then recover and serve (Daemon.run)."""
     from worker import logs
     from worker.daemon import Daemon
     from worker.ledger import Ledger

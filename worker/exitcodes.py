@@ -17,3 +17,5 @@ NOT_FOUND = 3
 LEDGER_UNAVAILABLE = 4
 #: The operation needs the running daemon and it is not reachable.
 DAEMON_UNAVAILABLE = 5
+#: Another daemon already holds the state dir's lock (`processor run`); nothing was touched.
+STATE_DIR_LOCKED = 6

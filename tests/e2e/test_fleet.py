@@ -101,6 +101,8 @@ def _wait_until_settled(stack: Running, keys: set[str], runs_file: Path, url: st
         time.sleep(0.5)
 
 
+# A hang guard only: the waits inside fail on a stall (STALL_S), never on total time.
+@pytest.mark.timeout(900)
 def test_every_upload_runs_once_on_one_of_the_fleet_and_duplicates_run_nothing(
     tmp_path: Path,
 ) -> None:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import CREDENTIALS
+from tests.waiting import cpu_seconds, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +49,15 @@ class Running:
         with self.lock:
             return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            assert self.proc.poll() is None or text in self.output(), self.output()
-            assert time.monotonic() < deadline, f"{text!r} not seen in:\n{self.output()}"
-            time.sleep(0.05)
+    def wait_for(self, text: str, stall_s: float = 60) -> None:
+        """Until ``text`` is printed; fails when the output stops growing for ``stall_s``."""
+        def seen() -> bool:
+            output = self.output()
+            assert text in output or self.proc.poll() is None, output
+            return text in output
+
+        wait_until(seen, stall_s=stall_s, progress=lambda: len(self.output()),
+                   describe=lambda: f"{text!r} not seen in:\n{self.output()}")
 
     def client(self, service: str) -> Any:
         return boto3.session.Session(region_name="us-east-1", **{
@@ -88,7 +91,13 @@ def running_local(tmp_path: Path, *args: str) -> Iterator[Running]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        running.wait_for("processor local is ready")
+        # Start-up prints nothing until ready and may take minutes on a busy
+        # machine: its progress is the stack's CPU time, so only a stack that
+        # stopped working (a deadlock, a hung connection) fails here.
+        wait_until(lambda: "processor local is ready" in running.output() or proc.poll() is not None,
+                   stall_s=60, progress=lambda: (len(running.output()), cpu_seconds(proc.pid)),
+                   describe=lambda: f"processor local never became ready:\n{running.output()}")
+        assert proc.poll() is None, running.output()
         yield running
     finally:
         if proc.poll() is None:
@@ -101,14 +110,14 @@ def running_local(tmp_path: Path, *args: str) -> Iterator[Running]:
         reader.join(timeout=10)
 
 
-def wait_for_object(s3: Any, bucket: str, key: str, timeout: float = 60) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_for_object(s3: Any, bucket: str, key: str, stall_s: float = 60) -> bytes:
+    def fetched() -> bytes | None:
         try:
             return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         except s3.exceptions.NoSuchKey:
-            assert time.monotonic() < deadline, f"s3://{bucket}/{key} never appeared"
-            time.sleep(0.2)
+            return None
+
+    return wait_until(fetched, stall_s=stall_s, interval=0.2, describe=f"s3://{bucket}/{key} never appeared")
 
 
 def test_upload_produces_results_and_manifest(local_stack: Running) -> None:

@@ -21,8 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPORT, processorctl, write_config
 from tests.reliability.common import daemon
+from tests.waiting import wait_until
 from worker import ctl
 from worker.job import JobState
 from worker.ledger import Ledger
@@ -42,6 +45,8 @@ COMMAND = (
 )
 
 
+# Hang guard only: 20 daemon restarts and 300 jobs took 327 s with two CPU hogs on 2 cores.
+@pytest.mark.timeout(900)
 def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
@@ -93,11 +98,13 @@ def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
     submit_some(len(pending), down=True)
     last_start = time.monotonic()
     with daemon(config, short_tmp / "p.sock") as proc:
-        deadline = time.monotonic() + 180
         with Ledger(short_tmp / "state" / "ledger" / "ledger.db") as ledger:
-            while ledger.counts()["succeeded"] + ledger.counts()["failed"] < JOBS:
-                assert time.monotonic() < deadline, ledger.counts()
-                time.sleep(0.2)
+            def finished() -> int:
+                return ledger.counts()["succeeded"] + ledger.counts()["failed"]
+
+            # Fails only when no job finishes for 60 s; the drain time is reported, not asserted.
+            wait_until(lambda: finished() >= JOBS, stall_s=60, progress=finished, interval=0.2,
+                       describe=ledger.counts)
             drain_s = time.monotonic() - last_start
             jobs = ledger.list_jobs()
             histories = {j.id: ledger.history(j.id) for j in jobs}

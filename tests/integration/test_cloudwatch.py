@@ -47,7 +47,7 @@ def run_one_job(config: Path, socket: Path, s3: Any, key: str, body: bytes) -> t
         done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
         assert done.returncode == 0, done.stderr
         job_id = done.stdout.strip()
-        assert wait_state(config, job_id, {"succeeded", "failed"}, timeout=20)["state"] == "succeeded"
+        assert wait_state(config, job_id, {"succeeded", "failed"}, stall_s=20)["state"] == "succeeded"
         stopping = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

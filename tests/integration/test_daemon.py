@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,14 +15,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import CREDENTIALS, processorctl, write_config
+from tests.waiting import cpu_seconds, wait_until
+from worker import exitcodes
 from worker.control import request
 from worker.errors import ControlError
+from worker.ledger import Ledger
 
 IN, OUT = "daemon-in", "daemon-out"
 
 
 @contextmanager
-def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
     """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
     # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
     # then blocks the daemon's next log write.
@@ -32,16 +34,19 @@ def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subproce
         [sys.executable, "-m", "worker", "run", "--config", str(config)],
         env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
     )
+
+    def answers() -> bool:
+        assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
+        try:
+            request(socket, "ping", timeout=1)
+            return True
+        except ControlError:
+            return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
-            try:
-                request(socket, "ping", timeout=1)
-                break
-            except ControlError:
-                assert time.monotonic() < deadline, "daemon did not answer on its socket"
-                time.sleep(0.05)
+        # Start-up is silent; while it burns CPU (imports on a loaded machine) it is not stuck.
+        wait_until(answers, stall_s=stall_s, progress=lambda: cpu_seconds(proc.pid),
+                   describe="daemon did not answer on its socket")
         yield proc
     finally:
         if proc.poll() is None:
@@ -50,16 +55,21 @@ def daemon(config: Path, socket: Path, timeout: float = 20) -> Iterator[subproce
         err.close()
 
 
-def wait_state(config: Path, job_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_state(config: Path, job_id: str, states: set[str], stall_s: float = 60) -> dict[str, Any]:
+    """The job once it is in one of ``states``; fails when its state and phase stop moving."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
         shown = processorctl(config, "show", job_id, "--json")
         assert shown.returncode == 0, shown.stderr
-        job: dict[str, Any] = json.loads(shown.stdout)
-        if job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"job stayed {job['state']}"
-        time.sleep(0.1)
+        seen.update(json.loads(shown.stdout))
+        return dict(seen) if seen["state"] in states else None
+
+    def moving() -> object:
+        return (seen.get("state"), seen.get("attempts"), json.dumps(seen.get("progress"), sort_keys=True))
+
+    return wait_until(reached, stall_s=stall_s, progress=moving, interval=0.1,
+                      describe=lambda: f"job stayed {seen.get('state')}")
 
 
 @pytest.fixture
@@ -128,10 +138,7 @@ def test_kill_9_mid_job_is_requeued_and_completes(s3: Any, moto_endpoint: str, s
     job_id = submit(config, "crash.txt", etag)
     with daemon(config, short_tmp / "p.sock") as proc:
         wait_state(config, job_id, {"running"})
-        deadline = time.monotonic() + 20
-        while not marker.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(marker.exists, stall_s=60, describe="the command never started")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     assert json.loads(processorctl(config, "show", job_id, "--json").stdout)["state"] == "running"
@@ -171,3 +178,57 @@ def test_unusable_ledger_makes_the_daemon_exit_non_zero(short_tmp: Path) -> None
     done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "cannot use state dir" in done.stderr
+
+
+# Blocks until the test creates the release file, so the job is surely running
+# while a second daemon is started; records each attempt.
+HOLD = (
+    "import sys, time, pathlib; d = pathlib.Path(sys.argv[3]);"
+    "(d / 'attempts').open('a').write('x');"
+    "[time.sleep(0.05) for _ in iter(lambda: (d / 'release').exists(), True)];"
+    "(pathlib.Path(sys.argv[2]) / 'done.txt').write_text('ok')"
+)
+
+
+@pytest.mark.parametrize("other_socket", [False, True], ids=["same-socket", "other-socket"])
+def test_a_second_daemon_on_a_live_state_dir_exits_and_touches_nothing(
+    s3: Any, moto_endpoint: str, short_tmp: Path, other_socket: bool
+) -> None:
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
+                          command=[sys.executable, "-c", HOLD, "{input}", "{output_dir}", str(short_tmp)])
+    etag = s3.put_object(Bucket=IN, Key="live.txt", Body=b"x")["ETag"]
+    job_id = submit(config, "live.txt", etag)
+    with daemon(config, short_tmp / "p.sock") as first:
+        wait_state(config, job_id, {"running"})
+        wait_until((short_tmp / "attempts").exists, stall_s=60, describe="the command never started")
+        env = {**os.environ, **CREDENTIALS}
+        if other_socket:
+            env["PROCESSOR_PATHS_SOCKET"] = str(short_tmp / "other.sock")
+        try:
+            second = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                                    env=env, capture_output=True, text=True, timeout=60)
+        finally:
+            (short_tmp / "release").touch()  # let the job finish whatever happened
+        assert second.returncode == exitcodes.STATE_DIR_LOCKED, second.stderr[-3000:]
+        assert f"pid {first.pid}" in second.stderr, second.stderr
+        assert str(short_tmp / "state" / "daemon.lock") in second.stderr, second.stderr
+        assert not (short_tmp / "other.sock").exists()
+        wait_state(config, job_id, {"succeeded", "failed"})
+        assert first.poll() is None
+    with Ledger(short_tmp / "state" / "ledger" / "ledger.db") as ledger:
+        job = ledger.get(job_id)
+        reasons = [t["reason"] for t in ledger.history(job_id)]
+    assert job.state.value == "succeeded" and job.attempts == 1, (job, reasons)
+    assert not any("interrupted" in (r or "") for r in reasons), reasons
+    assert (short_tmp / "attempts").read_text() == "x"  # the command ran once, never killed
+    assert s3.get_object(Bucket=OUT, Key="live.txt/done.txt")["Body"].read() == b"ok"
+
+
+def test_processorctl_submits_while_the_daemon_holds_the_lock(
+    s3: Any, moto_endpoint: str, short_tmp: Path
+) -> None:
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint)
+    with daemon(config, short_tmp / "p.sock"):
+        etag = s3.put_object(Bucket=IN, Key="ctl.txt", Body=b"one two")["ETag"]
+        job_id = submit(config, "ctl.txt", etag)  # must not wait for, or take, the daemon's lock
+        assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"

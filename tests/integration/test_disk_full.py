@@ -99,7 +99,7 @@ def test_full_disk_fails_jobs_cleanly_and_the_daemon_keeps_serving(
         assert str(small_volume / "work") in job["error"] and "bytes total" in job["error"], job
 
         fills = submit("fills-disk.bin", b"x" * MIB)
-        job = wait_state(config, fills, {"succeeded", "failed"}, timeout=60)
+        job = wait_state(config, fills, {"succeeded", "failed"}, stall_s=60)
         assert job["state"] == "failed", job
         assert "No space left on device" in (job["stderr_tail"] or ""), job
         # The free space when the command exited is part of the recorded error.
@@ -108,7 +108,7 @@ def test_full_disk_fails_jobs_cleanly_and_the_daemon_keeps_serving(
         assert failed["job_id"] == fills
 
         fine = submit("small.txt", b"small input")
-        job = wait_state(config, fine, {"succeeded", "failed"}, timeout=60)
+        job = wait_state(config, fine, {"succeeded", "failed"}, stall_s=60)
         assert job["state"] == "succeeded", job
     assert list((small_volume / "work").iterdir()) == []
 

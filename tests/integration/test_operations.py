@@ -53,7 +53,7 @@ def test_timeout_kills_the_command_and_fails_the_job(ops: Any, short_tmp: Path) 
     s3, config, submit, _ = ops
     with daemon(config, short_tmp / "p.sock"):
         job_id = submit("hang.txt", "hang forever")
-        job = wait_state(config, job_id, {"succeeded", "failed"}, timeout=60)
+        job = wait_state(config, job_id, {"succeeded", "failed"}, stall_s=60)
     assert job["state"] == "failed" and job["error"] == "timed out after 3s", job
     failed = json.loads(s3.get_object(Bucket=OUT, Key="hang.txt/_failed.json")["Body"].read())
     assert failed["error"] == "timed out after 3s"

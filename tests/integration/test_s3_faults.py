@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from tests.conftest import processorctl, write_config
 from tests.faultproxy import FaultProxy
 from tests.integration.test_daemon import daemon, wait_state
+from tests.waiting import wait_until
 
 IN, OUT = "faults-in", "faults-out"
 
@@ -34,7 +34,7 @@ def test_jobs_succeed_through_a_flaky_s3_and_the_retries_are_logged(
             ids[key] = done.stdout.strip()
         with daemon(config, short_tmp / "p.sock"):
             for job_id in ids.values():
-                job = wait_state(config, job_id, {"succeeded", "failed"}, timeout=120)
+                job = wait_state(config, job_id, {"succeeded", "failed"}, stall_s=120)
                 assert job["state"] == "succeeded", job
         injected = proxy.counts["slowdown"] + proxy.counts["internal"] + proxy.counts["drop"]
     assert injected >= 5, proxy.counts
@@ -60,13 +60,12 @@ def test_s3_outage_requeues_and_jobs_complete_when_it_returns(
         job_id = processorctl(config, "submit", "--bucket", IN, "--key=outage.txt",
                               f"--etag={etag}").stdout.strip()
         with daemon(config, short_tmp / "p.sock"):
-            deadline = time.monotonic() + 120
-            job = wait_state(config, job_id, {"queued"}, timeout=120)
-            while job["attempts"] < 1:  # back in the queue after a failed attempt
-                assert time.monotonic() < deadline, job
-                time.sleep(0.1)
-                job = wait_state(config, job_id, {"queued"}, timeout=120)
+            # Back in the queue after a failed attempt (waiting for "queued" alone
+            # would return at once: the job starts queued).
+            job = wait_until(lambda: (lambda j: j if j["attempts"] >= 1 else None)(
+                wait_state(config, job_id, {"queued"}, stall_s=120)), stall_s=120, interval=0.1,
+                describe="the job never came back to the queue after a failed attempt")
             assert "503" in (job["error"] or "") and job["state"] == "queued", job
             proxy.outage.clear()
-            job = wait_state(config, job_id, {"succeeded", "failed"}, timeout=120)
+            job = wait_state(config, job_id, {"succeeded", "failed"}, stall_s=120)
         assert job["state"] == "succeeded" and job["attempts"] >= 2, job

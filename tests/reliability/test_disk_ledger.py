@@ -76,7 +76,7 @@ def test_full_volume_keeps_the_ledger_intact_and_loses_no_committed_job(
         code, filler_job, err = submit("fills-disk.bin", b"x" * MIB)
         assert code == 0, err
         accepted["fills-disk.bin"] = filler_job
-        assert wait_state(config, filler_job, {"succeeded", "failed"}, timeout=60)["state"] == "failed"
+        assert wait_state(config, filler_job, {"succeeded", "failed"}, stall_s=60)["state"] == "failed"
 
         ballast = small_volume / "ballast"
         filled = _fill(ballast)
@@ -95,7 +95,7 @@ def test_full_volume_keeps_the_ledger_intact_and_loses_no_committed_job(
             code, job_id, err = submit(f"after/{n}.txt", b"small after")
             assert code == 0, err
             accepted[f"after/{n}.txt"] = job_id
-        finals = {key: wait_state(config, job_id, {"succeeded", "failed"}, timeout=60)
+        finals = {key: wait_state(config, job_id, {"succeeded", "failed"}, stall_s=60)
                   for key, job_id in accepted.items()}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

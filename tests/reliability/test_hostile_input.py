@@ -119,6 +119,7 @@ def _tree(root: Path, skip: Path) -> set[Path]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(900)  # a hang guard: the wait inside fails on a stall
 def test_every_hostile_key_is_processed_and_none_runs_anything(tmp_path: Path) -> None:
     canary = tmp_path / "canary"
     canary.mkdir()

@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import REPORT
 from tests.e2e.test_local import running_local
 from tests.reliability.common import daemon_pid, memory_kib, object_keys
+from tests.waiting import wait_until
 from worker.job import JobState
 from worker.ledger import Ledger
 
@@ -26,11 +27,14 @@ pytestmark = pytest.mark.e2e
 EVENTS = 1000
 #: The daemon's peak RSS must stay under this (it measured ~60 MiB; a queue held in memory would grow).
 MAX_PEAK_RSS_MIB = 200
-#: The whole burst must drain within this (it took 154-183 s on 2 shared cores).
-DRAIN_TIMEOUT_S = 280
+#: The burst fails only if no job finishes for this long; how fast it drains is a
+#: bench figure (bench/burst.py), not a pass/fail line: on 2 busy cores it may take 3x longer.
+STALL_S = 60
 
 
-@pytest.mark.timeout(360)
+# The hang guard only, far above the 154-183 s this took on 2 shared cores: with
+# two CPU hogs on a machine already shared it drained in 736 s (test 812 s).
+@pytest.mark.timeout(1800)
 def test_burst_of_1000_uploads_all_processed_with_bounded_memory(tmp_path: Path) -> None:
     # A cheap processing command, so the figure measures the pipeline, not the summariser.
     with running_local(tmp_path, "--command", "cp {input} {output_dir}") as stack:
@@ -44,14 +48,13 @@ def test_burst_of_1000_uploads_all_processed_with_bounded_memory(tmp_path: Path)
             list(pool.map(lambda kv: s3.put_object(Bucket="processor-input", Key=kv[0], Body=kv[1]),
                           bodies.items()))
         uploaded_s = time.monotonic() - started
-        deadline = started + DRAIN_TIMEOUT_S
         with Ledger(state / "ledger" / "ledger.db") as ledger:
-            while True:
+            def finished() -> int:
                 counts = ledger.counts()
-                if counts["succeeded"] + counts["failed"] + counts["cancelled"] >= EVENTS:
-                    break
-                assert time.monotonic() < deadline, (counts, stack.output()[-2000:])
-                time.sleep(0.5)
+                return counts["succeeded"] + counts["failed"] + counts["cancelled"]
+
+            wait_until(lambda: finished() >= EVENTS, stall_s=STALL_S, progress=finished, interval=0.5,
+                       describe=lambda: (ledger.counts(), stack.output()[-2000:]))
             drained_s = time.monotonic() - started
             jobs = ledger.list_jobs()
         peak = memory_kib(pid)

@@ -26,6 +26,7 @@ from typing import Any
 
 from tests.conftest import REPORT, processorctl, write_config
 from tests.reliability.common import daemon, integrity
+from tests.waiting import wait_until
 from worker.job import JobState
 from worker.ledger import Ledger
 from worker.process import reap_orphans
@@ -62,10 +63,8 @@ def test_daemon_on_a_snapshot_copy_requeues_in_flight_jobs_and_finishes_all(
     ledger_a = original / "state" / "ledger" / "ledger.db"
     try:
         with daemon(config_a, original / "p.sock") as proc, Ledger(ledger_a) as watch:
-            deadline = time.monotonic() + 60
-            while watch.counts()["succeeded"] < JOBS // 4 or watch.counts()["running"] == 0:
-                assert time.monotonic() < deadline, watch.counts()
-                time.sleep(0.05)
+            wait_until(lambda: watch.counts()["succeeded"] >= JOBS // 4 and watch.counts()["running"] > 0,
+                       stall_s=60, progress=watch.counts, describe=watch.counts)
             proc.send_signal(signal.SIGSTOP)
             try:
                 copied = subprocess.run(["cp", "-a", str(original / "state"), str(restored / "state")],
@@ -83,10 +82,11 @@ def test_daemon_on_a_snapshot_copy_requeues_in_flight_jobs_and_finishes_all(
         at_snapshot = snap.counts()
     started = time.monotonic()
     with daemon(config_b, restored / "p.sock") as proc, Ledger(ledger_b) as ledger:
-        deadline = started + 90
-        while ledger.counts()["succeeded"] + ledger.counts()["failed"] < JOBS:
-            assert time.monotonic() < deadline, ledger.counts()
-            time.sleep(0.1)
+        def finished() -> int:
+            return ledger.counts()["succeeded"] + ledger.counts()["failed"]
+
+        wait_until(lambda: finished() >= JOBS, stall_s=60, progress=finished, interval=0.1,
+                   describe=ledger.counts)
         drained_s = time.monotonic() - started
         jobs = ledger.list_jobs()
         requeued = sum(1 for j in jobs for t in ledger.history(j.id)

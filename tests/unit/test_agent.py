@@ -16,6 +16,8 @@ import yaml
 
 from lambda_trigger.ssm import encode_key_base64
 from worker.identity import decode_key_base64
+
+from tests.waiting import wait_until
 from worker.local import agent as agent_mod
 from worker.local import cfn
 from worker.local.agent import CommandResult, LocalSsmAgent
@@ -509,9 +511,7 @@ def test_agent_loop_survives_errors(
         agent.start()
         try:
             ssm.send("Submit", "i-local", {"Bucket": ["b-1"], "Key": ["k"]})
-            deadline = time.monotonic() + 10
-            while not agent.results and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: agent.results, stall_s=30, interval=0.02, describe="the command never ran")
         finally:
             agent.stop(timeout=10)
     assert [r.status for r in agent.results] == ["Success"]
@@ -553,9 +553,8 @@ def test_a_started_agent_runs_commands_side_by_side(base_env: dict[str, str], tm
         ssm.send("Meet", "i-local", {"N": [str(n)]})
     agent.start()
     try:
-        deadline = time.monotonic() + 30
-        while len(agent.results) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(agent.results) >= 3, stall_s=30, progress=lambda: len(agent.results),
+                   interval=0.02, describe=lambda: agent.results)
     finally:
         agent.stop(timeout=30)
     assert sorted(r.status for r in agent.results) == ["Success"] * 3, agent.results

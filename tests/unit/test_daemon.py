@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
 from worker.control import request
 from worker.errors import ControlError
@@ -80,14 +81,14 @@ def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> I
     result: dict[str, int] = {}
     thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while True:
+    def answers() -> bool:
         try:
             request(conf.paths.socket, "ping", timeout=1)
-            break
+            return True
         except ControlError:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+            return False
+
+    wait_until(answers, stall_s=WAIT_S, interval=0.01, describe="the daemon never answered on its socket")
     try:
         yield daemon, ledger, fake, conf, thread, result
     finally:
@@ -99,10 +100,7 @@ def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> I
 
 
 def until(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
+    wait_until(predicate, stall_s=WAIT_S, interval=0.01, describe=what)
 
 
 def submit(ledger: Ledger, key: str) -> Job:
