@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 from lambda_trigger.ssm import encode_key_base64
-from worker.identity import decode_key_base64
-
 from tests.waiting import wait_until
+from worker.identity import decode_key_base64
 from worker.local import agent as agent_mod
 from worker.local import cfn
 from worker.local.agent import CommandResult, LocalSsmAgent
