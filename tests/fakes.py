@@ -66,5 +66,13 @@ class FakeStore:
         self.calls.append(("delete", bucket, key))
         self.objects.pop((bucket, key), None)
 
+    def read_json(self, bucket: str, key: str) -> dict[str, Any] | None:
+        self.calls.append(("read_json", bucket, key))
+        body = self.objects.get((bucket, key))
+        if body is None:
+            return None
+        document = json.loads(body)
+        return document if isinstance(document, dict) else None
+
     def json(self, bucket: str, key: str) -> Any:
         return json.loads(self.objects[(bucket, key)])

@@ -66,13 +66,20 @@ def run_daemon(config: str | None) -> int:
             print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
         store = S3Store.from_settings(settings.s3)
+        work_queue = None
+        if settings.queue.url:
+            from worker.sqs import SQSQueue  # a fleet's shared work queue
+
+            work_queue = SQSQueue.from_settings(settings)
         try:
             pipeline = Pipeline(settings, store, ledger)
-            return Daemon(settings, ledger, pipeline).run()
+            return Daemon(settings, ledger, pipeline, work_queue=work_queue).run()
         except ProcessorError as exc:
             print(f"processor: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
         finally:
+            if work_queue is not None:
+                work_queue.close()
             store.close()
             ledger.close()
     finally:

@@ -327,11 +327,22 @@ class Pipeline:
             job.id, JobState.FAILED, expect=JobState.RUNNING, reason=error, error=error,
             finished_at=self.clock(), **fields,
         )
+        self.write_failure_record(failed, log)
+        log.error("job_failed", state=failed.state.value, error=error)
+        return failed
+
+    def write_failure_record(self, failed: Job, log: Any) -> bool:
+        """Write ``_failed.json`` for a failed job; False when S3 would not take it.
+
+        For a local job the ledger holds the failure and the bucket copy is a
+        courtesy; a queue job's message is deleted only once it is written.
+        """
         record = {
-            "job_id": job.id,
-            "source": {"bucket": job.bucket, "key": job.key, "version_id": job.version_id, "etag": job.etag},
+            "job_id": failed.id,
+            "source": {"bucket": failed.bucket, "key": failed.key, "version_id": failed.version_id,
+                       "etag": failed.etag},
             "state": failed.state.value,
-            "error": error,
+            "error": failed.error,
             "exit_code": failed.exit_code,
             "stderr_tail": failed.stderr_tail,
             "attempts": failed.attempts,
@@ -340,13 +351,12 @@ class Pipeline:
         }
         try:
             self.store.put_json(
-                self.settings.s3.output_bucket, self.result_prefix(job) + FAILED_NAME, record
+                self.settings.s3.output_bucket, self.result_prefix(failed) + FAILED_NAME, record
             )
         except StorageError as exc:
-            # The ledger already holds the failure; the bucket copy is a courtesy.
             log.warning("failure_record_not_written", error=str(exc))
-        log.error("job_failed", state=failed.state.value, error=error)
-        return failed
+            return False
+        return True
 
     def _finish(self, job: Job, state: JobState, log: Any, **fields: Any) -> Job:
         done = self.ledger.transition(
