@@ -119,7 +119,8 @@ class QueueConsumer:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        for target, name in ((self._receive_loop, "queue-receive"), (self._heartbeat_loop, "queue-heartbeat")):
+        loops = ((self._receive_loop, "queue-receive"), (self._heartbeat_loop, "queue-heartbeat"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

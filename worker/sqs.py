@@ -98,7 +98,7 @@ class SQSQueue:
             )
 
     def delete(self, receipt: str) -> None:
-        with _translated(f"delete from {self.url}"):
+        with _translated(f"delete a message of {self.url}"):
             self._client.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)
 
     def close(self) -> None:
