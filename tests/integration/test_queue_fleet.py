@@ -397,6 +397,11 @@ def test_restart_hands_queue_jobs_back_instead_of_rerunning_them(fleet: Fleet) -
             assert len(fleet.run_lines()) == 1
             time.sleep(0.2)
         # ... and it runs again once the message comes back through the queue.
+        wait_until("the rerun", lambda: len(fleet.run_lines()) == 2, lambda: 0)
+        status = processorctl(config, "status")
+        assert f"work queue: {fleet.queue_url}, 1 message(s) held, receiving" in status.stdout, status.stdout
+        held = json.loads(processorctl(config, "status", "--json").stdout)["daemon"]["queue"]
+        assert held["url"] == fleet.queue_url and held["held"] == 1
         wait_until("the manifest", lambda: "restart/x" in fleet.done(), lambda: len(fleet.run_lines()))
     assert len(fleet.run_lines()) == 2
     assert events(config, "job_handed_back")
