@@ -24,14 +24,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from worker import __version__, metrics, systemd
 from worker.config import Settings
 from worker.control import ControlServer
+from worker.daemon_fleet import FleetSlots, InstanceGuard, _Slot
 from worker.errors import LedgerError
 from worker.job import Job, JobState
 from worker.ledger import Ledger
@@ -53,28 +53,7 @@ STATUS_INTERVAL_S = 1.0
 log = structlog.get_logger("processor.daemon")
 
 
-class InstanceGuard(Protocol):
-    """What the instance this daemon runs on may ask of it (worker.instance)."""
-
-    def set_busy(self, busy: bool) -> None:
-        """Whether the daemon holds at least one job; called on change; must not block."""
-
-    def interruption(self) -> str | None:
-        """Non-blocking: a reason once the instance is being taken away, else None."""
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class _Slot:
-    job: Job
-    token: StopToken
-    started: float
-    #: A work-queue job: a drain stops it at once so its message goes back.
-    queued_from_queue: bool = False
-
-
-class Daemon:
+class Daemon(FleetSlots):
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
         *, clock: Callable[[], float] = time.time, idle_wake_s: float = IDLE_WAKE_S,
@@ -226,16 +205,6 @@ class Daemon:
                     pass
             except BlockingIOError:
                 pass
-
-    def _check_guard(self) -> None:
-        if self._guard is None:
-            return
-        busy = self._busy() > 0
-        if busy != self._guard_busy:
-            self._guard.set_busy(busy)
-            self._guard_busy = busy
-        if not self._draining and (reason := self._guard.interruption()) is not None:
-            self._start_drain(reason)
 
     def _dispatch(self) -> None:
         while (claimed := self._claim()) is not None:
@@ -412,42 +381,6 @@ class Daemon:
         with self._slots_lock:
             return self._free_slots_locked()
 
-    def _free_slots_locked(self) -> int:
-        return self.settings.processing.concurrency - len(self._slots) - self._reserved - self._polling
-
-    # -- slots for the work queue (worker.queue_consumer.SlotHost) ------------
-
-    def reserve_for_poll(self, wanted: int) -> int:
-        with self._slots_lock:
-            if self._draining:
-                return 0
-            n = max(0, min(wanted, self._free_slots_locked()))
-            self._polling += n
-            return n
-
-    def end_poll(self, unused: int) -> None:
-        with self._slots_lock:
-            self._polling -= unused
-            self._slot_freed.notify_all()
-        self.wake()  # local jobs may have waited for these slots
-
-    def start_queue_job(self, job: Job, run: Runner) -> bool:
-        with self._slots_lock:
-            if self._draining:
-                return False
-            self._polling -= 1
-            token = StopToken()
-            self._slots[job.id] = _Slot(job, token, time.monotonic(), queued_from_queue=True)
-        log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
-                 state=job.state.value, attempt=job.attempts, origin="queue")
-        self._work.put((job, token, run))
-        self.wake()
-        return True
-
-    def wait_for_slot(self, timeout: float) -> None:
-        with self._slot_freed:
-            if self._free_slots_locked() <= 0 and not self._draining:
-                self._slot_freed.wait(timeout)
 
     def _status_text(self) -> str:
         counts = self.ledger.counts()
