@@ -211,9 +211,12 @@ class QueueConsumer:
         if self._host.start_queue_job(job, functools.partial(self._run, held=held)):
             return 1
         # A drain began between the claim and the start: hand it straight back.
-        self._ledger.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING,
-                                reason="handed back: daemon draining", next_attempt_at=self._clock())
-        self._settle(held)
+        try:
+            self._ledger.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING,
+                                    reason="handed back: daemon draining", next_attempt_at=self._clock())
+        except LedgerError as exc:
+            log.error("job_not_recorded", job_id=job.id, error=str(exc))
+        self._settle(held)  # released at once either way
         return 0
 
     def _not_claimed(self, message: Received, job: Job) -> None:
