@@ -272,3 +272,29 @@ def test_queue_jobs_left_running_are_handed_back_at_start_not_rerun(short_tmp: P
         r.queue.send(json.dumps({"bucket": IN, "key": "x.txt", "etag": "e"}))
         until(lambda: r.ledger.get(job.id).state is not JobState.QUEUED, "the message's claim")
         assert r.ledger.get(job.id).attempts == 1
+
+
+def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(short_tmp: Path) -> None:
+    conf = settings(short_tmp, concurrency=3)
+    with Ledger(conf.paths.ledger) as ledger:
+        daemon = Daemon(conf, ledger, Pipeline(conf, FakeStore(), ledger), install_signals=False,
+                        work_queue=FakeQueue())
+        try:
+            assert daemon.reserve_for_poll(10) == 3  # every free slot, never more
+            assert daemon.reserve_for_poll(10) == 0
+            ledger.submit(Identity(IN, "local", None, "e"))
+            assert daemon._claim() is None  # the slots are reserved for the receive in flight
+            job, claimed = ledger.claim_for_message(Identity(IN, "q", None, "e"), 1)
+            assert claimed and daemon.start_queue_job(job, lambda j, _t: j)
+            daemon.end_poll(1)  # the receive brought one message fewer than it could take
+            assert daemon._free_slots() == 1
+            local = daemon._claim()  # the freed slot goes to the local job
+            assert local is not None and local[0].key == "local"
+            assert daemon._free_slots() == 0 and daemon.reserve_for_poll(10) == 0
+            daemon.end_poll(1)
+            daemon._start_drain("test")
+            assert daemon.reserve_for_poll(10) == 0  # a drain receives nothing more
+            job2, _ = ledger.claim_for_message(Identity(IN, "q2", None, "e"), 1)
+            assert not daemon.start_queue_job(job2, lambda j, _t: j)
+        finally:
+            daemon._stop_slot_threads(timeout_s=1)
