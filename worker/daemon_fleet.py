@@ -65,6 +65,7 @@ class FleetSlots:
         _work: queue.SimpleQueue[tuple[Job, StopToken, Runner] | None]
 
         def wake(self) -> None: ...
+        def _claim_quietly(self) -> tuple[Job, StopToken, Runner] | None: ...
         def _busy(self) -> int: ...
         def _start_drain(self, reason: str) -> None: ...
 
@@ -93,7 +94,10 @@ class FleetSlots:
         with self._slots_lock:
             self._polling -= unused
             self._slot_freed.notify_all()
-        self.wake()  # local jobs may have waited for these slots
+        # Local jobs due now take the slots first: left to the main loop, they
+        # would race the receiver's next reservation, and lose every time.
+        while (claimed := self._claim_quietly()) is not None:
+            self._work.put(claimed)
 
     def start_queue_job(self, job: Job, run: Runner) -> bool:
         with self._slots_lock:

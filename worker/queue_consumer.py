@@ -164,7 +164,7 @@ class QueueConsumer:
             if wanted == 0:
                 self._host.wait_for_slot(SLOT_WAIT_S)
                 continue
-            used = 0
+            used, failed = 0, False
             try:
                 messages = self._queue.receive(wanted, self._q.wait_s)
                 delay = RECEIVE_BACKOFF_S[0]
@@ -172,14 +172,16 @@ class QueueConsumer:
                     used += self._take(message)
             except QueueError as exc:
                 log.warning("queue_receive_failed", error=str(exc), retry_in_s=delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RECEIVE_BACKOFF_S[1])
+                failed = True
             except Exception:
                 # Never let the receiver die: the daemon would hold its slots idle.
                 log.exception("queue_receive_crashed")
-                self._stopping.wait(delay)
+                failed = True
             finally:
                 self._host.end_poll(wanted - used)
+            if failed:  # the backoff holds no slot: local jobs run meanwhile
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RECEIVE_BACKOFF_S[1])
 
     def _take(self, message: Received) -> int:
         """Start the message's job in a reserved slot (1), or deal with it at once (0)."""

@@ -413,3 +413,24 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
     except s3.exceptions.ClientError:
         return False
     return True
+
+
+def test_an_unreachable_queue_never_stops_the_daemon_or_its_local_jobs(fleet: Fleet) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    config = fleet.config("d0", url=f"{dead}/123456789012/gone", endpoint_url=dead)
+    etag = fleet.put("local/x", 0)
+    with daemon(config) as proc:
+        done = processorctl(config, "submit", "--bucket", IN, "--key=local/x", f"--etag={etag}")
+        assert done.returncode == 0, done.stderr
+        wait_until("the local job", lambda: "local/x" in fleet.done(), lambda: len(fleet.run_lines()))
+        wait_until("a failed receive logged", lambda: events(config, "queue_receive_failed"), lambda: 0)
+        assert proc.poll() is None
+        assert "work queue:" in processorctl(config, "status").stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    failed = events(config, "queue_receive_failed")
+    assert "transport error" in failed[0]["error"]
