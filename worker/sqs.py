@@ -78,7 +78,9 @@ class SQSQueue:
                 QueueUrl=self.url,
                 MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
                 WaitTimeSeconds=wait_s,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                # AttributeNames, not its successor MessageSystemAttributeNames:
+                # every boto3 setup.cfg allows (>=1.34) knows this one.
+                AttributeNames=["ApproximateReceiveCount"],
             )
         received = []
         for message in response.get("Messages", []):
