@@ -307,7 +307,7 @@ class Pipeline:
                               retries_used=used, **fields)
         delay = backoff_delay(job.attempts, p.retry_base_s, p.retry_max_s)
         updated = self.ledger.transition(
-            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=error,
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=_handed_back(job, error),
             next_attempt_at=self.clock() + delay, error=error, retries_used=used, **fields,
         )
         log.warning("job_retry_scheduled", state=updated.state.value, error=error,
@@ -316,7 +316,7 @@ class Pipeline:
 
     def _requeue(self, job: Job, log: Any, *, reason: str) -> Job:
         updated = self.ledger.transition(
-            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=reason,
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=_handed_back(job, reason),
             next_attempt_at=self.clock(),
         )
         log.info("job_requeued", state=updated.state.value, reason=reason)
@@ -365,6 +365,11 @@ class Pipeline:
         )
         log.info("job_state_changed", state=done.state.value)
         return done
+
+
+def _handed_back(job: Job, reason: str) -> str:
+    """A queue job goes back to its queue, not to this ledger's dispatch: say so."""
+    return f"{reason}; handed back to the work queue" if job.origin == "queue" else reason
 
 
 def _check(cancel: StopToken | None) -> None:

@@ -187,6 +187,8 @@ def test_exit_75_releases_the_message_with_the_backoff_and_hands_the_job_back(sh
         assert released[0][0] == message and 2 <= released[0][1] <= 4  # backoff of 4 s, jittered
         job = r.job("t.txt", etag)
         assert job.state is JobState.QUEUED and job.origin == "queue"
+        assert r.ledger.history(job.id)[-1]["reason"] == \
+            "command asked for a retry (exit 75); handed back to the work queue"
         # Not locally due: the local dispatch never claims it on its own.
         assert r.ledger.claim_next() is None and r.ledger.next_due_at() is None
 
