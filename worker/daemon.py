@@ -35,6 +35,7 @@ from worker.daemon_fleet import FleetSlots, InstanceGuard, _Slot
 from worker.errors import LedgerError
 from worker.job import Job, JobState
 from worker.ledger import Ledger
+from worker.ledger_schema import ORIGIN_LOCAL
 from worker.pipeline import Pipeline
 from worker.process import StopToken, reap_orphans
 
@@ -405,7 +406,8 @@ class Daemon(FleetSlots):
 
     def status(self) -> dict[str, Any]:
         counts = self.ledger.counts()
-        queued = self.ledger.list_jobs(JobState.QUEUED, limit=1)
+        # Local jobs only: a queue job handed back waits in its queue, not here.
+        queued = self.ledger.list_jobs(JobState.QUEUED, limit=1, origin=ORIGIN_LOCAL)
         with self._slots_lock:
             running = [
                 {"job_id": s.job.id, "key": s.job.key, "attempt": s.job.attempts,

@@ -385,12 +385,17 @@ class Ledger(QueueJobs):
             row = self._row_by_identity(db, identity)
             return None if row is None else _job(row)
 
-    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        sql = "SELECT * FROM jobs"
+    def list_jobs(
+        self, state: JobState | None = None, limit: int | None = None, origin: str | None = None
+    ) -> list[Job]:
+        sql = "SELECT * FROM jobs WHERE 1"
         args: list[Any] = []
         if state is not None:
-            sql += " WHERE state = ?"
+            sql += " AND state = ?"
             args.append(state.value)
+        if origin is not None:
+            sql += " AND origin = ?"
+            args.append(origin)
         sql += " ORDER BY created_at, id"
         if limit is not None:
             sql += " LIMIT ?"

@@ -392,6 +392,9 @@ def test_restart_hands_queue_jobs_back_instead_of_rerunning_them(fleet: Fleet) -
         reasons = [t["reason"] for t in json.loads(processorctl(config, "show", job["id"], "--json").stdout)
                    ["transitions"]]
         assert any(r and r.startswith("handed back: daemon restarted") for r in reasons), reasons
+        # It waits in the queue, not here: no local backlog to report.
+        live = json.loads(processorctl(config, "status", "--json").stdout)["daemon"]
+        assert live["oldest_queued_age_s"] is None
         # Not re-run from the ledger: nothing starts while the message is still leased ...
         while time.monotonic() - killed_at < LEASE_S * 2 / 3 - 1:
             assert len(fleet.run_lines()) == 1
