@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from worker.errors import ObjectChanged, StorageError
 from worker.store import ObjectInfo
+from worker.workqueue import QueueError, Received
 
 
 @dataclass
@@ -66,5 +68,81 @@ class FakeStore:
         self.calls.append(("delete", bucket, key))
         self.objects.pop((bucket, key), None)
 
+    def read_json(self, bucket: str, key: str) -> dict[str, Any] | None:
+        self.calls.append(("read_json", bucket, key))
+        body = self.objects.get((bucket, key))
+        if body is None:
+            return None
+        document = json.loads(body)
+        return document if isinstance(document, dict) else None
+
     def json(self, bucket: str, key: str) -> Any:
         return json.loads(self.objects[(bucket, key)])
+
+
+@dataclass
+class _Message:
+    id: str
+    body: str
+    receive_count: int = 0
+    visible_at: float = 0.0
+    receipt: str = ""
+
+
+@dataclass
+class FakeQueue:
+    """An in-memory SQS queue: visibility, receive counts, receipt handles; records every call."""
+
+    default_visibility_s: float = 30.0
+    messages: list[_Message] = field(default_factory=list)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    #: Raised (in order) by the next receives.
+    fail_receive: list[Exception] = field(default_factory=list)
+    #: Shared with a FakeStore's ``calls`` to check the order of writes and deletes.
+    journal: list[tuple[str, str, str]] | None = None
+    _next: int = 0
+
+    def send(self, body: str) -> str:
+        self._next += 1
+        self.messages.append(_Message(f"m-{self._next}", body))
+        return f"m-{self._next}"
+
+    def receive(self, max_messages: int, wait_s: int) -> list[Any]:
+        self.calls.append(("receive", max_messages))
+        if self.fail_receive:
+            raise self.fail_receive.pop(0)
+        now = time.monotonic()
+        got = []
+        for message in self.messages:
+            if len(got) == max_messages:
+                break
+            if message.visible_at <= now:
+                self._next += 1
+                message.receive_count += 1
+                message.visible_at = now + self.default_visibility_s
+                message.receipt = f"r-{self._next}"
+                got.append(Received(message.id, message.receipt, message.body, message.receive_count))
+        if not got:
+            time.sleep(min(wait_s, 0.02))  # a (very short) long poll
+        return got
+
+    def _find(self, receipt: str) -> _Message:
+        for message in self.messages:
+            if message.receipt == receipt:
+                return message
+        raise QueueError(f"receipt {receipt} is not current", retryable=False, code="ReceiptHandleIsInvalid")
+
+    def set_visibility(self, receipt: str, visibility_s: int) -> None:
+        message = self._find(receipt)
+        self.calls.append(("set_visibility", (message.id, visibility_s)))
+        message.visible_at = time.monotonic() + visibility_s
+
+    def delete(self, receipt: str) -> None:
+        message = self._find(receipt)
+        self.calls.append(("delete", message.id))
+        if self.journal is not None:
+            self.journal.append(("queue_delete", message.id, ""))
+        self.messages.remove(message)
+
+    def close(self) -> None:
+        self.calls.append(("close", None))

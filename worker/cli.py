@@ -67,6 +67,7 @@ def _run_locked(settings: Settings) -> int:
     """Lock held: set up logging and the ledger, then recover and serve (Daemon.run)."""
     from worker import logs
     from worker.daemon import Daemon
+    from worker.instance import guard_from_settings
     from worker.ledger import Ledger
     from worker.pipeline import Pipeline
     from worker.s3 import S3Store
@@ -85,13 +86,24 @@ def _run_locked(settings: Settings) -> int:
             print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
         store = S3Store.from_settings(settings.s3)
+        work_queue = None
+        if settings.queue.url:
+            from worker.sqs import SQSQueue  # a fleet's shared work queue
+
+            work_queue = SQSQueue.from_settings(settings)
+        # None unless [instance] asks for scale-in protection or an interruption watch.
+        guard = guard_from_settings(settings)
         try:
-            pipeline = Pipeline(settings, store, ledger)
-            return Daemon(settings, ledger, pipeline).run()
+            pipeline = Pipeline(settings, store, ledger, environ=os.environ)
+            return Daemon(settings, ledger, pipeline, work_queue=work_queue, guard=guard).run()
         except ProcessorError as exc:
             print(f"processor: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
         finally:
+            if guard is not None:
+                guard.close()  # clears protection; bounded (~15 s)
+            if work_queue is not None:
+                work_queue.close()
             store.close()
             ledger.close()
     finally:

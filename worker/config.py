@@ -160,6 +160,22 @@ class InstanceSettings(NamedTuple):
     autoscaling_group: str = ""
 
 
+class QueueSettings(NamedTuple):
+    """A fleet's shared SQS work queue (README "Scaling out: one shared work queue")."""
+
+    #: The queue's URL; empty: no queue (jobs come from SSM / processorctl only).
+    url: str = ""
+    #: Empty: AWS; else any SQS-compatible endpoint (the local emulator).
+    endpoint_url: str = ""
+    #: The lease: how long a received message stays invisible; extended every
+    #: visibility_s/3 while its job runs, so a dead instance's jobs return this fast.
+    visibility_s: int = 300
+    #: Long-poll wait of each receive (SQS allows 0..20).
+    wait_s: int = 20
+    #: Empty: a message may name any bucket; else a message for another bucket is malformed.
+    input_bucket: str = ""
+
+
 class Settings(NamedTuple):
     s3: S3Settings
     processing: ProcessingSettings
@@ -167,6 +183,7 @@ class Settings(NamedTuple):
     logging: LoggingSettings
     reconcile: ReconcileSettings
     instance: InstanceSettings = InstanceSettings()
+    queue: QueueSettings = QueueSettings()
 
 
 _SECTIONS: Mapping[str, type[Any]] = {
@@ -176,7 +193,25 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "logging": LoggingSettings,
     "reconcile": ReconcileSettings,
     "instance": InstanceSettings,
+    "queue": QueueSettings,
 }
+
+#: SQS keeps a received message invisible for at most this long, whatever the
+#: extensions: past it the message comes back and another instance would run the job again.
+SQS_MAX_INVISIBLE_S = 12 * 3600
+
+#: What a fleet job may spend besides its command (download, upload, the
+#: manifest check) within SQS_MAX_INVISIBLE_S; processing.timeout_s +
+#: processing.kill_grace_s + this must stay below it.
+QUEUE_TRANSFER_MARGIN_S = 1800
+
+_SQS_URL_RE = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/")
+
+
+def queue_region(settings: Settings) -> str:
+    """The queue's region: from an AWS queue URL, else ``[s3] region``."""
+    found = _SQS_URL_RE.match(settings.queue.url)
+    return found.group(1) if found else settings.s3.region
 
 #: The only type of list a section holds (processing.command).
 _ARGV = tuple[str, ...]
@@ -389,6 +424,7 @@ def _check(settings: Settings, source: str) -> None:
     if lg.flush_timeout_s < 0:
         fail("logging.flush_timeout_s", f"must not be negative, got {lg.flush_timeout_s}")
     _check_instance(settings.instance, fail)
+    _check_queue(settings, fail)
 
 
 def _check_instance(inst: InstanceSettings, fail: Callable[[str, str], None]) -> None:
@@ -416,3 +452,20 @@ def _check_environment(p: ProcessingSettings, fail: Callable[[str, str], None]) 
     for name, value in p.environment:
         if "\0" in value:
             fail("processing.environment", f"value of {name} contains a NUL byte")
+
+
+def _check_queue(settings: Settings, fail: Callable[[str, str], None]) -> None:
+    q = settings.queue
+    for key, url in (("queue.url", q.url), ("queue.endpoint_url", q.endpoint_url)):
+        if url and not url.startswith(("http://", "https://")):
+            fail(key, f"must be empty or an http(s) URL, got {url!r}")
+    if not 1 <= q.visibility_s <= SQS_MAX_INVISIBLE_S:
+        fail("queue.visibility_s", f"must be 1..{SQS_MAX_INVISIBLE_S}, got {q.visibility_s}")
+    if not 0 <= q.wait_s <= 20:
+        fail("queue.wait_s", f"must be 0..20 (SQS long poll), got {q.wait_s}")
+    p = settings.processing
+    if q.url and p.timeout_s + p.kill_grace_s + QUEUE_TRANSFER_MARGIN_S >= SQS_MAX_INVISIBLE_S:
+        fail("processing.timeout_s",
+             f"is {p.timeout_s}: with a queue, timeout_s + kill_grace_s + {QUEUE_TRANSFER_MARGIN_S}s "
+             f"(download/upload margin) must stay below SQS's 12 h visibility ceiling "
+             f"({SQS_MAX_INVISIBLE_S}s), or a long job would be run twice")

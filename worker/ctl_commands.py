@@ -73,6 +73,13 @@ def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
               f"{live['busy']}/{live['slots']} slots busy", file=out)
         if live.get("oldest_queued_age_s") is not None:
             print(f"oldest queued job: {live['oldest_queued_age_s']}s old", file=out)
+    if settings.queue.url:
+        print(f"work queue: {printable(settings.queue.url, 500)}", end="", file=out)
+        held = (live or {}).get("queue") or {}
+        if held:
+            state = "receiving" if held.get("receiving") else "not receiving (draining)"
+            print(f", {held.get('held', 0)} message(s) held, {state}", end="", file=out)
+        print(file=out)
     print("jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
     return exitcodes.OK
 

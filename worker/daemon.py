@@ -6,6 +6,13 @@ watchdog) and never sleeps past the next due job. SIGTERM/SIGINT start a
 graceful drain: no new jobs, running ones get ``processing.drain_timeout_s``
 to finish, then they are stopped and left queued. A second signal is a fast
 stop. On start, jobs a crash left running go back to the queue.
+
+With a work queue (``[queue] url``) a ``QueueConsumer`` fills free slots from
+it; a drain then stops receiving at once and stops running queue jobs at once,
+so their messages go back to the queue for another instance within seconds
+(local jobs keep the drain timeout). An optional ``InstanceGuard`` is told
+when the daemon holds jobs (scale-in protection) and can start the drain
+(a Spot interruption notice).
 """
 
 from __future__ import annotations
@@ -17,19 +24,24 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from worker import __version__, metrics, systemd
 from worker.config import Settings
 from worker.control import ControlServer
+from worker.daemon_fleet import FleetSlots, InstanceGuard, _Slot
 from worker.errors import LedgerError
 from worker.job import Job, JobState
 from worker.ledger import Ledger
+from worker.ledger_schema import ORIGIN_LOCAL
 from worker.pipeline import Pipeline
 from worker.process import StopToken, reap_orphans
+
+if TYPE_CHECKING:
+    from worker.queue_consumer import QueueConsumer, Runner
+    from worker.workqueue import WorkQueue
 
 #: Longest the main loop sleeps with nothing to do (also the watchdog cadence).
 #: Work never waits for it: submissions and finished jobs wake the loop at once.
@@ -42,18 +54,12 @@ STATUS_INTERVAL_S = 1.0
 log = structlog.get_logger("processor.daemon")
 
 
-@dataclass
-class _Slot:
-    job: Job
-    token: StopToken
-    started: float
-
-
-class Daemon:
+class Daemon(FleetSlots):
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
         *, clock: Callable[[], float] = time.time, idle_wake_s: float = IDLE_WAKE_S,
-        install_signals: bool = True,
+        install_signals: bool = True, work_queue: WorkQueue | None = None,
+        guard: InstanceGuard | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -68,10 +74,19 @@ class Daemon:
         #: Notified whenever a slot is freed (the drain's fast stop waits on it).
         self._slot_freed = threading.Condition(self._slots_lock)
         #: Claimed jobs for the slot threads; None tells a slot thread to exit.
-        self._work: queue.SimpleQueue[tuple[Job, StopToken] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[Job, StopToken, Runner] | None] = queue.SimpleQueue()
         self._slot_threads: list[threading.Thread] = []
         #: Slots being claimed for (see _claim).
         self._reserved = 0
+        #: Slots reserved for a work-queue receive in flight (see reserve_for_poll).
+        self._polling = 0
+        self._guard = guard
+        self._guard_busy: bool | None = None
+        self._consumer: QueueConsumer | None = None
+        if work_queue is not None:
+            from worker.queue_consumer import QueueConsumer
+
+            self._consumer = QueueConsumer(settings, ledger, pipeline, work_queue, self, clock=clock)
         self._draining = False
         self._drain_deadline = 0.0
         self._last_status = ""
@@ -88,19 +103,30 @@ class Daemon:
         for job in self.ledger.requeue_interrupted("interrupted: daemon restarted"):
             log.warning("job_requeued", job_id=job.id, key=job.key, state=job.state.value,
                         attempt=job.attempts, reason="interrupted by a previous stop or crash")
+        for job in self.ledger.hand_back_queue_jobs(
+                "handed back: daemon restarted; its message returns through the work queue"):
+            log.warning("job_handed_back", job_id=job.id, key=job.key, attempt=job.attempts,
+                        reason="a queue job is not re-run from the ledger after a restart")
         server = ControlServer(self.settings.paths.socket, self._handlers())
         previous = self._install_signals() if self._install else None
         try:
             self._start_slot_threads()
             server.start()
+            if self._consumer is not None:
+                self._consumer.start()
             log.info("daemon_started", version=__version__, pid=os.getpid(),
                      socket=str(self.settings.paths.socket),
-                     concurrency=self.settings.processing.concurrency)
+                     concurrency=self.settings.processing.concurrency,
+                     queue=self.settings.queue.url or None)
             systemd.ready(self._status_text())
             self._loop()
         finally:
             server.stop()
             self._stop_slot_threads()
+            if self._consumer is not None:
+                self._consumer.close()
+            if self._guard is not None:
+                self._guard.close()
             if previous is not None:
                 self._restore_signals(previous)
             # Mark the pipe closed before closing it, so a late wake() cannot
@@ -141,6 +167,7 @@ class Daemon:
     def _loop(self) -> None:
         while True:
             self._handle_signals()
+            self._check_guard()
             if self._draining:
                 if not self._busy():
                     return
@@ -184,7 +211,7 @@ class Daemon:
         while (claimed := self._claim()) is not None:
             self._work.put(claimed)
 
-    def _claim(self) -> tuple[Job, StopToken] | None:
+    def _claim(self) -> tuple[Job, StopToken, Runner] | None:
         """Claim the next due job into a free slot; None when no slot or no job.
 
         The slot is reserved before the ledger is asked, so the main loop and a
@@ -193,7 +220,7 @@ class Daemon:
         ends while a claim is under way; nothing is claimed once it has begun.
         """
         with self._slots_lock:
-            if self._draining or len(self._slots) + self._reserved >= self.settings.processing.concurrency:
+            if self._draining or self._free_slots_locked() <= 0:
                 return None
             self._reserved += 1
         job = None
@@ -210,7 +237,7 @@ class Daemon:
             return None
         log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
                  state=job.state.value, attempt=job.attempts)
-        return job, token
+        return job, token, self.pipeline.run
 
     def _start_slot_threads(self) -> None:
         """One long-lived thread per slot: handing a job over is a queue put, where
@@ -238,7 +265,7 @@ class Daemon:
                 # the main loop; the loop still dispatches new submissions.
                 item = self._claim_quietly()
 
-    def _claim_quietly(self) -> tuple[Job, StopToken] | None:
+    def _claim_quietly(self) -> tuple[Job, StopToken, Runner] | None:
         try:
             return self._claim()
         except LedgerError as exc:
@@ -246,12 +273,12 @@ class Daemon:
             log.warning("claim_failed", error=str(exc))
             return None
 
-    def _run_job(self, job: Job, token: StopToken) -> None:
+    def _run_job(self, job: Job, token: StopToken, run: Runner) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id)
         started = time.monotonic()
         final = job
         try:
-            final = self.pipeline.run(job, token)
+            final = run(job, token)
         except Exception as exc:
             log.exception("job_crashed", job_id=job.id, key=job.key)
             try:
@@ -311,12 +338,25 @@ class Daemon:
                 self._drain_deadline = self._clock()
 
     def _handle_term(self, signum: int) -> None:
-        self._draining = True
+        self._start_drain(f"signal {signal.Signals(signum).name}")
+
+    def _start_drain(self, reason: str) -> None:
+        with self._slots_lock:
+            self._draining = True
+            running = len(self._slots)
+            from_queue = [s for s in self._slots.values() if s.queued_from_queue]
         self._drain_deadline = self._clock() + self.settings.processing.drain_timeout_s
-        running = len(self._slots)
-        log.info("drain_started", signal=signal.Signals(signum).name, running=running,
+        log.info("drain_started", reason=reason, running=running,
                  drain_timeout_s=self.settings.processing.drain_timeout_s)
         systemd.stopping(f"draining: {running} running")
+        if self._consumer is not None:
+            # Queue jobs go back to the queue at once, for another instance to
+            # take within seconds; local jobs have the drain timeout to finish.
+            self._consumer.stop_receiving()
+            for slot in from_queue:
+                log.info("job_interrupted", job_id=slot.job.id, key=slot.job.key,
+                         reason="drain: handing the message back to the work queue")
+                slot.token.stop(StopToken.SHUTDOWN)
 
     def _stop_running(self, why: str) -> None:
         with self._slots_lock:
@@ -339,14 +379,19 @@ class Daemon:
             return len(self._slots) + self._reserved
 
     def _free_slots(self) -> int:
-        return self.settings.processing.concurrency - self._busy()
+        with self._slots_lock:
+            return self._free_slots_locked()
+
 
     def _status_text(self) -> str:
         counts = self.ledger.counts()
-        return (
+        text = (
             f"{counts['running']} running, {counts['queued']} queued, "
             f"{counts['succeeded']} succeeded, {counts['failed']} failed"
         )
+        if self._consumer is not None:
+            text += f"; work queue: {self._consumer.holding} message(s) held"
+        return text
 
     def _publish_status(self) -> None:
         now = time.monotonic()
@@ -361,7 +406,8 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         counts = self.ledger.counts()
-        queued = self.ledger.list_jobs(JobState.QUEUED, limit=1)
+        # Local jobs only: a queue job handed back waits in its queue, not here.
+        queued = self.ledger.list_jobs(JobState.QUEUED, limit=1, origin=ORIGIN_LOCAL)
         with self._slots_lock:
             running = [
                 {"job_id": s.job.id, "key": s.job.key, "attempt": s.job.attempts,
@@ -377,6 +423,7 @@ class Daemon:
             "running": running,
             "counts": counts,
             "oldest_queued_age_s": round(self._clock() - queued[0].created_at, 1) if queued else None,
+            "queue": self._consumer.status() if self._consumer is not None else None,
         }
 
     def _handlers(self) -> dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]]:

@@ -53,6 +53,8 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     result_prefix: str | None = None
+    #: "local" (processorctl submit) or "queue" (a work-queue message, run only while held).
+    origin: str = "local"
     extra: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -82,4 +84,5 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "result_prefix": self.result_prefix,
+            "origin": self.origin,
         }

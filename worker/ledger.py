@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.identity import Identity
-from worker.ledger_schema import SCHEMA_VERSION, migrate
+from worker.ledger_queue import QueueJobs
+from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, migrate
 from worker.states import JobState, Phase, check_transition
 
 if TYPE_CHECKING:
@@ -45,8 +46,12 @@ class Enqueued(NamedTuple):
     created: bool
 
 
-class Ledger:
-    """Durable record of every job and every transition."""
+class Ledger(QueueJobs):
+    """Durable record of every job and every transition.
+
+    Jobs from a work queue (``origin`` 'queue', see worker.ledger_queue) are
+    never claimed by ``claim_next``: they run only while their message is held.
+    """
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
@@ -238,9 +243,9 @@ class Ledger:
         now = self._clock()
         with self._write(durable=False) as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE state = ? AND next_attempt_at <= ?"
+                "SELECT id FROM jobs WHERE state = ? AND origin = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, created_at LIMIT 1",
-                (JobState.QUEUED.value, now),
+                (JobState.QUEUED.value, ORIGIN_LOCAL, now),
             ).fetchone()
             if row is None:
                 return None
@@ -259,7 +264,11 @@ class Ledger:
             return _job(self._row(db, job_id))
 
     def retry(self, job_id: str, reason: str = "retry requested by an operator") -> Job:
-        """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
+        """Put a failed or cancelled job back in the queue with a fresh attempt budget.
+
+        It becomes a local job (whatever its origin): no queue message stands
+        for it any more, so this daemon's own dispatch runs it.
+        """
         now = self._clock()
         with self._write() as db:
             row = self._row(db, job_id)
@@ -270,13 +279,15 @@ class Ledger:
                 db, job_id,
                 {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0, "retries_used": 0,
                  "next_attempt_at": now, "error": None, "exit_code": None, "stderr_tail": None,
-                 "finished_at": None, "phase": ""},
+                 "finished_at": None, "phase": "", "origin": ORIGIN_LOCAL},
             )
             self._log(db, job_id, current, JobState.QUEUED, now, 0, reason)
             return _job(self._row(db, job_id))
 
     def requeue_interrupted(self, reason: str) -> list[Job]:
-        """On start: every job left running by a crash goes back to the queue.
+        """On start: every local job left running by a crash goes back to the queue.
+
+        Queue jobs are not requeued here but handed back (``hand_back_queue_jobs``).
 
         The interrupted attempt spends one of the job's retries: an input that
         kills the daemon every time (a poison object) must not loop for ever.
@@ -285,7 +296,8 @@ class Ledger:
         with self._write() as db:
             ids = [
                 r["id"] for r in db.execute(
-                    "SELECT id FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
+                    "SELECT id FROM jobs WHERE state = ? AND origin = ?",
+                    (JobState.RUNNING.value, ORIGIN_LOCAL),
                 )
             ]
             for job_id in ids:
@@ -373,12 +385,17 @@ class Ledger:
             row = self._row_by_identity(db, identity)
             return None if row is None else _job(row)
 
-    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        sql = "SELECT * FROM jobs"
+    def list_jobs(
+        self, state: JobState | None = None, limit: int | None = None, origin: str | None = None
+    ) -> list[Job]:
+        sql = "SELECT * FROM jobs WHERE 1"
         args: list[Any] = []
         if state is not None:
-            sql += " WHERE state = ?"
+            sql += " AND state = ?"
             args.append(state.value)
+        if origin is not None:
+            sql += " AND origin = ?"
+            args.append(origin)
         sql += " ORDER BY created_at, id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -396,8 +413,8 @@ class Ledger:
         """When the earliest queued job becomes due (None when the queue is empty)."""
         with self._reading() as db:
             row = db.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = ?",
-                (JobState.QUEUED.value,),
+                "SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = ? AND origin = ?",
+                (JobState.QUEUED.value, ORIGIN_LOCAL),
             ).fetchone()
         return None if row["t"] is None else float(row["t"])
 
@@ -478,5 +495,5 @@ def _job(row: sqlite3.Row) -> Job:
         bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],
         exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
         started_at=row["started_at"], finished_at=row["finished_at"],
-        result_prefix=row["result_prefix"],
+        result_prefix=row["result_prefix"], origin=row["origin"],
     )

@@ -13,12 +13,19 @@ from pathlib import Path
 from worker.errors import LedgerError
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Steps from each older schema version to the next (applied in order on open).
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE jobs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0",
+    # Where the job came from: 'local' (processorctl submit, dispatched from the
+    # ledger) or 'queue' (a work-queue message; runs only while its message is held).
+    2: "ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'local'",
 }
+
+#: Values of jobs.origin.
+ORIGIN_LOCAL = "local"
+ORIGIN_QUEUE = "queue"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,6 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at      REAL,
     finished_at     REAL,
     result_prefix   TEXT,
+    origin          TEXT NOT NULL DEFAULT 'local',
     UNIQUE (bucket, key, version)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);

@@ -325,7 +325,7 @@ class Pipeline:
         if space:  # grows with the checks made without spending budget
             delay = backoff_delay(job.attempts - used, *space_retry_bounds(p.retry_base_s, p.retry_max_s))
         updated = self.ledger.transition(
-            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=error,
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=_handed_back(job, error),
             next_attempt_at=self.clock() + delay, error=error, retries_used=used, **fields,
         )
         log.warning("job_retry_scheduled", state=updated.state.value, error=error,
@@ -334,7 +334,7 @@ class Pipeline:
 
     def _requeue(self, job: Job, log: Any, *, reason: str) -> Job:
         updated = self.ledger.transition(
-            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=reason,
+            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=_handed_back(job, reason),
             next_attempt_at=self.clock(),
         )
         log.info("job_requeued", state=updated.state.value, reason=reason)
@@ -346,11 +346,22 @@ class Pipeline:
             job.id, JobState.FAILED, expect=JobState.RUNNING, reason=error, error=error,
             finished_at=self.clock(), **{"result_prefix": prefix, **fields},
         )
+        self.write_failure_record(failed, log)
+        log.error("job_failed", state=failed.state.value, error=error)
+        return failed
+
+    def write_failure_record(self, failed: Job, log: Any) -> bool:
+        """Write ``_failed.json`` for a failed job; False when S3 would not take it.
+
+        For a local job the ledger holds the failure and the bucket copy is a
+        courtesy; a queue job's message is deleted only once it is written.
+        """
         record = {
-            "job_id": job.id,
-            "source": {"bucket": job.bucket, "key": job.key, "version_id": job.version_id, "etag": job.etag},
+            "job_id": failed.id,
+            "source": {"bucket": failed.bucket, "key": failed.key, "version_id": failed.version_id,
+                       "etag": failed.etag},
             "state": failed.state.value,
-            "error": error,
+            "error": failed.error,
             "exit_code": failed.exit_code,
             "stderr_tail": failed.stderr_tail,
             "attempts": failed.attempts,
@@ -358,12 +369,13 @@ class Pipeline:
             "processor_version": __version__,
         }
         try:
-            self.store.put_json(self.settings.s3.output_bucket, prefix + FAILED_NAME, record)
+            self.store.put_json(
+                self.settings.s3.output_bucket, self.result_prefix(failed) + FAILED_NAME, record
+            )
         except StorageError as exc:
-            # The ledger already holds the failure; the bucket copy is a courtesy.
             log.warning("failure_record_not_written", error=str(exc))
-        log.error("job_failed", state=failed.state.value, error=error)
-        return failed
+            return False
+        return True
 
     def _finish(self, job: Job, state: JobState, log: Any, **fields: Any) -> Job:
         done = self.ledger.transition(
@@ -372,6 +384,11 @@ class Pipeline:
         )
         log.info("job_state_changed", state=done.state.value)
         return done
+
+
+def _handed_back(job: Job, reason: str) -> str:
+    """A queue job goes back to its queue, not to this ledger's dispatch: say so."""
+    return f"{reason}; handed back to the work queue" if job.origin == "queue" else reason
 
 
 def _check(cancel: StopToken | None) -> None:

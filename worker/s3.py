@@ -61,6 +61,10 @@ TRANSFER_CONFIG = TransferConfig(
 )
 
 
+#: Larger "JSON" objects are not ours (a manifest is a few KiB per output).
+_MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, StorageError) and exc.retryable
 
@@ -352,6 +356,27 @@ class S3Store:
                         size=int(version.get("Size", 0)),
                         last_modified=version["LastModified"].timestamp(),
                     )
+
+    @_retrying
+    def read_json(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """A small JSON object; None when missing or not a JSON object (a foreign file)."""
+        what = f"get s3://{bucket}/{key}"
+        try:
+            with _translated(what):
+                body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
+                try:
+                    data = body.read(_MAX_JSON_BYTES + 1)
+                finally:
+                    body.close()
+        except StorageError as exc:
+            if exc.code in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            raise
+        try:
+            document = json.loads(data) if len(data) <= _MAX_JSON_BYTES else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = None
+        return document if isinstance(document, dict) else None
 
     @_retrying
     def delete(self, bucket: str, key: str) -> None:

@@ -74,6 +74,9 @@ class ObjectStore(Protocol):
 
     def delete(self, bucket: str, key: str) -> None: ...
 
+    def read_json(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """A small JSON object (a manifest); None when there is none, or it is not a JSON object."""
+
 
 @dataclass(frozen=True)
 class Digests:

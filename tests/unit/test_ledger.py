@@ -14,6 +14,7 @@ from tests.conftest import processorctl, write_config
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.job import Identity, JobState, Phase
 from worker.ledger import Ledger
+from worker.ledger_schema import SCHEMA_VERSION
 
 
 class Clock:
@@ -262,7 +263,8 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     with Ledger(path) as ledger:
         job = ledger.get("j-old")
         assert job.attempts == 2 and job.retries_used == 0 and job.state is JobState.QUEUED
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+        assert job.origin == "local"  # schema 3: jobs of older ledgers came from processorctl
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_progress_a_ledger_cannot_take_is_dropped_with_a_warning(

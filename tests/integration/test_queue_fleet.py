@@ -1,0 +1,439 @@
+"""A fleet of real daemons (`processor run`) sharing one SQS work queue on the emulator.
+
+Every daemon is a child process with its own state dir; they share one moto
+SQS queue (with a DLQ by redrive policy) and one moto S3. Messages are sent
+with boto3 directly. The processing command is a small shell script: it reads
+"<seconds> <exit code>" from the object, appends one line per run to a shared
+file (key, start time, work dir - so which daemon ran it), sleeps, writes one
+output and exits with the code. Every wait is a liveness bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CREDENTIALS, REPORT, processorctl, write_config
+from worker.control import request
+from worker.errors import ControlError
+from worker.process import reap_orphans
+
+IN, OUT = "fleet-in", "fleet-out"
+#: The lease of the tests' daemons (and the queue's default visibility).
+LEASE_S = 10
+#: How long a wait may go without progress before a test fails.
+STALL_S = 60
+
+
+@dataclass
+class Fleet:
+    s3: Any
+    sqs: Any
+    queue_url: str
+    dlq_url: str
+    endpoint: str
+    root: Path
+    runs: Path
+    script: Path
+
+    def config(self, name: str, *, processing: dict[str, Any] | None = None, **queue: Any) -> Path:
+        directory = self.root / name
+        directory.mkdir(exist_ok=True)
+        config = write_config(
+            directory, output_bucket=OUT, endpoint=self.endpoint,
+            command=["/bin/sh", str(self.script), "{input}", "{output_dir}"],
+            **{"concurrency": 2, "max_attempts": 3, "kill_grace_s": 2, "retry_base_s": 1,
+               "retry_max_s": 2, "drain_timeout_s": 30, **(processing or {})},
+        )
+        settings = {"url": self.queue_url, "endpoint_url": self.endpoint, "visibility_s": LEASE_S,
+                    "wait_s": 2, **queue}
+        with config.open("a") as fh:
+            fh.write("[queue]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+        return config
+
+    def put(self, key: str, seconds: float, code: int = 0) -> str:
+        etag: str = self.s3.put_object(Bucket=IN, Key=key, Body=f"{seconds} {code}\n".encode())["ETag"]
+        return etag.strip('"')
+
+    def send(self, key: str, etag: str | None = None, **extra: Any) -> None:
+        body = {"bucket": IN, "key": key, "version_id": None, "etag": etag, **extra}
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body))
+
+    def send_raw(self, body: str) -> None:
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+    def run_lines(self) -> list[tuple[str, float, str]]:
+        """(key, start time, daemon dir name) per command run."""
+        if not self.runs.exists():
+            return []
+        lines = []
+        for line in self.runs.read_text().splitlines():
+            key, started, cwd = line.split(" ", 2)
+            daemon_dir = Path(cwd).relative_to(self.root).parts[0]
+            lines.append((key, float(started), daemon_dir))
+        return lines
+
+    def done(self) -> set[str]:
+        """The keys whose _manifest.json is in the output bucket."""
+        found = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=OUT):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/_manifest.json"):
+                    found.add(obj["Key"][: -len("/_manifest.json")])
+        return found
+
+    def manifests(self) -> dict[str, dict[str, Any]]:
+        return {
+            key: json.loads(self.s3.get_object(Bucket=OUT, Key=f"{key}/_manifest.json")["Body"].read())
+            for key in self.done()
+        }
+
+    def queue_counts(self, url: str | None = None) -> tuple[int, int]:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url or self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture
+def fleet(aws: Callable[[str], Any], moto_endpoint: str, short_tmp: Path) -> Fleet:
+    s3, sqs = aws("s3"), aws("sqs")
+    s3.create_bucket(Bucket=IN)
+    s3.create_bucket(Bucket=OUT)
+    dlq = sqs.create_queue(QueueName="fleet-dlq")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    # maxReceiveCount above processing.max_attempts (3), as the README requires.
+    queue = sqs.create_queue(QueueName="fleet-work", Attributes={
+        "VisibilityTimeout": str(LEASE_S),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "5"}),
+    })["QueueUrl"]
+    runs = short_tmp / "runs.txt"
+    script = short_tmp / "job.sh"
+    script.write_text(
+        'read -r secs code < "$1"\n'
+        f'printf "%s %s %s\\n" "$PROCESSOR_SOURCE_KEY" "$(date +%s.%N)" "$PWD" >> {runs}\n'
+        'sleep "$secs"\n'
+        'echo ok > "$2/out.txt"\n'
+        'exit "${code:-0}"\n'
+    )
+    return Fleet(s3, sqs, queue, dlq, moto_endpoint, short_tmp, runs, script)
+
+
+@contextmanager
+def daemon(config: Path, timeout: float = 30) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `processor run`; always stopped (SIGKILL, and its commands reaped) when the block ends."""
+    err = (config.parent / "daemon.stderr").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--config", str(config)],
+        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
+            try:
+                request(config.parent / "p.sock", "ping", timeout=1)
+                break
+            except ControlError:
+                assert time.monotonic() < deadline, "daemon did not answer on its socket"
+                time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        reap_orphans(config.parent / "state" / "work")
+        err.close()
+
+
+def wait_until(what: str, check: Callable[[], Any], progress: Callable[[], Any] = lambda: None,
+               stall_s: float = STALL_S) -> Any:
+    """Poll ``check`` until truthy; fail when ``progress()`` has not changed for ``stall_s``."""
+    last, moved = progress(), time.monotonic()
+    while not (result := check()):
+        now = progress()
+        if now != last:
+            last, moved = now, time.monotonic()
+        assert time.monotonic() - moved < stall_s, f"no progress for {stall_s}s waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+def events(config: Path, name: str) -> list[dict[str, Any]]:
+    path = config.parent / "state" / "logs" / "processor.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e.get("event") == name]
+
+
+def greedy_makespan(durations: list[float], slots: int) -> float:
+    """Each job, in order, to the slot that frees first."""
+    free = [0.0] * slots
+    for d in durations:
+        free.sort()
+        free[0] += d
+    return max(free)
+
+
+def test_three_daemons_balance_exactly_once_and_ignore_duplicates(fleet: Fleet) -> None:
+    rng = random.Random(12)
+    long_s, jobs = 20.0, []
+    for n in range(4):
+        jobs.append((f"long/{n}", long_s))
+    for n in range(26):
+        jobs.append((f"short/{n:02d}", round(rng.uniform(1.5, 2.5), 2)))
+    etags = {key: fleet.put(key, seconds) for key, seconds in jobs}
+    configs = [fleet.config(f"d{n}") for n in range(3)]
+    duplicates = [key for key, _ in jobs[4:]][:6]  # 20 % extra messages
+    with ExitStack() as stack:
+        for config in configs:
+            stack.enter_context(daemon(config))
+        started, started_wall = time.monotonic(), time.time()
+        for key, _ in jobs:
+            fleet.send(key, etags[key])
+        sent_dup: set[str] = set()
+
+        def all_done() -> bool:
+            done = fleet.done()
+            # A duplicate goes out once its original's result is there (the
+            # reconciler's double send); the manifest check must absorb it.
+            for key in duplicates:
+                if key in done and key not in sent_dup:
+                    fleet.send(key, etags[key], note="duplicate")
+                    sent_dup.add(key)
+            return len(done) == len(jobs)
+
+        wait_until("every manifest", all_done, lambda: len(fleet.run_lines()))
+        makespan = time.monotonic() - started
+        wait_until("the duplicates to be deleted", lambda: fleet.queue_counts() == (0, 0),
+                   lambda: fleet.queue_counts())
+    # The ideal: the same jobs, each taking as long as it took here (its command
+    # plus its download and upload), greedily on 6 slots in the order sent.
+    took: dict[str, float] = {}
+    for config in configs:
+        for e in events(config, "job_finished"):
+            took[e["key"]] = max(took.get(e["key"], 0.0), e["duration_s"])
+    ideal = greedy_makespan([took[key] for key, _ in jobs], 6)
+    nominal = greedy_makespan([s for _, s in jobs], 6)
+    timeline = sorted((round(t - started_wall, 1), who, key) for key, t, who in fleet.run_lines())
+    REPORT.append(f"queue fleet 3x2: makespan {makespan:.1f}s, ideal {ideal:.1f}s "
+                  f"(commands alone {nominal:.1f}s), ratio {makespan / ideal:.2f}")
+    assert makespan <= 1.15 * ideal + 5.0, (makespan, ideal, timeline)
+    runs = [key for key, _, _ in fleet.run_lines()]
+    assert sorted(runs) == sorted(key for key, _ in jobs), "each object ran exactly once"
+    manifests = fleet.manifests()
+    assert set(manifests) == {key for key, _ in jobs}
+    assert all(m["source"]["etag"] == etags[k] for k, m in manifests.items())
+    assert {daemon_dir for _, _, daemon_dir in fleet.run_lines()} == {"d0", "d1", "d2"}
+    # Each duplicate ended at a manifest check: on another daemon (job_already_processed)
+    # or on the one whose ledger holds the job as succeeded (queue_duplicate_dropped).
+    already = {e["job_id"] for c in configs for e in events(c, "job_already_processed")}
+    dropped = {e["job_id"] for c in configs for e in events(c, "queue_duplicate_dropped")}
+    assert len(already) + len(dropped) == len(duplicates)
+    assert already | dropped == {m["job_id"] for k, m in manifests.items() if k in duplicates}
+    assert fleet.queue_counts(fleet.dlq_url) == (0, 0)
+
+
+def test_kill_9_of_a_daemon_loses_nothing(fleet: Fleet) -> None:
+    keys = [f"k9/{n}" for n in range(6)]
+    etags = {key: fleet.put(key, 6) for key in keys}
+    configs = [fleet.config(f"d{n}") for n in range(3)]
+    with ExitStack() as stack:
+        procs = [stack.enter_context(daemon(config)) for config in configs]
+        for key in keys:
+            fleet.send(key, etags[key])
+        victim = wait_until(
+            "a daemon running two jobs",
+            lambda: next((d for d in ("d0", "d1", "d2")
+                          if sum(1 for _, _, who in fleet.run_lines() if who == d) == 2), None),
+            lambda: len(fleet.run_lines()),
+        )
+        interrupted = {key for key, _, who in fleet.run_lines() if who == victim}
+        index = int(victim[1:])
+        procs[index].kill()
+        killed_at = time.time()
+        procs[index].wait(timeout=10)
+        # The instance is gone: so are its commands.
+        reap_orphans(configs[index].parent / "state" / "work")
+        wait_until("every manifest", lambda: len(fleet.done()) == len(keys),
+                   lambda: len(fleet.run_lines()))
+    runs = fleet.run_lines()
+    for key in interrupted:
+        reruns = [t for k, t, who in runs if k == key and who != victim]
+        assert len(reruns) == 1, (key, runs)
+        late = reruns[0] - killed_at
+        assert late <= LEASE_S + 5, f"{key} restarted {late:.1f}s after the kill"
+    assert sorted(k for k, _, _ in runs) == sorted(keys + list(interrupted))
+    assert set(fleet.manifests()) == set(keys)
+
+
+def test_sigterm_hands_unfinished_jobs_to_the_others_within_seconds(fleet: Fleet) -> None:
+    keys = ["term/a", "term/b"]
+    etags = {key: fleet.put(key, 8) for key in keys}
+    first, *others = [fleet.config(f"d{n}") for n in range(3)]
+    with ExitStack() as stack:
+        proc = stack.enter_context(daemon(first))
+        for key in keys:
+            fleet.send(key, etags[key])
+        wait_until("both jobs running on d0", lambda: len(fleet.run_lines()) == 2,
+                   lambda: len(fleet.run_lines()))
+        for config in others:
+            stack.enter_context(daemon(config))
+        proc.send_signal(signal.SIGTERM)
+        termed_at = time.time()
+        wait_until("the others to start both jobs",
+                   lambda: sum(1 for _, _, who in fleet.run_lines() if who != "d0") == 2,
+                   lambda: len(fleet.run_lines()))
+        assert proc.wait(timeout=60) == 0
+        wait_until("every manifest", lambda: len(fleet.done()) == len(keys),
+                   lambda: len(fleet.run_lines()))
+    taken = [t - termed_at for _, t, who in fleet.run_lines() if who != "d0"]
+    assert max(taken) <= 5.0, taken
+    released = events(first, "queue_message_released")
+    assert len(released) == 2 and all(e["visible_in_s"] == 0 for e in released)
+    shown = json.loads(processorctl(first, "list", "--json").stdout)
+    assert {j["state"] for j in shown} == {"queued"} and {j["origin"] for j in shown} == {"queue"}
+
+
+def test_malformed_messages_go_to_the_dlq_and_never_stop_a_daemon(fleet: Fleet) -> None:
+    # A short default visibility so the malformed ones come back (and reach the DLQ) fast.
+    fleet.sqs.set_queue_attributes(QueueUrl=fleet.queue_url, Attributes={
+        "VisibilityTimeout": "1",
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": fleet.sqs.get_queue_attributes(
+            QueueUrl=fleet.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"],
+            "maxReceiveCount": "2"}),
+    })
+    bad = {
+        "not JSON": "{not json",
+        "not an object": json.dumps(["fleet-in", "k"]),
+        "missing key": json.dumps({"bucket": IN}),
+        "key not a string": json.dumps({"bucket": IN, "key": 7}),
+        "empty key": json.dumps({"bucket": IN, "key": ""}),
+        "another bucket": json.dumps({"bucket": "someone-else", "key": "x"}),
+        "etag not a string": json.dumps({"bucket": IN, "key": "x", "etag": 5}),
+    }
+    keys = [f"good/{n}" for n in range(4)]
+    etags = {key: fleet.put(key, 0.5) for key in keys}
+    configs = [fleet.config(f"d{n}", input_bucket=IN) for n in range(2)]
+    with ExitStack() as stack:
+        procs = [stack.enter_context(daemon(config)) for config in configs]
+        for body in bad.values():
+            fleet.send_raw(body)
+        for key in keys:
+            fleet.send(key, etags[key])
+        wait_until("every good job", lambda: len(fleet.done()) == len(keys),
+                   lambda: len(fleet.run_lines()))
+        wait_until("the malformed messages in the DLQ",
+                   lambda: fleet.queue_counts(fleet.dlq_url)[0] == len(bad),
+                   lambda: fleet.queue_counts(fleet.dlq_url))
+        assert all(p.poll() is None for p in procs)
+        for config in configs:
+            assert request(config.parent / "p.sock", "ping", timeout=5)["pid"]
+    assert fleet.queue_counts() == (0, 0)
+    logged = [e for c in configs for e in events(c, "queue_message_malformed")]
+    assert {e["field"] for e in logged} >= {"body", "key", "bucket", "etag"}
+    assert all(e["message_id"] for e in logged)
+
+
+def test_exit_75_retries_across_instances_and_fails_at_max_attempts(fleet: Fleet) -> None:
+    etag = fleet.put("retry/x", 0.3, 75)
+    # d0's backoff (3-6 s) outlasts its last long poll (2 s), so d0 never receives
+    # the message again while it drains (which would count a receive too).
+    first = fleet.config("d0", processing={"retry_base_s": 6, "retry_max_s": 6})
+    second = fleet.config("d1")
+    with daemon(first) as proc:
+        fleet.send("retry/x", etag)
+        job_id = wait_until(
+            "the first attempt to be handed back",
+            lambda: next((j["id"] for j in json.loads(processorctl(first, "list", "--json").stdout)
+                          if j["state"] == "queued" and j["attempts"] == 1), None),
+            lambda: len(fleet.run_lines()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    released = events(first, "queue_message_released")
+    assert len(released) == 1 and 3 <= released[0]["visible_in_s"] <= 6, released
+    with daemon(second):
+        wait_until("_failed.json", lambda: _exists(fleet.s3, OUT, "retry/x/_failed.json"),
+                   lambda: len(fleet.run_lines()))
+        wait_until("the message to be deleted", lambda: fleet.queue_counts() == (0, 0),
+                   lambda: fleet.queue_counts())
+        job = json.loads(processorctl(second, "show", job_id, "--json").stdout)
+    failed = json.loads(fleet.s3.get_object(Bucket=OUT, Key="retry/x/_failed.json")["Body"].read())
+    assert failed["attempts"] == 3 and "gave up after 3 attempts" in failed["error"]
+    assert job["state"] == "failed" and job["attempts"] == 3
+    assert [who for _, _, who in fleet.run_lines()] == ["d0", "d1", "d1"]
+    assert fleet.queue_counts(fleet.dlq_url) == (0, 0)
+
+
+def test_restart_hands_queue_jobs_back_instead_of_rerunning_them(fleet: Fleet) -> None:
+    etag = fleet.put("restart/x", 8)
+    config = fleet.config("d0")
+    with daemon(config) as proc:
+        fleet.send("restart/x", etag)
+        wait_until("the job to run", lambda: len(fleet.run_lines()) == 1, lambda: 0)
+        proc.kill()
+        killed_at = time.monotonic()
+        proc.wait(timeout=10)
+    with daemon(config):
+        job = json.loads(processorctl(config, "list", "--json").stdout)[0]
+        assert job["state"] == "queued" and job["origin"] == "queue"
+        reasons = [t["reason"] for t in json.loads(processorctl(config, "show", job["id"], "--json").stdout)
+                   ["transitions"]]
+        assert any(r and r.startswith("handed back: daemon restarted") for r in reasons), reasons
+        # It waits in the queue, not here: no local backlog to report.
+        live = json.loads(processorctl(config, "status", "--json").stdout)["daemon"]
+        assert live["oldest_queued_age_s"] is None
+        # Not re-run from the ledger: nothing starts while the message is still leased ...
+        while time.monotonic() - killed_at < LEASE_S * 2 / 3 - 1:
+            assert len(fleet.run_lines()) == 1
+            time.sleep(0.2)
+        # ... and it runs again once the message comes back through the queue.
+        wait_until("the rerun", lambda: len(fleet.run_lines()) == 2, lambda: 0)
+        status = processorctl(config, "status")
+        assert f"work queue: {fleet.queue_url}, 1 message(s) held, receiving" in status.stdout, status.stdout
+        held = json.loads(processorctl(config, "status", "--json").stdout)["daemon"]["queue"]
+        assert held["url"] == fleet.queue_url and held["held"] == 1
+        wait_until("the manifest", lambda: "restart/x" in fleet.done(), lambda: len(fleet.run_lines()))
+    assert len(fleet.run_lines()) == 2
+    assert events(config, "job_handed_back")
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except s3.exceptions.ClientError:
+        return False
+    return True
+
+
+def test_an_unreachable_queue_never_stops_the_daemon_or_its_local_jobs(fleet: Fleet) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    config = fleet.config("d0", url=f"{dead}/123456789012/gone", endpoint_url=dead)
+    etag = fleet.put("local/x", 0)
+    with daemon(config) as proc:
+        done = processorctl(config, "submit", "--bucket", IN, "--key=local/x", f"--etag={etag}")
+        assert done.returncode == 0, done.stderr
+        wait_until("the local job", lambda: "local/x" in fleet.done(), lambda: len(fleet.run_lines()))
+        wait_until("a failed receive logged", lambda: events(config, "queue_receive_failed"), lambda: 0)
+        assert proc.poll() is None
+        assert "work queue:" in processorctl(config, "status").stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    failed = events(config, "queue_receive_failed")
+    assert "transport error" in failed[0]["error"]

@@ -1,0 +1,302 @@
+"""The daemon on a work queue, in-process: a real Daemon, Ledger and Pipeline (running a
+small shell command), on an in-memory queue (tests.fakes.FakeQueue) and object store."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from tests.fakes import FakeQueue, FakeStore
+from worker.config import Settings, settings_from_mapping
+from worker.daemon import Daemon
+from worker.job import Identity, JobState
+from worker.ledger import Ledger
+from worker.pipeline import Pipeline
+from worker.queue_consumer import ALREADY_PROCESSED
+from worker.workqueue import QueueError
+
+WAIT_S = 20
+IN, OUT = "in", "out"
+
+
+def settings(tmp: Path, *, concurrency: int = 2, visibility_s: int = 30, **processing: Any) -> Settings:
+    # The object's body is "<seconds> <exit code>".
+    script = 'read -r s c < "$1"; sleep "$s"; echo ok > "$2/out.txt"; exit "${c:-0}"'
+    return settings_from_mapping({
+        "s3": {"output_bucket": OUT},
+        "processing": {"command": ["/bin/sh", "-c", script, "job", "{input}", "{output_dir}"],
+                       "concurrency": concurrency, "retry_base_s": 4, "retry_max_s": 4, **processing},
+        "paths": {"state_dir": str(tmp / "state"), "socket": str(tmp / "d.sock")},
+        "queue": {"url": "https://sqs.eu-west-1.amazonaws.com/1/q", "visibility_s": visibility_s,
+                  "wait_s": 0},
+    }, {})
+
+
+@dataclass
+class FakeGuard:
+    busy: list[bool] = field(default_factory=list)
+    reason: str | None = None
+    closed: bool = False
+
+    def set_busy(self, busy: bool) -> None:
+        self.busy.append(busy)
+
+    def interruption(self) -> str | None:
+        return self.reason
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    ledger: Ledger
+    store: FakeStore
+    queue: FakeQueue
+    guard: FakeGuard
+    result: dict[str, int]
+
+    def put(self, key: str, seconds: float = 0, code: int = 0) -> str:
+        return self.store.put(IN, key, f"{seconds} {code}\n".encode())
+
+    def send(self, key: str, etag: str | None, **extra: Any) -> str:
+        return self.queue.send(json.dumps({"bucket": IN, "key": key, "etag": etag, **extra}))
+
+    def job(self, key: str, etag: str | None) -> Any:
+        return self.ledger.find(Identity(IN, key, None, etag))
+
+
+@contextmanager
+def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
+    conf = settings(tmp, **kwargs)
+    for directory in (conf.paths.work, conf.paths.logs / "jobs"):
+        directory.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(conf.paths.ledger)
+    store = FakeStore()
+    queue = FakeQueue(journal=store.calls)  # type: ignore[arg-type]
+    guard = FakeGuard()
+    daemon = Daemon(conf, ledger, Pipeline(conf, store, ledger), idle_wake_s=0.05,
+                    install_signals=False, work_queue=queue, guard=guard)
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), daemon=True)
+    thread.start()
+    try:
+        yield Rig(daemon, ledger, store, queue, guard, result)
+    finally:
+        daemon.request_stop(signal.SIGTERM)
+        daemon.request_stop(signal.SIGTERM)
+        thread.join(WAIT_S)
+        ledger.close()
+    assert not thread.is_alive()
+
+
+def until(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
+
+
+def test_the_message_is_deleted_only_after_the_manifest_is_written(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        etag = r.put("a.txt")
+        message = r.send("a.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        job = r.job("a.txt", etag)
+        assert job.state is JobState.SUCCEEDED and job.origin == "queue" and job.attempts == 1
+        assert job.id == Identity(IN, "a.txt", None, etag).job_id()
+    order = [c for c in r.store.calls if c[0] in ("put_json", "queue_delete")]
+    assert order == [("put_json", OUT, "a.txt/_manifest.json"), ("queue_delete", message, "")]
+    assert True in r.guard.busy and r.guard.busy[-1] is False and r.guard.closed
+
+
+def test_it_receives_only_as_many_messages_as_it_has_free_slots(short_tmp: Path) -> None:
+    with rig(short_tmp, concurrency=3) as r:
+        # A local job (processorctl submit) holds one of the three slots.
+        local = r.put("local.txt", 1.0)
+        r.ledger.submit(Identity(IN, "local.txt", None, local))
+        r.daemon.wake()
+        until(lambda: r.job("local.txt", local).state is JobState.RUNNING, "the local job")
+        time.sleep(0.1)  # a receive in flight when the local job started has ended
+        since = len(r.queue.calls)
+        etags = {f"q{n}": r.put(f"q{n}", 0.3) for n in range(5)}
+        for key, etag in etags.items():
+            r.send(key, etag)
+        until(lambda: r.job("q0", etags["q0"]) is not None, "the first claim")
+        asked_while_local_ran = [n for call, n in r.queue.calls[since:] if call == "receive"]
+        until(lambda: not r.queue.messages, "every message deleted")
+        assert asked_while_local_ran and max(asked_while_local_ran) <= 2, asked_while_local_ran
+        asked = [n for call, n in r.queue.calls if call == "receive"]
+        assert max(asked) <= 3 and min(asked) >= 1
+        assert r.job("local.txt", local).state is JobState.SUCCEEDED
+
+
+def test_a_malformed_message_is_logged_left_alone_and_holds_no_slot(short_tmp: Path) -> None:
+    with capture_logs() as logs, rig(short_tmp, concurrency=1) as r:
+        bad = r.queue.send('{"bucket": "in", "key": ""}')
+        etag = r.put("good.txt")
+        good = r.send("good.txt", etag)
+        until(lambda: ("delete", good) in r.queue.calls, "the good job")
+        assert [m.id for m in r.queue.messages] == [bad]  # not deleted, not released
+        assert not [c for c in r.queue.calls if c[0] == "set_visibility" and c[1][0] == bad]
+    malformed = [e for e in logs if e["event"] == "queue_message_malformed"]
+    assert malformed[0]["message_id"] == bad and malformed[0]["field"] == "key"
+
+
+def test_an_existing_manifest_of_the_same_version_means_already_processed(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        etag = r.put("done.txt")
+        r.store.put_json(OUT, "done.txt/_manifest.json",
+                         {"source": {"bucket": IN, "key": "done.txt", "version_id": None, "etag": etag}})
+        message = r.send("done.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        job = r.job("done.txt", etag)
+        assert job.state is JobState.SUCCEEDED
+        assert r.ledger.history(job.id)[-1]["reason"] == ALREADY_PROCESSED
+        assert ("download", IN, "done.txt") not in r.store.calls  # the command never ran
+
+
+def test_a_manifest_of_an_older_version_does_not_stop_the_job(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        r.store.put_json(OUT, "v.txt/_manifest.json",
+                         {"source": {"bucket": IN, "key": "v.txt", "version_id": None, "etag": "old"}})
+        etag = r.put("v.txt")
+        message = r.send("v.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        assert ("download", IN, "v.txt") in r.store.calls
+        assert r.store.json(OUT, "v.txt/_manifest.json")["source"]["etag"] == etag
+
+
+def test_exit_75_releases_the_message_with_the_backoff_and_hands_the_job_back(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        etag = r.put("t.txt", 0, 75)
+        message = r.send("t.txt", etag)
+        until(lambda: any(c[0] == "set_visibility" for c in r.queue.calls), "the release")
+        released = [c[1] for c in r.queue.calls if c[0] == "set_visibility"]
+        assert released[0][0] == message and 2 <= released[0][1] <= 4  # backoff of 4 s, jittered
+        job = r.job("t.txt", etag)
+        assert job.state is JobState.QUEUED and job.origin == "queue"
+        assert r.ledger.history(job.id)[-1]["reason"] == \
+            "command asked for a retry (exit 75); handed back to the work queue"
+        # Not locally due: the local dispatch never claims it on its own.
+        assert r.ledger.claim_next() is None and r.ledger.next_due_at() is None
+
+
+def test_attempts_are_the_messages_receive_count_so_the_last_one_fails(short_tmp: Path) -> None:
+    with rig(short_tmp, max_attempts=3) as r:
+        etag = r.put("p.txt", 0, 75)
+        message = r.send("p.txt", etag)
+        r.queue.messages[0].receive_count = 2  # two other instances held it before
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        job = r.job("p.txt", etag)
+        assert job.state is JobState.FAILED and job.attempts == 3
+        assert "gave up after 3 attempts" in r.store.json(OUT, "p.txt/_failed.json")["error"]
+
+
+def test_a_duplicate_of_a_job_that_ended_here_is_deleted_without_running(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        etag = r.put("d.txt")
+        first = r.send("d.txt", etag)
+        until(lambda: ("delete", first) in r.queue.calls, "the first delete")
+        downloads = r.store.calls.count(("download", IN, "d.txt"))
+        second = r.send("d.txt", etag)
+        until(lambda: ("delete", second) in r.queue.calls, "the duplicate's delete")
+        assert r.store.calls.count(("download", IN, "d.txt")) == downloads == 1
+
+
+def test_a_failing_receive_is_retried_and_never_stops_the_daemon(short_tmp: Path) -> None:
+    with capture_logs() as logs, rig(short_tmp) as r:
+        r.queue.fail_receive.extend([QueueError("receive: Transport", retryable=True, code="Transport")] * 2)
+        etag = r.put("later.txt")
+        message = r.send("later.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete after the outage")
+    assert len([e for e in logs if e["event"] == "queue_receive_failed"]) == 2
+
+
+def test_the_lease_is_extended_while_the_job_runs(short_tmp: Path) -> None:
+    with rig(short_tmp, visibility_s=3) as r:
+        etag = r.put("slow.txt", 2.5)
+        message = r.send("slow.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        extended = [c[1] for c in r.queue.calls if c[0] == "set_visibility"]
+        assert (message, 3) in extended
+
+
+def test_a_drain_hands_running_queue_jobs_back_at_once(short_tmp: Path) -> None:
+    with rig(short_tmp, drain_timeout_s=60) as r:
+        etag = r.put("long.txt", 30)
+        message = r.send("long.txt", etag)
+        until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
+        started = time.monotonic()
+        r.daemon.request_stop(signal.SIGTERM)
+        until(lambda: ("set_visibility", (message, 0)) in r.queue.calls, "the release")
+        assert time.monotonic() - started < 15  # the command's stop, not the 60 s drain timeout
+        assert r.job("long.txt", etag).state is JobState.QUEUED
+    assert r.result["rc"] == 0
+
+
+def test_the_guards_interruption_notice_starts_the_drain(short_tmp: Path) -> None:
+    with capture_logs() as logs, rig(short_tmp) as r:
+        etag = r.put("spot.txt", 30)
+        message = r.send("spot.txt", etag)
+        until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
+        r.guard.reason = "spot interruption notice: terminate at 12:00"
+        until(lambda: ("set_visibility", (message, 0)) in r.queue.calls, "the release")
+        until(lambda: "rc" in r.result, "the daemon to stop")
+    drain = [e for e in logs if e["event"] == "drain_started"]
+    assert drain[0]["reason"] == "spot interruption notice: terminate at 12:00"
+
+
+def test_queue_jobs_left_running_are_handed_back_at_start_not_rerun(short_tmp: Path) -> None:
+    conf = settings(short_tmp)
+    with Ledger(conf.paths.ledger) as ledger:
+        job, claimed = ledger.claim_for_message(Identity(IN, "x.txt", None, "e"), 1)
+        assert claimed and job.state is JobState.RUNNING
+    with rig(short_tmp) as r:
+        until(lambda: r.ledger.get(job.id).state is JobState.QUEUED, "the hand-back")
+        time.sleep(0.3)
+        assert r.ledger.get(job.id).state is JobState.QUEUED  # not claimed from the ledger
+        assert r.ledger.history(job.id)[-1]["reason"].startswith("handed back: daemon restarted")
+        # A later message for the same identity claims the same row.
+        r.store.put(IN, "x.txt", b"0 0\n")
+        r.queue.send(json.dumps({"bucket": IN, "key": "x.txt", "etag": "e", "version_id": "v1"}))
+        r.queue.send(json.dumps({"bucket": IN, "key": "x.txt", "etag": "e"}))
+        until(lambda: r.ledger.get(job.id).state is not JobState.QUEUED, "the message's claim")
+        assert r.ledger.get(job.id).attempts == 1
+
+
+def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(short_tmp: Path) -> None:
+    conf = settings(short_tmp, concurrency=3)
+    with Ledger(conf.paths.ledger) as ledger:
+        daemon = Daemon(conf, ledger, Pipeline(conf, FakeStore(), ledger), install_signals=False,
+                        work_queue=FakeQueue())
+        try:
+            assert daemon.reserve_for_poll(10) == 3  # every free slot, never more
+            assert daemon.reserve_for_poll(10) == 0
+            ledger.submit(Identity(IN, "local", None, "e"))
+            assert daemon._claim() is None  # the slots are reserved for the receive in flight
+            job, claimed = ledger.claim_for_message(Identity(IN, "q", None, "e"), 1)
+            assert claimed and daemon.start_queue_job(job, lambda j, _t: j)
+            # The receive brought one message fewer than it could take: the freed
+            # slot goes to the local job at once, before the next receive can reserve it.
+            daemon.end_poll(1)
+            assert ledger.find(Identity(IN, "local", None, "e")).state is JobState.RUNNING  # type: ignore[union-attr]
+            assert daemon._free_slots() == 0 and daemon.reserve_for_poll(10) == 0
+            daemon.end_poll(1)
+            daemon._start_drain("test")
+            assert daemon.reserve_for_poll(10) == 0  # a drain receives nothing more
+            job2, _ = ledger.claim_for_message(Identity(IN, "q2", None, "e"), 1)
+            assert not daemon.start_queue_job(job2, lambda j, _t: j)
+        finally:
+            daemon._stop_slot_threads(timeout_s=1)

@@ -1,0 +1,103 @@
+"""The ledger's operations for work-queue jobs (mixed into ``worker.ledger.Ledger``).
+
+A queue job (``origin`` 'queue') exists in this ledger so that processorctl
+shows it and its transitions are recorded, but the queue, not the ledger, is
+its durable record: it runs only while this daemon holds its message, the
+local dispatch never claims it, and after a restart it is handed back (left
+queued) for its message to come back through the queue rather than run again
+from here — so one job never runs on two instances at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from worker.identity import Identity
+from worker.ledger_schema import ORIGIN_QUEUE
+from worker.states import JobState, Phase
+
+if TYPE_CHECKING:
+    from worker.job import Job
+
+
+class QueueJobs:
+    """Claiming a job for a received message, and handing queue jobs back on start."""
+
+    if TYPE_CHECKING:
+        _clock: Callable[[], float]
+
+        def _write(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]: ...
+
+        @staticmethod
+        def _row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row: ...
+
+        @staticmethod
+        def _row_by_identity(db: sqlite3.Connection, identity: Identity) -> sqlite3.Row | None: ...
+
+        @staticmethod
+        def _log(db: sqlite3.Connection, job_id: str, current: JobState | None, target: JobState,
+                 at: float, attempt: int, reason: str | None) -> None: ...
+
+    def claim_for_message(self, identity: Identity, receive_count: int) -> tuple[Job, bool]:
+        """Run the identity's job here for a message just received: ``(job, True)``.
+
+        The ledger holds each identity once: a job already queued (handed back
+        earlier, or submitted locally and not yet started) is the one claimed.
+        ``(job, False)`` when the job is running here already or has ended.
+        The message's receive count is the attempt number (fleet-wide: every
+        instance that held it counted), so ``retries_used`` is one less.
+        Committed without an fsync (as ``claim_next``): the message, not this
+        row, is the job's durable record.
+        """
+        from worker.ledger import _job, _update  # the ledger imports this module
+
+        now = self._clock()
+        with self._write(durable=False) as db:
+            row = self._row_by_identity(db, identity)
+            if row is None:
+                job_id = identity.job_id()
+                db.execute(
+                    "INSERT INTO jobs (id, bucket, key, version, version_id, etag, state,"
+                    " created_at, updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, identity.bucket, identity.key, identity.version, identity.version_id,
+                     identity.etag, JobState.QUEUED.value, now, now, ORIGIN_QUEUE),
+                )
+                self._log(db, job_id, None, JobState.QUEUED, now, 0, "received from the work queue")
+            elif JobState(row["state"]) is not JobState.QUEUED:
+                return _job(row), False
+            else:
+                job_id = row["id"]
+            attempts = max(receive_count, 1)
+            _update(
+                db, job_id,
+                {"state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
+                 "retries_used": attempts - 1, "origin": ORIGIN_QUEUE, "started_at": now,
+                 "finished_at": None, "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0,
+                 "next_attempt_at": now},
+            )
+            self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts,
+                      f"claimed for a work-queue message (receive {receive_count})")
+            return _job(self._row(db, job_id)), True
+
+    def hand_back_queue_jobs(self, reason: str) -> list[Job]:
+        """On start: queue jobs a crash left running go back to queued, not to be run from here.
+
+        Their messages come back through the queue once their lease runs out
+        (to this instance or another); a later message claims the same row.
+        """
+        from worker.ledger import _job, _update
+
+        now = self._clock()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, attempts FROM jobs WHERE state = ? AND origin = ?",
+                (JobState.RUNNING.value, ORIGIN_QUEUE),
+            ).fetchall()
+            for row in rows:
+                _update(db, row["id"], {"state": JobState.QUEUED.value, "updated_at": now,
+                                        "phase": Phase.NONE.value, "next_attempt_at": now})
+                self._log(db, row["id"], JobState.RUNNING, JobState.QUEUED, now, row["attempts"], reason)
+            return [_job(self._row(db, row["id"])) for row in rows]
