@@ -437,3 +437,40 @@ def test_an_unreachable_queue_never_stops_the_daemon_or_its_local_jobs(fleet: Fl
         assert proc.wait(timeout=60) == 0
     failed = events(config, "queue_receive_failed")
     assert "transport error" in failed[0]["error"]
+
+
+def test_a_spot_notice_drains_the_daemon_and_the_others_take_its_jobs(fleet: Fleet) -> None:
+    """`processor run` builds the instance guard from [instance]: a Spot interruption
+    notice in the instance metadata service drains the daemon like SIGTERM would."""
+    from tests.stubservers import Imds
+
+    keys = ["spot/a", "spot/b"]
+    etags = {key: fleet.put(key, 8) for key in keys}
+    with Imds({"instance-id": "i-0123456789abcdef0", "placement/region": "us-east-1"}) as imds:
+        first = fleet.config("d0")
+        with first.open("a") as fh:
+            fh.write(f'[instance]\nwatch_spot_interruption = true\nimds_url = "{imds.endpoint}"\n'
+                     "poll_s = 1\n")
+        other = fleet.config("d1")
+        with ExitStack() as stack:
+            proc = stack.enter_context(daemon(first))
+            for key in keys:
+                fleet.send(key, etags[key])
+            wait_until("both jobs running on d0", lambda: len(fleet.run_lines()) == 2,
+                       lambda: len(fleet.run_lines()))
+            stack.enter_context(daemon(other))
+            assert proc.poll() is None and not events(first, "drain_started")
+            imds.items["spot/instance-action"] = '{"action": "terminate", "time": "2026-12-02T10:00:00Z"}'
+            noticed_at = time.time()
+            wait_until("d1 to start both jobs",
+                       lambda: sum(1 for _, _, who in fleet.run_lines() if who == "d1") == 2,
+                       lambda: len(fleet.run_lines()))
+            assert proc.wait(timeout=60) == 0  # drained, then stopped cleanly
+            wait_until("every manifest", lambda: len(fleet.done()) == len(keys),
+                       lambda: len(fleet.run_lines()))
+    taken = [t - noticed_at for _, t, who in fleet.run_lines() if who == "d1"]
+    # The guard polls every second; the messages are handed back as soon as each command stopped.
+    assert max(taken) <= 10.0, taken
+    (drain,) = events(first, "drain_started")
+    assert "spot interruption notice: terminate at 2026-12-02T10:00:00Z" in drain["reason"]
+    assert {m["source"]["key"] for m in fleet.manifests().values()} == set(keys)
