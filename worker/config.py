@@ -161,7 +161,7 @@ class InstanceSettings(NamedTuple):
 
 
 class QueueSettings(NamedTuple):
-    """A fleet's shared SQS work queue (README "Scaling out: one shared work queue")."""
+    """A fleet's shared SQS work queue (README "Scaling out", "The daemon on the shared work queue")."""
 
     #: The queue's URL; empty: no queue (jobs come from SSM / processorctl only).
     url: str = ""
