@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from tests.conftest import processorctl, write_config
 from tests.integration.test_daemon import daemon, wait_state
+from tests.waiting import wait_until
 
 IN, OUT = "disk-in", "disk-out"
 MIB = 1024 * 1024
@@ -127,23 +127,23 @@ def test_a_job_that_does_not_fit_beside_another_runs_after_it(
 
     with daemon(config, short_tmp / "p.sock"):
         holder = submit("holder.bin", b"hold")
-        deadline = time.monotonic() + 60
-        while not (short_tmp / "holding").exists():
-            assert time.monotonic() < deadline, wait_state(config, holder, {"queued", "running", "failed"})
-            time.sleep(0.05)
+        # Liveness bounds only (tests/waiting.py): fail when nothing moves, never on total time.
+        wait_until(lambda: (short_tmp / "holding").exists(), stall_s=60,
+                   progress=lambda: wait_state(config, holder, {"queued", "running", "failed"})["state"],
+                   describe=lambda: "the first job never started holding its space")
         waiter = submit("waiter.bin", b"small" + b"w" * (8 * MIB))
-        deadline = time.monotonic() + 60
-        while True:
+
+        def waiting_for_space() -> dict[str, Any] | None:
             job = wait_state(config, waiter, {"queued", "running", "succeeded", "failed"})
-            if "waiting for disk space" in (job["error"] or ""):
-                break
             assert job["state"] in {"queued", "running"}, job
-            assert time.monotonic() < deadline, f"the job never waited for space: {job}"
-            time.sleep(0.1)
+            return job if "waiting for disk space" in (job["error"] or "") else None
+
+        job = wait_until(waiting_for_space, stall_s=60, interval=0.1,
+                         describe=lambda: "the second job never waited for space")
         assert str(small_volume / "work") in job["error"] and "bytes free" in job["error"], job
         (short_tmp / "gate").touch()
-        first = wait_state(config, holder, {"succeeded", "failed"}, timeout=90)
-        second = wait_state(config, waiter, {"succeeded", "failed"}, timeout=90)
+        first = wait_state(config, holder, {"succeeded", "failed"}, stall_s=90)
+        second = wait_state(config, waiter, {"succeeded", "failed"}, stall_s=90)
     assert first["state"] == "succeeded", first
     assert second["state"] == "succeeded" and second["retries_used"] == 0, second
     assert second["attempts"] >= 2 and second["finished_at"] > first["finished_at"]
