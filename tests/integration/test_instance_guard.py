@@ -7,7 +7,6 @@ finds the emulator through boto3's own AWS_ENDPOINT_URL_AUTO_SCALING.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import structlog
 
 from tests.faultproxy import FaultProxy
 from tests.stubservers import Imds, Recorder, dead_endpoint
+from tests.waiting import wait_until
 from worker.autoscaling import AutoScaling
 from worker.config import settings_from_mapping
 from worker.errors import ScalingError
@@ -27,13 +27,8 @@ PATIENCE_S = 30.0
 
 
 def eventually(what: str, predicate: Callable[[], Any], timeout: float = PATIENCE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {timeout} s")
+    # Each awaited change follows a poll within a second: nothing at all for this long is a hang.
+    return wait_until(predicate, stall_s=max(timeout, 60.0), describe=f"no {what}")
 
 
 @pytest.fixture

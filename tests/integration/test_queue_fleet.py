@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests import waiting
 from tests.conftest import CREDENTIALS, REPORT, processorctl, write_config
 from worker.control import request
 from worker.errors import ControlError
@@ -141,15 +142,17 @@ def daemon(config: Path, timeout: float = 30) -> Iterator[subprocess.Popen[bytes
         env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
     )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        def answering() -> bool:
             assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
             try:
                 request(config.parent / "p.sock", "ping", timeout=1)
-                break
             except ControlError:
-                assert time.monotonic() < deadline, "daemon did not answer on its socket"
-                time.sleep(0.05)
+                return False
+            return True
+
+        # A start-up that keeps using CPU is slow, not stuck (a loaded machine).
+        waiting.wait_until(answering, stall_s=timeout, progress=lambda: waiting.cpu_seconds(proc.pid),
+                           describe="daemon did not answer on its socket")
         yield proc
     finally:
         if proc.poll() is None:

@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from tests.stubservers import Imds, dead_endpoint
+from tests.waiting import wait_until
 from worker.config import settings_from_mapping
 from worker.errors import MetadataError, ScalingError
 from worker.instance import (
@@ -42,13 +43,8 @@ PATIENCE_S = 10.0
 
 
 def eventually(what: str, predicate: Callable[[], Any], timeout: float = PATIENCE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"no {what} within {timeout} s")
+    # Each awaited change follows a poll within a second: nothing at all for this long is a hang.
+    return wait_until(predicate, stall_s=max(timeout, 60.0), describe=f"no {what}", interval=0.01)
 
 
 class FakeProtection:

@@ -16,6 +16,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeQueue, FakeStore
+from tests.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.job import Identity, JobState
@@ -101,11 +102,8 @@ def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
 
 
 def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return value
+    # In-process and event-driven: nothing at all for this long is a hang, not a slow machine.
+    return wait_until(check, stall_s=max(WAIT_S, 60.0), describe=f"waiting for {what}", interval=0.01)
 
 
 def test_the_message_is_deleted_only_after_the_manifest_is_written(short_tmp: Path) -> None:
