@@ -38,6 +38,8 @@ Options:
                            instance installs); default: resolved now in a throw-away
                            virtualenv (pip freeze). It must pin boto3, structlog, tenacity
                            and watchtower with ==
+  --wheel FILE             deploy this processor wheel (e.g. the one CI built and tested)
+                           instead of building one from this checkout
   --delete-failed          a stack left in ROLLBACK_COMPLETE or ROLLBACK_FAILED by a failed
                            first deploy is deleted (and waited for) before deploying again;
                            without it, the script stops and says so
@@ -66,6 +68,7 @@ REFRESH_AMI=false
 DRY_RUN=false
 DELETE_FAILED=false
 CONSTRAINTS_FILE=
+WHEEL_FILE=
 EXTRA_PARAMETERS=()
 # Bounded waits (seconds); the environment may shorten them (the tests do).
 AMI_WAIT_SECONDS=${PROCESSOR_DEPLOY_AMI_WAIT_SECONDS:-120}
@@ -107,6 +110,11 @@ while [ "$#" -gt 0 ]; do
       esac
       shift 2 ;;
     --refresh-ami) REFRESH_AMI=true; shift ;;
+    --wheel)
+      need_value "$1" "$#"
+      case "$2" in *.whl) ;; *) die_usage "--wheel: '$2' is not a .whl file" ;; esac
+      [ -f "$2" ] || die_usage "--wheel: no such file '$2'"
+      WHEEL_FILE=$2; shift 2 ;;
     --constraints)
       need_value "$1" "$#"
       [ -f "$2" ] || die_usage "--constraints: no such file '$2'"
@@ -169,7 +177,11 @@ fi
 say "building the wheel and the Lambda package"
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
-(cd "$REPO" && python3 -m pip wheel --no-deps -w "$BUILD" --quiet . >&2)
+if [ -n "$WHEEL_FILE" ]; then
+  cp "$WHEEL_FILE" "$BUILD/"
+else
+  (cd "$REPO" && python3 -m pip wheel --no-deps -w "$BUILD" --quiet . >&2)
+fi
 WHEEL_PATH=$(find "$BUILD" -maxdepth 1 -name 'processor-*.whl' -print -quit)
 [ -n "$WHEEL_PATH" ] || { say "pip wheel produced no processor wheel"; exit 1; }
 

@@ -16,6 +16,7 @@ not offer or that are not Nitro, and dependencies left unpinned at boot.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -149,11 +150,21 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    # One wheel for the module: every run but the one about building deploys it (--wheel).
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                    str(target.parent / "wheel"), "."], cwd=target, check=True, timeout=RUN_TIMEOUT_S,
+                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     return target
 
 
+def _wheel(checkout: Path) -> Path:
+    (wheel,) = (checkout.parent / "wheel").glob("processor-*.whl")
+    return wheel
+
+
 def _deploy(checkout: Path, tmp_path: Path, rules: list[dict[str, Any]], *args: str,
-            constraints: str | None = PINNED, env: Mapping[str, str] | None = None) -> Run:
+            constraints: str | None = PINNED, env: Mapping[str, str] | None = None,
+            build: bool = False) -> Run:
     fake = tmp_path / "fake"
     (fake / "bin").mkdir(parents=True)
     (fake / "uploads").mkdir()
@@ -162,6 +173,8 @@ def _deploy(checkout: Path, tmp_path: Path, rules: list[dict[str, Any]], *args: 
     aws.write_text(FAKE_AWS.format(python=sys.executable, here=str(fake)))
     aws.chmod(0o755)
     argv = ["bash", str(checkout / "deploy" / "deploy.sh"), *args]
+    if not build:
+        argv += ["--wheel", str(_wheel(checkout))]
     if constraints is not None:
         pinned = tmp_path / "constraints.txt"
         pinned.write_text(constraints)
@@ -215,7 +228,7 @@ def test_every_array_expansion_survives_bash_3_2_set_u() -> None:
 
 
 def test_a_first_deploy_without_extra_parameters_creates_the_stack(checkout: Path, tmp_path: Path) -> None:
-    run = _deploy(checkout, tmp_path, _account())
+    run = _deploy(checkout, tmp_path, _account(), build=True)  # builds the wheel itself
     assert run.returncode == 0, run.stderr
     parameters = run.deployed()
     assert parameters is not None
@@ -229,6 +242,16 @@ def test_a_first_deploy_without_extra_parameters_creates_the_stack(checkout: Pat
     assert values["ConstraintsKey"].rsplit("/", 1)[0] == values["WheelKey"].rsplit("/", 1)[0]
     assert (run.uploads / values["ConstraintsKey"]).read_text() == PINNED
     assert (run.uploads / values["WheelKey"]).is_file()
+    assert values["WheelKey"].endswith("/processor-0.1.0-py3-none-any.whl")
+
+
+def test_a_given_wheel_is_deployed_as_it_is(checkout: Path, tmp_path: Path) -> None:
+    run = _deploy(checkout, tmp_path, _account())
+    assert run.returncode == 0, run.stderr
+    values = dict(p.split("=", 1) for p in run.deployed() or [])
+    assert (run.uploads / values["WheelKey"]).read_bytes() == _wheel(checkout).read_bytes()
+    bad = _deploy(checkout, tmp_path / "bad", _account(), "--wheel", str(tmp_path / "nothing.whl"))
+    assert bad.returncode == 2 and "--wheel: no such file" in bad.stderr and bad.deployed() is None
 
 
 def test_a_reservation_the_account_cannot_give_stops_before_deploying(
