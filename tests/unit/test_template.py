@@ -1210,10 +1210,14 @@ def _checkov(path: Path) -> dict[str, Any]:
                     "(a virtualenv of its own, its pins clash with moto's)")
     # No network: no Prisma Cloud guideline lookup, no download of external checks.
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
+    # The file by its bare name, from its own directory: checkov 3.3.30's secret checks
+    # (CKV_AWS_45/46) flag the same template under some absolute paths and not others
+    # (seen: /tmp/abc/... and /work/zz/... fail, /work/main/... and /tmp/q/ci1/... pass), so
+    # the path a clone happens to live at must not reach it.
     done = subprocess.run(
-        [str(CHECKOV), "--file", str(path), "--framework", "cloudformation", "--compact",
+        [str(CHECKOV), "--file", path.name, "--framework", "cloudformation", "--compact",
          "--skip-download", "--output", "json"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
+        capture_output=True, text=True, timeout=600, env=env, cwd=path.parent,
     )
     report: dict[str, Any] = json.loads(done.stdout)
     summary = report["summary"]
