@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.unit.systemd_backends import BACKENDS, in_ci, require_library
+from tests.waiting import wait_until
 from worker import systemd
 
 
@@ -91,3 +94,38 @@ def test_ci_has_systemd_python() -> None:
 def test_an_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="'libsystemd'"):
         systemd.notifier("libsystemd")
+
+
+def test_the_daemon_says_ready_and_names_its_backend(
+    backend: str, notify_socket: socket.socket, short_tmp: Path,
+) -> None:
+    from tests.unit.test_daemon import running_daemon
+
+    # Read every datagram as PID 1 does: the daemon notifies on each loop turn,
+    # and a sender facing a full queue blocks (libsystemd's while holding the GIL).
+    received: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        notify_socket.settimeout(0.2)
+        while not done.is_set():
+            try:
+                received.append(notify_socket.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with capture_logs() as events, running_daemon(short_tmp):
+            wait_until(lambda: any(m.startswith("READY=1") for m in received), stall_s=20,
+                       interval=0.01, describe="the daemon never sent READY=1")
+    finally:
+        done.set()
+        reader.join(10)
+    ready = next(m for m in received if m.startswith("READY=1"))
+    assert ready.startswith("READY=1\nSTATUS=0 running, 0 queued"), ready
+    started = [e for e in events if e["event"] == "daemon_started"]
+    assert started and started[0].get("systemd_backend") == backend, events[:5]
