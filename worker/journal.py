@@ -21,8 +21,12 @@ handler's ``backend`` says which. Both paths send the same fields: ``MESSAGE``
 is cut to ``MAX_MESSAGE_BYTES`` on either (the entry then carries
 ``MESSAGE_TRUNCATED=<original bytes>``; the file sink keeps the whole line),
 so one datagram always suffices and what journalctl shows does not depend on
-the host having the library. The native socket is non-blocking: a journald
-that cannot keep up loses entries instead of stalling a job. Nothing here ever
+the host having the library. The one difference is back-pressure: the native
+socket is non-blocking, so a journald that cannot keep up loses entries
+instead of stalling a job, while libsystemd's socket is blocking (with an
+8 MiB send buffer) and systemd-python does not release the GIL around it, so a
+stalled journald pauses the daemon's threads until it reads again (the
+watchdog restarts a daemon stalled past ``WatchdogSec``). Nothing here ever
 raises: with no journal (not under systemd) every entry is silently dropped
 and counted.
 """
