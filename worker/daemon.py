@@ -117,7 +117,9 @@ class Daemon(FleetSlots):
             log.info("daemon_started", version=__version__, pid=os.getpid(),
                      socket=str(self.settings.paths.socket),
                      concurrency=self.settings.processing.concurrency,
-                     queue=self.settings.queue.url or None)
+                     queue=self.settings.queue.url or None,
+                     # which sd_notify/journald code runs: "systemd-python" or "builtin"
+                     systemd_backend=systemd.BACKEND)
             systemd.ready(self._status_text())
             self._loop()
         finally:

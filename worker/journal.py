@@ -12,16 +12,23 @@ the other sinks and parses the JSON line it renders. That costs one
 stdlib records (botocore warnings, tracebacks) alike, after the same
 processors, with no second rendering pipeline to keep in step.
 
-Transport: ``systemd.journal.sendv`` when systemd-python is importable and the
-default socket is used (it falls back to a sealed memfd for big entries);
-otherwise journald's native protocol spoken here over the datagram socket
-(``KEY=value`` lines; values holding a newline in the binary form ``KEY\\n``
-+ 64-bit little-endian length + value + ``\\n``). The native path has no memfd
-fallback, so ``MESSAGE`` is cut to ``MAX_MESSAGE_BYTES`` (the entry then
-carries ``MESSAGE_TRUNCATED=<original bytes>``; the file sink keeps the whole
-line). The native socket is non-blocking: a journald that cannot keep up
-loses entries instead of stalling a job. Nothing here ever raises: with no
-journal (not under systemd) every entry is silently dropped and counted.
+Transport: ``systemd.journal.sendv`` (systemd-python, which libsystemd sends
+to the fixed ``/run/systemd/journal/socket``) when it is importable and the
+default socket is used; otherwise journald's native protocol spoken here over
+the datagram socket (``KEY=value`` lines; values holding a newline in the
+binary form ``KEY\\n`` + 64-bit little-endian length + value + ``\\n``). The
+handler's ``backend`` says which. Both paths send the same fields: ``MESSAGE``
+is cut to ``MAX_MESSAGE_BYTES`` on either (the entry then carries
+``MESSAGE_TRUNCATED=<original bytes>``; the file sink keeps the whole line),
+so one datagram always suffices and what journalctl shows does not depend on
+the host having the library. The one difference is back-pressure: the native
+socket is non-blocking, so a journald that cannot keep up loses entries
+instead of stalling a job, while libsystemd's socket is blocking (with an
+8 MiB send buffer) and systemd-python does not release the GIL around it, so a
+stalled journald pauses the daemon's threads until it reads again (the
+watchdog restarts a daemon stalled past ``WatchdogSec``). Nothing here ever
+raises: with no journal (not under systemd) every entry is silently dropped
+and counted.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Mapping
+
+from worker.systemd import BUILTIN, LIBRARY
 
 try:  # optional at run time
     from systemd import journal as _sd_journal
@@ -121,16 +130,30 @@ def stderr_is_journal(environ: Mapping[str, str], fd: int = 2) -> bool:
 class JournalHandler(logging.Handler):
     """A logging handler writing each record to the journal; never raises, never blocks."""
 
-    def __init__(self, socket_path: str | None = None, *, identifier: str = IDENTIFIER) -> None:
+    def __init__(
+        self, socket_path: str | None = None, *, identifier: str = IDENTIFIER,
+        backend: str | None = None,
+    ) -> None:
+        """``socket_path`` None: journald's own socket. ``backend`` None: systemd-python
+        where importable and the default socket is used (libsystemd cannot be pointed
+        elsewhere), else the builtin native-protocol sender."""
         super().__init__()
+        if backend is None:
+            backend = LIBRARY if _sd_journal is not None and socket_path is None else BUILTIN
+        if backend == LIBRARY and (_sd_journal is None or socket_path is not None):
+            raise ValueError("the systemd-python journal backend needs the library importable "
+                             "and journald's default socket (socket_path=None)")
+        if backend not in (LIBRARY, BUILTIN):
+            raise ValueError(f"unknown journal backend {backend!r}: expected {LIBRARY!r} or {BUILTIN!r}")
         self.socket_path = socket_path or JOURNAL_SOCKET
         self.identifier = identifier
+        #: Which sender is used: ``"systemd-python"`` or ``"builtin"``.
+        self.backend = backend
         #: Entries that could not be delivered (no journal, journald busy or gone).
         self.dropped = 0
         self._sock: socket.socket | None = None
-        use_library = _sd_journal is not None and socket_path is None
         self._send: Callable[[dict[str, str]], None] = (
-            self._send_library if use_library else self._send_native
+            self._send_library if backend == LIBRARY else self._send_native
         )
 
     @property
@@ -140,7 +163,7 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._send(entry(self.format(record), record.levelno, self.identifier))
+            self._send(_fit(entry(self.format(record), record.levelno, self.identifier)))
         except Exception:  # noqa: BLE001 - a journal problem must never reach a job
             self.dropped += 1
 
@@ -158,15 +181,16 @@ class JournalHandler(logging.Handler):
 
     def _send_library(self, fields: dict[str, str]) -> None:
         assert _sd_journal is not None
+        if not self.available:
+            # libsystemd drops an entry silently (success) when there is no
+            # journal; count it, as the builtin sender does.
+            self.dropped += 1
+            return
         # sendv, not send: send() would add CODE_FILE/LINE of this handler,
         # which says nothing about where the event came from.
         _sd_journal.sendv(*(f"{name}={value}" for name, value in fields.items()))
 
     def _send_native(self, fields: dict[str, str]) -> None:
-        raw = fields["MESSAGE"].encode("utf-8", "replace")
-        if len(raw) > MAX_MESSAGE_BYTES:
-            fields["MESSAGE"] = raw[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
-            fields["MESSAGE_TRUNCATED"] = str(len(raw))
         if self._sock is None:
             # Unconnected: each datagram is addressed, so a restarted journald
             # (new socket, same path) is reached without reconnecting.
@@ -179,3 +203,12 @@ class JournalHandler(logging.Handler):
             # ENOENT/ECONNREFUSED: no journal; EAGAIN: journald is behind.
             self.dropped += 1
 
+
+
+def _fit(fields: dict[str, str]) -> dict[str, str]:
+    """Cut ``MESSAGE`` to ``MAX_MESSAGE_BYTES`` (noting the original size), for both backends."""
+    raw = fields["MESSAGE"].encode("utf-8", "replace")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        fields["MESSAGE"] = raw[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+        fields["MESSAGE_TRUNCATED"] = str(len(raw))
+    return fields

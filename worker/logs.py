@@ -143,7 +143,8 @@ def setup(settings: Settings, *, lookup: Callable[[], str | None] | None = None)
     sinks = configure(settings.logging.level, settings.paths.logs, journal=journal, cloudwatch=target)
     log.info("logging_configured", sinks=sinks,
              cloudwatch_group=target.group if target else None,
-             cloudwatch_stream=target.stream if target else None)
+             cloudwatch_stream=target.stream if target else None,
+             journald_backend=journal.backend if journal is not None else None)
     return sinks
 
 

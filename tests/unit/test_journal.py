@@ -1,21 +1,27 @@
-"""The journald sink against a real Unix datagram socket standing in for journald."""
+"""The journald sink against a real Unix datagram socket standing in for journald.
+
+The wire tests run on both backends (builtin and systemd-python) and expect
+the very same datagrams: journald cannot tell which one the daemon used.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
+from tests.unit import journal_scenarios
 from tests.unit.logstate import restored_logging
-from worker import logs
+from tests.unit.systemd_backends import BACKENDS, private_run_unavailable, require_library
+from worker import logs, systemd
 from worker.journal import MAX_MESSAGE_BYTES, JournalHandler, encode, priority, stderr_is_journal
 
 
@@ -44,6 +50,7 @@ def journald(short_tmp: Path) -> Iterator[tuple[socket.socket, str]]:
     path = str(short_tmp / "journal.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
+    os.chmod(path, 0o666)
     sock.settimeout(5)
     try:
         yield sock, path
@@ -55,45 +62,68 @@ def receive(sock: socket.socket) -> dict[str, str]:
     return parse(sock.recv(1 << 20))
 
 
+Scenario = Callable[[str, "str | None"], dict[str, object]]
+
+
+@pytest.fixture(params=BACKENDS)
+def scenario(request: pytest.FixtureRequest) -> Scenario:
+    """Runs a journal_scenarios scenario on one backend against the given fake journald.
+
+    builtin: in this process, the handler pointed at the socket. systemd-python:
+    in a child with a private /run whose journal socket is the test's.
+    """
+    backend = str(request.param)
+    if backend == systemd.LIBRARY:
+        require_library()
+        reason = private_run_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+
+    def run(name: str, socket_path: str | None) -> dict[str, object]:
+        if backend == systemd.LIBRARY:
+            result = journal_scenarios.run_in_child(name, socket_path)
+        else:
+            absent = str(Path(tempfile.gettempdir()) / "no-such-journal.sock")
+            handler = JournalHandler(socket_path=socket_path or absent, backend=systemd.BUILTIN)
+            with restored_logging():
+                sinks = journal_scenarios.SCENARIOS[name](handler)
+            result = {"backend": handler.backend, "sinks": sinks, "dropped": handler.dropped}
+        assert result["backend"] == backend
+        return result
+
+    return run
+
+
 def test_events_arrive_with_job_fields_priority_and_identifier(
-    journald: tuple[socket.socket, str],
+    journald: tuple[socket.socket, str], scenario: Scenario,
 ) -> None:
     sock, path = journald
-    handler = JournalHandler(socket_path=path)
-    with restored_logging():
-        assert logs.configure("debug", journal=handler, stream=io.StringIO()) == ["journald", "stderr"]
-        log = structlog.get_logger("processor.test")
-        log.info("job_finished", job_id="j-1", bucket="in", key="a/b.csv", state="succeeded",
-                 attempt=2, duration_s=1.5, exit_code=0)
-        entry = receive(sock)
-        assert entry["JOB_ID"] == "j-1" and entry["S3_BUCKET"] == "in" and entry["S3_KEY"] == "a/b.csv"
-        assert entry["JOB_STATE"] == "succeeded" and entry["ATTEMPT"] == "2"
-        assert entry["EVENT"] == "job_finished" and entry["DURATION_S"] == "1.5"
-        assert entry["PRIORITY"] == "6" and entry["SYSLOG_IDENTIFIER"] == "processor"
-        message = json.loads(entry["MESSAGE"])  # MESSAGE is the same JSON line as the file's
-        assert message["event"] == "job_finished" and message["exit_code"] == 0
-        assert "EXIT_CODE" not in entry  # only the fixed keys become fields
+    result = scenario("job_events", path)
+    assert result["sinks"] == ["journald", "stderr"] and result["dropped"] == 0
+    entry = receive(sock)
+    assert entry["JOB_ID"] == "j-1" and entry["S3_BUCKET"] == "in" and entry["S3_KEY"] == "a/b.csv"
+    assert entry["JOB_STATE"] == "succeeded" and entry["ATTEMPT"] == "2"
+    assert entry["EVENT"] == "job_finished" and entry["DURATION_S"] == "1.5"
+    assert entry["PRIORITY"] == "6" and entry["SYSLOG_IDENTIFIER"] == "processor"
+    message = json.loads(entry["MESSAGE"])  # MESSAGE is the same JSON line as the file's
+    assert message["event"] == "job_finished" and message["exit_code"] == 0
+    assert "EXIT_CODE" not in entry  # only the fixed keys become fields
+    assert "CODE_FILE" not in entry  # sendv, not send: no location of the handler itself
 
-        log.warning("job_retry_scheduled", job_id="j-1")
-        warned = receive(sock)
-        assert warned["PRIORITY"] == "4" and "S3_KEY" not in warned and "DURATION_S" not in warned
-        log.error("job_crashed")
-        assert receive(sock)["PRIORITY"] == "3"
-        log.debug("detail")
-        assert receive(sock)["PRIORITY"] == "7"
-        logging.getLogger("botocore.hooks").warning("foreign %s", "record")
-        foreign = receive(sock)
-        assert foreign["EVENT"] == "foreign record" and foreign["PRIORITY"] == "4"
-    assert handler.dropped == 0
+    warned = receive(sock)
+    assert warned["PRIORITY"] == "4" and "S3_KEY" not in warned and "DURATION_S" not in warned
+    assert receive(sock)["PRIORITY"] == "3"
+    assert receive(sock)["PRIORITY"] == "7"
+    foreign = receive(sock)
+    assert foreign["EVENT"] == "foreign record" and foreign["PRIORITY"] == "4"
 
 
-def test_a_key_with_a_newline_uses_the_binary_form(journald: tuple[socket.socket, str]) -> None:
+def test_a_key_with_a_newline_uses_the_binary_form(
+    journald: tuple[socket.socket, str], scenario: Scenario,
+) -> None:
     sock, path = journald
-    handler = JournalHandler(socket_path=path)
-    with restored_logging():
-        logs.configure(journal=handler, stream=io.StringIO())
-        structlog.get_logger().info("job_started", job_id="j-2", key="evil\nPRIORITY=0\nkey")
-        datagram = sock.recv(1 << 20)
+    scenario("newline_key", path)
+    datagram = sock.recv(1 << 20)
     assert b"S3_KEY\n" + struct.pack("<Q", len("evil\nPRIORITY=0\nkey")) in datagram
     entry = parse(datagram)
     # The newline cannot forge a field: the key is one value, PRIORITY stays ours.
@@ -106,30 +136,36 @@ def test_encode_is_binary_safe_for_any_value() -> None:
     assert encode({"A": "b"}) == b"A=b\n"
 
 
-def test_a_huge_event_is_truncated_to_fit_one_datagram(journald: tuple[socket.socket, str]) -> None:
+def test_a_huge_event_is_truncated_to_fit_one_datagram(
+    journald: tuple[socket.socket, str], scenario: Scenario,
+) -> None:
     sock, path = journald
-    handler = JournalHandler(socket_path=path)
-    with restored_logging():
-        logs.configure(journal=handler, stream=io.StringIO())
-        structlog.get_logger().info("job_finished", job_id="j-4", error="x" * 300_000)
-        entry = receive(sock)
+    assert scenario("huge_event", path)["dropped"] == 0
+    entry = receive(sock)
     assert len(entry["MESSAGE"].encode()) <= MAX_MESSAGE_BYTES
     assert int(entry["MESSAGE_TRUNCATED"]) > 300_000 and entry["JOB_ID"] == "j-4"
 
 
-def test_no_journal_is_a_silent_no_op(short_tmp: Path) -> None:
-    handler = JournalHandler(socket_path=str(short_tmp / "absent.sock"))
-    assert handler.available is False
-    stream = io.StringIO()
-    with restored_logging():
-        # Not under systemd: the sink is left out and stderr keeps every line.
-        assert logs.configure(journal=handler, stream=stream) == ["stderr"]
-        structlog.get_logger().info("daemon_started")
-    assert "daemon_started" in stream.getvalue()
-    # Used directly, it swallows the failure and counts it.
-    record = logging.LogRecord("processor", logging.INFO, __file__, 1, "hello", None, None)
-    handler.emit(record)
-    assert handler.dropped == 1
+def test_no_journal_is_a_silent_no_op(scenario: Scenario) -> None:
+    result = scenario("no_journal", None)
+    # Not under systemd: the sink is left out and stderr keeps every line;
+    # used directly, the handler swallows the failure and counts it.
+    assert result["sinks"] == ["stderr"] and result["dropped"] == 1
+
+
+def test_the_backend_is_the_library_where_importable(short_tmp: Path) -> None:
+    require_library()
+    assert systemd.BACKEND == systemd.LIBRARY
+    assert JournalHandler().backend == systemd.LIBRARY
+    # A socket of our own can only be spoken to by the builtin sender.
+    assert JournalHandler(socket_path=str(short_tmp / "j.sock")).backend == systemd.BUILTIN
+    with pytest.raises(ValueError, match="socket_path=None"):
+        JournalHandler(socket_path=str(short_tmp / "j.sock"), backend=systemd.LIBRARY)
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="'journalctl'"):
+        JournalHandler(backend="journalctl")
 
 
 def test_journald_going_away_never_reaches_the_caller(journald: tuple[socket.socket, str]) -> None:
