@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.identity import Identity
 from worker.ledger_queue import QueueJobs
-from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, migrate
+from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, job_from_row, migrate, update_row
 from worker.states import JobState, Phase, check_transition
 
 if TYPE_CHECKING:
-    # Imported where a Job is built (``_job``): worker.job needs ``dataclasses``,
+    # Imported where a Job is built (worker.ledger_schema.job_from_row): worker.job needs ``dataclasses``,
     # and ``processorctl submit`` (``Ledger.enqueue``) starts faster without it.
     from worker.job import Job
 
@@ -172,7 +172,7 @@ class Ledger(QueueJobs):
         whatever its state: the same object version is processed once.
         """
         row, created = self._submit(identity)
-        return _job(row), created
+        return job_from_row(row), created
 
     def enqueue(self, identity: Identity) -> Enqueued:
         """``submit``, answering only what ``processorctl submit`` prints (no Job built)."""
@@ -226,9 +226,9 @@ class Ledger(QueueJobs):
                 values.setdefault("phase", Phase.NONE.value)
             for name, value in fields.items():
                 values[name] = value.value if isinstance(value, Phase) else value
-            _update(db, job_id, values)
+            update_row(db, job_id, values)
             self._log(db, job_id, current, target, now, attempts, reason)
-            return _job(self._row(db, job_id))
+            return job_from_row(self._row(db, job_id))
 
     def claim_next(self) -> Job | None:
         """Move the oldest due queued job to running (attempt counted) and return it.
@@ -252,7 +252,7 @@ class Ledger(QueueJobs):
             job_id = row["id"]
             current = self._row(db, job_id)
             attempts = current["attempts"] + 1
-            _update(
+            update_row(
                 db, job_id,
                 {
                     "state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
@@ -261,7 +261,7 @@ class Ledger(QueueJobs):
                 },
             )
             self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts, "claimed")
-            return _job(self._row(db, job_id))
+            return job_from_row(self._row(db, job_id))
 
     def retry(self, job_id: str, reason: str = "retry requested by an operator") -> Job:
         """Put a failed or cancelled job back in the queue with a fresh attempt budget.
@@ -275,14 +275,14 @@ class Ledger(QueueJobs):
             current = JobState(row["state"])
             if current not in (JobState.FAILED, JobState.CANCELLED):
                 raise InvalidTransition(job_id, current.value, JobState.QUEUED.value)
-            _update(
+            update_row(
                 db, job_id,
                 {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0, "retries_used": 0,
                  "next_attempt_at": now, "error": None, "exit_code": None, "stderr_tail": None,
                  "finished_at": None, "phase": "", "origin": ORIGIN_LOCAL},
             )
             self._log(db, job_id, current, JobState.QUEUED, now, 0, reason)
-            return _job(self._row(db, job_id))
+            return job_from_row(self._row(db, job_id))
 
     def requeue_interrupted(self, reason: str) -> list[Job]:
         """On start: every local job left running by a crash goes back to the queue.
@@ -303,13 +303,13 @@ class Ledger(QueueJobs):
             for job_id in ids:
                 row = self._row(db, job_id)
                 attempts = row["attempts"]
-                _update(
+                update_row(
                     db, job_id,
                     {"state": JobState.QUEUED.value, "updated_at": now, "phase": "",
                      "next_attempt_at": now, "retries_used": row["retries_used"] + 1},
                 )
                 self._log(db, job_id, JobState.RUNNING, JobState.QUEUED, now, attempts, reason)
-            return [_job(self._row(db, job_id)) for job_id in ids]
+            return [job_from_row(self._row(db, job_id)) for job_id in ids]
 
     def set_progress(
         self, job_id: str, *, phase: Phase | None = None,
@@ -363,7 +363,7 @@ class Ledger(QueueJobs):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for job_id, values in pending.items():
-                    _update(self._db, job_id, values, state=JobState.RUNNING)
+                    update_row(self._db, job_id, values, state=JobState.RUNNING)
                 self._db.execute("COMMIT")
             finally:
                 self._rollback()
@@ -378,12 +378,12 @@ class Ledger(QueueJobs):
 
     def get(self, job_id: str) -> Job:
         with self._reading() as db:
-            return _job(self._row(db, job_id))
+            return job_from_row(self._row(db, job_id))
 
     def find(self, identity: Identity) -> Job | None:
         with self._reading() as db:
             row = self._row_by_identity(db, identity)
-            return None if row is None else _job(row)
+            return None if row is None else job_from_row(row)
 
     def list_jobs(
         self, state: JobState | None = None, limit: int | None = None, origin: str | None = None
@@ -401,7 +401,7 @@ class Ledger(QueueJobs):
             sql += " LIMIT ?"
             args.append(limit)
         with self._reading() as db:
-            return [_job(r) for r in db.execute(sql, args)]
+            return [job_from_row(r) for r in db.execute(sql, args)]
 
     def counts(self) -> dict[str, int]:
         with self._reading() as db:
@@ -468,32 +468,3 @@ class Ledger(QueueJobs):
             " VALUES (?, ?, ?, ?, ?, ?)",
             (job_id, None if current is None else current.value, target.value, at, attempt, reason),
         )
-
-
-def _update(
-    db: sqlite3.Connection, job_id: str, values: Mapping[str, Any], *, state: JobState | None = None
-) -> None:
-    """Set ``values`` on the job's row (only if it is in ``state``, when given)."""
-    columns = ", ".join(f"{name} = ?" for name in values)
-    # Column names come from this module, never from input.
-    if state is None:
-        db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
-    else:
-        db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state = ?",  # noqa: S608
-                   (*values.values(), job_id, state.value))
-
-
-def _job(row: sqlite3.Row) -> Job:
-    from worker.job import Job  # see the TYPE_CHECKING import at the top
-
-    return Job(
-        id=row["id"], bucket=row["bucket"], key=row["key"], version_id=row["version_id"],
-        etag=row["etag"], state=JobState(row["state"]), attempts=row["attempts"],
-        retries_used=row["retries_used"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
-        next_attempt_at=row["next_attempt_at"], phase=Phase(row["phase"]),
-        bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],
-        exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
-        started_at=row["started_at"], finished_at=row["finished_at"],
-        result_prefix=row["result_prefix"], origin=row["origin"],
-    )

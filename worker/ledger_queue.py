@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from worker.identity import Identity
-from worker.ledger_schema import ORIGIN_QUEUE
+from worker.ledger_schema import ORIGIN_QUEUE, job_from_row, update_row
 from worker.states import JobState, Phase
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ class QueueJobs:
         Committed without an fsync (as ``claim_next``): the message, not this
         row, is the job's durable record.
         """
-        from worker.ledger import _job, _update  # the ledger imports this module
 
         now = self._clock()
         with self._write(durable=False) as db:
@@ -67,11 +66,11 @@ class QueueJobs:
                 )
                 self._log(db, job_id, None, JobState.QUEUED, now, 0, "received from the work queue")
             elif JobState(row["state"]) is not JobState.QUEUED:
-                return _job(row), False
+                return job_from_row(row), False
             else:
                 job_id = row["id"]
             attempts = max(receive_count, 1)
-            _update(
+            update_row(
                 db, job_id,
                 {"state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
                  "retries_used": attempts - 1, "origin": ORIGIN_QUEUE, "started_at": now,
@@ -80,7 +79,7 @@ class QueueJobs:
             )
             self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts,
                       f"claimed for a work-queue message (receive {receive_count})")
-            return _job(self._row(db, job_id)), True
+            return job_from_row(self._row(db, job_id)), True
 
     def hand_back_queue_jobs(self, reason: str) -> list[Job]:
         """On start: queue jobs a crash left running go back to queued, not to be run from here.
@@ -88,7 +87,6 @@ class QueueJobs:
         Their messages come back through the queue once their lease runs out
         (to this instance or another); a later message claims the same row.
         """
-        from worker.ledger import _job, _update
 
         now = self._clock()
         with self._write() as db:
@@ -97,7 +95,7 @@ class QueueJobs:
                 (JobState.RUNNING.value, ORIGIN_QUEUE),
             ).fetchall()
             for row in rows:
-                _update(db, row["id"], {"state": JobState.QUEUED.value, "updated_at": now,
+                update_row(db, row["id"], {"state": JobState.QUEUED.value, "updated_at": now,
                                         "phase": Phase.NONE.value, "next_attempt_at": now})
                 self._log(db, row["id"], JobState.RUNNING, JobState.QUEUED, now, row["attempts"], reason)
-            return [_job(self._row(db, row["id"])) for row in rows]
+            return [job_from_row(self._row(db, row["id"])) for row in rows]

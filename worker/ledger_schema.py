@@ -1,4 +1,4 @@
-"""The ledger's tables, and the steps that bring an older ledger up to date.
+"""The ledger's tables, the steps that bring an older ledger up to date, and rows <-> jobs.
 
 ``worker.ledger`` calls ``migrate`` inside a write transaction when a ledger's
 ``user_version`` is not ``SCHEMA_VERSION``: a new file gets the whole schema,
@@ -8,9 +8,15 @@ an older one each step from its version on, and a newer one is refused.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import LedgerError
+from worker.states import JobState, Phase
+
+if TYPE_CHECKING:
+    from worker.job import Job
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
 SCHEMA_VERSION = 3
@@ -83,3 +89,34 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         for step in range(version, SCHEMA_VERSION):
             db.execute(_MIGRATIONS[step])
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def update_row(
+    db: sqlite3.Connection, job_id: str, values: Mapping[str, Any], *, state: JobState | None = None
+) -> None:
+    """Set ``values`` on the job's row (only if it is in ``state``, when given)."""
+    columns = ", ".join(f"{name} = ?" for name in values)
+    # Column names come from this module, never from input.
+    if state is None:
+        db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+    else:
+        db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state = ?",  # noqa: S608
+                   (*values.values(), job_id, state.value))
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    # Imported here: worker.job needs dataclasses, and `processorctl submit`
+    # (Ledger.enqueue) starts faster without it.
+    from worker.job import Job
+
+    return Job(
+        id=row["id"], bucket=row["bucket"], key=row["key"], version_id=row["version_id"],
+        etag=row["etag"], state=JobState(row["state"]), attempts=row["attempts"],
+        retries_used=row["retries_used"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        next_attempt_at=row["next_attempt_at"], phase=Phase(row["phase"]),
+        bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],
+        exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        result_prefix=row["result_prefix"], origin=row["origin"],
+    )
