@@ -128,6 +128,9 @@ class Daemon(FleetSlots):
             if self._consumer is not None:
                 self._consumer.close()
             if self._guard is not None:
+                if self._guard_busy and not self._busy():
+                    # The last job ended after the loop's last look: say so before closing.
+                    self._guard.set_busy(False)
                 self._guard.close()
             if previous is not None:
                 self._restore_signals(previous)
