@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.control_client import wake
-from worker.errors import ConfigError, JobNotFound, LedgerError
+from worker.errors import ConfigError, JobNotFound, LedgerError, UsageError
 from worker.identity import Identity, decode_key_base64, normalise_etag
 from worker.layout import MAX_KEY_BYTES
 from worker.ledger import Ledger
@@ -27,10 +27,6 @@ from worker.states import JobState
 
 if TYPE_CHECKING:
     from worker.ctl_commands import Command
-
-
-class UsageError(Exception):
-    """A command-line value is unusable; the message names the option."""
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -16,8 +16,7 @@ from typing import TextIO
 from worker import exitcodes
 from worker.config import Settings
 from worker.control import wake
-from worker.ctl import UsageError
-from worker.errors import StorageError
+from worker.errors import StorageError, UsageError
 from worker.ledger import Ledger
 from worker.reconcile import Verdict, identity_of, plan, result_index
 from worker.render import dump_json, printable

@@ -18,7 +18,8 @@
     ├── Interrupted                 a job was asked to stop mid-transfer (.reason)
     ├── ControlError                the control socket could not be reached
     ├── MetadataError               the EC2 instance metadata service (IMDS) did not answer (.status)
-    └── ScalingError                an Auto Scaling call failed (.retryable, .code)
+    ├── ScalingError                an Auto Scaling call failed (.retryable, .code)
+    └── UsageError                  a processorctl command-line value is unusable; names the option
 
     ShutdownRequested (BaseException) asks the daemon to stop; no `except Exception`
                                       may swallow it.
@@ -133,6 +134,10 @@ class Interrupted(ProcessorError):
 
 class ControlError(ProcessorError):
     """The daemon's control socket could not be reached or answered an error."""
+
+
+class UsageError(ProcessorError):
+    """A command-line value is unusable; the message names the option."""
 
 
 class MetadataError(ProcessorError):
