@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.common import INPUT_BUCKET, OUTPUT_BUCKET, s3_client
-from worker.s3 import TRANSFER_CONFIG
+from worker.storage.s3 import TRANSFER_CONFIG
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ processorctl. The processing command is `cp` on both sides.
 Measured, in the same run:
   floor   - a bare Python process doing boto3 download_file -> cp -> upload_file
             of the same object with the daemon's TransferConfig: its wall time
-            and its peak RSS growth over an idle `import boto3, worker.s3`;
+            and its peak RSS growth over an idle `import boto3, worker.storage.s3`;
   daemon  - the job's wall time in the ledger (claim to succeeded: HEAD,
             download, verify, cp, hash, upload, manifest) and the daemon's
             peak RSS (VmHWM) during the job, and its growth over its idle peak.
@@ -53,7 +53,7 @@ FLOOR = """
 import json, subprocess, sys, time
 import boto3
 from botocore.config import Config
-from worker.s3 import TRANSFER_CONFIG
+from worker.storage.s3 import TRANSFER_CONFIG
 c = boto3.client("s3", endpoint_url=sys.argv[1], config=Config(s3={"addressing_style": "path"}))
 out = sys.argv[3]
 started = time.monotonic()
@@ -65,7 +65,7 @@ hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 print(json.dumps({"elapsed_s": elapsed, "hwm_kib": hwm}))
 """
 
-IDLE = ("import boto3, worker.s3; print(next(int(l.split()[1]) for l in open('/proc/self/status') "
+IDLE = ("import boto3, worker.storage.s3; print(next(int(l.split()[1]) for l in open('/proc/self/status') "
         "if l.startswith('VmHWM:')))")
 
 

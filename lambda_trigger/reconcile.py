@@ -9,7 +9,7 @@ them equal to the worker's (tests/unit/test_reconcile_plan.py):
 - where a job's results live: ``<output prefix><key>/``, except for keys so
   long that ``<output prefix><key>/_manifest.json`` would pass S3's
   1,024-byte key limit, whose results live under
-  ``<output prefix>_by-id/<job id>/`` instead (worker/layout.py, which also
+  ``<output prefix>_by-id/<job id>/`` instead (worker/storage/layout.py, which also
   sends there a success whose outputs would not fit).
 
 An input object is lost -- it gets (re)submitted -- when it is older than
@@ -50,7 +50,7 @@ class Verdict(str, enum.Enum):
 
 
 class Listed(Protocol):
-    """One object of a bucket listing (worker.store.Listed satisfies it)."""
+    """One object of a bucket listing (worker.storage.base.Listed satisfies it)."""
 
     @property
     def key(self) -> str: ...
@@ -111,7 +111,7 @@ def uses_by_id(output_prefix: str, key: str) -> bool:
     That is when ``<prefix><key>/_manifest.json`` (the longer reserved name)
     would pass S3's key limit, or when the normal prefix would itself read as
     a ``_by-id/`` one. A success whose *outputs* do not fit goes to ``_by-id/``
-    as well (worker/layout.py); the Lambda cannot know the outputs, which is
+    as well (worker/storage/layout.py); the Lambda cannot know the outputs, which is
     why Results.has looks at both places.
     """
     normal = f"{output_prefix}{key}/"

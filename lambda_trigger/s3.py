@@ -1,6 +1,6 @@
 """Bucket listings for the Lambda's reconcile mode, and its S3 client.
 
-The current version of every object, as worker/s3.py ``S3Store.list_objects``
+The current version of every object, as worker/storage/s3.py ``S3Store.list_objects``
 lists them (ListObjectVersions, latest only, delete markers skipped), so
 the job ids computed from them are the daemon's. botocore's errors become
 ListingError here.

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import ObjectChanged, StorageError
-from worker.store import ObjectInfo
-from worker.workqueue import QueueError, Received
+from worker.fleet.workqueue import QueueError, Received
+from worker.storage.base import ObjectInfo
 
 
 @dataclass

@@ -29,7 +29,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_wheel_has_packages_samples_and_the_template(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
-    assert {"worker/ctl.py", "worker/local/stack.py", "lambda_trigger/handler.py",
+    assert {"worker/ctl/cli.py", "worker/local/stack.py", "lambda_trigger/handler.py",
             "worker/examples/summarize.py"} <= names
     samples = [n for n in names if n.startswith("worker/local/samples/")]
     assert len(samples) >= 3
@@ -40,7 +40,7 @@ def test_wheel_has_packages_samples_and_the_template(wheel: zipfile.ZipFile) -> 
 def test_wheel_declares_console_scripts_and_extras(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     text = wheel.read(entry_points).decode()
-    assert "processor = worker.cli:main" in text and "processorctl = worker.ctl:main" in text
+    assert "processor = worker.cli:main" in text and "processorctl = worker.ctl.cli:main" in text
     (metadata,) = [n for n in wheel.namelist() if n.endswith("METADATA")]
     meta = wheel.read(metadata).decode()
     for requirement in ("boto3>=", "structlog>=", "tenacity>=", "watchtower>="):

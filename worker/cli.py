@@ -65,15 +65,15 @@ def run_daemon(config: str | None) -> int:
 
 def _run_locked(settings: Settings) -> int:
     """Lock held: set up logging and the ledger, then recover and serve (Daemon.run)."""
-    from worker import logs
     from worker.daemon import Daemon
-    from worker.instance import guard_from_settings
+    from worker.fleet.instance import guard_from_settings
     from worker.ledger import Ledger
     from worker.pipeline import Pipeline
-    from worker.s3 import S3Store
+    from worker.storage.s3 import S3Store
+    from worker.telemetry import logsetup
 
     try:
-        logs.setup(settings)
+        logsetup.setup(settings)
     except OSError as exc:  # the log dir on the state volume is unusable
         print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
         return exitcodes.FAILURE
@@ -88,7 +88,7 @@ def _run_locked(settings: Settings) -> int:
         store = S3Store.from_settings(settings.s3)
         work_queue = None
         if settings.queue.url:
-            from worker.sqs import SQSQueue  # a fleet's shared work queue
+            from worker.fleet.sqs import SQSQueue  # a fleet's shared work queue
 
             work_queue = SQSQueue.from_settings(settings)
         # None unless [instance] asks for scale-in protection or an interruption watch.
@@ -108,7 +108,7 @@ def _run_locked(settings: Settings) -> int:
             ledger.close()
     finally:
         # Last: daemon_stopped and any crash report are queued for CloudWatch by now.
-        logs.shutdown(settings.logging.flush_timeout_s)
+        logsetup.shutdown(settings.logging.flush_timeout_s)
 
 
 if __name__ == "__main__":  # pragma: no cover

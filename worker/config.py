@@ -141,7 +141,7 @@ class ReconcileSettings(NamedTuple):
 
 
 class InstanceSettings(NamedTuple):
-    """The instance guard (worker/instance.py): how the daemon learns its EC2 instance is going away."""
+    """The instance guard (worker/fleet/instance.py): how the daemon learns its EC2 instance is going away."""
 
     #: Protect this instance from scale-in while the daemon holds at least one
     #: job (autoscaling:SetInstanceProtection on its Auto Scaling group).

@@ -28,20 +28,21 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from worker import __version__, metrics, systemd
+from worker import __version__
 from worker.config import Settings
-from worker.control import ControlServer
-from worker.daemon_fleet import FleetSlots, InstanceGuard, _Slot
+from worker.control_server import ControlServer
 from worker.errors import LedgerError
+from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
 from worker.job import Job, JobState
 from worker.ledger import Ledger
 from worker.ledger_schema import ORIGIN_LOCAL
 from worker.pipeline import Pipeline
 from worker.process import StopToken, reap_orphans
+from worker.telemetry import metrics, systemd
 
 if TYPE_CHECKING:
-    from worker.queue_consumer import QueueConsumer, Runner
-    from worker.workqueue import WorkQueue
+    from worker.fleet.consumer import QueueConsumer, Runner
+    from worker.fleet.workqueue import WorkQueue
 
 #: Longest the main loop sleeps with nothing to do (also the watchdog cadence).
 #: Work never waits for it: submissions and finished jobs wake the loop at once.
@@ -84,7 +85,7 @@ class Daemon(FleetSlots):
         self._guard_busy: bool | None = None
         self._consumer: QueueConsumer | None = None
         if work_queue is not None:
-            from worker.queue_consumer import QueueConsumer
+            from worker.fleet.consumer import QueueConsumer
 
             self._consumer = QueueConsumer(settings, ledger, pipeline, work_queue, self, clock=clock)
         self._draining = False

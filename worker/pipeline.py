@@ -1,7 +1,7 @@
 """Run one job: download -> run the processing command -> upload -> record.
 
 The pipeline sees the object store through the small ``ObjectStore`` protocol
-(``worker.s3.S3Store`` in production, an in-memory fake in tests) and never
+(``worker.storage.s3.S3Store`` in production, an in-memory fake in tests) and never
 botocore. Local paths come only from the job id, never from the object key:
 the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
 """
@@ -34,12 +34,12 @@ from worker.errors import (
     StorageError,
 )
 from worker.job import Job, JobState, Phase
-from worker.layout import FAILED_NAME, MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
-from worker.layout import result_prefix as layout_result_prefix
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.space import DiskSpace, Usage, is_no_space, space_retry_bounds
-from worker.store import ObjectInfo, ObjectStore, digest_file, verify_download
+from worker.storage.base import ObjectInfo, ObjectStore, digest_file, verify_download
+from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
+from worker.storage.layout import result_prefix as layout_result_prefix
 
 #: How often byte counters are written to the ledger during a transfer.
 PROGRESS_INTERVAL_S = 0.5
@@ -97,7 +97,7 @@ class Pipeline:
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
         """Where this job's outcome lands: ``<output prefix><source key>/``, or the
-        ``_by-id/<job id>/`` fallback when a key under it would not fit (worker.layout)."""
+        ``_by-id/<job id>/`` fallback when a key under it would not fit (worker.storage.layout)."""
         return layout_result_prefix(self.settings.s3.output_prefix, job.key, job.id, outputs or ())
 
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:

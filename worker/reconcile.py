@@ -19,7 +19,7 @@ from lambda_trigger.reconcile import Listed as ListedObject
 from lambda_trigger.reconcile import plan as plan_objects
 from worker.job import Identity
 from worker.ledger import Ledger
-from worker.store import Listed
+from worker.storage.base import Listed
 
 __all__ = ["Decision", "Results", "Verdict", "identity_of", "plan", "result_index"]
 

@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import REPORT, processorctl, write_config
 from tests.reliability.common import daemon
 from tests.waiting import wait_until
-from worker import ctl
+from worker.ctl import cli
 from worker.job import JobState
 from worker.ledger import Ledger
 
@@ -74,7 +74,7 @@ def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
             return done.stdout.strip()
         # The same code in-process: 300 interpreter start-ups would dominate the run time.
         out = io.StringIO()
-        assert ctl.main(["--config", str(config), *args], out=out) == 0
+        assert cli.main(["--config", str(config), *args], out=out) == 0
         return out.getvalue().strip()
 
     def submit_some(count: int, *, down: bool) -> None:

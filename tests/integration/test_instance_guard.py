@@ -16,10 +16,10 @@ import structlog
 from tests.faultproxy import FaultProxy
 from tests.stubservers import Imds, Recorder, dead_endpoint
 from tests.waiting import wait_until
-from worker.autoscaling import AutoScaling
 from worker.config import settings_from_mapping
 from worker.errors import ScalingError
-from worker.instance import GROUP_TAG_PATH, Guard, guard_from_settings
+from worker.fleet.autoscaling import AutoScaling
+from worker.fleet.instance import GROUP_TAG_PATH, Guard, guard_from_settings
 
 GROUP = "stack-processor"
 #: Liveness bound of each wait: the guard polls every second and calls at once on a change.

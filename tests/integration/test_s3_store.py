@@ -12,7 +12,7 @@ import pytest
 from tests.faultproxy import FaultProxy
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
-from worker.s3 import TRANSFER_CONFIG, S3Store
+from worker.storage.s3 import TRANSFER_CONFIG, S3Store
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.system.nspawn import Machine, unavailable_reason
-from worker import systemd
+from worker.telemetry import systemd
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
@@ -83,7 +83,7 @@ def install_venv(box: Machine) -> None:
                 target = site / file
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, target)
-    for name, module in (("processor", "worker.cli"), ("processorctl", "worker.ctl")):
+    for name, module in (("processor", "worker.cli"), ("processorctl", "worker.ctl.cli")):
         box.write(f"{VENV}/bin/{name}",
                   f"#!{VENV}/bin/python\nimport sys\nfrom {module} import main\nsys.exit(main())\n",
                   mode=0o755)

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import structlog
 
-from worker import logs
-from worker.journal import JournalHandler
+from worker.telemetry import logsetup
+from worker.telemetry.journal import JournalHandler
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def job_events(handler: JournalHandler) -> list[str]:
-    sinks = logs.configure("debug", journal=handler, stream=io.StringIO())
+    sinks = logsetup.configure("debug", journal=handler, stream=io.StringIO())
     log = structlog.get_logger("processor.test")
     log.info("job_finished", job_id="j-1", bucket="in", key="a/b.csv", state="succeeded",
              attempt=2, duration_s=1.5, exit_code=0)
@@ -39,20 +39,20 @@ def job_events(handler: JournalHandler) -> list[str]:
 
 
 def newline_key(handler: JournalHandler) -> list[str]:
-    sinks = logs.configure(journal=handler, stream=io.StringIO())
+    sinks = logsetup.configure(journal=handler, stream=io.StringIO())
     structlog.get_logger().info("job_started", job_id="j-2", key="evil\nPRIORITY=0\nkey")
     return sinks
 
 
 def huge_event(handler: JournalHandler) -> list[str]:
-    sinks = logs.configure(journal=handler, stream=io.StringIO())
+    sinks = logsetup.configure(journal=handler, stream=io.StringIO())
     structlog.get_logger().info("job_finished", job_id="j-4", error="x" * 300_000)
     return sinks
 
 
 def no_journal(handler: JournalHandler) -> list[str]:
     stream = io.StringIO()
-    sinks = logs.configure(journal=handler, stream=stream)
+    sinks = logsetup.configure(journal=handler, stream=stream)
     structlog.get_logger().info("daemon_started")
     assert "daemon_started" in stream.getvalue()
     # Used directly, it swallows the failure and counts it.

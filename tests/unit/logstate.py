@@ -1,4 +1,4 @@
-"""Put the process-wide logging set-up back after a test that called ``logs.configure``."""
+"""Put the process-wide logging set-up back after a test that called ``logsetup.configure``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import structlog
 
-from worker import logs, metrics
+from worker.telemetry import logsetup, metrics
 
 
 @contextmanager
@@ -19,7 +19,7 @@ def restored_logging() -> Iterator[None]:
     try:
         yield
     finally:
-        logs.shutdown(0)
+        logsetup.shutdown(0)
         for logger, handlers in ((root, saved[0]), (emf, saved[2])):
             for handler in list(logger.handlers):
                 if handler not in handlers:

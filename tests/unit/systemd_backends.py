@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from worker import systemd
+from worker.telemetry import systemd
 
 #: Both implementations, as ``pytest.mark.parametrize`` values.
 BACKENDS = [systemd.BUILTIN, systemd.LIBRARY]

@@ -19,8 +19,9 @@ import structlog
 from tests.conftest import CREDENTIALS
 from tests.stubservers import Recorder, Seen, black_hole, dead_endpoint
 from tests.unit.logstate import restored_logging
-from worker import logs
-from worker.cloudwatch import (
+from worker.config import settings_from_mapping
+from worker.telemetry import logsetup
+from worker.telemetry.cloudwatch import (
     EMF_HEADER,
     CloudWatchHandler,
     Target,
@@ -28,7 +29,6 @@ from worker.cloudwatch import (
     logs_client,
     stream_name,
 )
-from worker.config import settings_from_mapping
 
 # watchtower warns (on stderr) about every batch it cannot deliver: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::watchtower.WatchtowerWarning")
@@ -125,7 +125,7 @@ def test_a_dead_cloudwatch_never_blocks_logging_and_shutdown_is_bounded(
     with black_hole() as silent, restored_logging():
         aws_env.setenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", silent)
         target = Target("/processor/test", "i-test", send_interval_s=1, max_queued=100)
-        sinks = logs.configure("info", tmp_path, stream=stream, cloudwatch=target)
+        sinks = logsetup.configure("info", tmp_path, stream=stream, cloudwatch=target)
         assert sinks == ["stderr", "file", "cloudwatch"]
         log = structlog.get_logger("processor.test")
         log.info("job_progress", job_id="j-first")
@@ -136,7 +136,7 @@ def test_a_dead_cloudwatch_never_blocks_logging_and_shutdown_is_bounded(
         # The queue takes them, up to max_queued, then drops: never a wait.
         assert time.monotonic() - started < 5
         started = time.monotonic()
-        assert logs.shutdown(1.0) is False
+        assert logsetup.shutdown(1.0) is False
         assert time.monotonic() - started < 2.5
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     (incomplete,) = [e for e in lines if e["event"] == "cloudwatch_flush_incomplete"]
@@ -152,8 +152,8 @@ def test_a_group_that_cannot_be_created_is_reported_not_fatal(
     with restored_logging():
         aws_env.setenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", dead_endpoint())
         target = Target("/processor/test", "i-test", create_group=True)
-        assert logs.configure("info", stream=stream, cloudwatch=target)[-1] == "cloudwatch"
-        assert logs.shutdown(2.0) is True  # nothing queued: closes at once
+        assert logsetup.configure("info", stream=stream, cloudwatch=target)[-1] == "cloudwatch"
+        assert logsetup.shutdown(2.0) is True  # nothing queued: closes at once
     events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
     assert "cloudwatch_group_not_created" in events
 

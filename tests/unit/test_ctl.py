@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import processorctl, write_config
 from worker import exitcodes
-from worker.ctl import main
+from worker.ctl.cli import main
 from worker.job import Identity, JobState
 from worker.ledger import Ledger
 
@@ -32,7 +32,7 @@ def run(config: Path, *args: str) -> tuple[int, str]:
 
 
 def test_processorctl_does_not_import_boto3() -> None:
-    probe = ("import sys, worker.ctl, worker.ledger, worker.control;"
+    probe = ("import sys, worker.ctl.cli, worker.ledger, worker.control_server;"
              "bad = [m for m in ('boto3', 'botocore', 'structlog', 'moto') if m in sys.modules];"
              "print(','.join(bad))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
@@ -44,13 +44,13 @@ def test_processorctl_does_not_import_boto3() -> None:
 #: (dataclasses pulls in inspect; worker.job is the Job dataclass; shutil, zlib, bz2, lzma).
 SUBMIT_MUST_NOT_IMPORT = (
     "boto3", "botocore", "structlog", "moto", "dataclasses", "inspect", "socketserver", "shutil",
-    "worker.job", "worker.control", "worker.ctl_commands", "worker.pipeline", "worker.s3",
+    "worker.job", "worker.control_server", "worker.ctl.commands", "worker.pipeline", "worker.storage.s3",
 )
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
 def test_submit_starts_without_heavy_imports(config: Path, extra: list[str]) -> None:
-    probe = ("import sys\nfrom worker.ctl import main\ncode = main(sys.argv[1:])\n"
+    probe = ("import sys\nfrom worker.ctl.cli import main\ncode = main(sys.argv[1:])\n"
              f"print(code, [m for m in {SUBMIT_MUST_NOT_IMPORT!r} if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe, "--config", str(config), "submit",
                            "--bucket", "b", "--key=k", "--etag", "e", *extra],
@@ -73,11 +73,11 @@ def test_duplicate_submit_prints_the_existing_job(config: Path) -> None:
 def test_help_is_as_wide_as_argparse_would_make_it(columns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from worker import ctl
+    from worker.ctl import cli
 
     monkeypatch.setenv("COLUMNS", columns)
-    assert ctl._terminal_columns() == shutil.get_terminal_size().columns
-    parser = ctl._parser()
+    assert cli._terminal_columns() == shutil.get_terminal_size().columns
+    parser = cli._parser()
     reference = argparse.ArgumentParser(prog="processorctl")
     assert parser._get_formatter()._width == reference._get_formatter()._width
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
-from worker.control import request
+from worker.control_server import request
 from worker.errors import ControlError
 from worker.job import Identity, Job, JobState
 from worker.ledger import Ledger

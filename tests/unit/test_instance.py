@@ -21,7 +21,7 @@ from tests.stubservers import Imds, dead_endpoint
 from tests.waiting import wait_until
 from worker.config import settings_from_mapping
 from worker.errors import MetadataError, ScalingError
-from worker.instance import (
+from worker.fleet.instance import (
     GROUP_TAG_PATH,
     LIFECYCLE_PATH,
     SPOT_ACTION_PATH,

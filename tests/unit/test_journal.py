@@ -21,8 +21,8 @@ import structlog
 from tests.unit import journal_scenarios
 from tests.unit.logstate import restored_logging
 from tests.unit.systemd_backends import BACKENDS, private_run_unavailable, require_library
-from worker import logs, systemd
-from worker.journal import MAX_MESSAGE_BYTES, JournalHandler, encode, priority, stderr_is_journal
+from worker.telemetry import logsetup, systemd
+from worker.telemetry.journal import MAX_MESSAGE_BYTES, JournalHandler, encode, priority, stderr_is_journal
 
 
 def parse(datagram: bytes) -> dict[str, str]:
@@ -172,7 +172,7 @@ def test_journald_going_away_never_reaches_the_caller(journald: tuple[socket.soc
     sock, path = journald
     handler = JournalHandler(socket_path=path)
     with restored_logging():
-        logs.configure(journal=handler, stream=io.StringIO())
+        logsetup.configure(journal=handler, stream=io.StringIO())
         sock.close()
         os.unlink(path)
         structlog.get_logger().info("job_finished", job_id="j-5")  # must not raise
@@ -200,14 +200,14 @@ def test_stderr_is_dropped_only_when_it_already_is_the_journal(
     with (tmp_path / "stderr").open("w") as stderr, restored_logging():
         st = os.fstat(stderr.fileno())
         same = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-        sinks = logs.configure(journal=JournalHandler(socket_path=path), stream=stderr, environ=same)
+        sinks = logsetup.configure(journal=JournalHandler(socket_path=path), stream=stderr, environ=same)
         assert sinks == ["journald"]
         structlog.get_logger().info("once_only")
         assert json.loads(receive(sock)["MESSAGE"])["event"] == "once_only"
         stderr.flush()
         assert (tmp_path / "stderr").read_text() == ""  # not twice in the journal
         other = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}  # stderr redirected elsewhere
-        sinks = logs.configure(journal=JournalHandler(socket_path=path), stream=stderr, environ=other)
+        sinks = logsetup.configure(journal=JournalHandler(socket_path=path), stream=stderr, environ=other)
         assert sinks == ["journald", "stderr"]
         # Without the journald sink, stderr stays whatever it is connected to.
-        assert logs.configure(journal=None, stream=stderr, environ=same) == ["stderr"]
+        assert logsetup.configure(journal=None, stream=stderr, environ=same) == ["stderr"]

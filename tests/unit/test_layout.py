@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make, script
-from worker import layout
 from worker.job import Identity, JobState
 from worker.reconcile import Verdict, plan, result_index
-from worker.store import Listed
+from worker.storage import layout
+from worker.storage.base import Listed
 
 ROOM = 1024 - len("/_manifest.json")  # the longest <prefix><key> whose results fit
 

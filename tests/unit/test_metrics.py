@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker import metrics
 from worker.job import Job, JobState
+from worker.telemetry import metrics
 
 
 def finished(state: JobState = JobState.SUCCEEDED, **extra: object) -> Job:

@@ -17,10 +17,10 @@ from tests.fakes import FakeStore
 from worker.config import settings_from_mapping
 from worker.errors import StorageError
 from worker.job import Identity, Job, JobState
-from worker.layout import FAILED_NAME, MANIFEST_NAME
 from worker.ledger import Ledger
 from worker.pipeline import OVERLAP_HASH_BYTES, Pipeline
 from worker.process import StopToken
+from worker.storage.layout import FAILED_NAME, MANIFEST_NAME
 
 OUT = "out"
 

@@ -19,11 +19,11 @@ from tests.fakes import FakeQueue, FakeStore
 from tests.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
+from worker.fleet.consumer import ALREADY_PROCESSED
+from worker.fleet.workqueue import QueueError
 from worker.job import Identity, JobState
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
-from worker.queue_consumer import ALREADY_PROCESSED
-from worker.workqueue import QueueError
 
 WAIT_S = 20
 IN, OUT = "in", "out"

@@ -82,8 +82,8 @@ def test_result_prefix_follows_the_by_id_rule(prefix: str) -> None:
 
 @pytest.mark.parametrize("prefix", ["", "results/"])
 def test_result_prefix_is_worker_layouts_for_a_result_without_long_outputs(prefix: str) -> None:
-    """Against the worker's own rule, where this branch has it (worker/layout.py)."""
-    layout = pytest.importorskip("worker.layout")
+    """Against the worker's own rule, where this branch has it (worker/storage/layout.py)."""
+    layout = pytest.importorskip("worker.storage.layout")
     for key in [*_keys(300), "_by-id", "_by-id/j-0123", "y" * 1009, "y" * 1010]:
         job = job_id("b", key, None, "e")
         assert result_prefix(prefix, key, job) == layout.result_prefix(prefix, key, job), key

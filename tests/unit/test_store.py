@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from worker.errors import StorageError
-from worker.store import ObjectInfo, digest_file, verify_download
+from worker.storage.base import ObjectInfo, digest_file, verify_download
 
 BODY = b"the quick brown fox\n" * 1000
 SHA256 = base64.b64encode(hashlib.sha256(BODY).digest()).decode()

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from tests.unit.systemd_backends import BACKENDS, in_ci, require_library
 from tests.waiting import wait_until
-from worker import systemd
+from worker.telemetry import systemd
 
 
 @pytest.fixture(params=BACKENDS)

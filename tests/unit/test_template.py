@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from worker import metrics
 from worker.config import load_settings
 from worker.local import cfn
+from worker.telemetry import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / cfn.TEMPLATE_RELPATH

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from worker.fleet.workqueue import MalformedMessage, manifest_matches, parse_message
 from worker.identity import Identity
-from worker.workqueue import MalformedMessage, manifest_matches, parse_message
 
 
 def test_a_message_is_the_same_identity_processorctl_submit_gives() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker import exitcodes
+from worker.ctl.render import printable
 from worker.errors import ConfigError
 from worker.job import TERMINAL, Job, JobState
 from worker.ledger import Ledger
@@ -37,7 +38,6 @@ from worker.local.emulator import Emulator, Resources, provision
 from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
 from worker.local.ssmfront import SsmFront
-from worker.render import printable
 
 #: Marks a directory as ours, so a reset never deletes an operator's files.
 MARKER = ".processor-local"

@@ -31,13 +31,7 @@ import structlog
 
 from worker.config import SQS_MAX_INVISIBLE_S, Settings
 from worker.errors import LedgerError, StorageError
-from worker.job import Job, JobState
-from worker.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
-from worker.ledger import Ledger
-from worker.pipeline import Pipeline
-from worker.process import StopToken
-from worker.store import ObjectStore
-from worker.workqueue import (
+from worker.fleet.workqueue import (
     MAX_BATCH,
     MalformedMessage,
     QueueError,
@@ -46,6 +40,12 @@ from worker.workqueue import (
     manifest_matches,
     parse_message,
 )
+from worker.job import Job, JobState
+from worker.ledger import Ledger
+from worker.pipeline import Pipeline
+from worker.process import StopToken
+from worker.storage.base import ObjectStore
+from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 
 #: First and longest wait after a failed receive (the endpoint down, throttling).
 RECEIVE_BACKOFF_S = (1.0, 30.0)
@@ -272,7 +272,7 @@ class QueueConsumer:
     def _already_processed(self, job: Job) -> bool:
         """Whether the output bucket holds a manifest of this very version (S3 trouble: no).
 
-        Looked for where the job's results land (worker.layout): under the key, and
+        Looked for where the job's results land (worker.storage.layout): under the key, and
         under ``_by-id/<job id>/``, where a success goes when one of its outputs'
         keys would not fit under the key.
         """

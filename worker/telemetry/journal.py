@@ -40,7 +40,7 @@ import socket
 import struct
 from collections.abc import Callable, Mapping
 
-from worker.systemd import BUILTIN, LIBRARY
+from worker.telemetry.systemd import BUILTIN, LIBRARY
 
 try:  # optional at run time
     from systemd import journal as _sd_journal

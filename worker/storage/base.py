@@ -1,6 +1,6 @@
 """What the pipeline needs from an object store, and how a download is verified.
 
-``worker.s3.S3Store`` implements ``ObjectStore`` on boto3; tests use an
+``worker.storage.s3.S3Store`` implements ``ObjectStore`` on boto3; tests use an
 in-memory fake. Nothing here imports boto3.
 """
 

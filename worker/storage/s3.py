@@ -35,7 +35,7 @@ from tenacity import (
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.job import normalise_etag
-from worker.store import Listed, ObjectInfo
+from worker.storage.base import Listed, ObjectInfo
 
 _log = structlog.get_logger("processor.s3")
 

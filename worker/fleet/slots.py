@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     import queue
 
     from worker.config import Settings
-    from worker.queue_consumer import Runner
+    from worker.fleet.consumer import Runner
 
 log = structlog.get_logger("processor.daemon")
 
 
 class InstanceGuard(Protocol):
-    """What the instance this daemon runs on may ask of it (worker.instance)."""
+    """What the instance this daemon runs on may ask of it (worker.fleet.instance)."""
 
     def set_busy(self, busy: bool) -> None:
         """Whether the daemon holds at least one job; called on change; must not block."""
@@ -50,7 +50,7 @@ class _Slot:
 
 
 class FleetSlots:
-    """``worker.queue_consumer.SlotHost`` on the daemon's slots, and the guard's hooks."""
+    """``worker.fleet.consumer.SlotHost`` on the daemon's slots, and the guard's hooks."""
 
     if TYPE_CHECKING:
         settings: Settings

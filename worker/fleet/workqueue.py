@@ -1,6 +1,6 @@
 """A fleet's shared work queue, as the daemon sees it: messages, their parsing, the protocol.
 
-``worker.sqs.SQSQueue`` implements ``WorkQueue`` on boto3; tests use an
+``worker.fleet.sqs.SQSQueue`` implements ``WorkQueue`` on boto3; tests use an
 in-memory fake. Pure: nothing here imports boto3.
 
 A message body is a JSON object ``{"bucket": str, "key": str, "version_id":

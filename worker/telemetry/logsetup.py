@@ -6,9 +6,9 @@ Sinks (each enabled by config, all fed the same rendered JSON line):
   when the structured journald sink is on and stderr is that very stream
   (``$JOURNAL_STREAM``): otherwise every line would be in the journal twice.
 - ``logs/processor.jsonl`` on the EBS volume, rotated by size.
-- journald with searchable fields (``worker.journal``).
-- CloudWatch Logs via watchtower, a stream per instance (``worker.cloudwatch``),
-  plus the EMF metrics of ``worker.metrics`` on ``<stream>-metrics``.
+- journald with searchable fields (``worker.telemetry.journal``).
+- CloudWatch Logs via watchtower, a stream per instance (``worker.telemetry.cloudwatch``),
+  plus the EMF metrics of ``worker.telemetry.metrics`` on ``<stream>-metrics``.
 
 Event names are snake_case facts and the keys are fixed (``event``,
 ``job_id``, ``bucket``, ``key``, ``state``, ``attempt``, ``duration_s`` …).
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
-from worker import metrics
 from worker.config import Settings
-from worker.journal import JournalHandler, stderr_is_journal
+from worker.telemetry import metrics
+from worker.telemetry.journal import JournalHandler, stderr_is_journal
 
 if TYPE_CHECKING:  # the CloudWatch module imports boto3: only when it is used
-    from worker.cloudwatch import CloudWatchHandler, Target
+    from worker.telemetry.cloudwatch import CloudWatchHandler, Target
 
 #: Rotation of the JSON log on the state volume.
 LOG_FILE_BYTES = 20 * 1024 * 1024
@@ -136,7 +136,7 @@ def setup(settings: Settings, *, lookup: Callable[[], str | None] | None = None)
     """configure() from ``[logging]``: the daemon's sinks. ``lookup`` replaces the IMDS query."""
     target = None
     if settings.logging.cloudwatch_log_group:
-        from worker.cloudwatch import Target, instance_id
+        from worker.telemetry.cloudwatch import Target, instance_id
 
         target = Target.from_settings(settings, lookup or instance_id)
     journal = JournalHandler() if settings.logging.journald else None
@@ -149,7 +149,7 @@ def setup(settings: Settings, *, lookup: Callable[[], str | None] | None = None)
 
 
 def _attach_cloudwatch(target: Target, formatter: logging.Formatter) -> bool:
-    from worker.cloudwatch import open_handlers
+    from worker.telemetry.cloudwatch import open_handlers
 
     try:
         events, emf, problem = open_handlers(target)

@@ -68,7 +68,7 @@ class Metadata(Protocol):
 
 
 class ProtectionApi(Protocol):
-    """What the guard needs of Auto Scaling (worker.autoscaling.AutoScaling)."""
+    """What the guard needs of Auto Scaling (worker.fleet.autoscaling.AutoScaling)."""
 
     def set_protection(self, instance_id: str, group: str, protected: bool) -> None: ...
 
@@ -385,13 +385,13 @@ def guard_from_settings(
     """A started guard for ``[instance]``, or None when it asks for nothing.
 
     ``protection`` replaces the Auto Scaling adapter factory (tests); by default
-    it is ``worker.autoscaling.AutoScaling.connect``, imported only when needed.
+    it is ``worker.fleet.autoscaling.AutoScaling.connect``, imported only when needed.
     """
     cfg = settings.instance
     if not (cfg.scale_in_protection or cfg.watch_spot_interruption or cfg.watch_lifecycle_state):
         return None
     if cfg.scale_in_protection and protection is None:
-        from worker.autoscaling import AutoScaling
+        from worker.fleet.autoscaling import AutoScaling
 
         protection = AutoScaling.connect
     guard = Guard(

@@ -3,7 +3,7 @@
 It runs once per SSM command, so it starts fast: stdlib plus the ledger, never
 boto3. ``submit`` writes to the ledger directly (durable while the daemon is
 stopped) and then pokes the daemon over its socket if it is up. The other
-commands live in worker.ctl_commands, imported only when one is asked for;
+commands live in worker.ctl.commands, imported only when one is asked for;
 keep what ``submit`` imports small (tests/unit/test_ctl.py checks it).
 """
 
@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
-from worker.control_client import wake
+from worker.ctl.control_client import wake
 from worker.errors import ConfigError, JobNotFound, LedgerError, UsageError
 from worker.identity import Identity, decode_key_base64, normalise_etag
-from worker.layout import MAX_KEY_BYTES
 from worker.ledger import Ledger
 from worker.states import JobState
+from worker.storage.layout import MAX_KEY_BYTES
 
 if TYPE_CHECKING:
-    from worker.ctl_commands import Command
+    from worker.ctl.commands import Command
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -182,7 +182,7 @@ def _command(name: str) -> Command:
     if name == "submit":
         return _submit
     # Imported here: it needs the Job dataclass and the renderers, which submit does not.
-    from worker.ctl_commands import COMMANDS
+    from worker.ctl.commands import COMMANDS
 
     return COMMANDS[name]
 
@@ -199,7 +199,7 @@ def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
     job_id, state, created = ledger.enqueue(identity)
     wake(settings.paths.socket)
     if args.json:
-        from worker.render import dump_json  # the SSM document's submit is not --json
+        from worker.ctl.render import dump_json  # the SSM document's submit is not --json
 
         dump_json(out, {"job_id": job_id, "created": created, "state": state.value})
     else:
@@ -221,7 +221,7 @@ def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
     if len(encoded) > MAX_KEY_BYTES:
         raise UsageError(f"--key is {len(encoded)} bytes; S3 keys are at most {MAX_KEY_BYTES}")
     # A key too long for <output prefix><key>/_manifest.json is fine: its results
-    # go to the _by-id/<job id>/ fallback (worker.layout).
+    # go to the _by-id/<job id>/ fallback (worker.storage.layout).
     return Identity(bucket, key, version_id or None, normalise_etag(etag))
 
 

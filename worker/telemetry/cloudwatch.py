@@ -14,7 +14,7 @@ retries so a dead endpoint frees the sender quickly. The endpoint comes from
 boto3's usual chain: ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` (botocore derives the
 name from the service id "CloudWatch Logs"; ``AWS_ENDPOINT_URL_LOGS`` is
 ignored), then ``AWS_ENDPOINT_URL``.
-Bounded shutdown is ``worker.logs.shutdown``'s job.
+Bounded shutdown is ``worker.telemetry.logsetup.shutdown``'s job.
 """
 
 from __future__ import annotations

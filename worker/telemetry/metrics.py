@@ -16,7 +16,7 @@ The empty dimension set gives fleet-wide totals beside the per-outcome ones;
 dimensions, which would make one metric per job).
 
 Documents go through the stdlib logger ``LOGGER_NAME``, which propagates
-nowhere: ``worker.logs`` gives it only the CloudWatch metrics stream, so no
+nowhere: ``worker.telemetry.logsetup`` gives it only the CloudWatch metrics stream, so no
 EMF JSON lands in the file or the journal. Not through structlog, because the
 document must be the whole log event, not a field of one. When CloudWatch is
 off the logger is disabled and no document is even built.
@@ -35,7 +35,7 @@ from worker.job import Job
 #: CloudWatch metric namespace.
 NAMESPACE = "processor"
 
-#: The stdlib logger carrying EMF documents (wired up by worker.logs).
+#: The stdlib logger carrying EMF documents (wired up by worker.telemetry.logsetup).
 LOGGER_NAME = "processor.emf"
 
 #: Every metric of the document, with its CloudWatch unit.
@@ -52,7 +52,7 @@ DIMENSIONS: tuple[tuple[str, ...], ...] = (("Outcome",), ())
 
 _log = logging.getLogger(LOGGER_NAME)
 _log.propagate = False  # EMF documents belong on the metrics stream only
-_log.setLevel(logging.CRITICAL + 1)  # off until worker.logs attaches the CloudWatch sink
+_log.setLevel(logging.CRITICAL + 1)  # off until worker.telemetry.logsetup attaches the CloudWatch sink
 
 
 def _count(value: object) -> int:

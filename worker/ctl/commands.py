@@ -1,7 +1,7 @@
 """`processorctl`'s commands other than ``submit``: list, show, status, cancel, retry, logs, reconcile.
 
-Apart from worker.ctl because operators run these now and then, while
-``submit`` runs once per S3 object and imports only what it needs; worker.ctl
+Apart from worker.ctl.cli because operators run these now and then, while
+``submit`` runs once per S3 object and imports only what it needs; worker.ctl.cli
 imports this module when one of these commands is asked for.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, TextIO
 
 from worker import exitcodes
 from worker.config import Settings
-from worker.control_client import request, wake
+from worker.ctl.control_client import request, wake
+from worker.ctl.render import describe, dump_json, printable, result_location, table, when
 from worker.errors import ControlError, InvalidTransition
 from worker.job import Job, JobState
 from worker.ledger import Ledger
-from worker.render import describe, dump_json, printable, result_location, table, when
 
 Command = Callable[[argparse.Namespace, Settings, Ledger, TextIO], int]
 
@@ -162,7 +162,7 @@ def _copy_from(path: Path, offset: int, out: TextIO) -> int:
 
 def _reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     # Imported here: it needs boto3, slow to import, and every other command runs without it.
-    from worker.ctl_reconcile import reconcile
+    from worker.ctl.reconcile import reconcile
 
     return reconcile(args, settings, ledger, out)
 
@@ -174,7 +174,7 @@ def _report(out: TextIO, as_json: bool, job: Job) -> None:
         print(f"{job.id} {job.state.value}", file=out)
 
 
-#: Every command but ``submit`` (worker.ctl's own), by name.
+#: Every command but ``submit`` (worker.ctl.cli's own), by name.
 COMMANDS: Mapping[str, Command] = {
     "list": _list, "show": _show, "status": _status, "cancel": _cancel,
     "retry": _retry, "logs": _logs, "reconcile": _reconcile,

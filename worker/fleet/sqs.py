@@ -18,7 +18,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from worker.config import Settings, queue_region
-from worker.workqueue import MAX_BATCH, QueueError, Received
+from worker.fleet.workqueue import MAX_BATCH, QueueError, Received
 
 #: Error codes worth another try (throttling, SQS-side faults).
 _RETRYABLE_CODES = frozenset(

@@ -15,12 +15,12 @@ from typing import TextIO
 
 from worker import exitcodes
 from worker.config import Settings
-from worker.control import wake
+from worker.control_server import wake
+from worker.ctl.render import dump_json, printable
 from worker.errors import StorageError, UsageError
 from worker.ledger import Ledger
 from worker.reconcile import Verdict, identity_of, plan, result_index
-from worker.render import dump_json, printable
-from worker.s3 import S3Store
+from worker.storage.s3 import S3Store
 
 
 def reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:

@@ -1,7 +1,7 @@
 """Auto Scaling for the instance guard: the only module in worker/ that calls it with boto3.
 
 One call, SetInstanceProtection on this instance. botocore's errors are turned
-into ScalingError here, once, so ``worker.instance`` never sees botocore. The
+into ScalingError here, once, so ``worker.fleet.instance`` never sees botocore. The
 client has short timeouts and few attempts of its own: the guard's watcher
 thread retries with backoff itself, and while it waits on a slow endpoint it
 does not poll for Spot notices.

@@ -6,7 +6,7 @@ root and the service's group reach it. Ops: ``ping``, ``wake`` (a job was
 submitted), ``status``.
 
 This is the server. The client half (``request``, ``wake``) lives in
-worker.control_client, so that processorctl can import it without
+worker.ctl.control_client, so that processorctl can import it without
 ``socketserver``; it is re-exported here.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.control_client import request, wake
+from worker.ctl.control_client import request, wake
 from worker.errors import ControlError
 
 __all__ = ["MAX_REQUEST_BYTES", "ControlServer", "Handler", "request", "wake"]

@@ -1,0 +1,10 @@
+"""`processorctl`, the operators' command line (console script ``worker.ctl.cli:main``).
+
+- ``cli``             the parser, ``submit`` (stdlib only: it starts in milliseconds) and dispatch
+- ``commands``        list, show, status, cancel, retry, logs
+- ``reconcile``       ``processorctl reconcile`` (the one command that imports boto3)
+- ``render``          tables and JSON for people and machines
+- ``control_client``  the client half of the daemon's control socket (server: worker.control_server)
+
+"ctl" always means this command line; "control" means the daemon's Unix-socket API.
+"""
