@@ -59,7 +59,7 @@ class Run:
 def prefill(config: Path, objects: Sequence[tuple[str, str]]) -> None:
     """Queue every object in the daemon's ledger, as processorctl submit does (same code path)."""
     from worker.config import load_settings
-    from worker.job import Identity
+    from worker.identity import Identity
     from worker.ledger import Ledger
 
     settings = load_settings(config, {})

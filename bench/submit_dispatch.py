@@ -64,7 +64,7 @@ def fill_not_due(ledger_file: Path, depth: int, *, prefix: str = "queued/") -> N
     The fill commits without fsync (the same rows, written faster); the
     daemon reopens the ledger with its own settings.
     """
-    from worker.job import Identity
+    from worker.identity import Identity
     from worker.ledger import Ledger
 
     with Ledger(ledger_file) as ledger:
@@ -77,8 +77,9 @@ def fill_not_due(ledger_file: Path, depth: int, *, prefix: str = "queued/") -> N
 
 def claim_next_cost(tmp: Path, depth: int, trials: int) -> tuple[list[float], list[float]]:
     """Seconds per Ledger.claim_next of one due job: empty ledger vs ``depth`` not-due jobs."""
-    from worker.job import Identity, JobState
+    from worker.identity import Identity
     from worker.ledger import Ledger
+    from worker.states import JobState
 
     empty_file, deep_file = tmp / "claim-empty" / "l.db", tmp / "claim-deep" / "l.db"
     fill_not_due(deep_file, depth)

@@ -7,7 +7,7 @@ submitted), ``status``.
 
 This is the server. The client half (``request``, ``wake``) lives in
 worker.ctl.control_client, so that processorctl can import it without
-``socketserver``; it is re-exported here.
+``socketserver``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.ctl.control_client import request, wake
 from worker.errors import ControlError
 
-__all__ = ["MAX_REQUEST_BYTES", "ControlServer", "Handler", "request", "wake"]
+__all__ = ["MAX_REQUEST_BYTES", "ControlServer", "Handler"]
 
 #: Largest request accepted, in bytes: requests are small JSON objects.
 MAX_REQUEST_BYTES = 64 * 1024

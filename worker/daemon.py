@@ -33,11 +33,12 @@ from worker.config import Settings
 from worker.control_server import ControlServer
 from worker.errors import LedgerError
 from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
-from worker.job import Job, JobState
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.ledger_schema import ORIGIN_LOCAL
 from worker.pipeline import Pipeline
 from worker.process import StopToken, reap_orphans
+from worker.states import JobState
 from worker.telemetry import metrics, systemd
 
 if TYPE_CHECKING:

@@ -1,9 +1,8 @@
 """Jobs: ``Job``, a snapshot of one ledger row; pure data, no I/O.
 
 The job's states and their transition table live in worker.states, its
-identity and id in worker.identity (both importable without ``dataclasses``,
-for ``processorctl submit``); they are re-exported here so that
-``from worker.job import JobState, Identity`` keeps working everywhere else.
+identity and id in worker.identity: both stay importable without
+``dataclasses``, for ``processorctl submit``.
 """
 
 from __future__ import annotations
@@ -11,19 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from worker.identity import Identity, normalise_etag
-from worker.states import TERMINAL, JobState, Phase, can_transition, check_transition
+from worker.identity import Identity
+from worker.states import JobState, Phase
 
-__all__ = [
-    "TERMINAL",
-    "Identity",
-    "Job",
-    "JobState",
-    "Phase",
-    "can_transition",
-    "check_transition",
-    "normalise_etag",
-]
+__all__ = ["Job"]
 
 
 @dataclass(frozen=True)

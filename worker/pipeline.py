@@ -33,10 +33,11 @@ from worker.errors import (
     OutputError,
     StorageError,
 )
-from worker.job import Job, JobState, Phase
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.space import DiskSpace, Usage, is_no_space, space_retry_bounds
+from worker.states import JobState, Phase
 from worker.storage.base import ObjectInfo, ObjectStore, digest_file, verify_download
 from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
 from worker.storage.layout import result_prefix as layout_result_prefix

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from lambda_trigger.reconcile import Decision, Results, Verdict, index_results
 from lambda_trigger.reconcile import Listed as ListedObject
 from lambda_trigger.reconcile import plan as plan_objects
-from worker.job import Identity
+from worker.identity import Identity
 from worker.ledger import Ledger
 from worker.storage.base import Listed
 

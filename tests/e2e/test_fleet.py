@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_local import Running, running_local
-from worker.job import JobState
 from worker.ledger import Ledger
+from worker.states import JobState
 
 pytestmark = pytest.mark.e2e
 

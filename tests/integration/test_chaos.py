@@ -27,8 +27,8 @@ from tests.conftest import REPORT, processorctl, write_config
 from tests.reliability.common import daemon
 from tests.waiting import wait_until
 from worker.ctl import cli
-from worker.job import JobState
 from worker.ledger import Ledger
+from worker.states import JobState
 
 IN, OUT = "chaos-in", "chaos-out"
 JOBS = 300

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import CREDENTIALS, processorctl, write_config
 from tests.waiting import cpu_seconds, wait_until
 from worker import exitcodes
-from worker.control_server import request
+from worker.ctl.control_client import request
 from worker.errors import ControlError
 from worker.ledger import Ledger
 

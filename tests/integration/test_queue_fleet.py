@@ -27,7 +27,7 @@ import pytest
 
 from tests import waiting
 from tests.conftest import CREDENTIALS, REPORT, processorctl, write_config
-from worker.control_server import request
+from worker.ctl.control_client import request
 from worker.errors import ControlError
 from worker.process import reap_orphans
 

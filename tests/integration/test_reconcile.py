@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.conftest import CREDENTIALS, processorctl, write_config
 from tests.integration.test_daemon import daemon, wait_state
-from worker.job import Identity
+from worker.identity import Identity
 from worker.ledger import Ledger
 
 IN, OUT = "recon-in", "recon-out"

@@ -21,7 +21,7 @@ from tests.conftest import REPORT, processorctl, write_config
 from tests.integration.test_daemon import wait_state
 from tests.reliability.common import daemon, integrity
 from worker import exitcodes
-from worker.control_server import request
+from worker.ctl.control_client import request
 from worker.ledger import Ledger
 
 IN, OUT = "full-in", "full-out"

@@ -38,10 +38,10 @@ from tests.reliability.common import object_keys
 from tests.unit.test_handler import ENV, Factory, FakeSsm
 from worker import exitcodes
 from worker.identity import decode_key_base64
-from worker.job import JobState
 from worker.ledger import Ledger
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters
+from worker.states import JobState
 from worker.storage import layout
 
 #: ``{c}`` is replaced by the canary dir: every key that could run a command touches a file there.

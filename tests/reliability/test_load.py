@@ -19,8 +19,8 @@ from tests.conftest import REPORT
 from tests.e2e.test_local import running_local
 from tests.reliability.common import daemon_pid, memory_kib, object_keys
 from tests.waiting import wait_until
-from worker.job import JobState
 from worker.ledger import Ledger
+from worker.states import JobState
 
 pytestmark = pytest.mark.e2e
 

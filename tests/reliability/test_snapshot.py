@@ -27,9 +27,9 @@ from typing import Any
 from tests.conftest import REPORT, processorctl, write_config
 from tests.reliability.common import daemon, integrity
 from tests.waiting import wait_until
-from worker.job import JobState
 from worker.ledger import Ledger
 from worker.process import reap_orphans
+from worker.states import JobState
 
 IN, OUT = "snap-in", "snap-out"
 JOBS = 40

@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import processorctl, write_config
 from worker import exitcodes
 from worker.ctl.cli import main
-from worker.job import Identity, JobState
+from worker.identity import Identity
 from worker.ledger import Ledger
+from worker.states import JobState
 
 
 @pytest.fixture
@@ -231,7 +232,7 @@ def test_finished_job_shows_results_and_failure_details(config: Path) -> None:
 
 
 def test_show_displays_phase_and_bytes_of_a_running_job(config: Path) -> None:
-    from worker.job import Phase
+    from worker.states import Phase
 
     _, out = run(config, "submit", "--bucket", "b", "--key=big.bin")
     job_id = out.strip()

@@ -18,11 +18,13 @@ import pytest
 
 from tests.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
-from worker.control_server import request
+from worker.ctl.control_client import request
 from worker.errors import ControlError
-from worker.job import Identity, Job, JobState
+from worker.identity import Identity
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.process import StopToken
+from worker.states import JobState
 
 WAIT_S = 20
 

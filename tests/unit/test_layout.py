@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make, script
-from worker.job import Identity, JobState
+from worker.identity import Identity
 from worker.reconcile import Verdict, plan, result_index
+from worker.states import JobState
 from worker.storage import layout
 from worker.storage.base import Listed
 

@@ -12,9 +12,10 @@ import pytest
 
 from tests.conftest import processorctl, write_config
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
-from worker.job import Identity, JobState, Phase
+from worker.identity import Identity
 from worker.ledger import Ledger
 from worker.ledger_schema import SCHEMA_VERSION
+from worker.states import JobState, Phase
 
 
 class Clock:

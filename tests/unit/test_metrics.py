@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.job import Job, JobState
+from worker.job import Job
+from worker.states import JobState
 from worker.telemetry import metrics
 
 

@@ -16,10 +16,12 @@ from tests.fakedisk import FakeDisk
 from tests.fakes import FakeStore
 from worker.config import settings_from_mapping
 from worker.errors import StorageError
-from worker.job import Identity, Job, JobState
+from worker.identity import Identity
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.pipeline import OVERLAP_HASH_BYTES, Pipeline
 from worker.process import StopToken
+from worker.states import JobState
 from worker.storage.layout import FAILED_NAME, MANIFEST_NAME
 
 OUT = "out"

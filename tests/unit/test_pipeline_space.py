@@ -14,8 +14,8 @@ import pytest
 from tests.fakedisk import FakeDisk
 from tests.unit.test_pipeline import COPY_UPPER, FAILED_NAME, OUT, claim, make, script
 from worker.errors import InsufficientSpace
-from worker.job import JobState
 from worker.space import SPACE_RETRY_MAX_S, DiskSpace
+from worker.states import JobState
 
 MIB = 1024 * 1024
 #: paths.min_free_mb's default, in bytes.

@@ -21,9 +21,10 @@ from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.fleet.consumer import ALREADY_PROCESSED
 from worker.fleet.workqueue import QueueError
-from worker.job import Identity, JobState
+from worker.identity import Identity
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
+from worker.states import JobState
 
 WAIT_S = 20
 IN, OUT = "in", "out"

@@ -19,8 +19,9 @@ from worker.config import Settings
 from worker.ctl.control_client import request, wake
 from worker.ctl.render import describe, dump_json, printable, result_location, table, when
 from worker.errors import ControlError, InvalidTransition
-from worker.job import Job, JobState
+from worker.job import Job
 from worker.ledger import Ledger
+from worker.states import JobState
 
 Command = Callable[[argparse.Namespace, Settings, Ledger, TextIO], int]
 

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from worker import exitcodes
 from worker.config import Settings
-from worker.control_server import wake
+from worker.ctl.control_client import wake
 from worker.ctl.render import dump_json, printable
 from worker.errors import StorageError, UsageError
 from worker.ledger import Ledger

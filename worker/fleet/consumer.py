@@ -40,10 +40,11 @@ from worker.fleet.workqueue import (
     manifest_matches,
     parse_message,
 )
-from worker.job import Job, JobState
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.process import StopToken
+from worker.states import JobState
 from worker.storage.base import ObjectStore
 from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import load_settings
-from worker.control_server import request
+from worker.ctl.control_client import request
 from worker.errors import ControlError
 from worker.local.agent import CommandResult, LocalSsmAgent
 from worker.local.emulator import Emulator, Resources

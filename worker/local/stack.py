@@ -31,13 +31,14 @@ from typing import Any, TextIO
 from worker import exitcodes
 from worker.ctl.render import printable
 from worker.errors import ConfigError
-from worker.job import TERMINAL, Job, JobState
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.local.agent import CommandResult, parse_content
 from worker.local.emulator import Emulator, Resources, provision
 from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
 from worker.local.ssmfront import SsmFront
+from worker.states import TERMINAL, JobState
 
 #: Marks a directory as ours, so a reset never deletes an operator's files.
 MARKER = ".processor-local"

@@ -34,7 +34,7 @@ from tenacity import (
 
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
-from worker.job import normalise_etag
+from worker.identity import normalise_etag
 from worker.storage.base import Listed, ObjectInfo
 
 _log = structlog.get_logger("processor.s3")
