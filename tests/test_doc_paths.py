@@ -10,6 +10,7 @@ repository paths.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +63,50 @@ def test_the_scan_finds_a_missing_path(tmp_path: Path) -> None:
 
 def test_every_repository_path_in_the_docs_exists() -> None:
     assert missing_paths() == []
+
+
+#: ``path.py::Name`` or ``path.py::Class.method``: a symbol the docs point a reader to.
+_SYMBOL = re.compile(r"((?:[\w.-]+/)+[\w.-]+\.py)::([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)")
+
+
+def _defines(tree: ast.Module, dotted: str) -> bool:
+    """Whether ``dotted`` (``f``, ``C``, ``C.m``, ``C.Inner.m``) is defined in the module."""
+    scope: list[ast.stmt] = list(tree.body)
+    for part in dotted.split("."):
+        found = None
+        for node in scope:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == part:
+                found = node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == part for t in targets):
+                    found = node
+        if found is None:
+            return False
+        scope = list(found.body) if isinstance(found, ast.ClassDef) else []
+    return True
+
+
+def missing_symbols() -> list[str]:
+    found = []
+    for path, text in _texts():
+        for name, dotted in sorted(set(_SYMBOL.findall(text))):
+            source = REPO / name
+            if not source.is_file():
+                continue  # reported by missing_paths
+            if not _defines(ast.parse(source.read_text(encoding="utf-8")), dotted):
+                found.append(f"{path.relative_to(REPO)}: {name}::{dotted}")
+    return found
+
+
+def test_the_symbol_scan_finds_a_missing_name() -> None:
+    tree = ast.parse("X = 1\nclass C:\n    y: int = 2\n    def m(self): ...\ndef f(): ...\n")
+    assert all(_defines(tree, d) for d in ("X", "C", "C.y", "C.m", "f"))
+    assert not any(_defines(tree, d) for d in ("g", "C.n", "f.x", "X.y"))
+    assert _SYMBOL.findall("see worker/ledger.py::Ledger.enqueue and tests/unit/test_job.py::test_x[a]") == [
+        ("worker/ledger.py", "Ledger.enqueue"), ("tests/unit/test_job.py", "test_x")]
+
+
+def test_every_symbol_in_the_docs_is_defined() -> None:
+    """A module map that names ``file.py::function`` goes stale quietly when code moves."""
+    assert missing_symbols() == []
