@@ -29,7 +29,8 @@ STANDALONE = "worker.examples"
 
 # One drawn line: the tree's guides (4 columns per level), a class name, then an optional
 # "[module]" relative to worker. Continuation lines start with a guide or a space, never a name.
-_LINE = re.compile(r"(?P<guides>(?:[│ ]   )*(?:[├└]── )?)(?P<name>[A-Z]\w*)(?:\s+\[(?P<home>[\w.]+)\])?(?:\s|$)")
+_LINE = re.compile(r"(?P<guides>(?:[│ ]   )*(?:[├└]── )?)(?P<name>[A-Z]\w*)"
+                   r"(?:\s+\[(?P<home>[\w.]+)\])?(?:\s|$)")
 
 
 def parse_tree(doc: str) -> dict[str, tuple[str | None, str]]:
