@@ -120,10 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--dry-run", action="store_true", help="list what would be submitted")
     reconcile.add_argument("--json", action="store_true")
 
-    job_output = sub.add_parser("logs", help="the processing command's output for a job")
-    job_output.add_argument("job_id")
-    job_output.add_argument("-f", "--follow", action="store_true",
-                            help="keep printing until the job leaves the running state")
+    logs = sub.add_parser("logs", help="the processing command's output for a job")
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing until the job leaves the running state")
     return parser
 
 

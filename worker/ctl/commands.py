@@ -133,8 +133,7 @@ def _retry(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Te
     return exitcodes.OK
 
 
-def _job_output(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    """``processorctl logs JOB [-f]``: the processing command's output, from the job's log file."""
+def _logs(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     job = ledger.get(args.job_id)
     path = settings.paths.logs / "jobs" / f"{job.id}.log"
     offset = 0
@@ -179,5 +178,5 @@ def _report(out: TextIO, as_json: bool, job: Job) -> None:
 #: Every command but ``submit`` (worker.ctl.cli's own), by name.
 COMMANDS: Mapping[str, Command] = {
     "list": _list, "show": _show, "status": _status, "cancel": _cancel,
-    "retry": _retry, "logs": _job_output, "reconcile": _reconcile,
+    "retry": _retry, "logs": _logs, "reconcile": _reconcile,
 }
