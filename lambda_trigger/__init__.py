@@ -1,0 +1,14 @@
+"""The S3-event Lambda: each uploaded object becomes a job for the worker.
+
+- ``handler``     the entry point, ``lambda_handler(event, context)``: glue only
+- ``config``      its environment, read per invocation and validated up front
+- ``events``      S3 event notification -> job requests (pure; decodes keys once)
+- ``ssm``         SendCommand of the submit document to one instance
+- ``sqs``         messages to a fleet's shared work queue
+- ``reconciler``  the reconcile mode: re-queue lost objects (``s3`` lists the bucket)
+- ``reconcile``   the decision "is this object lost?", shared with ``processorctl reconcile``
+- ``logs``        its log lines, one JSON object each
+
+The deployment package holds only this package, so nothing here imports ``worker``
+(tests/unit/test_layering.py checks it); boto3 comes from the Lambda runtime.
+"""

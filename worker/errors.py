@@ -1,28 +1,40 @@
-"""The exception tree of the worker.
+"""The exception tree of the worker: every exception class defined in worker/, drawn.
+
+Most live here. Three live beside the one module that raises them and the
+code that handles them (the module in brackets); the local agent's two
+stand in for SSM's own errors and are ``ValueError`` like theirs would be.
+``worker.examples`` is a separate program (the example processing command)
+and keeps its own. tests/unit/test_errors.py checks that this drawing lists
+exactly the classes defined, with their real bases, and that each one is
+raised somewhere or is the base of one that is.
 
 ::
 
-    ProcessorError                  base of every error the worker raises on purpose
-    ├── ConfigError                 the configuration is invalid; names the key
-    ├── LedgerError                 the SQLite ledger cannot be opened or written
-    │   ├── JobNotFound             no job with that id
-    │   └── InvalidTransition       a state change the transition table forbids
-    ├── StorageError                an object-store call failed (.retryable, .code)
-    │   └── ObjectChanged           the object no longer matches the job's identity
-    ├── CommandError                the processing command could not run or failed
-    │   ├── CommandFailed           it exited non-zero (.returncode, .stderr_tail)
-    │   └── CommandTimedOut         it ran past processing.timeout_s
-    ├── OutputError                 the command's outputs break the contract
-    ├── InsufficientSpace           the state volume cannot hold the job's input: now
-    │                               (.retryable: wait for space) or ever
-    ├── Interrupted                 a job was asked to stop mid-transfer (.reason)
-    ├── ControlError                the control socket could not be reached
-    ├── MetadataError               the EC2 instance metadata service (IMDS) did not answer (.status)
-    ├── ScalingError                an Auto Scaling call failed (.retryable, .code)
-    └── UsageError                  a processorctl command-line value is unusable; names the option
+    Exception
+    ├── ProcessorError              base of every error the worker raises on purpose
+    │   ├── ConfigError             the configuration is invalid; names the key (.key)
+    │   ├── LedgerError             the SQLite ledger cannot be opened or written
+    │   │   ├── JobNotFound         no job with that id (.job_id)
+    │   │   └── InvalidTransition   a state change the transition table forbids
+    │   ├── StorageError            an object-store call failed (.retryable, .code)
+    │   │   └── ObjectChanged       the object no longer matches the job's identity
+    │   ├── OutputError             the command's outputs break the contract
+    │   ├── InsufficientSpace       the state volume cannot hold the job's input: now
+    │   │                           (.retryable: wait for space) or ever
+    │   ├── Interrupted             a job was asked to stop mid-transfer (.reason)
+    │   ├── ControlError            the control socket could not be reached or answered an error
+    │   ├── UsageError              a processorctl command-line value is unusable; names the option
+    │   ├── MetadataError           the instance metadata service (IMDS) failed or said no (.status)
+    │   ├── ScalingError            an Auto Scaling call failed (.retryable, .code)
+    │   ├── QueueError              [fleet.workqueue] a work-queue call failed (.retryable, .code)
+    │   ├── MalformedMessage        [fleet.workqueue] a queue message is no job request (.field)
+    │   └── StateDirLocked          [statelock] another daemon holds the state dir (.holder_pid)
+    └── ValueError
+        ├── InvalidParameters       [local.params] a command's parameters break its document (.name)
+        └── InvalidDocument         [local.params] a document the local SSM agent cannot run
 
-    ShutdownRequested (BaseException) asks the daemon to stop; no `except Exception`
-                                      may swallow it.
+A processing command that fails is not an exception: its exit status and
+stderr tail are the attempt's outcome, which the pipeline records.
 """
 
 from __future__ import annotations
@@ -83,28 +95,6 @@ class ObjectChanged(StorageError):
         super().__init__(message, retryable=False, code="PreconditionFailed")
 
 
-class CommandError(ProcessorError):
-    """The processing command could not run or did not succeed."""
-
-
-class CommandFailed(CommandError):
-    """The processing command exited non-zero."""
-
-    def __init__(self, returncode: int, stderr_tail: str) -> None:
-        super().__init__(f"processing command exited with status {returncode}")
-        self.returncode = returncode
-        self.stderr_tail = stderr_tail
-
-
-class CommandTimedOut(CommandError):
-    """The processing command ran past its time limit and was stopped."""
-
-    def __init__(self, timeout_s: float, stderr_tail: str) -> None:
-        super().__init__(f"processing command timed out after {timeout_s:g}s")
-        self.timeout_s = timeout_s
-        self.stderr_tail = stderr_tail
-
-
 class OutputError(ProcessorError):
     """The command's outputs break the processing-command contract."""
 
@@ -155,7 +145,3 @@ class ScalingError(ProcessorError):
         super().__init__(message)
         self.retryable = retryable
         self.code = code
-
-
-class ShutdownRequested(BaseException):
-    """Asks the daemon to stop; a BaseException so `except Exception` cannot eat it."""

@@ -1,4 +1,4 @@
-"""The safety net for lost events: submit input objects that have neither a job nor a result.
+"""The reconcile plan on an instance: which input objects are lost (no job here, no result).
 
 One global pass, no ownership: every instance that runs it may submit any
 lost object into its own ledger, and the Lambda's reconcile mode sends the
@@ -8,6 +8,8 @@ output bucket for a manifest of the same identity before running a job.
 The decision itself (too new, folder marker, result at either result
 location) is lambda_trigger.reconcile.plan, shared with the Lambda; this
 module adds the ledger check (an object with a job here is left to it).
+``processorctl reconcile`` (worker.ctl.reconcile) lists the buckets and
+submits what this plan calls lost.
 """
 
 from __future__ import annotations

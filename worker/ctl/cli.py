@@ -4,7 +4,7 @@ It runs once per SSM command, so it starts fast: stdlib plus the ledger, never
 boto3. ``submit`` writes to the ledger directly (durable while the daemon is
 stopped) and then pokes the daemon over its socket if it is up. The other
 commands live in worker.ctl.commands, imported only when one is asked for;
-keep what ``submit`` imports small (tests/unit/test_ctl.py checks it).
+keep what ``submit`` imports small (tests/unit/test_layering.py and test_ctl.py check it).
 """
 
 from __future__ import annotations

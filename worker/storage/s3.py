@@ -1,4 +1,4 @@
-"""The object store on S3 (or any S3-compatible endpoint): the only boto3 user in worker/.
+"""The object store on S3 (or any S3-compatible endpoint): the daemon's one S3 adapter.
 
 Every botocore/boto3 error is translated here, once, into StorageError with
 ``retryable`` set, so the pipeline never sees botocore. Transfers use boto3's
