@@ -63,7 +63,7 @@ def import_times(trials: int = 10) -> tuple[list[float], list[float]]:
 def per_record(records: int = RECORDS, rounds: int = 30) -> tuple[float, float]:
     """Median seconds per record: handle() vs the bare decode-and-send loop."""
     from lambda_trigger import handler as trigger
-    from lambda_trigger.logs import LOGGER
+    from lambda_trigger.loglines import LOGGER
 
     sink = logging.StreamHandler(io.StringIO())
     LOGGER.addHandler(sink)

@@ -5,9 +5,9 @@
 - ``events``      S3 event notification -> job requests (pure; decodes keys once)
 - ``ssm``         SendCommand of the submit document to one instance
 - ``sqs``         messages to a fleet's shared work queue
-- ``reconciler``  the reconcile mode: re-queue lost objects (``s3`` lists the bucket)
-- ``reconcile``   the decision "is this object lost?", shared with ``processorctl reconcile``
-- ``logs``        its log lines, one JSON object each
+- ``reconciler``      the reconcile mode: re-queue lost objects (``s3`` lists the bucket)
+- ``reconcile_plan``  the decision "is this object lost?", shared with ``processorctl reconcile``
+- ``loglines``    its log lines, one JSON object each
 
 The deployment package holds only this package, so nothing here imports ``worker``
 (tests/unit/test_layering.py checks it); boto3 comes from the Lambda runtime.

@@ -24,7 +24,7 @@ from typing import Any, TypedDict
 from lambda_trigger import s3, sqs
 from lambda_trigger.config import ConfigError, TriggerConfig, load_config
 from lambda_trigger.events import JobRequest, MalformedEvent, parse_event
-from lambda_trigger.logs import LOGGER, log_line
+from lambda_trigger.loglines import LOGGER, log_line
 from lambda_trigger.reconciler import RECONCILE_MODE, ReconcileSummary, is_reconcile, reconcile
 from lambda_trigger.ssm import (
     DeliveryError,

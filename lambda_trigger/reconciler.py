@@ -25,8 +25,8 @@ from typing import Any, TypedDict
 from lambda_trigger import s3, sqs
 from lambda_trigger.config import load_reconcile_config
 from lambda_trigger.events import JobRequest
-from lambda_trigger.logs import log_counts, log_line
-from lambda_trigger.reconcile import Verdict, index_results, plan
+from lambda_trigger.loglines import log_counts, log_line
+from lambda_trigger.reconcile_plan import Verdict, index_results, plan
 from lambda_trigger.ssm import DeliveryError, FailedRecord
 
 #: The event field and value that select this mode.

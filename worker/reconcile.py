@@ -6,7 +6,7 @@ same objects to a fleet's queue. Overlap is harmless: the daemon checks the
 output bucket for a manifest of the same identity before running a job.
 
 The decision itself (too new, folder marker, result at either result
-location) is lambda_trigger.reconcile.plan, shared with the Lambda; this
+location) is lambda_trigger.reconcile_plan.plan, shared with the Lambda; this
 module adds the ledger check (an object with a job here is left to it).
 ``processorctl reconcile`` (worker.ctl.reconcile) lists the buckets and
 submits what this plan calls lost.
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from lambda_trigger.reconcile import Decision, Results, Verdict, index_results
-from lambda_trigger.reconcile import Listed as ListedObject
-from lambda_trigger.reconcile import plan as plan_objects
+from lambda_trigger.reconcile_plan import Decision, Results, index_results
+from lambda_trigger.reconcile_plan import Listed as ListedObject
+from lambda_trigger.reconcile_plan import plan as plan_objects
 from worker.identity import Identity
 from worker.ledger import Ledger
 from worker.storage.base import Listed
 
-__all__ = ["Decision", "Results", "Verdict", "identity_of", "plan", "result_index"]
+__all__ = ["identity_of", "plan", "result_index"]
 
 
 def identity_of(bucket: str, listed: ListedObject) -> Identity:

@@ -21,7 +21,7 @@ import pytest
 from lambda_trigger import handler
 from lambda_trigger.config import ConfigError
 from lambda_trigger.handler import lambda_handler
-from lambda_trigger.reconcile import job_id
+from lambda_trigger.reconcile_plan import job_id
 from lambda_trigger.s3 import ListingError
 from lambda_trigger.ssm import DeliveryError
 from tests.eventfixtures import load_event

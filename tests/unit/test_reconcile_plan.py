@@ -1,7 +1,7 @@
-"""lambda_trigger.reconcile: the reconciler's shared decision, and its agreement with worker/.
+"""lambda_trigger.reconcile_plan: the reconciler's shared decision, and its agreement with worker/.
 
 The Lambda cannot import worker/, so the job id and the result-location rule
-are restated in lambda_trigger/reconcile.py; these tests hold the copies to
+are restated in lambda_trigger/reconcile_plan.py; these tests hold the copies to
 the worker's (the job id to worker/identity.py for many keys, the layout to
 the rule "``<prefix><key>/_manifest.json`` over 1,024 bytes: results under
 ``<prefix>_by-id/<job id>/``").
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lambda_trigger import reconcile
-from lambda_trigger.reconcile import Results, Verdict, index_results, job_id, plan, result_prefix
+from lambda_trigger import reconcile_plan
+from lambda_trigger.reconcile_plan import Results, Verdict, index_results, job_id, plan, result_prefix
 from worker.identity import Identity
 from worker.pipeline import FAILED_NAME, MANIFEST_NAME
 
@@ -53,7 +53,7 @@ def test_job_id_is_the_workers_for_many_keys(version: tuple[str | None, str | No
 
 
 def test_result_names_are_the_pipelines() -> None:
-    assert (reconcile.MANIFEST_NAME, reconcile.FAILED_NAME) == (MANIFEST_NAME, FAILED_NAME)
+    assert (reconcile_plan.MANIFEST_NAME, reconcile_plan.FAILED_NAME) == (MANIFEST_NAME, FAILED_NAME)
 
 
 def _layout_rule(output_prefix: str, key: str, job: str) -> str:
@@ -119,7 +119,7 @@ def test_plan_judges_each_object() -> None:
         ("done.txt", Verdict.HAS_RESULT), ("failed.txt", Verdict.HAS_RESULT),
         ("queued.txt", Verdict.HAS_JOB), ("L" * 12, Verdict.SUBMIT), ("D" * 12, Verdict.HAS_RESULT)]
     assert decisions[0].job_id == Identity("in", "lost.txt", None, "e").job_id()
-    assert reconcile.count(decisions) == {"submit": 2, "has_job": 1, "has_result": 3,
+    assert reconcile_plan.count(decisions) == {"submit": 2, "has_job": 1, "has_result": 3,
                                           "too_new": 1, "folder": 1}
 
 

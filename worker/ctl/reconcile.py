@@ -13,13 +13,14 @@ import sys
 import time
 from typing import TextIO
 
+from lambda_trigger.reconcile_plan import Verdict
 from worker import exitcodes
 from worker.config import Settings
 from worker.ctl.control_client import wake
 from worker.ctl.render import dump_json, printable
 from worker.errors import StorageError, UsageError
 from worker.ledger import Ledger
-from worker.reconcile import Verdict, identity_of, plan, result_index
+from worker.reconcile import identity_of, plan, result_index
 from worker.storage.s3 import S3Store
 
 
