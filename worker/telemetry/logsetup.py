@@ -56,7 +56,7 @@ _SHARED: list[structlog.typing.Processor] = [
 # The CloudWatch handlers configure() attached, for shutdown() to flush.
 _attached: list[CloudWatchHandler] = []
 
-log = structlog.get_logger("processor.logs")
+log = structlog.get_logger("processor.telemetry")
 
 
 class _RenderOnce(structlog.stdlib.ProcessorFormatter):
