@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.identity import Identity
 from worker.ledger_queue import QueueJobs
-from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, job_from_row, migrate, update_row
-from worker.states import JobState, Phase, check_transition
+from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, job_from_row, migrate, move_row, update_row
+from worker.states import JobState, Phase
 
 if TYPE_CHECKING:
     # Imported where a Job is built (worker.ledger_schema.job_from_row): worker.job needs ``dataclasses``,
@@ -33,7 +33,7 @@ _UPDATABLE = frozenset(
     {
         "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
         "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
-        "retries_used",
+        "counted_attempts", "bytes_in", "bytes_out",
     }
 )
 
@@ -216,18 +216,13 @@ class Ledger(QueueJobs):
         now = self._clock()
         with self._write() as db:
             row = self._row(db, job_id)
-            current = JobState(row["state"])
-            if expect is not None and current is not expect:
-                raise InvalidTransition(job_id, current.value, target.value)
-            check_transition(job_id, current, target)
             attempts = row["attempts"] + (1 if target is JobState.RUNNING else 0)
-            values: dict[str, Any] = {"state": target.value, "updated_at": now, "attempts": attempts}
+            values: dict[str, Any] = {"attempts": attempts}
             if target is not JobState.RUNNING:
                 values.setdefault("phase", Phase.NONE.value)
             for name, value in fields.items():
                 values[name] = value.value if isinstance(value, Phase) else value
-            update_row(db, job_id, values)
-            self._log(db, job_id, current, target, now, attempts, reason)
+            self._move(db, row, target, values, reason, now, expect=expect)
             return job_from_row(self._row(db, job_id))
 
     def claim_next(self) -> Job | None:
@@ -251,16 +246,15 @@ class Ledger(QueueJobs):
                 return None
             job_id = row["id"]
             current = self._row(db, job_id)
-            attempts = current["attempts"] + 1
-            update_row(
-                db, job_id,
+            self._move(
+                db, current, JobState.RUNNING,
                 {
-                    "state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
-                    "started_at": now, "finished_at": None, "phase": Phase.NONE.value,
-                    "bytes_done": 0, "bytes_total": 0,
+                    "attempts": current["attempts"] + 1, "started_at": now, "finished_at": None,
+                    "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0,
+                    "bytes_in": 0, "bytes_out": 0,
                 },
+                "claimed", now,
             )
-            self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts, "claimed")
             return job_from_row(self._row(db, job_id))
 
     def retry(self, job_id: str, reason: str = "retry requested by an operator") -> Job:
@@ -272,16 +266,16 @@ class Ledger(QueueJobs):
         now = self._clock()
         with self._write() as db:
             row = self._row(db, job_id)
-            current = JobState(row["state"])
-            if current not in (JobState.FAILED, JobState.CANCELLED):
-                raise InvalidTransition(job_id, current.value, JobState.QUEUED.value)
-            update_row(
-                db, job_id,
-                {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0, "retries_used": 0,
-                 "next_attempt_at": now, "error": None, "exit_code": None, "stderr_tail": None,
-                 "finished_at": None, "phase": "", "origin": ORIGIN_LOCAL},
+            # Only an ended job: QUEUED -> QUEUED is no move, RUNNING -> QUEUED is the daemon's.
+            if JobState(row["state"]) not in (JobState.FAILED, JobState.CANCELLED):
+                raise InvalidTransition(job_id, row["state"], JobState.QUEUED.value)
+            self._move(
+                db, row, JobState.QUEUED,
+                {"attempts": 0, "counted_attempts": 0, "next_attempt_at": now, "error": None,
+                 "exit_code": None, "stderr_tail": None, "finished_at": None, "phase": "",
+                 "origin": ORIGIN_LOCAL},
+                reason, now, attempt=0,
             )
-            self._log(db, job_id, current, JobState.QUEUED, now, 0, reason)
             return job_from_row(self._row(db, job_id))
 
     def requeue_interrupted(self, reason: str) -> list[Job]:
@@ -302,13 +296,11 @@ class Ledger(QueueJobs):
             ]
             for job_id in ids:
                 row = self._row(db, job_id)
-                attempts = row["attempts"]
-                update_row(
-                    db, job_id,
-                    {"state": JobState.QUEUED.value, "updated_at": now, "phase": "",
-                     "next_attempt_at": now, "retries_used": row["retries_used"] + 1},
+                self._move(
+                    db, row, JobState.QUEUED,
+                    {"phase": "", "next_attempt_at": now, "counted_attempts": row["counted_attempts"] + 1},
+                    reason, now,
                 )
-                self._log(db, job_id, JobState.RUNNING, JobState.QUEUED, now, attempts, reason)
             return [job_from_row(self._row(db, job_id)) for job_id in ids]
 
     def set_progress(
@@ -457,6 +449,24 @@ class Ledger(QueueJobs):
             (identity.bucket, identity.key, identity.version),
         ).fetchone()
         return row
+
+    def _move(
+        self, db: sqlite3.Connection, row: sqlite3.Row, target: JobState, values: Mapping[str, Any],
+        reason: str | None, at: float, *, attempt: int | None = None, expect: JobState | None = None,
+    ) -> None:
+        """Every state change of a job: checked against the table, written, and logged in ``transitions``.
+
+        ``row`` is the job as read in this transaction; ``expect`` guards against
+        races (the move only happens from that state); ``attempt`` is the number
+        the history records (default: ``attempts`` after the move).
+        """
+        current = JobState(row["state"])
+        if expect is not None and current is not expect:
+            raise InvalidTransition(row["id"], current.value, target.value)
+        move_row(db, row["id"], current, target, {"updated_at": at, **values})
+        if attempt is None:
+            attempt = values.get("attempts", row["attempts"])
+        self._log(db, row["id"], current, target, at, attempt, reason)
 
     @staticmethod
     def _log(
