@@ -188,18 +188,19 @@ class Pipeline:
             "command_finished", returncode=result.returncode,
             duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
         )
-        ran = {"exit_code": result.returncode, "stderr_tail": result.stderr_tail}
+        ran = Attempt(Outcome.FAILED, exit_code=result.returncode, stderr_tail=result.stderr_tail)
         if result.cancelled and cancel is not None:
             return _stopped(cancel.reason or StopToken.CANCEL, ran)
         if result.timed_out:
-            return Attempt(Outcome.FAILED, f"timed out after {p.timeout_s}s", **ran)
+            return replace(ran, error=f"timed out after {p.timeout_s}s")
         if result.returncode == EX_TEMPFAIL:
-            return Attempt(Outcome.RETRY, f"command asked for a retry (exit {EX_TEMPFAIL})", **ran)
+            return replace(ran, outcome=Outcome.RETRY,
+                           error=f"command asked for a retry (exit {EX_TEMPFAIL})")
         if result.returncode != 0:
             error = f"command exited with status {result.returncode}"
             # Its outputs are still on disk: a (nearly) full volume now is the likely cause.
             note = self.space.nearly_full_note()
-            return Attempt(Outcome.FAILED, f"{error}; {note}" if note else error, **ran)
+            return replace(ran, error=f"{error}; {note}" if note else error)
         _check(cancel)
         started = time.monotonic()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
@@ -282,10 +283,12 @@ def _check(cancel: StopToken | None) -> None:
         raise Interrupted(cancel.reason or StopToken.CANCEL)
 
 
-def _stopped(reason: str, ran: Mapping[str, Any] | None = None) -> Attempt:
+def _stopped(reason: str, ran: Attempt | None = None) -> Attempt:
+    """A shutdown requeues the job (what the command said is not kept); a cancel ends it."""
     if reason == StopToken.SHUTDOWN:
         return Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown")
-    return Attempt(Outcome.CANCELLED, "cancelled by an operator", **(ran or {}))
+    return replace(ran or Attempt(Outcome.CANCELLED), outcome=Outcome.CANCELLED,
+                   error="cancelled by an operator")
 
 
 def _input_size(work: Path) -> int:
