@@ -76,6 +76,10 @@ class ProcessingSettings(NamedTuple):
     command: tuple[str, ...] = ("/opt/processor/bin/process", "{input}", "{output_dir}")
     concurrency: int = 2
     timeout_s: int = 3600
+    #: Counted attempts before a job is failed (Job.counted_attempts): attempts
+    #: that ended in exit 75, a damaged download or an internal error, and those
+    #: the daemon died during. Shutdowns, S3 outages and waits for disk space
+    #: are not counted (worker.outcome). A queue job counts its message's receives.
     max_attempts: int = 3
     #: Seconds between SIGTERM and SIGKILL when a command must be stopped.
     kill_grace_s: int = 10

@@ -36,6 +36,7 @@ from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.ledger_schema import ORIGIN_LOCAL
+from worker.outcome import crashed
 from worker.pipeline import Pipeline
 from worker.process import StopToken, reap_orphans
 from worker.states import JobState
@@ -289,9 +290,7 @@ class Daemon(FleetSlots):
         except Exception as exc:
             log.exception("job_crashed", job_id=job.id, key=job.key)
             try:
-                final = self.pipeline.retry_or_fail(
-                    job, log.bind(job_id=job.id), error=f"internal error: {type(exc).__name__}: {exc}"
-                )
+                final = self.pipeline.record(job, crashed(exc))
             except Exception:
                 log.exception("job_not_recorded", job_id=job.id)
         finally:
@@ -299,7 +298,7 @@ class Daemon(FleetSlots):
             log.info(
                 "job_finished", job_id=final.id, bucket=final.bucket, key=final.key,
                 state=final.state.value, attempt=final.attempts, duration_s=round(duration_s, 3),
-                bytes_in=final.extra.get("bytes_in", 0), bytes_out=final.extra.get("bytes_out", 0),
+                bytes_in=final.bytes_in, bytes_out=final.bytes_out,
                 exit_code=final.exit_code, error=final.error,
             )
             metrics.job_finished(final, duration_s)

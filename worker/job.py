@@ -8,7 +8,7 @@ identity and id in worker.identity: both stay importable without
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from worker.identity import Identity
 from worker.states import JobState, Phase
@@ -30,10 +30,12 @@ class Job:
     created_at: float
     updated_at: float
     next_attempt_at: float = 0.0
-    #: Attempts that ended in a retryable failure of the job itself (exit 75, an
-    #: internal error) - what processing.max_attempts bounds. Attempts lost to S3
-    #: being unavailable, a crash or a shutdown are in ``attempts`` only.
-    retries_used: int = 0
+    #: Attempts counted against processing.max_attempts: those that ended in a
+    #: retryable failure of the job itself (exit 75, a damaged download, an
+    #: internal error) and those the daemon died during. Attempts lost to S3
+    #: being unavailable, a full disk or a shutdown are in ``attempts`` only
+    #: (the rules: worker.outcome).
+    counted_attempts: int = 0
     phase: Phase = Phase.NONE
     bytes_total: int = 0
     bytes_done: int = 0
@@ -45,7 +47,14 @@ class Job:
     result_prefix: str | None = None
     #: "local" (processorctl submit) or "queue" (a work-queue message, run only while held).
     origin: str = "local"
-    extra: Mapping[str, object] = field(default_factory=dict)
+    #: Bytes the last attempt downloaded and (a success) uploaded, for job_finished and the metrics.
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    @property
+    def extra(self) -> Mapping[str, object]:
+        """The byte counts under their old names, for worker.telemetry.metrics until it reads the fields."""
+        return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
 
     @property
     def identity(self) -> Identity:
@@ -61,13 +70,15 @@ class Job:
             "etag": self.etag,
             "state": self.state.value,
             "attempts": self.attempts,
-            "retries_used": self.retries_used,
+            "counted_attempts": self.counted_attempts,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "next_attempt_at": self.next_attempt_at,
             "phase": self.phase.value,
             "bytes_total": self.bytes_total,
             "bytes_done": self.bytes_done,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
             "exit_code": self.exit_code,
             "error": self.error,
             "stderr_tail": self.stderr_tail,

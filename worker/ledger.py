@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from worker.errors import InvalidTransition, JobNotFound, LedgerError
+from worker.errors import InvalidTransition, LedgerError
 from worker.identity import Identity
+from worker.ledger_queries import JobQueries
 from worker.ledger_queue import QueueJobs
-from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, job_from_row, migrate, update_row
-from worker.states import JobState, Phase, check_transition
+from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, job_from_row, migrate, move_row, update_row
+from worker.states import JobState, Phase
 
 if TYPE_CHECKING:
     # Imported where a Job is built (worker.ledger_schema.job_from_row): worker.job needs ``dataclasses``,
@@ -33,7 +34,7 @@ _UPDATABLE = frozenset(
     {
         "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
         "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
-        "retries_used",
+        "counted_attempts", "bytes_in", "bytes_out",
     }
 )
 
@@ -46,11 +47,13 @@ class Enqueued(NamedTuple):
     created: bool
 
 
-class Ledger(QueueJobs):
+class Ledger(QueueJobs, JobQueries):
     """Durable record of every job and every transition.
 
     Jobs from a work queue (``origin`` 'queue', see worker.ledger_queue) are
     never claimed by ``claim_next``: they run only while their message is held.
+    Queries are in worker.ledger_queries. Every state change goes through
+    ``_move`` (and so ``worker.ledger_schema.move_row``, which checks it).
     """
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -216,18 +219,13 @@ class Ledger(QueueJobs):
         now = self._clock()
         with self._write() as db:
             row = self._row(db, job_id)
-            current = JobState(row["state"])
-            if expect is not None and current is not expect:
-                raise InvalidTransition(job_id, current.value, target.value)
-            check_transition(job_id, current, target)
             attempts = row["attempts"] + (1 if target is JobState.RUNNING else 0)
-            values: dict[str, Any] = {"state": target.value, "updated_at": now, "attempts": attempts}
+            values: dict[str, Any] = {"attempts": attempts}
             if target is not JobState.RUNNING:
                 values.setdefault("phase", Phase.NONE.value)
             for name, value in fields.items():
                 values[name] = value.value if isinstance(value, Phase) else value
-            update_row(db, job_id, values)
-            self._log(db, job_id, current, target, now, attempts, reason)
+            self._move(db, row, target, values, reason, now, expect=expect)
             return job_from_row(self._row(db, job_id))
 
     def claim_next(self) -> Job | None:
@@ -251,16 +249,15 @@ class Ledger(QueueJobs):
                 return None
             job_id = row["id"]
             current = self._row(db, job_id)
-            attempts = current["attempts"] + 1
-            update_row(
-                db, job_id,
+            self._move(
+                db, current, JobState.RUNNING,
                 {
-                    "state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
-                    "started_at": now, "finished_at": None, "phase": Phase.NONE.value,
-                    "bytes_done": 0, "bytes_total": 0,
+                    "attempts": current["attempts"] + 1, "started_at": now, "finished_at": None,
+                    "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0,
+                    "bytes_in": 0, "bytes_out": 0,
                 },
+                "claimed", now,
             )
-            self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts, "claimed")
             return job_from_row(self._row(db, job_id))
 
     def retry(self, job_id: str, reason: str = "retry requested by an operator") -> Job:
@@ -272,16 +269,16 @@ class Ledger(QueueJobs):
         now = self._clock()
         with self._write() as db:
             row = self._row(db, job_id)
-            current = JobState(row["state"])
-            if current not in (JobState.FAILED, JobState.CANCELLED):
-                raise InvalidTransition(job_id, current.value, JobState.QUEUED.value)
-            update_row(
-                db, job_id,
-                {"state": JobState.QUEUED.value, "updated_at": now, "attempts": 0, "retries_used": 0,
-                 "next_attempt_at": now, "error": None, "exit_code": None, "stderr_tail": None,
-                 "finished_at": None, "phase": "", "origin": ORIGIN_LOCAL},
+            # Only an ended job: QUEUED -> QUEUED is no move, RUNNING -> QUEUED is the daemon's.
+            if JobState(row["state"]) not in (JobState.FAILED, JobState.CANCELLED):
+                raise InvalidTransition(job_id, row["state"], JobState.QUEUED.value)
+            self._move(
+                db, row, JobState.QUEUED,
+                {"attempts": 0, "counted_attempts": 0, "next_attempt_at": now, "error": None,
+                 "exit_code": None, "stderr_tail": None, "finished_at": None, "phase": "",
+                 "origin": ORIGIN_LOCAL},
+                reason, now, attempt=0,
             )
-            self._log(db, job_id, current, JobState.QUEUED, now, 0, reason)
             return job_from_row(self._row(db, job_id))
 
     def requeue_interrupted(self, reason: str) -> list[Job]:
@@ -302,13 +299,11 @@ class Ledger(QueueJobs):
             ]
             for job_id in ids:
                 row = self._row(db, job_id)
-                attempts = row["attempts"]
-                update_row(
-                    db, job_id,
-                    {"state": JobState.QUEUED.value, "updated_at": now, "phase": "",
-                     "next_attempt_at": now, "retries_used": row["retries_used"] + 1},
+                self._move(
+                    db, row, JobState.QUEUED,
+                    {"phase": "", "next_attempt_at": now, "counted_attempts": row["counted_attempts"] + 1},
+                    reason, now,
                 )
-                self._log(db, job_id, JobState.RUNNING, JobState.QUEUED, now, attempts, reason)
             return [job_from_row(self._row(db, job_id)) for job_id in ids]
 
     def set_progress(
@@ -374,89 +369,25 @@ class Ledger(QueueJobs):
             logging.getLogger("processor.ledger").warning(
                 "progress_not_recorded: %d job(s): %s", len(pending), exc)
 
-    # -- queries ------------------------------------------------------------
-
-    def get(self, job_id: str) -> Job:
-        with self._reading() as db:
-            return job_from_row(self._row(db, job_id))
-
-    def find(self, identity: Identity) -> Job | None:
-        with self._reading() as db:
-            row = self._row_by_identity(db, identity)
-            return None if row is None else job_from_row(row)
-
-    def list_jobs(
-        self, state: JobState | None = None, limit: int | None = None, origin: str | None = None
-    ) -> list[Job]:
-        sql = "SELECT * FROM jobs WHERE 1"
-        args: list[Any] = []
-        if state is not None:
-            sql += " AND state = ?"
-            args.append(state.value)
-        if origin is not None:
-            sql += " AND origin = ?"
-            args.append(origin)
-        sql += " ORDER BY created_at, id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        with self._reading() as db:
-            return [job_from_row(r) for r in db.execute(sql, args)]
-
-    def counts(self) -> dict[str, int]:
-        with self._reading() as db:
-            rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-            found = {r["state"]: r["n"] for r in rows}
-        return {s.value: found.get(s.value, 0) for s in JobState}
-
-    def next_due_at(self) -> float | None:
-        """When the earliest queued job becomes due (None when the queue is empty)."""
-        with self._reading() as db:
-            row = db.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = ? AND origin = ?",
-                (JobState.QUEUED.value, ORIGIN_LOCAL),
-            ).fetchone()
-        return None if row["t"] is None else float(row["t"])
-
-    def has_failed(self, bucket: str, key: str) -> bool:
-        """Whether any job for this object key (any version) has ever ended failed here.
-
-        Only a failure writes ``_failed.json``, so a success need not delete one
-        unless this is true.
-        """
-        with self._reading() as db:
-            row = db.execute(
-                "SELECT 1 FROM jobs j JOIN transitions t ON t.job_id = j.id"
-                " WHERE j.bucket = ? AND j.key = ? AND t.to_state = ? LIMIT 1",
-                (bucket, key, JobState.FAILED.value),
-            ).fetchone()
-        return row is not None
-
-    def history(self, job_id: str) -> list[Mapping[str, Any]]:
-        with self._reading() as db:
-            self._row(db, job_id)
-            rows = db.execute(
-                "SELECT from_state, to_state, at, attempt, reason FROM transitions"
-                " WHERE job_id = ? ORDER BY seq", (job_id,),
-            )
-            return [dict(r) for r in rows]
-
     # -- helpers ------------------------------------------------------------
 
-    @staticmethod
-    def _row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        return row
+    def _move(
+        self, db: sqlite3.Connection, row: sqlite3.Row, target: JobState, values: Mapping[str, Any],
+        reason: str | None, at: float, *, attempt: int | None = None, expect: JobState | None = None,
+    ) -> None:
+        """Every state change of a job: checked against the table, written, and logged in ``transitions``.
 
-    @staticmethod
-    def _row_by_identity(db: sqlite3.Connection, identity: Identity) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = db.execute(
-            "SELECT * FROM jobs WHERE bucket = ? AND key = ? AND version = ?",
-            (identity.bucket, identity.key, identity.version),
-        ).fetchone()
-        return row
+        ``row`` is the job as read in this transaction; ``expect`` guards against
+        races (the move only happens from that state); ``attempt`` is the number
+        the history records (default: ``attempts`` after the move).
+        """
+        current = JobState(row["state"])
+        if expect is not None and current is not expect:
+            raise InvalidTransition(row["id"], current.value, target.value)
+        move_row(db, row["id"], current, target, {"updated_at": at, **values})
+        if attempt is None:
+            attempt = values.get("attempts", row["attempts"])
+        self._log(db, row["id"], current, target, at, attempt, reason)
 
     @staticmethod
     def _log(

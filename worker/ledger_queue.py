@@ -11,12 +11,12 @@ from here — so one job never runs on two instances at once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker.identity import Identity
-from worker.ledger_schema import ORIGIN_QUEUE, job_from_row, update_row
+from worker.ledger_schema import ORIGIN_QUEUE, job_from_row
 from worker.states import JobState, Phase
 
 if TYPE_CHECKING:
@@ -41,6 +41,10 @@ class QueueJobs:
         def _log(db: sqlite3.Connection, job_id: str, current: JobState | None, target: JobState,
                  at: float, attempt: int, reason: str | None) -> None: ...
 
+        def _move(self, db: sqlite3.Connection, row: sqlite3.Row, target: JobState,
+                  values: Mapping[str, Any], reason: str | None, at: float, *,
+                  attempt: int | None = None, expect: JobState | None = None) -> None: ...
+
     def claim_for_message(self, identity: Identity, receive_count: int) -> tuple[Job, bool]:
         """Run the identity's job here for a message just received: ``(job, True)``.
 
@@ -48,7 +52,8 @@ class QueueJobs:
         earlier, or submitted locally and not yet started) is the one claimed.
         ``(job, False)`` when the job is running here already or has ended.
         The message's receive count is the attempt number (fleet-wide: every
-        instance that held it counted), so ``retries_used`` is one less.
+        instance that held it counted), so ``counted_attempts`` is one less: every
+        earlier receive counts, whatever ended it.
         Committed without an fsync (as ``claim_next``): the message, not this
         row, is the job's durable record.
         """
@@ -70,15 +75,13 @@ class QueueJobs:
             else:
                 job_id = row["id"]
             attempts = max(receive_count, 1)
-            update_row(
-                db, job_id,
-                {"state": JobState.RUNNING.value, "updated_at": now, "attempts": attempts,
-                 "retries_used": attempts - 1, "origin": ORIGIN_QUEUE, "started_at": now,
-                 "finished_at": None, "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0,
-                 "next_attempt_at": now},
+            self._move(
+                db, self._row(db, job_id), JobState.RUNNING,
+                {"attempts": attempts, "counted_attempts": attempts - 1, "origin": ORIGIN_QUEUE,
+                 "started_at": now, "finished_at": None, "phase": Phase.NONE.value, "bytes_done": 0,
+                 "bytes_total": 0, "bytes_in": 0, "bytes_out": 0, "next_attempt_at": now},
+                f"claimed for a work-queue message (receive {receive_count})", now,
             )
-            self._log(db, job_id, JobState.QUEUED, JobState.RUNNING, now, attempts,
-                      f"claimed for a work-queue message (receive {receive_count})")
             return job_from_row(self._row(db, job_id)), True
 
     def hand_back_queue_jobs(self, reason: str) -> list[Job]:
@@ -91,11 +94,10 @@ class QueueJobs:
         now = self._clock()
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, attempts FROM jobs WHERE state = ? AND origin = ?",
+                "SELECT * FROM jobs WHERE state = ? AND origin = ?",
                 (JobState.RUNNING.value, ORIGIN_QUEUE),
             ).fetchall()
             for row in rows:
-                update_row(db, row["id"], {"state": JobState.QUEUED.value, "updated_at": now,
-                                        "phase": Phase.NONE.value, "next_attempt_at": now})
-                self._log(db, row["id"], JobState.RUNNING, JobState.QUEUED, now, row["attempts"], reason)
+                self._move(db, row, JobState.QUEUED, {"phase": Phase.NONE.value, "next_attempt_at": now},
+                           reason, now)
             return [job_from_row(self._row(db, row["id"])) for row in rows]

@@ -1,4 +1,6 @@
-"""The ledger's tables, the steps that bring an older ledger up to date, and rows <-> jobs.
+"""The ledger's tables, the steps that bring an older ledger up to date, rows <-> jobs,
+and the only two writes of a job row: ``move_row`` (the checked state change)
+and ``update_row`` (every other column).
 
 ``worker.ledger`` calls ``migrate`` inside a write transaction when a ledger's
 ``user_version`` is not ``SCHEMA_VERSION``: a new file gets the whole schema,
@@ -13,20 +15,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import LedgerError
-from worker.states import JobState, Phase
+from worker.states import JobState, Phase, check_transition
 
 if TYPE_CHECKING:
     from worker.job import Job
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Steps from each older schema version to the next (applied in order on open).
-_MIGRATIONS: dict[int, str] = {
-    1: "ALTER TABLE jobs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0",
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE jobs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0",),
     # Where the job came from: 'local' (processorctl submit, dispatched from the
     # ledger) or 'queue' (a work-queue message; runs only while its message is held).
-    2: "ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'local'",
+    2: ("ALTER TABLE jobs ADD COLUMN origin TEXT NOT NULL DEFAULT 'local'",),
+    # retries_used counted attempts (the last one too), not retries: named for
+    # what it counts. The byte counts of the last attempt moved out of Job.extra.
+    3: (
+        "ALTER TABLE jobs RENAME COLUMN retries_used TO counted_attempts",
+        "ALTER TABLE jobs ADD COLUMN bytes_in INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 
 #: Values of jobs.origin.
@@ -43,13 +52,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     etag            TEXT,
     state           TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
-    retries_used    INTEGER NOT NULL DEFAULT 0,
+    counted_attempts INTEGER NOT NULL DEFAULT 0,
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     phase           TEXT NOT NULL DEFAULT '',
     bytes_total     INTEGER NOT NULL DEFAULT 0,
     bytes_done      INTEGER NOT NULL DEFAULT 0,
+    bytes_in        INTEGER NOT NULL DEFAULT 0,
+    bytes_out       INTEGER NOT NULL DEFAULT 0,
     exit_code       INTEGER,
     error           TEXT,
     stderr_tail     TEXT,
@@ -87,14 +98,35 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
                 db.execute(statement)
     else:
         for step in range(version, SCHEMA_VERSION):
-            db.execute(_MIGRATIONS[step])
+            for statement in _MIGRATIONS[step]:
+                db.execute(statement)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def move_row(
+    db: sqlite3.Connection, job_id: str, current: JobState, target: JobState,
+    values: Mapping[str, Any],
+) -> None:
+    """Move the job's row from ``current`` to ``target`` and set ``values``: the one state write.
+
+    Raises InvalidTransition unless the transition table allows the move; the
+    row must still be in ``current`` (the caller read it in this transaction).
+    """
+    check_transition(job_id, current, target)
+    columns = ", ".join(f"{name} = ?" for name in ("state", *values))
+    # Column names come from worker.ledger and worker.ledger_queue, never from input.
+    cursor = db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state = ?",  # noqa: S608
+                        (target.value, *values.values(), job_id, current.value))
+    if cursor.rowcount != 1:
+        raise LedgerError(f"job {job_id} is no longer {current.value}; not moved to {target.value}")
 
 
 def update_row(
     db: sqlite3.Connection, job_id: str, values: Mapping[str, Any], *, state: JobState | None = None
 ) -> None:
-    """Set ``values`` on the job's row (only if it is in ``state``, when given)."""
+    """Set ``values`` on the job's row (only if it is in ``state``, when given); never its state."""
+    if "state" in values:
+        raise ValueError(f"job {job_id}: a state is changed only by move_row, which checks it")
     columns = ", ".join(f"{name} = ?" for name in values)
     # Column names come from this module, never from input.
     if state is None:
@@ -112,10 +144,11 @@ def job_from_row(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], bucket=row["bucket"], key=row["key"], version_id=row["version_id"],
         etag=row["etag"], state=JobState(row["state"]), attempts=row["attempts"],
-        retries_used=row["retries_used"],
+        counted_attempts=row["counted_attempts"],
         created_at=row["created_at"], updated_at=row["updated_at"],
         next_attempt_at=row["next_attempt_at"], phase=Phase(row["phase"]),
         bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],
+        bytes_in=row["bytes_in"], bytes_out=row["bytes_out"],
         exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
         started_at=row["started_at"], finished_at=row["finished_at"],
         result_prefix=row["result_prefix"], origin=row["origin"],

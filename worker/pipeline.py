@@ -1,5 +1,9 @@
 """Run one job: download -> run the processing command -> upload -> record.
 
+An attempt ends in a ``worker.outcome.Attempt`` (``Pipeline.attempt``, no state
+written); ``worker.recorder`` turns it into the job's next state through the
+one outcome policy, ``worker.outcome.decide``.
+
 The pipeline sees the object store through the small ``ObjectStore`` protocol
 (``worker.storage.s3.S3Store`` in production, an in-memory fake in tests) and never
 botocore. Local paths come only from the job id, never from the object key:
@@ -11,17 +15,14 @@ from __future__ import annotations
 import functools
 import mimetypes
 import os
-import random
 import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from worker import __version__
 from worker.command_env import base_environment, job_environment
@@ -35,11 +36,13 @@ from worker.errors import (
 )
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.outcome import Attempt, Outcome, out_of_attempts
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
-from worker.space import DiskSpace, Usage, is_no_space, space_retry_bounds
-from worker.states import JobState, Phase
+from worker.recorder import Recorder, job_logger
+from worker.space import DiskSpace, Usage, is_no_space
+from worker.states import Phase
 from worker.storage.base import ObjectInfo, ObjectStore, digest_file, verify_download
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
+from worker.storage.layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
 from worker.storage.layout import result_prefix as layout_result_prefix
 
 #: How often byte counters are written to the ledger during a transfer.
@@ -58,27 +61,6 @@ class Downloaded:
     verified_by: str
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended, decided before it is recorded (after the work dir is gone).
-
-    ``state`` QUEUED means "retry if attempts remain"; with ``interrupted`` it
-    means "requeue now" (shutdown), without counting against the job.
-    """
-
-    state: JobState
-    error: str | None
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    interrupted: bool = False
-    #: S3 (or the network to it) failed, not the job: retry without spending the
-    #: job's attempt budget, so an outage delays jobs but never fails them.
-    storage: bool = False
-    #: The state volume is too full for now: wait for space, not spending the budget either.
-    space: bool = False
-    #: Bytes uploaded (a success), for job_finished and the metrics.
-    bytes_out: int = 0
-
-
 @dataclass
 class Pipeline:
     settings: Settings
@@ -95,6 +77,7 @@ class Pipeline:
         self._base_env = base_environment(self.settings.processing, daemon_env)
         paths = self.settings.paths
         self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
+        self.recorder = Recorder(self.settings, self.store, self.ledger, self.clock)
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
         """Where this job's outcome lands: ``<output prefix><source key>/``, or the
@@ -103,24 +86,30 @@ class Pipeline:
 
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:
         """Take a job the ledger has marked RUNNING to its next state, and return it."""
-        log = structlog.get_logger("processor.pipeline").bind(
-            job_id=job.id, bucket=job.bucket, key=job.key, attempt=job.attempts
-        )
+        log = job_logger(job)
+        return self.recorder.record(job, self.attempt(job, cancel, log), log)
+
+    def record(self, job: Job, attempt: Attempt) -> Job:
+        """Record an attempt that ended outside ``run`` (the caller's crash): see worker.recorder."""
+        return self.recorder.record(job, attempt)
+
+    def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
+        """Run one attempt of a RUNNING job and say how it ended; no state is written."""
+        log = job_logger(job) if log is None else log
         work = self.settings.paths.work / job.id
         try:
-            outcome = self._attempt(job, work, cancel, log)
-            sizes = _sizes(work, outcome)
+            ended = self._attempt(job, work, cancel, log)
+            # Measured here: the ledger's bytes_total is per phase and the work dir is about to go.
+            ended = replace(ended, bytes_in=_input_size(work))
         finally:
             # Free the space first: on a full disk the ledger needs it to record the outcome.
             shutil.rmtree(work, ignore_errors=True)
-        return replace(self._record(job, outcome, log), extra=sizes)
+        return ended
 
-    def _attempt(self, job: Job, work: Path, cancel: StopToken | None, log: Any) -> Outcome:
+    def _attempt(self, job: Job, work: Path, cancel: StopToken | None, log: Any) -> Attempt:
         timings: dict[str, float] = {}
-        if job.retries_used >= self.settings.processing.max_attempts:
-            # Only crash recovery gets a job here (every other path fails it at
-            # the limit): the daemon died during each of its last attempts.
-            return Outcome(JobState.FAILED, f"the daemon died during {job.retries_used} attempts "
+        if out_of_attempts(job, self.settings.processing):
+            return Attempt(Outcome.FAILED, f"the daemon died during {job.counted_attempts} attempts "
                            "of this job; not trying again (a poison input?)")
         try:
             shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
@@ -132,38 +121,22 @@ class Pipeline:
         except Interrupted as exc:
             return _stopped(exc.reason)
         except ObjectChanged as exc:
-            return Outcome(JobState.CANCELLED, f"superseded: {exc}")
+            return Attempt(Outcome.CANCELLED, f"superseded: {exc}")
         except StorageError as exc:
             if exc.retryable:
                 # A damaged download is the data's problem, not S3 being away: it spends budget.
-                outage = exc.code not in ("ChecksumMismatch", "SizeMismatch")
-                return Outcome(JobState.QUEUED, str(exc), storage=outage)
-            return Outcome(JobState.FAILED, str(exc))
+                damaged = exc.code in ("ChecksumMismatch", "SizeMismatch")
+                return Attempt(Outcome.RETRY if damaged else Outcome.WAIT_FOR_STORAGE, str(exc))
+            return Attempt(Outcome.FAILED, str(exc))
         except InsufficientSpace as exc:
-            if exc.retryable:
-                return Outcome(JobState.QUEUED, str(exc), space=True)
-            return Outcome(JobState.FAILED, str(exc))
+            return Attempt(Outcome.WAIT_FOR_SPACE if exc.retryable else Outcome.FAILED, str(exc))
         except OutputError as exc:
-            return Outcome(JobState.FAILED, str(exc))
+            return Attempt(Outcome.FAILED, str(exc))
         except OSError as exc:
             if is_no_space(exc):  # full for now (other jobs' work dirs go): wait
-                return Outcome(JobState.QUEUED, str(self.space.exhausted("the attempt", exc)), space=True)
+                return Attempt(Outcome.WAIT_FOR_SPACE, str(self.space.exhausted("the attempt", exc)))
             # Local trouble: unreadable output, command not found.
-            return Outcome(JobState.FAILED, f"local error: {exc}")
-
-    def _record(self, job: Job, outcome: Outcome, log: Any) -> Job:
-        fields = dict(outcome.fields)
-        if outcome.state is JobState.SUCCEEDED:
-            return self._finish(job, JobState.SUCCEEDED, log, **fields)
-        assert outcome.error is not None
-        if outcome.state is JobState.FAILED:
-            return self._fail(job, log, error=outcome.error, **fields)
-        if outcome.state is JobState.CANCELLED:
-            return self._finish(job, JobState.CANCELLED, log, error=outcome.error, **fields)
-        if outcome.interrupted:
-            return self._requeue(job, log, reason=outcome.error)
-        return self.retry_or_fail(job, log, error=outcome.error, storage=outcome.storage,
-                                  space=outcome.space, **fields)
+            return Attempt(Outcome.FAILED, f"local error: {exc}")
 
     # -- steps ----------------------------------------------------------------
 
@@ -197,7 +170,7 @@ class Pipeline:
     def _process(
         self, job: Job, work: Path, got: Downloaded, timings: dict[str, float],
         cancel: StopToken | None, log: Any,
-    ) -> Outcome:
+    ) -> Attempt:
         p = self.settings.processing
         # No transfer in this phase: the byte counters go back to zero.
         self.ledger.set_progress(job.id, phase=Phase.RUNNING, bytes_total=0, bytes_done=0)
@@ -215,18 +188,19 @@ class Pipeline:
             "command_finished", returncode=result.returncode,
             duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
         )
-        details = {"exit_code": result.returncode, "stderr_tail": result.stderr_tail}
+        ran = Attempt(Outcome.FAILED, exit_code=result.returncode, stderr_tail=result.stderr_tail)
         if result.cancelled and cancel is not None:
-            return _stopped(cancel.reason or StopToken.CANCEL, details)
+            return _stopped(cancel.reason or StopToken.CANCEL, ran)
         if result.timed_out:
-            return Outcome(JobState.FAILED, f"timed out after {p.timeout_s}s", details)
+            return replace(ran, error=f"timed out after {p.timeout_s}s")
         if result.returncode == EX_TEMPFAIL:
-            return Outcome(JobState.QUEUED, f"command asked for a retry (exit {EX_TEMPFAIL})", details)
+            return replace(ran, outcome=Outcome.RETRY,
+                           error=f"command asked for a retry (exit {EX_TEMPFAIL})")
         if result.returncode != 0:
             error = f"command exited with status {result.returncode}"
             # Its outputs are still on disk: a (nearly) full volume now is the likely cause.
             note = self.space.nearly_full_note()
-            return Outcome(JobState.FAILED, f"{error}; {note}" if note else error, details)
+            return replace(ran, error=f"{error}; {note}" if note else error)
         _check(cancel)
         started = time.monotonic()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
@@ -240,7 +214,7 @@ class Pipeline:
                 self.store.delete(self.settings.s3.output_bucket, failed_key)
         manifest = self._manifest(job, got, outputs, timings)
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
-        return Outcome(JobState.SUCCEEDED, None, {"exit_code": 0, "result_prefix": prefix},
+        return Attempt(Outcome.SUCCEEDED, exit_code=0, result_prefix=prefix,
                        bytes_out=sum(o["size"] for o in outputs))
 
     def _progress_sink(self, job_id: str) -> Callable[[int], None]:
@@ -303,125 +277,26 @@ class Pipeline:
             "processor_version": __version__,
         }
 
-    # -- outcomes -------------------------------------------------------------
-
-    def retry_or_fail(
-        self, job: Job, log: Any, *, error: str, storage: bool = False, space: bool = False,
-        **fields: Any,
-    ) -> Job:
-        """Requeue with backoff, or fail once the job has used up processing.max_attempts.
-
-        ``storage`` failures (S3 unavailable) never use up the budget: they are
-        retried with backoff capped at retry_max_s until S3 answers again.
-        ``space`` waits (volume full for now) neither, and are checked again
-        soon (bounds and why: worker.space).
-        """
-        p = self.settings.processing
-        free = storage or space
-        used = job.retries_used + (0 if free else 1)
-        if not free and used >= p.max_attempts:
-            return self._fail(job, log, error=f"{error}; gave up after {used} attempts",
-                              retries_used=used, **fields)
-        delay = backoff_delay(job.attempts, p.retry_base_s, p.retry_max_s)
-        if space:  # grows with the checks made without spending budget
-            delay = backoff_delay(job.attempts - used, *space_retry_bounds(p.retry_base_s, p.retry_max_s))
-        updated = self.ledger.transition(
-            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=_handed_back(job, error),
-            next_attempt_at=self.clock() + delay, error=error, retries_used=used, **fields,
-        )
-        log.warning("job_retry_scheduled", state=updated.state.value, error=error,
-                    delay_s=round(delay, 1), storage=storage, space=space, retries_used=used)
-        return updated
-
-    def _requeue(self, job: Job, log: Any, *, reason: str) -> Job:
-        updated = self.ledger.transition(
-            job.id, JobState.QUEUED, expect=JobState.RUNNING, reason=_handed_back(job, reason),
-            next_attempt_at=self.clock(),
-        )
-        log.info("job_requeued", state=updated.state.value, reason=reason)
-        return updated
-
-    def _fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
-        prefix = self.result_prefix(job)
-        failed = self.ledger.transition(
-            job.id, JobState.FAILED, expect=JobState.RUNNING, reason=error, error=error,
-            finished_at=self.clock(), **{"result_prefix": prefix, **fields},
-        )
-        self.write_failure_record(failed, log)
-        log.error("job_failed", state=failed.state.value, error=error)
-        return failed
-
-    def write_failure_record(self, failed: Job, log: Any) -> bool:
-        """Write ``_failed.json`` for a failed job; False when S3 would not take it.
-
-        For a local job the ledger holds the failure and the bucket copy is a
-        courtesy; a queue job's message is deleted only once it is written.
-        """
-        record = {
-            "job_id": failed.id,
-            "source": {"bucket": failed.bucket, "key": failed.key, "version_id": failed.version_id,
-                       "etag": failed.etag},
-            "state": failed.state.value,
-            "error": failed.error,
-            "exit_code": failed.exit_code,
-            "stderr_tail": failed.stderr_tail,
-            "attempts": failed.attempts,
-            "failed_at": failed.finished_at,
-            "processor_version": __version__,
-        }
-        try:
-            self.store.put_json(
-                self.settings.s3.output_bucket, self.result_prefix(failed) + FAILED_NAME, record
-            )
-        except StorageError as exc:
-            log.warning("failure_record_not_written", error=str(exc))
-            return False
-        return True
-
-    def _finish(self, job: Job, state: JobState, log: Any, **fields: Any) -> Job:
-        done = self.ledger.transition(
-            job.id, state, expect=JobState.RUNNING, reason=fields.get("error"),
-            finished_at=self.clock(), **fields,
-        )
-        log.info("job_state_changed", state=done.state.value)
-        return done
-
-
-def _handed_back(job: Job, reason: str) -> str:
-    """A queue job goes back to its queue, not to this ledger's dispatch: say so."""
-    return f"{reason}; handed back to the work queue" if job.origin == "queue" else reason
-
 
 def _check(cancel: StopToken | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Interrupted(cancel.reason or StopToken.CANCEL)
 
 
-def _stopped(reason: str, details: Mapping[str, Any] | None = None) -> Outcome:
+def _stopped(reason: str, ran: Attempt | None = None) -> Attempt:
+    """A shutdown requeues the job (what the command said is not kept); a cancel ends it."""
     if reason == StopToken.SHUTDOWN:
-        return Outcome(JobState.QUEUED, "interrupted by daemon shutdown", interrupted=True)
-    return Outcome(JobState.CANCELLED, "cancelled by an operator", details or {})
+        return Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown")
+    return replace(ran or Attempt(Outcome.CANCELLED), outcome=Outcome.CANCELLED,
+                   error="cancelled by an operator")
 
 
-def _sizes(work: Path, outcome: Outcome) -> dict[str, object]:
-    """Bytes downloaded and (for a success) uploaded, for job_finished and the metrics.
-
-    The input is measured here because the ledger's ``bytes_total`` is per phase
-    (input, then outputs) and the work dir is about to go.
-    """
+def _input_size(work: Path) -> int:
+    """Bytes this attempt downloaded (0 when it never got that far)."""
     try:
-        bytes_in = (work / "input").stat().st_size
+        return (work / "input").stat().st_size
     except OSError:
-        bytes_in = 0
-    return {"bytes_in": bytes_in, "bytes_out": outcome.bytes_out}
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random."""
-    # The exponent is clamped: a long wait for S3 or disk space counts past 1,024
-    # attempts, where 2.0 ** n overflows (2 ** 62 is past any sane cap anyway).
-    ceiling = min(max_s, base_s * 2.0 ** min(max(attempt - 1, 0), 62))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return 0
 
 
 def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:

@@ -113,7 +113,7 @@ def test_full_volume_keeps_the_ledger_intact_and_loses_no_committed_job(
         if key == "fills-disk.bin":
             continue
         # Claimed while full, a job waits for space (it never fails for it) and runs once there is some.
-        assert job["state"] == "succeeded" and job["retries_used"] == 0, job
+        assert job["state"] == "succeeded" and job["counted_attempts"] == 0, job
     assert list((small_volume / "work").iterdir()) == []
 
 

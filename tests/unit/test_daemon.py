@@ -23,6 +23,7 @@ from worker.errors import ControlError
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.outcome import Attempt
 from worker.process import StopToken
 from worker.states import JobState
 
@@ -60,8 +61,8 @@ class FakePipeline:
             with self._lock:
                 self.running.discard(job.id)
 
-    def retry_or_fail(self, job: Job, log: Any, *, error: str, **fields: Any) -> Job:
-        return self.ledger.transition(job.id, JobState.FAILED, error=error, **fields)
+    def record(self, job: Job, attempt: Attempt) -> Job:
+        return self.ledger.transition(job.id, JobState.FAILED, error=attempt.error)
 
 
 def settings(tmp: Path, **processing: Any) -> Settings:

@@ -263,7 +263,7 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     old.close()
     with Ledger(path) as ledger:
         job = ledger.get("j-old")
-        assert job.attempts == 2 and job.retries_used == 0 and job.state is JobState.QUEUED
+        assert job.attempts == 2 and job.counted_attempts == 0 and job.state is JobState.QUEUED
         assert job.origin == "local"  # schema 3: jobs of older ledgers came from processorctl
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 

@@ -13,9 +13,10 @@ from worker.states import JobState
 from worker.telemetry import metrics
 
 
-def finished(state: JobState = JobState.SUCCEEDED, **extra: object) -> Job:
+def finished(state: JobState = JobState.SUCCEEDED, bytes_in: int = 0, bytes_out: int = 0) -> Job:
     return Job(id="j-abc", bucket="in", key="reports/q3.csv", version_id=None, etag="e",
-               state=state, attempts=2, created_at=1.0, updated_at=2.0, extra=extra)
+               state=state, attempts=2, created_at=1.0, updated_at=2.0,
+               bytes_in=bytes_in, bytes_out=bytes_out)
 
 
 def test_document_has_the_required_emf_structure() -> None:

@@ -104,7 +104,8 @@ def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "work" / job.id).exists()
     assert any(e["event"] == "upload_finished" for e in logs)
     # For job_finished and the EMF metrics: bytes downloaded, and uploaded (HELLO + n).
-    assert done.extra == {"bytes_in": 5, "bytes_out": 6}
+    assert (done.bytes_in, done.bytes_out) == (5, 6)
+    assert (ledger.get(job.id).bytes_in, ledger.get(job.id).bytes_out) == (5, 6)  # in the ledger too
 
 
 def test_a_key_that_never_failed_costs_no_failure_record_delete(tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_permanent_failure_is_recorded_with_exit_code_and_stderr(tmp_path: Path)
     assert failed["exit_code"] == 3 and "bad row 7" in failed["stderr_tail"]
     assert failed["source"]["key"] == "x.csv" and failed["job_id"] == job.id
     assert (OUT, "results/x.csv/" + MANIFEST_NAME) not in store.objects
-    assert done.extra == {"bytes_in": 5, "bytes_out": 0}  # nothing uploaded
+    assert (done.bytes_in, done.bytes_out) == (5, 0)  # nothing uploaded
     log = (tmp_path / "state" / "logs" / "jobs" / f"{job.id}.log").read_text()
     assert "bad row 7" in log
     assert not (tmp_path / "state" / "work" / job.id).exists()
@@ -293,7 +294,7 @@ def test_stderr_is_drained_even_when_the_log_cannot_be_written(tmp_path: Path) -
 def test_backoff_is_exponential_with_equal_jitter(
     attempt: int, base: float, cap: float, low: float, high: float
 ) -> None:
-    from worker.pipeline import backoff_delay
+    from worker.outcome import backoff_delay
 
     delays = [backoff_delay(attempt, base, cap) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
@@ -302,7 +303,7 @@ def test_backoff_is_exponential_with_equal_jitter(
 
 def test_backoff_survives_thousands_of_attempts() -> None:
     """A job waiting days for S3 or disk space keeps counting attempts: no OverflowError."""
-    from worker.pipeline import backoff_delay
+    from worker.outcome import backoff_delay
 
     assert 15 <= backoff_delay(5000, 5, 30) <= 30
 
@@ -313,7 +314,7 @@ def test_s3_unavailable_never_spends_the_attempt_budget(tmp_path: Path) -> None:
     store.fail_head = StorageError("head s3://in/k: 503", retryable=True, code="503")
     for attempt in range(1, 5):
         done = pipeline.run(job)
-        assert done.state is JobState.QUEUED and done.retries_used == 0 and done.attempts == attempt
+        assert done.state is JobState.QUEUED and done.counted_attempts == 0 and done.attempts == attempt
         pipeline.clock.offset += 10_000  # type: ignore[attr-defined]
         job = ledger.claim_next()  # type: ignore[assignment]
         assert job is not None
@@ -325,9 +326,9 @@ def test_exit_75_spends_the_budget_and_a_manual_retry_refills_it(tmp_path: Path)
     pipeline, ledger, store = make(tmp_path, script("import sys; sys.exit(75)"), max_attempts=1)
     job = claim(ledger, store, "k")
     done = pipeline.run(job)
-    assert done.state is JobState.FAILED and done.retries_used == 1
+    assert done.state is JobState.FAILED and done.counted_attempts == 1
     again = ledger.retry(job.id)
-    assert again.state is JobState.QUEUED and again.retries_used == 0 and again.attempts == 0
+    assert again.state is JobState.QUEUED and again.counted_attempts == 0 and again.attempts == 0
 
 
 def test_a_job_that_keeps_killing_the_daemon_is_failed_not_looped(tmp_path: Path) -> None:
@@ -337,7 +338,7 @@ def test_a_job_that_keeps_killing_the_daemon_is_failed_not_looped(tmp_path: Path
         requeued = ledger.requeue_interrupted("interrupted: daemon restarted")
         assert [j.id for j in requeued] == [job.id]
         job = ledger.claim_next()  # type: ignore[assignment]
-    assert job.retries_used == 2
+    assert job.counted_attempts == 2
     done = pipeline.run(job)
     assert done.state is JobState.FAILED and "died during 2 attempts" in (done.error or "")
     assert store.json(OUT, "results/poison/_failed.json")["error"] == done.error

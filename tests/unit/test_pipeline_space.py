@@ -48,7 +48,7 @@ def test_an_input_that_fits_later_waits_without_spending_attempts_then_runs(tmp_
     for attempt in range(1, 7):
         before = pipeline.clock()
         waiting = pipeline.run(job)
-        assert waiting.state is JobState.QUEUED and waiting.retries_used == 0, waiting.error
+        assert waiting.state is JobState.QUEUED and waiting.counted_attempts == 0, waiting.error
         assert waiting.attempts == attempt
         error = waiting.error or ""
         assert error.startswith("waiting for disk space") and str(tmp_path / "state" / "work") in error
@@ -63,7 +63,7 @@ def test_an_input_that_fits_later_waits_without_spending_attempts_then_runs(tmp_
     assert ("download", "in", "later.txt") not in store.calls
     disk.free = RESERVE + 5  # another job's work dir went away
     done = pipeline.run(job)
-    assert done.state is JobState.SUCCEEDED and done.retries_used == 0
+    assert done.state is JobState.SUCCEEDED and done.counted_attempts == 0
     assert store.objects[(OUT, "results/later.txt/upper.txt")] == b"HELLO"
 
 
@@ -88,7 +88,7 @@ def test_running_out_of_space_mid_download_waits_naming_the_disk(tmp_path: Path)
 
     store.download = no_space  # type: ignore[method-assign]
     done = pipeline.run(job)
-    assert done.state is JobState.QUEUED and done.retries_used == 0, done.error
+    assert done.state is JobState.QUEUED and done.counted_attempts == 0, done.error
     error = done.error or ""
     assert error.startswith("waiting for disk space: the download ran out of space")
     assert str(tmp_path / "state" / "work") in error and "1,234 bytes free" in error
@@ -148,7 +148,7 @@ def test_two_downloads_at_once_cannot_both_take_the_same_free_space(tmp_path: Pa
     try:
         assert downloading.wait(STALL_S), "the first download never started"
         waiting = pipeline.run(second)
-        assert waiting.state is JobState.QUEUED and waiting.retries_used == 0
+        assert waiting.state is JobState.QUEUED and waiting.counted_attempts == 0
         assert f"{10 * MIB:,} bytes of them held for other jobs' downloads" in (waiting.error or "")
     finally:
         release.set()

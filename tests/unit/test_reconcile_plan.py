@@ -17,7 +17,7 @@ import pytest
 from lambda_trigger import reconcile_plan
 from lambda_trigger.reconcile_plan import Results, Verdict, index_results, job_id, plan, result_prefix
 from worker.identity import Identity
-from worker.pipeline import FAILED_NAME, MANIFEST_NAME
+from worker.storage.layout import FAILED_NAME, MANIFEST_NAME
 
 NOW = 1_000_000.0
 

@@ -42,6 +42,7 @@ from worker.fleet.workqueue import (
 )
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.outcome import crashed
 from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.states import JobState
@@ -261,9 +262,7 @@ class QueueConsumer:
         except Exception as exc:
             log.exception("job_crashed", job_id=job.id, key=job.key)
             try:
-                final = self._pipeline.retry_or_fail(
-                    job, log.bind(job_id=job.id), error=f"internal error: {type(exc).__name__}: {exc}"
-                )
+                final = self._pipeline.record(job, crashed(exc))
             except Exception:
                 log.exception("job_not_recorded", job_id=job.id)
         finally:
@@ -302,7 +301,7 @@ class QueueConsumer:
         record = self._store.read_json(self._settings.s3.output_bucket, key)
         if record is not None and record.get("job_id") == job.id:
             return True
-        return self._pipeline.write_failure_record(job, log.bind(job_id=job.id))
+        return self._pipeline.recorder.write_failure_record(job, log.bind(job_id=job.id))
 
     def _settle(self, held: Held) -> None:
         """Delete, release or keep the message, by how the job ended in the ledger."""

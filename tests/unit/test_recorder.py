@@ -1,0 +1,49 @@
+"""Recording an attempt (worker.recorder): the policy's move, written to the ledger and the bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make
+from worker.outcome import Attempt, Outcome, crashed
+from worker.states import JobState
+
+
+def test_a_crash_of_the_runner_is_recorded_as_a_counted_retry(tmp_path: Path) -> None:
+    """What the daemon and the queue consumer do when ``Pipeline.run`` raises."""
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER, max_attempts=2)
+    job = claim(ledger, store, "k")
+    with structlog.testing.capture_logs() as logs:
+        queued = pipeline.record(job, crashed(RuntimeError("bug")))
+    assert queued.state is JobState.QUEUED and queued.counted_attempts == 1
+    assert queued.error == "internal error: RuntimeError: bug"
+    assert queued.next_attempt_at > pipeline.clock()
+    (event,) = [e for e in logs if e["event"] == "job_retry_scheduled"]
+    assert event["counted_attempts"] == 1 and not event["storage"] and not event["space"]
+
+    pipeline.clock.offset += 100_000  # type: ignore[attr-defined]
+    again = ledger.claim_next()
+    assert again is not None
+    failed = pipeline.record(again, crashed(RuntimeError("bug")))
+    assert failed.state is JobState.FAILED and failed.counted_attempts == 2
+    assert failed.error == "internal error: RuntimeError: bug; gave up after 2 attempts"
+    record = store.json(OUT, "results/k/_failed.json")
+    assert record["error"] == failed.error and record["job_id"] == job.id
+
+
+def test_only_what_an_attempt_found_out_replaces_the_rows_earlier_values(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "k")
+    first = pipeline.record(job, Attempt(Outcome.RETRY, "exit 75", exit_code=75, stderr_tail="slow"))
+    assert (first.exit_code, first.stderr_tail, first.error) == (75, "slow", "exit 75")
+    pipeline.clock.offset += 100_000  # type: ignore[attr-defined]
+    second = ledger.claim_next()
+    assert second is not None
+    # A shutdown says nothing about the job: the last run's details and error stay.
+    requeued = pipeline.record(second, Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown",
+                                               bytes_in=5))
+    assert (requeued.exit_code, requeued.stderr_tail, requeued.error) == (75, "slow", "exit 75")
+    assert (requeued.counted_attempts, requeued.bytes_in, requeued.finished_at) == (1, 5, None)
+    assert requeued.next_attempt_at <= ledger.history(job.id)[-1]["at"]  # due at once
