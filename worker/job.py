@@ -7,7 +7,6 @@ identity and id in worker.identity: both stay importable without
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker.identity import Identity
@@ -50,11 +49,6 @@ class Job:
     #: Bytes the last attempt downloaded and (a success) uploaded, for job_finished and the metrics.
     bytes_in: int = 0
     bytes_out: int = 0
-
-    @property
-    def extra(self) -> Mapping[str, object]:
-        """The byte counts under their old names, for worker.telemetry.metrics until it reads the fields."""
-        return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
 
     @property
     def identity(self) -> Identity:

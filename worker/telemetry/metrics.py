@@ -55,10 +55,6 @@ _log.propagate = False  # EMF documents belong on the metrics stream only
 _log.setLevel(logging.CRITICAL + 1)  # off until worker.telemetry.logsetup attaches the CloudWatch sink
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
     """The EMF document of one finished job (``now`` in epoch seconds)."""
     return {
@@ -74,8 +70,8 @@ def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
         },
         "Outcome": job.state.value,
         "JobDuration": round(duration_s, 3),
-        "BytesIn": _count(job.extra.get("bytes_in")),
-        "BytesOut": _count(job.extra.get("bytes_out")),
+        "BytesIn": job.bytes_in,
+        "BytesOut": job.bytes_out,
         "Jobs": 1,
         "Attempts": job.attempts,
         "job_id": job.id,
