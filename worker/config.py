@@ -12,17 +12,18 @@ JSON array, tables (``processing.environment``) as a JSON object of strings.
 The sections are ``NamedTuple``s, not dataclasses: just as immutable and
 comparable, and ``processorctl`` (one fresh interpreter per submitted object)
 starts without importing ``dataclasses`` and ``inspect``. No ``from __future__
-import annotations`` here: the field types are read at run time (``_coerce``).
+import annotations`` here: the field types are read at run time
+(worker.config_values).
 """
 
-import json
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
+from worker.config_values import Environment, EnvironmentNames, apply_env, build_section
 from worker.errors import ConfigError
 
 #: Where the daemon and processorctl look when neither --config nor PROCESSOR_CONFIG is given.
@@ -43,18 +44,6 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Names the pipeline sets for every job (with ``PROCESSOR_*``, the contract's
 #: variables): neither processing.environment nor pass_environment may give them.
 PIPELINE_ENV_NAMES = frozenset({"HOME", "TMPDIR"})
-
-
-class EnvironmentNames(tuple[str, ...]):
-    """processing.pass_environment: names taken from the daemon's environment."""
-
-    __slots__ = ()
-
-
-class Environment(tuple[tuple[str, str], ...]):
-    """processing.environment: (NAME, value) pairs, a tuple so Settings stay hashable."""
-
-    __slots__ = ()
 
 
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
@@ -114,7 +103,17 @@ class PathSettings(NamedTuple):
 
     @property
     def logs(self) -> Path:
+        """The daemon's log directory (``processor.jsonl``; job logs under ``jobs/``)."""
         return self.state_dir / "logs"
+
+    @property
+    def job_logs(self) -> Path:
+        """Where each job's command output goes, one ``<job id>.log`` per job."""
+        return self.logs / "jobs"
+
+    def job_log(self, job_id: str) -> Path:
+        """The log file of one job's processing command (stdout and stderr)."""
+        return self.job_logs / f"{job_id}.log"
 
 
 class LoggingSettings(NamedTuple):
@@ -217,10 +216,6 @@ def queue_region(settings: Settings) -> str:
     found = _SQS_URL_RE.match(settings.queue.url)
     return found.group(1) if found else settings.s3.region
 
-#: The only type of list a section holds (processing.command).
-_ARGV = tuple[str, ...]
-
-
 def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
     """The config file to read: --config, else $PROCESSOR_CONFIG, else the default."""
     if cli_value:
@@ -258,127 +253,11 @@ def settings_from_mapping(
         if not isinstance(raw[section], Mapping):
             raise ConfigError(f"{source}: [{section}] must be a table", key=section)
     merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in _SECTIONS}
-    _apply_env(merged, environ)
-    built = {name: _build_section(name, cls, merged[name], source) for name, cls in _SECTIONS.items()}
+    apply_env(merged, environ, prefix=ENV_PREFIX, skip=CONFIG_ENV)
+    built = {name: build_section(name, cls, merged[name], source) for name, cls in _SECTIONS.items()}
     settings = Settings(**built)
     _check(settings, source)
     return settings
-
-
-def _apply_env(merged: dict[str, dict[str, Any]], environ: Mapping[str, str]) -> None:
-    for var, value in environ.items():
-        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
-            continue
-        rest = var[len(ENV_PREFIX):].lower()
-        for section in _SECTIONS:
-            if rest.startswith(section + "_"):
-                merged[section][rest[len(section) + 1:]] = _EnvValue(var, value)
-                break
-
-
-class _EnvValue(str):
-    """A string from the environment, remembering its variable for error messages."""
-
-    variable: str
-
-    def __new__(cls, variable: str, value: str) -> Self:
-        obj = super().__new__(cls, value)
-        obj.variable = variable
-        return obj
-
-
-def _build_section(name: str, cls: type[Any], values: Mapping[str, Any], source: str) -> Any:
-    known: dict[str, object] = cls.__annotations__
-    for key in values:
-        if key not in known:
-            where = values[key].variable if isinstance(values[key], _EnvValue) else source
-            raise ConfigError(
-                f"{where}: unknown key {name}.{key} (known in [{name}]: {', '.join(known)})",
-                key=f"{name}.{key}",
-            )
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        kwargs[key] = _coerce(f"{name}.{key}", known[key], value, source)
-    for key in known:
-        if key not in kwargs and key not in cls._field_defaults:
-            raise ConfigError(f"{source}: missing required key {name}.{key}", key=f"{name}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(key: str, kind: object, value: Any, source: str) -> Any:
-    where = value.variable if isinstance(value, _EnvValue) else source
-    if isinstance(value, _EnvValue):
-        value = _parse_env(key, kind, str(value), where)
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: {key} must be {expected}, got {value!r}", key=key)
-
-    if kind is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if kind is Path:
-        if not isinstance(value, str) or not value:
-            raise bad("a non-empty path string")
-        return Path(value)
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind is EnvironmentNames:
-        if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
-            raise bad("an array of strings")
-        return EnvironmentNames(value)
-    if kind is Environment:
-        if not isinstance(value, Mapping):
-            raise bad('a table of NAME = "value"')
-        for name, text in value.items():
-            if not isinstance(text, str):
-                raise ConfigError(f"{where}: {key}.{name} must be a string, got {text!r}", key=key)
-        return Environment(value.items())
-    if kind == _ARGV:
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(part, str) for part in value)
-        ):
-            raise bad("a non-empty array of strings")
-        return tuple(value)
-    raise AssertionError(f"unhandled config type {kind} for {key}")  # pragma: no cover
-
-
-def _parse_env(key: str, kind: object, text: str, where: str) -> Any:
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"{where}: {key} must be an integer, got {text!r}", key=key) from None
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{where}: {key} must be true or false, got {text!r}", key=key)
-    if kind == _ARGV or kind is EnvironmentNames:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            raise ConfigError(
-                f"{where}: {key} must be a JSON array of strings, got {text!r}", key=key
-            ) from None
-    if kind is Environment:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            raise ConfigError(
-                f"{where}: {key} must be a JSON object of strings, got {text!r}", key=key
-            ) from None
-    return text
 
 
 def _check(settings: Settings, source: str) -> None:

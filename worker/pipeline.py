@@ -180,7 +180,7 @@ class Pipeline:
         log.info("command_started", argv0=argv[0])
         result = run_command(
             argv, cwd=work, env=job_environment(self._base_env, job, work),
-            log_path=self.settings.paths.logs / "jobs" / f"{job.id}.log",
+            log_path=self.settings.paths.job_log(job.id),
             timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
         )
         timings["process_s"] = result.duration_s

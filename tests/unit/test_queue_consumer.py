@@ -81,7 +81,7 @@ class Rig:
 @contextmanager
 def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
     conf = settings(tmp, **kwargs)
-    for directory in (conf.paths.work, conf.paths.logs / "jobs"):
+    for directory in (conf.paths.work, conf.paths.job_logs):
         directory.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(conf.paths.ledger)
     store = FakeStore()

@@ -135,7 +135,7 @@ def _retry(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Te
 
 def _logs(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     job = ledger.get(args.job_id)
-    path = settings.paths.logs / "jobs" / f"{job.id}.log"
+    path = settings.paths.job_log(job.id)
     offset = 0
     while True:
         offset = _copy_from(path, offset, out)

@@ -40,7 +40,7 @@ def describe(out: TextIO, job: Job, settings: Settings) -> None:
              if flag]
     fields.append(("results", f"s3://{where['bucket']}/{printable(where['prefix'], 2000)}"
                    + (f"  ({'; '.join(notes)})" if notes else "")))
-    fields.append(("log", str(settings.paths.logs / "jobs" / f"{job.id}.log")))
+    fields.append(("log", str(settings.paths.job_log(job.id))))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name + ':':<{width + 1}} {value}", file=out)
