@@ -32,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"processor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon in the foreground (systemd ExecStart)")
+    run = sub.add_parser(
+        "run", help="run the daemon in the foreground (systemd ExecStart)",
+        epilog="SIGTERM/SIGINT drain (a second one stops at once); SIGHUP is ignored. Exit status: "
+               "0 stopped with every job finished, 1 failure, 2 configuration error, "
+               "6 another daemon holds the state dir, 7 stopped with jobs interrupted (left queued).",
+    )
     run.add_argument("--config", help=CONFIG_HELP)
     local = sub.add_parser(
         "local", help="run the whole pipeline on this machine against an embedded S3/SSM emulator"

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.waiting import wait_until
+from worker import exitcodes, statelock
 from worker.config import Settings, settings_from_mapping
 from worker.ctl.control_client import request
-from worker import exitcodes, statelock
 from worker.errors import ControlError, LedgerError
 from worker.identity import Identity
 from worker.job import Job

@@ -4,7 +4,6 @@ small shell command), on an in-memory queue (tests.fakes.FakeQueue) and object s
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
