@@ -62,6 +62,8 @@ class _Request(NamedTuple):
 
 
 class Daemon(FleetSlots, DaemonStatus):
+    """One state dir's job runner: ``start`` / ``drain`` / ``stop`` / ``wait`` (module docstring)."""
+
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
         *, clock: Callable[[], float] = time.time, idle_wake_s: float = IDLE_WAKE_S,
@@ -108,21 +110,17 @@ class Daemon(FleetSlots, DaemonStatus):
     # -- lifecycle ------------------------------------------------------------
 
     def start(self, lock: StateLock, on_stopped: Callable[[], None] | None = None) -> None:
-        """Recover, then serve; return once READY=1 is sent, the main loop running in its thread.
+        """The start-up order, in one place; returns once READY=1 is sent and the loop runs.
 
-        The start-up order, in one place:
-
-        1. lock: ``lock`` is this state dir's lock, taken by the caller before
-           anything touched the state dir (refused if not held), so recovery
-           never requeues another daemon's jobs or kills its commands;
-        2. recover: kill orphaned commands, requeue jobs a crash left running,
-           hand queue jobs back to their work queue;
+        1. lock: ``lock`` is this state dir's, taken by the caller before anything
+           touched the state dir (refused if not held), so recovery never requeues
+           another daemon's jobs or kills its commands;
+        2. recover (worker.recovery): orphaned commands, interrupted jobs;
         3. serve: bind the control socket, start the slots, the work-queue
-           consumer and the main loop, then tell systemd READY=1.
+           consumer and the main loop's thread, then tell systemd READY=1.
 
-        ``on_stopped`` is called from the loop's thread once the daemon has
-        stopped (`wait` then returns at once). Raises ControlError when the
-        socket is in use, with nothing left running.
+        ``on_stopped`` is called from the loop's thread once stopped. Raises
+        ControlError when the socket is in use, leaving nothing running.
         """
         if not lock.held or lock.path.parent.resolve() != self.settings.paths.state_dir.resolve():
             raise ValueError(f"Daemon.start needs the held lock of {self.settings.paths.state_dir}, "
@@ -133,21 +131,18 @@ class Daemon(FleetSlots, DaemonStatus):
         self._serve(on_stopped)
 
     def drain(self, timeout: float | None = None, *, reason: str = "drain requested") -> None:
-        """Stop taking jobs; running ones get ``timeout`` seconds (None: ``processing.drain_timeout_s``)
-        to finish, then they are stopped and left queued, and the daemon stops.
+        """Take no new jobs; running ones get ``timeout`` s (None: ``processing.drain_timeout_s``),
+        then are stopped and left queued. Queue jobs go back to their queue at once.
 
-        Returns at once (`wait` for the end). STOPPING=1 is sent when the drain
-        begins. Queue jobs go back to their queue at once. No-op once draining.
+        Returns at once (`wait` for the end); STOPPING=1 goes out when the loop
+        begins the drain. A no-op once draining.
         """
         self._drain_requested = True
         self._requests.put(_Request(False, timeout, reason))
         self.wake()
 
     def stop(self, *, reason: str = "stop requested") -> None:
-        """Fast stop: stop the running jobs now (they are left queued) and stop the daemon.
-
-        Returns at once (`wait` for the end); a drain begins first if none has.
-        """
+        """Fast stop: stop running jobs now (left queued), then the daemon. Returns at once."""
         self._drain_requested = True
         self._requests.put(_Request(True, 0.0, reason))
         self.wake()
