@@ -165,6 +165,7 @@ class StopSignals:
         self._drain_then_stop("SIGINT")
 
     def handle_hup(self) -> None:
+        """No reload: logged and ignored (the config is read once, at start)."""
         import structlog
 
         structlog.get_logger("processor.daemon").info(
