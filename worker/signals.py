@@ -19,6 +19,7 @@ import os
 import queue
 import select
 import signal
+import threading
 from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import Any
@@ -33,6 +34,8 @@ class SignalQueue:
         self.signums = tuple(signums)
         self._pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: wake() may run in another thread while the main thread closes the pipe.
+        self._pipe_lock = threading.Lock()
         self._previous: dict[int, Any] = {}
         self._previous_wakeup_fd: int | None = None
 
@@ -65,22 +68,24 @@ class SignalQueue:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
-        # Marked closed before closing, so a late wake() cannot write into
+        # Under the lock and marked closed, so a late wake() cannot write into
         # whatever file reuses the descriptor number.
-        write_fd, self._write_fd = self._write_fd, -1
-        if write_fd >= 0:
-            os.close(write_fd)
-            os.close(self._read_fd)
+        with self._pipe_lock:
+            write_fd, self._write_fd = self._write_fd, -1
+            if write_fd >= 0:
+                os.close(write_fd)
+                os.close(self._read_fd)
 
     def wake(self) -> None:
-        """Make a waiting `get` return (None if no signal came). Safe from any thread."""
-        fd = self._write_fd
-        if fd < 0:
-            return
-        try:
-            os.write(fd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: get() wakes anyway
+        """Make a waiting `get` return (None if no signal came). Safe from any thread,
+        not from a signal handler (it takes a lock)."""
+        with self._pipe_lock:
+            if self._write_fd < 0:
+                return  # closed: nobody waits any more
+            try:
+                os.write(self._write_fd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: get() wakes anyway
 
     def get(self, timeout: float | None = None) -> int | None:
         """The next queued signal; else wait up to ``timeout`` (None: until a signal or
