@@ -1,15 +1,29 @@
-"""`processor`: the daemon (`processor run`) and the local stack (`processor local`)."""
+"""`processor`: the daemon (`processor run`) and the local stack (`processor local`).
+
+`processor run` is the daemon's lifecycle in order: take the state dir's lock
+(before anything else touches the state dir), set up logging and the ledger,
+then ``Daemon.start`` recovers and serves; from then on this process's main
+thread only turns signals into ``Daemon.drain`` / ``Daemon.stop`` calls (one
+``handle_<signal>`` each, `StopSignals`) until the daemon has stopped, and
+exits with its status (worker.exitcodes).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.errors import ConfigError, LedgerError, ProcessorError
+
+if TYPE_CHECKING:
+    from worker.daemon import Daemon
+    from worker.statelock import StateLock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"processor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon in the foreground (systemd ExecStart)")
+    run = sub.add_parser(
+        "run", help="run the daemon in the foreground (systemd ExecStart)",
+        epilog="SIGTERM/SIGINT drain (a second one stops at once); SIGHUP is ignored. Exit status: "
+               "0 stopped with every job finished, 1 failure, 2 configuration error, "
+               "6 another daemon holds the state dir, 7 stopped with jobs interrupted (left queued).",
+    )
     run.add_argument("--config", help=CONFIG_HELP)
     local = sub.add_parser(
         "local", help="run the whole pipeline on this machine against an embedded S3/SSM emulator"
@@ -60,11 +79,11 @@ def run_daemon(config: str | None) -> int:
         print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
         return exitcodes.FAILURE
     with lock:  # held for the daemon's whole life
-        return _run_locked(settings)
+        return _run_locked(settings, lock)
 
 
-def _run_locked(settings: Settings) -> int:
-    """Lock held: set up logging and the ledger, then recover and serve (Daemon.run)."""
+def _run_locked(settings: Settings, lock: StateLock) -> int:
+    """Lock held: set up logging and the ledger, then recover and serve (`serve`)."""
     from worker.daemon import Daemon
     from worker.fleet.instance import guard_from_settings
     from worker.ledger import Ledger
@@ -95,7 +114,7 @@ def _run_locked(settings: Settings) -> int:
         guard = guard_from_settings(settings)
         try:
             pipeline = Pipeline(settings, store, ledger, environ=os.environ)
-            return Daemon(settings, ledger, pipeline, work_queue=work_queue, guard=guard).run()
+            return serve(Daemon(settings, ledger, pipeline, work_queue=work_queue, guard=guard), lock)
         except ProcessorError as exc:
             print(f"processor: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
@@ -109,6 +128,54 @@ def _run_locked(settings: Settings) -> int:
     finally:
         # Last: daemon_stopped and any crash report are queued for CloudWatch by now.
         logsetup.shutdown(settings.logging.flush_timeout_s)
+
+
+def serve(daemon: Daemon, lock: StateLock) -> int:
+    """Start ``daemon`` (recover, then serve), act on signals until it stops; its exit status."""
+    from worker.signals import SignalQueue
+
+    signals = StopSignals(daemon)
+    # Installed before the start, so a SIGTERM during recovery is queued, not fatal.
+    with SignalQueue(signals.handlers) as received:
+        daemon.start(lock, on_stopped=received.wake)  # wake: it may stop on its own (Spot)
+        while (status := daemon.wait(0)) is None:
+            if (signum := received.get()) is not None:
+                signals.handlers[signum]()
+    return status
+
+
+class StopSignals:
+    """What `processor run` does on each signal (README "Stopping"); called from the
+    main loop, never from a signal handler, so logging here is safe."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.handle_term,
+            signal.SIGINT: self.handle_int,
+            signal.SIGHUP: self.handle_hup,
+        }
+
+    def handle_term(self) -> None:
+        """`systemctl stop`: drain; while a drain runs (a signal's or a Spot notice's), stop at once."""
+        self._drain_then_stop("SIGTERM")
+
+    def handle_int(self) -> None:
+        """Ctrl-C in a terminal: as SIGTERM."""
+        self._drain_then_stop("SIGINT")
+
+    def handle_hup(self) -> None:
+        """No reload: logged and ignored (the config is read once, at start)."""
+        import structlog
+
+        structlog.get_logger("processor.daemon").info(
+            "signal_ignored", signal="SIGHUP", reason="reload is not supported; restart the unit")
+
+    def _drain_then_stop(self, name: str) -> None:
+        if self.daemon.draining:
+            self.daemon.stop(reason=f"second stop signal ({name})")
+        else:
+            self.daemon.drain(reason=f"signal {name}")
 
 
 if __name__ == "__main__":  # pragma: no cover

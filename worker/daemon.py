@@ -1,11 +1,12 @@
-"""The daemon's lifecycle: start, dispatch jobs to slots, drain, exit.
+"""The daemon's lifecycle as an API: start, dispatch jobs to slots, drain, stop.
 
-Signal handlers only put the signal on a queue; ``signal.set_wakeup_fd`` and a
-self-pipe wake the main loop, which does all the work (dispatch, sd_notify,
-watchdog) and never sleeps past the next due job. SIGTERM/SIGINT start a
-graceful drain: no new jobs, running ones get ``processing.drain_timeout_s``
-to finish, then they are stopped and left queued. A second signal is a fast
-stop. On start, jobs a crash left running go back to the queue.
+``start(lock)`` is the start-up order (lock held, then recover, then serve);
+``drain(timeout)`` the graceful stop (no new jobs, running ones get the drain
+timeout, then are stopped and left queued); ``stop()`` the fast stop;
+``wait()`` the exit status (worker.exitcodes). Signals are the CLI's business
+(worker.cli maps them onto these calls). Requests and wake-ups reach the main
+loop through a queue and a self-pipe; the loop, in its own thread, does all the
+work (dispatch, sd_notify, watchdog) and never sleeps past the next due job.
 
 With a work queue (``[queue] url``) a ``QueueConsumer`` fills free slots from
 it; a drain then stops receiving at once and stops running queue jobs at once,
@@ -20,57 +21,63 @@ from __future__ import annotations
 import os
 import queue
 import select
-import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 
-from worker import __version__
+from worker import __version__, exitcodes
 from worker.config import Settings
 from worker.control_server import ControlServer
+from worker.daemon_status import DaemonStatus, Notifier
 from worker.errors import LedgerError
 from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
 from worker.job import Job
 from worker.ledger import Ledger
-from worker.ledger_schema import ORIGIN_LOCAL
 from worker.outcome import crashed
 from worker.pipeline import Pipeline
-from worker.process import StopToken, reap_orphans
-from worker.states import JobState
+from worker.process import StopToken
+from worker.recovery import recover
 from worker.telemetry import metrics, systemd
 
 if TYPE_CHECKING:
     from worker.fleet.consumer import QueueConsumer, Runner
     from worker.fleet.workqueue import WorkQueue
+    from worker.statelock import StateLock
 
 #: Longest the main loop sleeps with nothing to do (also the watchdog cadence).
 #: Work never waits for it: submissions and finished jobs wake the loop at once.
 IDLE_WAKE_S = 1.0
 
-#: At most this often the loop recounts the ledger for systemd's STATUS line
-#: (a GROUP BY over every job the ledger keeps), not on every wake-up.
-STATUS_INTERVAL_S = 1.0
-
 log = structlog.get_logger("processor.daemon")
 
 
-class Daemon(FleetSlots):
+class _Request(NamedTuple):
+    """A drain or a fast stop, for the main loop to carry out (see Daemon.drain/stop)."""
+
+    fast: bool
+    timeout_s: float | None
+    reason: str
+
+
+class Daemon(FleetSlots, DaemonStatus):
+    """One state dir's job runner: ``start`` / ``drain`` / ``stop`` / ``wait`` (module docstring)."""
+
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
         *, clock: Callable[[], float] = time.time, idle_wake_s: float = IDLE_WAKE_S,
-        install_signals: bool = True, work_queue: WorkQueue | None = None,
-        guard: InstanceGuard | None = None,
+        work_queue: WorkQueue | None = None, guard: InstanceGuard | None = None,
+        notifier: Notifier = systemd,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.pipeline = pipeline
         self._clock = clock
         self._idle_wake_s = idle_wake_s
-        self._install = install_signals
-        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._notify = notifier
+        self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._slots: dict[str, _Slot] = {}
         self._slots_lock = threading.Lock()
@@ -91,27 +98,83 @@ class Daemon(FleetSlots):
 
             self._consumer = QueueConsumer(settings, ledger, pipeline, work_queue, self, clock=clock)
         self._draining = False
+        #: Set by drain()/stop() at once, before the loop has begun the drain.
+        self._drain_requested = False
         self._drain_deadline = 0.0
-        self._last_status = ""
-        self._status_at = -STATUS_INTERVAL_S
-        self._status_stale = False
+        #: A drain timeout or a fast stop stopped a running job (exitcodes.INTERRUPTED).
+        self._interrupted = False
+        self._loop_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._exit_status = exitcodes.OK
+        self._crash: BaseException | None = None
 
-    # -- public ---------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------
 
-    def run(self) -> int:
-        """Serve until a stop signal; return the exit status (0 on a clean stop)."""
-        for group in reap_orphans(self.settings.paths.work):
-            log.warning("orphan_killed", pgid=group,
-                        reason="a processing command outlived the previous daemon")
-        for job in self.ledger.requeue_interrupted("interrupted: daemon restarted"):
-            log.warning("job_requeued", job_id=job.id, key=job.key, state=job.state.value,
-                        attempt=job.attempts, reason="interrupted by a previous stop or crash")
-        for job in self.ledger.hand_back_queue_jobs(
-                "handed back: daemon restarted; its message returns through the work queue"):
-            log.warning("job_handed_back", job_id=job.id, key=job.key, attempt=job.attempts,
-                        reason="a queue job is not re-run from the ledger after a restart")
-        server = ControlServer(self.settings.paths.socket, self._handlers())
-        previous = self._install_signals() if self._install else None
+    def start(self, lock: StateLock, on_stopped: Callable[[], None] | None = None) -> None:
+        """The start-up order, in one place; returns once READY=1 is sent and the loop runs.
+
+        1. lock: ``lock`` is this state dir's, taken by the caller before anything
+           touched the state dir (refused if not held), so recovery never requeues
+           another daemon's jobs or kills its commands;
+        2. recover (worker.recovery): orphaned commands, interrupted jobs;
+        3. serve: bind the control socket, start the slots, the work-queue
+           consumer and the main loop's thread, then tell systemd READY=1.
+
+        ``on_stopped`` is called from the loop's thread once stopped. Raises
+        ControlError when the socket is in use, leaving nothing running.
+        """
+        if not lock.held or lock.path.parent.resolve() != self.settings.paths.state_dir.resolve():
+            raise ValueError(f"Daemon.start needs the held lock of {self.settings.paths.state_dir}, "
+                             f"got {lock.path} (held: {lock.held})")
+        if self._loop_thread is not None:
+            raise RuntimeError("Daemon.start called twice")
+        recover(self.settings.paths.work, self.ledger)
+        self._serve(on_stopped)
+
+    def drain(self, timeout: float | None = None, *, reason: str = "drain requested") -> None:
+        """Take no new jobs; running ones get ``timeout`` s (None: ``processing.drain_timeout_s``),
+        then are stopped and left queued. Queue jobs go back to their queue at once.
+
+        Returns at once (`wait` for the end); STOPPING=1 goes out when the loop
+        begins the drain. A no-op once draining.
+        """
+        self._drain_requested = True
+        self._requests.put(_Request(False, timeout, reason))
+        self.wake()
+
+    def stop(self, *, reason: str = "stop requested") -> None:
+        """Fast stop: stop running jobs now (left queued), then the daemon. Returns at once."""
+        self._drain_requested = True
+        self._requests.put(_Request(True, 0.0, reason))
+        self.wake()
+
+    @property
+    def draining(self) -> bool:
+        """Whether a drain or stop was requested (or the instance guard began one)."""
+        return self._drain_requested or self._draining
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status once stopped, None if still running after ``timeout`` seconds.
+
+        exitcodes.OK: every job that was running finished (or, from a work
+        queue, went back to it); exitcodes.INTERRUPTED: a drain timeout or a
+        fast stop stopped running jobs, left queued for the next start. What
+        crashed the main loop is raised here.
+        """
+        if self._loop_thread is None:
+            raise RuntimeError("Daemon.wait before Daemon.start")
+        if not self._stopped.wait(timeout):
+            return None
+        if self._crash is not None:
+            raise self._crash
+        return self._exit_status
+
+    def _serve(self, on_stopped: Callable[[], None] | None) -> None:
+        try:
+            server = ControlServer(self.settings.paths.socket, self._handlers())  # binds here
+        except BaseException:
+            self._close_wake_pipe()
+            raise
         try:
             self._start_slot_threads()
             server.start()
@@ -123,32 +186,50 @@ class Daemon(FleetSlots):
                      queue=self.settings.queue.url or None,
                      # which sd_notify/journald code runs: "systemd-python" or "builtin"
                      systemd_backend=systemd.BACKEND)
-            systemd.ready(self._status_text())
-            self._loop()
+            self._notify.ready(self._status_text())
+            self._loop_thread = threading.Thread(
+                target=self._run_loop, args=(server, on_stopped), name="daemon-loop", daemon=True)
+            self._loop_thread.start()
+        except BaseException:
+            self._shut_down(server)
+            raise
+
+    def _run_loop(self, server: ControlServer, on_stopped: Callable[[], None] | None) -> None:
+        try:
+            try:
+                self._loop()
+                self._exit_status = exitcodes.INTERRUPTED if self._interrupted else exitcodes.OK
+            finally:
+                self._shut_down(server)
+            log.info("daemon_stopped", exit_status=self._exit_status)
+        except BaseException as exc:  # noqa: BLE001 - wait() raises it again, in its caller
+            self._crash = exc
         finally:
-            server.stop()
-            self._stop_slot_threads()
-            if self._consumer is not None:
-                self._consumer.close()
-            if self._guard is not None:
-                if self._guard_busy and not self._busy():
-                    # The last job ended after the loop's last look: say so before closing.
-                    self._guard.set_busy(False)
-                self._guard.close()
-            if previous is not None:
-                self._restore_signals(previous)
-            # Mark the pipe closed before closing it, so a late wake() cannot
-            # write into whatever file reuses the descriptor number.
-            wake_w, self._wake_w = self._wake_w, -1
+            self._stopped.set()
+            if on_stopped is not None:
+                on_stopped()
+
+    def _shut_down(self, server: ControlServer) -> None:
+        server.stop()
+        self._stop_slot_threads()
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._guard is not None:
+            if self._guard_busy and not self._busy():
+                # The last job ended after the loop's last look: say so before closing.
+                self._guard.set_busy(False)
+            self._guard.close()
+        self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
+        # Mark the pipe closed before closing it, so a late wake() cannot
+        # write into whatever file reuses the descriptor number.
+        wake_w, self._wake_w = self._wake_w, -1
+        if wake_w >= 0:
             os.close(wake_w)
             os.close(self._wake_r)
-        log.info("daemon_stopped")
-        return 0
 
-    def request_stop(self, signum: int = signal.SIGTERM) -> None:
-        """Act as if ``signum`` arrived (tests, and embedding without signals)."""
-        self._signals.put(signum)
-        self.wake()
+    # -- public ---------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
         """Stop a running job as on timeout; it ends cancelled. False if not running here."""
@@ -174,7 +255,7 @@ class Daemon(FleetSlots):
 
     def _loop(self) -> None:
         while True:
-            self._handle_signals()
+            self._handle_requests()
             self._check_guard()
             if self._draining:
                 if not self._busy():
@@ -185,13 +266,12 @@ class Daemon(FleetSlots):
                     return
             else:
                 self._dispatch()
-            systemd.watchdog()
+            self._notify.watchdog()
             self._publish_status()
             self._sleep(self._sleep_for())
 
     def _sleep_for(self) -> float:
-        if self._status_stale:
-            due = self._status_at + STATUS_INTERVAL_S - time.monotonic()
+        if (due := self._status_due_in()) is not None:
             return max(0.0, min(due, self._work_sleep()))
         return self._work_sleep()
 
@@ -310,51 +390,31 @@ class Daemon(FleetSlots):
             structlog.contextvars.clear_contextvars()
             self.wake()
 
-    # -- signals and drain ----------------------------------------------------
+    # -- drain and stop -------------------------------------------------------
 
-    def _install_signals(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            # Only enqueue: logging or locking inside a handler can deadlock.
-            previous[signum] = signal.signal(signum, lambda s, _f: self._signals.put(s))
-        previous[-1] = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: Mapping[int, Any]) -> None:
-        signal.set_wakeup_fd(previous[-1])
-        for signum, handler in previous.items():
-            if signum != -1:
-                signal.signal(signum, handler)
-
-    def _handle_signals(self) -> None:
+    def _handle_requests(self) -> None:
         while True:
             try:
-                signum = self._signals.get_nowait()
+                request = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if signum == signal.SIGHUP:
-                log.info("signal_ignored", signal="SIGHUP",
-                         reason="reload is not supported; restart the unit")
-            elif not self._draining:
-                self._handle_term(signum)
-            else:
-                log.warning("fast_stop", signal=signal.Signals(signum).name)
-                self._stop_running("second stop signal")
+            if not self._draining:
+                self._start_drain(request.reason, request.timeout_s)
+            if request.fast:
+                log.warning("fast_stop", reason=request.reason)
+                self._stop_running(request.reason)
                 self._drain_deadline = self._clock()
 
-    def _handle_term(self, signum: int) -> None:
-        self._start_drain(f"signal {signal.Signals(signum).name}")
-
-    def _start_drain(self, reason: str) -> None:
+    def _start_drain(self, reason: str, timeout_s: float | None = None) -> None:
         with self._slots_lock:
             self._draining = True
             running = len(self._slots)
             from_queue = [s for s in self._slots.values() if s.queued_from_queue]
-        self._drain_deadline = self._clock() + self.settings.processing.drain_timeout_s
-        log.info("drain_started", reason=reason, running=running,
-                 drain_timeout_s=self.settings.processing.drain_timeout_s)
-        systemd.stopping(f"draining: {running} running")
+        if timeout_s is None:
+            timeout_s = self.settings.processing.drain_timeout_s
+        self._drain_deadline = self._clock() + timeout_s
+        log.info("drain_started", reason=reason, running=running, drain_timeout_s=timeout_s)
+        self._notify.stopping(f"draining: {running} running")
         if self._consumer is not None:
             # Queue jobs go back to the queue at once, for another instance to
             # take within seconds; local jobs have the drain timeout to finish.
@@ -366,10 +426,12 @@ class Daemon(FleetSlots):
 
     def _stop_running(self, why: str) -> None:
         with self._slots_lock:
-            slots = list(self._slots.values())
+            # Not those already told to stop (a cancel, a queue job handed back).
+            slots = [s for s in self._slots.values() if not s.token.is_set()]
         for slot in slots:
             log.warning("job_interrupted", job_id=slot.job.id, key=slot.job.key, reason=why)
             slot.token.stop(StopToken.SHUTDOWN)
+            self._interrupted = True
 
     def _join_all(self, timeout: float) -> None:
         """Wait until every running job has ended and freed its slot, at most ``timeout``."""
@@ -387,62 +449,3 @@ class Daemon(FleetSlots):
     def _free_slots(self) -> int:
         with self._slots_lock:
             return self._free_slots_locked()
-
-
-    def _status_text(self) -> str:
-        counts = self.ledger.counts()
-        text = (
-            f"{counts['running']} running, {counts['queued']} queued, "
-            f"{counts['succeeded']} succeeded, {counts['failed']} failed"
-        )
-        if self._consumer is not None:
-            text += f"; work queue: {self._consumer.holding} message(s) held"
-        return text
-
-    def _publish_status(self) -> None:
-        now = time.monotonic()
-        if now - self._status_at < STATUS_INTERVAL_S:
-            self._status_stale = True  # _sleep_for wakes the loop when it is due
-            return
-        self._status_at, self._status_stale = now, False
-        text = self._status_text()
-        if text != self._last_status:
-            systemd.status(("draining: " if self._draining else "") + text)
-            self._last_status = text
-
-    def status(self) -> dict[str, Any]:
-        counts = self.ledger.counts()
-        # Local jobs only: a queue job handed back waits in its queue, not here.
-        queued = self.ledger.list_jobs(JobState.QUEUED, limit=1, origin=ORIGIN_LOCAL)
-        with self._slots_lock:
-            running = [
-                {"job_id": s.job.id, "key": s.job.key, "attempt": s.job.attempts,
-                 "running_s": round(time.monotonic() - s.started, 1)}
-                for s in self._slots.values()
-            ]
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "draining": self._draining,
-            "slots": self.settings.processing.concurrency,
-            "busy": len(running),
-            "running": running,
-            "counts": counts,
-            "oldest_queued_age_s": round(self._clock() - queued[0].created_at, 1) if queued else None,
-            "queue": self._consumer.status() if self._consumer is not None else None,
-        }
-
-    def _handlers(self) -> dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]]:
-        def wake(_request: Mapping[str, Any]) -> Mapping[str, Any]:
-            self.wake()
-            return {}
-
-        def cancel(request: Mapping[str, Any]) -> Mapping[str, Any]:
-            return {"running": self.cancel(str(request.get("job_id", "")))}
-
-        return {
-            "ping": lambda _r: {"pid": os.getpid(), "version": __version__},
-            "wake": wake,
-            "status": lambda _r: self.status(),
-            "cancel": cancel,
-        }

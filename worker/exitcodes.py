@@ -19,3 +19,6 @@ LEDGER_UNAVAILABLE = 4
 DAEMON_UNAVAILABLE = 5
 #: Another daemon already holds the state dir's lock (`processor run`); nothing was touched.
 STATE_DIR_LOCKED = 6
+#: `processor run` stopped before its running jobs finished (the drain timeout
+#: or a second stop signal): they were stopped and left queued for the next start.
+INTERRUPTED = 7

@@ -232,3 +232,37 @@ def test_processorctl_submits_while_the_daemon_holds_the_lock(
         etag = s3.put_object(Bucket=IN, Key="ctl.txt", Body=b"one two")["ETag"]
         job_id = submit(config, "ctl.txt", etag)  # must not wait for, or take, the daemon's lock
         assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"
+
+
+def test_signals_through_processor_run_hup_ignored_term_drains_a_second_stops_at_once(
+    s3: Any, moto_endpoint: str, short_tmp: Path
+) -> None:
+    """The real signal path (worker.cli + worker.signals): SIGHUP is ignored, SIGTERM
+    starts the drain (the job may finish), SIGINT during it stops at once; the exit
+    status says jobs were interrupted, and the job is left queued for the next start."""
+    config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
+                          command=[sys.executable, "-c", HOLD, "{input}", "{output_dir}", str(short_tmp)])
+    etag = s3.put_object(Bucket=IN, Key="held.txt", Body=b"x")["ETag"]
+    job_id = submit(config, "held.txt", etag)
+    log_file = short_tmp / "state" / "logs" / "processor.jsonl"
+
+    def logged(event: str) -> list[dict[str, Any]]:
+        lines = log_file.read_text().splitlines() if log_file.exists() else []
+        return [e for e in map(json.loads, lines) if e["event"] == event]
+
+    with daemon(config, short_tmp / "p.sock") as proc:
+        wait_state(config, job_id, {"running"})
+        wait_until((short_tmp / "attempts").exists, stall_s=60, describe="the command never started")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: logged("signal_ignored"), stall_s=60, describe="SIGHUP not acted on")
+        assert proc.poll() is None and not logged("drain_started")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: logged("drain_started"), stall_s=60, describe="SIGTERM did not start a drain")
+        assert proc.poll() is None  # draining: the job has drain_timeout_s (60) to finish
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == exitcodes.INTERRUPTED
+    assert logged("drain_started")[0]["reason"] == "signal SIGTERM"
+    assert logged("fast_stop")[0]["reason"] == "second stop signal (SIGINT)"
+    assert logged("daemon_stopped")[0]["exit_status"] == exitcodes.INTERRUPTED
+    shown = json.loads(processorctl(config, "show", job_id, "--json").stdout)
+    assert shown["state"] == "queued" and (short_tmp / "attempts").read_text() == "x"

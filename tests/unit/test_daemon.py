@@ -1,12 +1,12 @@
 """The daemon's scheduling and lifecycle, with a fake pipeline and a real SQLite ledger.
 
-The daemon runs in a thread (signals off); stop requests go through the same
-queue a SIGTERM would use.
+The daemon runs in-process through its API (start, drain, stop, wait); what
+signals do is tested through the CLI (test_daemon_lifecycle.py and
+tests/integration/test_daemon.py).
 """
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from tests.waiting import wait_until
+from worker import exitcodes, statelock
 from worker.config import Settings, settings_from_mapping
 from worker.ctl.control_client import request
-from worker.errors import ControlError
+from worker.errors import ControlError, LedgerError
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
@@ -80,26 +81,19 @@ def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> I
     conf = settings(tmp, **processing)
     ledger = Ledger(conf.paths.ledger)
     fake = FakePipeline(ledger)
-    daemon = Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s, install_signals=False)  # type: ignore[arg-type]
-    result: dict[str, int] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), daemon=True)
-    thread.start()
-    def answers() -> bool:
-        try:
-            request(conf.paths.socket, "ping", timeout=1)
-            return True
-        except ControlError:
-            return False
-
-    wait_until(answers, stall_s=WAIT_S, interval=0.01, describe="the daemon never answered on its socket")
+    daemon = Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s)  # type: ignore[arg-type]
+    lock = statelock.acquire(conf.paths.state_dir)
+    daemon.start(lock)  # returns once the socket answers and READY=1 is sent
     try:
-        yield daemon, ledger, fake, conf, thread, result
+        yield daemon, ledger, fake, conf
     finally:
         fake.release.set()
-        daemon.request_stop(signal.SIGTERM)
-        daemon.request_stop(signal.SIGTERM)
-        thread.join(WAIT_S)
-        ledger.close()
+        daemon.stop(reason="test over")
+        try:
+            assert daemon.wait(WAIT_S) is not None, "the daemon did not stop"
+        finally:
+            lock.release()
+            ledger.close()
 
 
 def until(predicate: Any, what: str) -> None:
@@ -111,7 +105,7 @@ def submit(ledger: Ledger, key: str) -> Job:
 
 
 def test_concurrency_slots_cap_running_jobs(short_tmp: Path) -> None:
-    with running_daemon(short_tmp, concurrency=2) as (daemon, ledger, fake, conf, _, _):
+    with running_daemon(short_tmp, concurrency=2) as (daemon, ledger, fake, conf):
         for n in range(5):
             submit(ledger, f"k{n}")
         daemon.wake()
@@ -127,7 +121,7 @@ def test_concurrency_slots_cap_running_jobs(short_tmp: Path) -> None:
 
 def test_dispatch_is_driven_by_events_not_polling(short_tmp: Path) -> None:
     # The idle tick is a minute: a job must start because the submit woke the loop.
-    with running_daemon(short_tmp, idle_wake_s=60.0) as (_, ledger, fake, conf, _, _):
+    with running_daemon(short_tmp, idle_wake_s=60.0) as (_, ledger, fake, conf):
         submit(ledger, "now")
         request(conf.paths.socket, "wake")
         until(lambda: fake.started == ["now"], "job started without waiting for the tick")
@@ -136,7 +130,7 @@ def test_dispatch_is_driven_by_events_not_polling(short_tmp: Path) -> None:
 
 
 def test_finishing_job_frees_its_slot_for_the_next_at_once(short_tmp: Path) -> None:
-    with running_daemon(short_tmp, idle_wake_s=60.0, concurrency=1) as (daemon, ledger, fake, _, _, _):
+    with running_daemon(short_tmp, idle_wake_s=60.0, concurrency=1) as (daemon, ledger, fake, _):
         submit(ledger, "first")
         submit(ledger, "second")
         daemon.wake()
@@ -145,52 +139,64 @@ def test_finishing_job_frees_its_slot_for_the_next_at_once(short_tmp: Path) -> N
         until(lambda: ledger.counts()["succeeded"] == 2, "second ran after the first, without a tick")
 
 
-def test_sigterm_drains_running_jobs_and_takes_no_new_ones(short_tmp: Path) -> None:
-    with running_daemon(short_tmp, concurrency=1, drain_timeout_s=30) as (
-        daemon, ledger, fake, _, thread, result
-    ):
+def test_drain_lets_running_jobs_finish_takes_no_new_ones_and_exits_ok(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, concurrency=1, drain_timeout_s=30) as (daemon, ledger, fake, _):
         running = submit(ledger, "running")
         daemon.wake()
         until(lambda: fake.started == ["running"], "started")
         waiting = submit(ledger, "waiting")
-        daemon.request_stop(signal.SIGTERM)
-        time.sleep(0.3)
-        assert thread.is_alive()  # still draining
+        daemon.drain()
+        assert daemon.draining
+        assert daemon.wait(0.3) is None  # still draining: the job has 30 s
         fake.release.set()
-        thread.join(WAIT_S)
-        assert result["rc"] == 0
+        assert daemon.wait(WAIT_S) == exitcodes.OK
         assert ledger.get(running.id).state is JobState.SUCCEEDED
         assert ledger.get(waiting.id).state is JobState.QUEUED
         assert fake.started == ["running"]
 
 
-def test_drain_timeout_stops_jobs_and_leaves_them_queued(short_tmp: Path) -> None:
-    with running_daemon(short_tmp, drain_timeout_s=0) as (daemon, ledger, fake, _, thread, result):
+def test_drain_timeout_stops_jobs_leaves_them_queued_and_exits_interrupted(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, drain_timeout_s=0) as (daemon, ledger, fake, _):
         job = submit(ledger, "long")
         daemon.wake()
         until(lambda: fake.started == ["long"], "started")
-        daemon.request_stop(signal.SIGTERM)
-        thread.join(WAIT_S)
-        assert result["rc"] == 0
+        daemon.drain()
+        assert daemon.wait(WAIT_S) == exitcodes.INTERRUPTED
         assert ledger.get(job.id).state is JobState.QUEUED
 
 
-def test_second_signal_is_a_fast_stop(short_tmp: Path) -> None:
-    with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, ledger, fake, _, thread, result):
+def test_drain_takes_its_timeout_over_the_configured_one(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, ledger, fake, _):
         job = submit(ledger, "long")
         daemon.wake()
         until(lambda: fake.started == ["long"], "started")
-        daemon.request_stop(signal.SIGTERM)
-        time.sleep(0.2)
-        assert thread.is_alive()
-        daemon.request_stop(signal.SIGINT)
-        thread.join(WAIT_S)
-        assert not thread.is_alive() and result["rc"] == 0
+        daemon.drain(0.1)
+        assert daemon.wait(WAIT_S) == exitcodes.INTERRUPTED
         assert ledger.get(job.id).state is JobState.QUEUED
+
+
+def test_stop_during_a_drain_is_a_fast_stop(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, ledger, fake, _):
+        job = submit(ledger, "long")
+        daemon.wake()
+        until(lambda: fake.started == ["long"], "started")
+        daemon.drain()
+        assert daemon.wait(0.2) is None
+        daemon.stop()
+        assert daemon.wait(WAIT_S) == exitcodes.INTERRUPTED
+        assert ledger.get(job.id).state is JobState.QUEUED
+
+
+def test_stop_with_nothing_running_exits_ok(short_tmp: Path) -> None:
+    with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, _, _, conf):
+        daemon.stop()
+        assert daemon.wait(WAIT_S) == exitcodes.OK
+        with pytest.raises(ControlError):  # the socket is gone
+            request(conf.paths.socket, "ping", timeout=1)
 
 
 def test_cancel_stops_a_running_job(short_tmp: Path) -> None:
-    with running_daemon(short_tmp) as (daemon, ledger, fake, conf, _, _):
+    with running_daemon(short_tmp) as (daemon, ledger, fake, conf):
         job = submit(ledger, "cancel-me")
         daemon.wake()
         until(lambda: fake.started == ["cancel-me"], "started")
@@ -202,7 +208,7 @@ def test_cancel_stops_a_running_job(short_tmp: Path) -> None:
 
 
 def test_a_crashing_job_is_recorded_and_the_daemon_keeps_serving(short_tmp: Path) -> None:
-    with running_daemon(short_tmp) as (daemon, ledger, fake, _, _, _):
+    with running_daemon(short_tmp) as (daemon, ledger, fake, _):
         fake.crash_keys.add("bad")
         fake.release.set()
         bad = submit(ledger, "bad")
@@ -218,7 +224,7 @@ def test_jobs_left_running_by_a_crash_are_requeued_at_start(short_tmp: Path) -> 
     with Ledger(conf.paths.ledger) as ledger:
         job = submit(ledger, "interrupted")
         ledger.claim_next()
-    with running_daemon(short_tmp) as (_, ledger, fake, _, _, _):
+    with running_daemon(short_tmp) as (_, ledger, fake, _):
         fake.release.set()
         until(lambda: ledger.get(job.id).state is JobState.SUCCEEDED, "requeued and run")
         assert ledger.get(job.id).attempts == 2
@@ -227,10 +233,36 @@ def test_jobs_left_running_by_a_crash_are_requeued_at_start(short_tmp: Path) -> 
 def test_a_second_daemon_on_the_same_socket_refuses_to_start(short_tmp: Path) -> None:
     from worker.daemon import Daemon
 
-    with running_daemon(short_tmp) as (_, ledger, _, conf, _, _):
-        other = Daemon(conf, ledger, FakePipeline(ledger), install_signals=False)  # type: ignore[arg-type]
-        with pytest.raises(ControlError, match="already listening"):
-            other.run()
+    with running_daemon(short_tmp) as (_, ledger, _, conf):
+        # Its own state dir (the lock would refuse the same one), the first one's socket.
+        other_conf = settings_from_mapping({
+            "s3": {"output_bucket": "out"},
+            "processing": {"command": ["/bin/true", "{input}"]},
+            "paths": {"state_dir": str(short_tmp / "other"), "socket": str(conf.paths.socket)},
+        }, {})
+        with Ledger(other_conf.paths.ledger) as other_ledger, \
+                statelock.acquire(other_conf.paths.state_dir) as lock:
+            other = Daemon(other_conf, other_ledger, FakePipeline(other_ledger))  # type: ignore[arg-type]
+            with pytest.raises(ControlError, match="already listening"):
+                other.start(lock)
+        assert request(conf.paths.socket, "ping", timeout=5)["pid"]
+
+
+def test_a_crash_of_the_main_loop_is_raised_by_wait(short_tmp: Path) -> None:
+    from worker.daemon import Daemon
+
+    conf = settings(short_tmp)
+    with Ledger(conf.paths.ledger) as ledger, statelock.acquire(conf.paths.state_dir) as lock:
+        def claim_next() -> Job | None:
+            raise LedgerError("database disk image is malformed")
+
+        ledger.claim_next = claim_next  # type: ignore[method-assign]
+        daemon = Daemon(conf, ledger, FakePipeline(ledger))  # type: ignore[arg-type]
+        daemon.start(lock)
+        with pytest.raises(LedgerError, match="malformed"):
+            daemon.wait(WAIT_S)
+        with pytest.raises(ControlError):  # it cleaned up: the socket is gone
+            request(conf.paths.socket, "ping", timeout=1)
 
 
 def test_claims_are_reserved_and_stop_when_a_drain_begins(short_tmp: Path) -> None:
@@ -240,7 +272,7 @@ def test_claims_are_reserved_and_stop_when_a_drain_begins(short_tmp: Path) -> No
 
     conf = settings(short_tmp, concurrency=1)
     with Ledger(conf.paths.ledger) as ledger:
-        daemon = Daemon(conf, ledger, FakePipeline(ledger), install_signals=False)  # type: ignore[arg-type]
+        daemon = Daemon(conf, ledger, FakePipeline(ledger))  # type: ignore[arg-type]
         for key in ("a", "b"):
             submit(ledger, key)
         seen_busy: list[int] = []

@@ -4,8 +4,6 @@ small shell command), on an in-memory queue (tests.fakes.FakeQueue) and object s
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +15,7 @@ from structlog.testing import capture_logs
 
 from tests.fakes import FakeQueue, FakeStore
 from tests.waiting import wait_until
+from worker import exitcodes, statelock
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.fleet.consumer import ALREADY_PROCESSED
@@ -66,7 +65,6 @@ class Rig:
     store: FakeStore
     queue: FakeQueue
     guard: FakeGuard
-    result: dict[str, int]
 
     def put(self, key: str, seconds: float = 0, code: int = 0) -> str:
         return self.store.put(IN, key, f"{seconds} {code}\n".encode())
@@ -88,18 +86,18 @@ def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
     queue = FakeQueue(journal=store.calls)  # type: ignore[arg-type]
     guard = FakeGuard()
     daemon = Daemon(conf, ledger, Pipeline(conf, store, ledger), idle_wake_s=0.05,
-                    install_signals=False, work_queue=queue, guard=guard)
-    result: dict[str, int] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), daemon=True)
-    thread.start()
+                    work_queue=queue, guard=guard)
+    lock = statelock.acquire(conf.paths.state_dir)
+    daemon.start(lock)
     try:
-        yield Rig(daemon, ledger, store, queue, guard, result)
+        yield Rig(daemon, ledger, store, queue, guard)
     finally:
-        daemon.request_stop(signal.SIGTERM)
-        daemon.request_stop(signal.SIGTERM)
-        thread.join(WAIT_S)
-        ledger.close()
-    assert not thread.is_alive()
+        daemon.stop(reason="test over")
+        try:
+            assert daemon.wait(WAIT_S) is not None, "the daemon did not stop"
+        finally:
+            lock.release()
+            ledger.close()
 
 
 def until(check: Callable[[], Any], what: str) -> Any:
@@ -238,11 +236,11 @@ def test_a_drain_hands_running_queue_jobs_back_at_once(short_tmp: Path) -> None:
         message = r.send("long.txt", etag)
         until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
         started = time.monotonic()
-        r.daemon.request_stop(signal.SIGTERM)
+        r.daemon.drain()
         until(lambda: ("set_visibility", (message, 0)) in r.queue.calls, "the release")
         assert time.monotonic() - started < 15  # the command's stop, not the 60 s drain timeout
         assert r.job("long.txt", etag).state is JobState.QUEUED
-    assert r.result["rc"] == 0
+        assert r.daemon.wait(WAIT_S) == exitcodes.OK  # handing queue jobs back is no interruption
 
 
 def test_the_guards_interruption_notice_starts_the_drain(short_tmp: Path) -> None:
@@ -252,7 +250,7 @@ def test_the_guards_interruption_notice_starts_the_drain(short_tmp: Path) -> Non
         until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
         r.guard.reason = "spot interruption notice: terminate at 12:00"
         until(lambda: ("set_visibility", (message, 0)) in r.queue.calls, "the release")
-        until(lambda: "rc" in r.result, "the daemon to stop")
+        assert r.daemon.wait(WAIT_S) == exitcodes.OK
     drain = [e for e in logs if e["event"] == "drain_started"]
     assert drain[0]["reason"] == "spot interruption notice: terminate at 12:00"
 
@@ -278,7 +276,7 @@ def test_queue_jobs_left_running_are_handed_back_at_start_not_rerun(short_tmp: P
 def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(short_tmp: Path) -> None:
     conf = settings(short_tmp, concurrency=3)
     with Ledger(conf.paths.ledger) as ledger:
-        daemon = Daemon(conf, ledger, Pipeline(conf, FakeStore(), ledger), install_signals=False,
+        daemon = Daemon(conf, ledger, Pipeline(conf, FakeStore(), ledger),
                         work_queue=FakeQueue())
         try:
             assert daemon.reserve_for_poll(10) == 3  # every free slot, never more
