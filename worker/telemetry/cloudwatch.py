@@ -19,13 +19,11 @@ Bounded shutdown is ``worker.telemetry.logsetup.shutdown``'s job.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import watchtower
@@ -33,11 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-
-#: Instance metadata service (IMDSv2: a session token first, then the value).
-IMDS_URL = "http://169.254.169.254"
-#: Per request; off EC2 the address does not answer, and start-up must not wait.
-IMDS_TIMEOUT_S = 1.0
+from worker.imds import instance_id
 
 #: Longest an event waits in the queue before its batch is sent.
 SEND_INTERVAL_S = 5
@@ -60,29 +54,6 @@ _CLIENT_CONFIG = Config(
 # warnings would otherwise feed the very queue it is failing to send (they
 # still reach the file and the journal).
 _SDK_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
-
-
-def instance_id(base_url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> str | None:
-    """This EC2 instance's id via IMDSv2, or None when there is no metadata service."""
-    # http.client, not urllib: no HTTP(S)_PROXY from the environment may see IMDS traffic.
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
-    try:
-        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        reply = conn.getresponse()
-        token = reply.read().decode()
-        if reply.status != 200:
-            return None
-        conn.request("GET", "/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token})
-        reply = conn.getresponse()
-        value = reply.read().decode().strip()
-        if reply.status != 200:
-            return None
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-    return value or None
 
 
 def stream_name(configured: str, lookup: Callable[[], str | None] = instance_id) -> str:
