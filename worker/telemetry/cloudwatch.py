@@ -31,7 +31,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-from worker.imds import instance_id
+from worker.imds import instance_id as instance_id  # "as": logsetup imports it from here
+from worker.retry import LOGS_CLIENT
 
 #: Longest an event waits in the queue before its batch is sent.
 SEND_INTERVAL_S = 5
@@ -45,10 +46,9 @@ EMF_HEADER = ("x-amzn-logs-format", "json/emf")
 _EMF_EVENT = "before-sign.cloudwatch-logs.PutLogEvents"
 
 # Short timeouts, two attempts: the sender thread retries each batch itself,
-# and a slow endpoint must not hold the shutdown flush for minutes.
-_CLIENT_CONFIG = Config(
-    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2}
-)
+# and a slow endpoint must not hold the shutdown flush for minutes (the
+# numbers, and what they add up to with watchtower's tries: worker.retry).
+_CLIENT_CONFIG = Config(**LOGS_CLIENT.config())
 
 # Records of the AWS SDK stay out of CloudWatch: the sender thread's own
 # warnings would otherwise feed the very queue it is failing to send (they
