@@ -15,11 +15,21 @@ boto3's usual chain: ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` (botocore derives the
 name from the service id "CloudWatch Logs"; ``AWS_ENDPOINT_URL_LOGS`` is
 ignored), then ``AWS_ENDPOINT_URL``.
 Bounded shutdown is ``worker.telemetry.logsetup.shutdown``'s job.
+
+watchtower's public API has no queue bound, no queue length, no way to keep
+records while it creates a stream, and no bounded close, so ``CloudWatchHandler``
+relies on four of its internals: ``queues`` (a dict of ``queue.Queue`` per
+formatted stream name, events as dicts, ``END``/``FLUSH`` as int markers),
+``creating_log_stream`` (a bool attribute emit() checks), and ``FLUSH_TIMEOUT``
+(the seconds close() waits per queue, set by logsetup). They are the same in
+every release of the range setup.cfg pins (3.2, which added FLUSH_TIMEOUT, to
+3.4); tests/unit/test_watchtower_contract.py fails if any of them changes.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,16 +161,21 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
     def creating_log_stream(self, _value: bool) -> None:
         pass
 
+    def _queue(self) -> queue.Queue[Any] | None:
+        """watchtower's queue of our stream (its ``queues`` internal), made on the first emit."""
+        queued: queue.Queue[Any] | None = self.queues.get(self.stream)
+        return queued
+
     def pending(self) -> int:
         """Events queued and not yet sent (watchtower's FLUSH/END markers not counted)."""
-        queued = self.queues.get(self.stream)
+        queued = self._queue()
         if queued is None:
             return 0
         with queued.mutex:
             return sum(1 for item in queued.queue if isinstance(item, dict))
 
     def emit(self, record: logging.LogRecord) -> None:
-        queued = self.queues.get(self.stream)
+        queued = self._queue()
         if queued is not None and queued.qsize() >= self.max_queued:
             self.dropped += 1
             return
