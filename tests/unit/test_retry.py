@@ -61,8 +61,12 @@ def test_the_pipeline_backoff_stays_within_the_job_wait_ceiling(attempt: int) ->
     # Equal jitter: between half the ceiling and the ceiling, never past it.
     p = ProcessingSettings(retry_base_s=30, retry_max_s=900)
     ceiling = retry.job_wait_ceiling(attempt, p)
-    random.seed(attempt)
-    drawn = [backoff_delay(attempt, p.retry_base_s, p.retry_max_s) for _ in range(500)]
+    state = random.getstate()
+    random.seed(attempt)  # reproducible draws; the module's RNG is put back after
+    try:
+        drawn = [backoff_delay(attempt, p.retry_base_s, p.retry_max_s) for _ in range(500)]
+    finally:
+        random.setstate(state)
     assert ceiling / 2 <= min(drawn) and max(drawn) <= ceiling
     assert max(drawn) > ceiling * 0.9  # the ceiling is reached, not a loose bound
 
