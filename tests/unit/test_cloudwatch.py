@@ -25,42 +25,12 @@ from worker.telemetry.cloudwatch import (
     EMF_HEADER,
     CloudWatchHandler,
     Target,
-    instance_id,
     logs_client,
     stream_name,
 )
 
 # watchtower warns (on stderr) about every batch it cannot deliver: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::watchtower.WatchtowerWarning")
-
-
-def imds_reply(seen: Seen) -> tuple[int, str, bytes]:
-    if seen.method == "PUT" and seen.path == "/latest/api/token":
-        if seen.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
-            return 200, "text/plain", b"tok-1"
-        return 400, "text/plain", b""
-    if seen.path == "/latest/meta-data/instance-id":
-        if seen.headers.get("x-aws-ec2-metadata-token") == "tok-1":
-            return 200, "text/plain", b"i-0123456789abcdef0"
-        return 401, "text/plain", b""  # IMDSv2 only: no token, no answer
-    return 404, "text/plain", b""
-
-
-def test_instance_id_speaks_imdsv2() -> None:
-    with Recorder(imds_reply) as imds:
-        assert instance_id(imds.endpoint) == "i-0123456789abcdef0"
-        assert [(s.method, s.path) for s in imds.seen] == [
-            ("PUT", "/latest/api/token"), ("GET", "/latest/meta-data/instance-id")]
-
-
-def test_instance_id_is_none_off_ec2() -> None:
-    started = time.monotonic()
-    assert instance_id(dead_endpoint()) is None
-    with Recorder(lambda _s: (403, "text/plain", b"no")) as refusing:
-        assert instance_id(refusing.endpoint) is None
-    with black_hole() as silent:
-        assert instance_id(silent, timeout=0.3) is None
-    assert time.monotonic() - started < 5
 
 
 def test_stream_name_prefers_config_then_instance_id_then_hostname() -> None:

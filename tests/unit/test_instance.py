@@ -17,21 +17,21 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.stubservers import Imds, dead_endpoint
+from tests.stubservers import Imds
 from tests.waiting import wait_until
 from worker.config import settings_from_mapping
-from worker.errors import MetadataError, ScalingError
+from worker.errors import ScalingError
 from worker.fleet.instance import (
     GROUP_TAG_PATH,
     LIFECYCLE_PATH,
     SPOT_ACTION_PATH,
     Backoff,
     Guard,
-    MetadataClient,
     guard_from_settings,
     lifecycle_reason,
     spot_reason,
 )
+from worker.imds import MetadataClient
 
 INSTANCE = "i-0123456789abcdef0"
 GROUP = "stack-processor"
@@ -92,68 +92,6 @@ def make_guard(imds: Imds, fake: FakeProtection | None = None, **options: Any) -
                   default_region="us-east-1", **options)
     guard.start()
     return guard
-
-
-# -- IMDSv2 client --------------------------------------------------------------------
-
-
-def test_metadata_client_puts_a_token_then_gets_with_it(imds: Imds) -> None:
-    client = MetadataClient(imds.endpoint)
-    assert client.get("instance-id") == INSTANCE
-    assert client.get(GROUP_TAG_PATH) == GROUP
-    assert client.get(SPOT_ACTION_PATH) is None  # 404: no notice
-    assert [(m, p) for m, p, _ in imds.requests] == [
-        ("PUT", "/latest/api/token"), ("GET", "/latest/meta-data/instance-id"),
-        ("GET", f"/latest/meta-data/{GROUP_TAG_PATH}"), ("GET", f"/latest/meta-data/{SPOT_ACTION_PATH}")]
-    assert {token for m, _, token in imds.requests if m == "GET"} == {"tok-1"}
-
-
-def test_the_stub_is_imdsv2_only(imds: Imds) -> None:
-    # So that the tests above prove the client sends the token: without one, 401.
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", int(imds.endpoint.rsplit(":", 1)[1]), timeout=5)
-    conn.request("GET", "/latest/meta-data/instance-id")
-    assert conn.getresponse().status == 401
-    conn.close()
-
-
-def test_token_is_renewed_before_it_expires(imds: Imds) -> None:
-    now = [1000.0]
-    client = MetadataClient(imds.endpoint, token_ttl_s=600, clock=lambda: now[0])
-    client.get("instance-id")
-    now[0] += 600 - 61  # within the last minute of the token's life: not yet renewed
-    client.get("instance-id")
-    assert sum(m == "PUT" for m, _, _ in imds.requests) == 1
-    now[0] += 2
-    client.get("instance-id")
-    assert [t for m, _, t in imds.requests if m == "GET"] == ["tok-1", "tok-1", "tok-2"]
-
-
-def test_a_revoked_token_is_replaced_once(imds: Imds) -> None:
-    client = MetadataClient(imds.endpoint)
-    client.get("instance-id")
-    imds.revoke()
-    assert client.get("instance-id") == INSTANCE
-    assert [(m, t) for m, _, t in imds.requests] == [
-        ("PUT", ""), ("GET", "tok-1"), ("GET", "tok-1"), ("PUT", ""), ("GET", "tok-2")]
-
-
-def test_metadata_errors_are_metadata_error(imds: Imds) -> None:
-    imds.status = 403  # IMDS turned off for the instance
-    with pytest.raises(MetadataError) as refused:
-        MetadataClient(imds.endpoint).get("instance-id")
-    assert refused.value.status == 403
-    imds.status = None
-    imds.items["broken"] = ""
-    client = MetadataClient(imds.endpoint)
-    client.get("instance-id")
-    imds.status = 500
-    with pytest.raises(MetadataError, match="HTTP 500"):
-        client.get("instance-id")
-    with pytest.raises(MetadataError) as unreachable:
-        MetadataClient(dead_endpoint(), timeout=1).get("instance-id")
-    assert unreachable.value.status == 0
 
 
 # -- notices (pure) -------------------------------------------------------------------

@@ -21,6 +21,7 @@ import botocore.parsers
 from botocore.config import Config
 
 from worker.errors import ScalingError
+from worker.retry import AUTOSCALING_CLIENT
 
 #: Error codes worth another try: throttling, service faults, and the group
 #: being updated by another call at the same moment (ResourceContention).
@@ -32,11 +33,9 @@ _RETRYABLE_CODES = frozenset(
     }
 )
 
-# A call must end well within the guard's bounded close (one last clear of the
-# protection): at most 2 attempts of 2 s connect + 5 s read.
-_CLIENT_CONFIG = Config(
-    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2}
-)
+# A call must end within the guard's bounded close (one last clear of the
+# protection): few attempts, short timeouts (the numbers: worker.retry).
+_CLIENT_CONFIG = Config(**AUTOSCALING_CLIENT.config())
 
 
 class AutoScaling:

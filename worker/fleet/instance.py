@@ -5,10 +5,10 @@ The daemon calls three methods (fleetd's ``InstanceGuard`` protocol):
 on every turn of its loop, and ``close()`` at exit. None of them blocks: one
 background thread does all the I/O.
 
-- It polls the EC2 instance metadata service (IMDSv2) every ``poll_s`` for the
-  Spot two-minute notice (``spot/instance-action``) and, if asked, the Auto
-  Scaling target lifecycle state (``autoscaling/target-lifecycle-state``), and
-  remembers the first notice as a reason the daemon reads.
+- It polls the EC2 instance metadata service (IMDSv2, ``worker.imds``) every
+  ``poll_s`` for the Spot two-minute notice (``spot/instance-action``) and, if
+  asked, the Auto Scaling target lifecycle state
+  (``autoscaling/target-lifecycle-state``), and remembers the first notice as a reason the daemon reads.
 - It applies the daemon's busy wish as scale-in protection
   (``SetInstanceProtection``), only when the wish differs from what it last
   applied, retrying failures with backoff. A busy instance is then never the
@@ -24,34 +24,26 @@ drain (and the message lease) covers it.
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import structlog
 
 from worker.config import Settings
 from worker.errors import MetadataError
+from worker.imds import INSTANCE_ID_PATH, MetadataClient
 
 _log = structlog.get_logger("processor.instance")
 
-#: IMDSv2 session token lifetime asked for (the maximum IMDS grants is 6 h).
-TOKEN_TTL_S = 21600
-#: A token is renewed this long before it expires, so no GET carries a stale one.
-TOKEN_MARGIN_S = 60
-#: Per IMDS request: the service is link-local and answers in milliseconds.
-IMDS_TIMEOUT_S = 2.0
 #: close() waits this long for the watcher to clear protection and stop; one
 #: Auto Scaling call (2 attempts of 2 s connect + 5 s read) fits in it.
 CLOSE_TIMEOUT_S = 15.0
 
-#: IMDS items under /latest/meta-data/.
-INSTANCE_ID_PATH = "instance-id"
+#: IMDS items under /latest/meta-data/ (and INSTANCE_ID_PATH from worker.imds).
 REGION_PATH = "placement/region"
 GROUP_TAG_PATH = "tags/instance/aws:autoscaling:groupName"
 SPOT_ACTION_PATH = "spot/instance-action"
@@ -63,6 +55,8 @@ LEAVING_STATES = frozenset({"Terminated", "Warmed:Terminated", "Warmed:Stopped",
 
 
 class Metadata(Protocol):
+    """What the guard needs of IMDS (worker.imds.MetadataClient)."""
+
     def get(self, path: str) -> str | None:
         """The item under /latest/meta-data/, None when IMDS says 404; MetadataError else."""
 
@@ -73,68 +67,6 @@ class ProtectionApi(Protocol):
     def set_protection(self, instance_id: str, group: str, protected: bool) -> None: ...
 
     def close(self) -> None: ...
-
-
-class MetadataClient:
-    """IMDSv2: a session token from PUT /latest/api/token, then GETs that carry it.
-
-    http.client, not urllib: no HTTP(S)_PROXY from the environment may see IMDS
-    traffic. One connection per request (IMDS is link-local; a kept-alive
-    connection would only add a stale-socket case). Used from one thread.
-    """
-
-    def __init__(self, base_url: str, *, timeout: float = IMDS_TIMEOUT_S, token_ttl_s: int = TOKEN_TTL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        parts = urlsplit(base_url)
-        self._host = parts.hostname or ""
-        self._port = parts.port or 80
-        self._timeout = timeout
-        self._ttl = token_ttl_s
-        # Short TTLs (tests) renew at half-life rather than a minute ahead.
-        self._margin = min(TOKEN_MARGIN_S, token_ttl_s / 2)
-        self._clock = clock
-        self._token = ""
-        self._renew_at = 0.0
-
-    def get(self, path: str) -> str | None:
-        status, body = self._get(path)
-        if status == 401:
-            # The token was revoked early (IMDS restarted, the instance stopped and
-            # started): one fresh token, one more try.
-            self._token = ""
-            status, body = self._get(path)
-        if status == 404:
-            return None
-        if status != 200:
-            raise MetadataError(f"IMDS GET {path}: HTTP {status}", status=status)
-        return body.decode("utf-8", "replace").strip()
-
-    def _get(self, path: str) -> tuple[int, bytes]:
-        token = self._session_token()
-        return self._request("GET", "/latest/meta-data/" + path, {"X-aws-ec2-metadata-token": token})
-
-    def _session_token(self) -> str:
-        if not self._token or self._clock() >= self._renew_at:
-            asked = self._clock()
-            status, body = self._request(
-                "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": str(self._ttl)})
-            if status != 200 or not body.strip():
-                # 403: IMDS is turned off for this instance; 400: a header it refused.
-                raise MetadataError(f"IMDS token: HTTP {status}", status=status)
-            self._token = body.decode("ascii", "replace").strip()
-            self._renew_at = asked + self._ttl - self._margin
-        return self._token
-
-    def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        try:
-            conn.request(method, path, headers=headers)
-            reply = conn.getresponse()
-            return reply.status, reply.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise MetadataError(f"IMDS {method} {path}: {exc or type(exc).__name__}") from exc
-        finally:
-            conn.close()
 
 
 def spot_reason(body: str) -> str:

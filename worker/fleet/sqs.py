@@ -19,6 +19,7 @@ from botocore.config import Config
 
 from worker.config import Settings, queue_region
 from worker.fleet.workqueue import MAX_BATCH, QueueError, Received
+from worker.retry import sqs_client
 
 #: Error codes worth another try (throttling, SQS-side faults).
 _RETRYABLE_CODES = frozenset(
@@ -60,13 +61,8 @@ class SQSQueue:
     @classmethod
     def from_settings(cls, settings: Settings) -> SQSQueue:
         q = settings.queue
-        config = Config(
-            region_name=queue_region(settings),
-            retries={"mode": "standard", "max_attempts": 4},
-            connect_timeout=5,
-            # A long poll holds the request open for wait_s: read past it.
-            read_timeout=q.wait_s + 15,
-        )
+        # Retries and timeouts (a long poll's read waits past wait_s): worker.retry.
+        config = Config(region_name=queue_region(settings), **sqs_client(q.wait_s).config())
         client = boto3.session.Session().client(
             "sqs", endpoint_url=q.endpoint_url or None, config=config
         )

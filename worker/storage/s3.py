@@ -24,17 +24,12 @@ from boto3.s3.transfer import ProgressCallbackInvoker, TransferConfig, create_tr
 from botocore.config import Config
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
-from tenacity import (
-    RetryCallState,
-    retry,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState
 
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.identity import normalise_etag
+from worker.retry import S3_CALL, S3_CLIENT, S3_DOWNLOAD_GET_ATTEMPTS
 from worker.storage.base import Listed, ObjectInfo
 
 _log = structlog.get_logger("processor.s3")
@@ -58,6 +53,7 @@ TRANSFER_CONFIG = TransferConfig(
     max_io_queue=64,
     io_chunksize=256 * 1024,
     use_threads=True,
+    num_download_attempts=S3_DOWNLOAD_GET_ATTEMPTS,
 )
 
 
@@ -69,8 +65,6 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, StorageError) and exc.retryable
 
 
-#: Retries on top of botocore's own (which cover single HTTP requests): a whole
-#: call is retried a few times with jittered backoff before the job is requeued.
 def _log_retry(state: RetryCallState) -> None:
     outcome = state.outcome
     _log.warning(
@@ -80,13 +74,10 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-_retrying = retry(
-    retry=retry_if_exception(_is_retryable),
-    stop=stop_after_attempt(3),
-    wait=wait_random_exponential(multiplier=0.5, max=8.0),
-    before_sleep=_log_retry,
-    reraise=True,
-)
+#: Retries on top of botocore's own (which cover single HTTP requests): a whole
+#: call is retried a few times with jittered backoff before the job is requeued
+#: (the numbers, and what the levels add up to: worker.retry).
+_retrying = S3_CALL.decorator(_is_retryable, _log_retry)
 
 
 @contextmanager
@@ -226,9 +217,7 @@ class S3Store:
     def from_settings(cls, settings: S3Settings) -> S3Store:
         config = Config(
             region_name=settings.region,
-            retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=10,
-            read_timeout=60,
+            **S3_CLIENT.config(),  # retries and timeouts: worker.retry
             # Path-style for custom endpoints: emulators and most S3-compatible
             # stores do not resolve virtual-hosted bucket names.
             s3={"addressing_style": "path"} if settings.endpoint_url else {},

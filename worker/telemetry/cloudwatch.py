@@ -15,17 +15,25 @@ boto3's usual chain: ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` (botocore derives the
 name from the service id "CloudWatch Logs"; ``AWS_ENDPOINT_URL_LOGS`` is
 ignored), then ``AWS_ENDPOINT_URL``.
 Bounded shutdown is ``worker.telemetry.logsetup.shutdown``'s job.
+
+watchtower's public API has no queue bound, no queue length, no way to keep
+records while it creates a stream, and no bounded close, so ``CloudWatchHandler``
+relies on four of its internals: ``queues`` (a dict of ``queue.Queue`` per
+formatted stream name, events as dicts, ``END``/``FLUSH`` as int markers),
+``creating_log_stream`` (a bool attribute emit() checks), and ``FLUSH_TIMEOUT``
+(the seconds close() waits per queue, set by logsetup). They are the same in
+every release of the range setup.cfg pins (3.2, which added FLUSH_TIMEOUT, to
+3.4); tests/unit/test_watchtower_contract.py fails if any of them changes.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
+import queue
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import watchtower
@@ -33,11 +41,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-
-#: Instance metadata service (IMDSv2: a session token first, then the value).
-IMDS_URL = "http://169.254.169.254"
-#: Per request; off EC2 the address does not answer, and start-up must not wait.
-IMDS_TIMEOUT_S = 1.0
+from worker.imds import instance_id as instance_id  # "as": logsetup imports it from here
+from worker.retry import LOGS_CLIENT
 
 #: Longest an event waits in the queue before its batch is sent.
 SEND_INTERVAL_S = 5
@@ -51,38 +56,14 @@ EMF_HEADER = ("x-amzn-logs-format", "json/emf")
 _EMF_EVENT = "before-sign.cloudwatch-logs.PutLogEvents"
 
 # Short timeouts, two attempts: the sender thread retries each batch itself,
-# and a slow endpoint must not hold the shutdown flush for minutes.
-_CLIENT_CONFIG = Config(
-    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2}
-)
+# and a slow endpoint must not hold the shutdown flush for minutes (the
+# numbers, and what they add up to with watchtower's tries: worker.retry).
+_CLIENT_CONFIG = Config(**LOGS_CLIENT.config())
 
 # Records of the AWS SDK stay out of CloudWatch: the sender thread's own
 # warnings would otherwise feed the very queue it is failing to send (they
 # still reach the file and the journal).
 _SDK_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
-
-
-def instance_id(base_url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> str | None:
-    """This EC2 instance's id via IMDSv2, or None when there is no metadata service."""
-    # http.client, not urllib: no HTTP(S)_PROXY from the environment may see IMDS traffic.
-    parts = urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
-    try:
-        conn.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        reply = conn.getresponse()
-        token = reply.read().decode()
-        if reply.status != 200:
-            return None
-        conn.request("GET", "/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token})
-        reply = conn.getresponse()
-        value = reply.read().decode().strip()
-        if reply.status != 200:
-            return None
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-    return value or None
 
 
 def stream_name(configured: str, lookup: Callable[[], str | None] = instance_id) -> str:
@@ -180,16 +161,21 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
     def creating_log_stream(self, _value: bool) -> None:
         pass
 
+    def _queue(self) -> queue.Queue[Any] | None:
+        """watchtower's queue of our stream (its ``queues`` internal), made on the first emit."""
+        queued: queue.Queue[Any] | None = self.queues.get(self.stream)
+        return queued
+
     def pending(self) -> int:
         """Events queued and not yet sent (watchtower's FLUSH/END markers not counted)."""
-        queued = self.queues.get(self.stream)
+        queued = self._queue()
         if queued is None:
             return 0
         with queued.mutex:
             return sum(1 for item in queued.queue if isinstance(item, dict))
 
     def emit(self, record: logging.LogRecord) -> None:
-        queued = self.queues.get(self.stream)
+        queued = self._queue()
         if queued is not None and queued.qsize() >= self.max_queued:
             self.dropped += 1
             return
