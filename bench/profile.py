@@ -4,7 +4,7 @@ py-spy attaches to ``processor run`` (``--idle``: waits count, so the figures
 are wall time, not only CPU) while it drains N queued jobs, and writes the
 collapsed stacks. Samples of the job threads (stacks through
 ``Daemon._run_job``) are put in buckets by the step they are in; samples of
-the main thread (``Daemon._loop``) that are not idle in ``select`` show the
+the ``daemon-loop`` thread (``Daemon._loop``) that are not idle in ``select`` show the
 dispatch loop's own cost. pyinstrument is not used for this: it profiles only
 the thread that started it, and the daemon does its work in job threads.
 

@@ -20,14 +20,10 @@ from worker import retry
 from worker.config import ProcessingSettings, S3Settings, settings_from_mapping
 from worker.fleet.autoscaling import AutoScaling
 from worker.fleet.sqs import SQSQueue
+from worker.outcome import backoff_delay
 from worker.retry import Cost
 from worker.storage.s3 import TRANSFER_CONFIG, S3Store
 from worker.telemetry.cloudwatch import logs_client
-
-try:  # issue 14's outcome policy moves the job backoff to worker.outcome (on main)
-    from worker.outcome import backoff_delay
-except ImportError:  # this branch's base: still in the pipeline
-    from worker.pipeline import backoff_delay  # type: ignore[no-redef]
 
 
 def test_the_figures_of_each_level() -> None:

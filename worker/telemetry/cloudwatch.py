@@ -41,7 +41,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.config import Settings
-from worker.imds import instance_id as instance_id  # "as": logsetup imports it from here
+from worker.imds import instance_id
 from worker.retry import LOGS_CLIENT
 
 #: Longest an event waits in the queue before its batch is sent.

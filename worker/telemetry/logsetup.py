@@ -136,7 +136,8 @@ def setup(settings: Settings, *, lookup: Callable[[], str | None] | None = None)
     """configure() from ``[logging]``: the daemon's sinks. ``lookup`` replaces the IMDS query."""
     target = None
     if settings.logging.cloudwatch_log_group:
-        from worker.telemetry.cloudwatch import Target, instance_id
+        from worker.imds import instance_id
+        from worker.telemetry.cloudwatch import Target
 
         target = Target.from_settings(settings, lookup or instance_id)
     journal = JournalHandler() if settings.logging.journald else None
