@@ -2,19 +2,26 @@
 
 Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 
-- ``cli``             the ``processor`` console script: ``run`` (the daemon) and ``local``
-- ``daemon``          the lifecycle: recover, serve, dispatch jobs to slots, drain, exit
-- ``pipeline``        one job: download -> run the processing command -> upload -> record
+- ``cli``             the ``processor`` console script: ``run`` (the daemon; signals mapped onto
+                      its lifecycle) and ``local``; ``signals``: handlers that only enqueue
+- ``daemon``          the lifecycle API: start (recover, then serve), dispatch jobs to slots,
+                      drain, stop, wait; ``recovery``: start-up recovery; ``daemon_status``:
+                      STATUS line, ``status()``, control handlers
+- ``pipeline``        one attempt: download -> run the processing command -> upload
+- ``outcome``         how an attempt ended and the one policy (``decide``) for the job's next
+                      move; ``recorder``: writes that move to the ledger, ``_failed.json``
 - ``process``         the command as a child process: own process group, log file, timeout
 - ``command_env``     the command's environment; ``space``: room on the state volume for its input
 - ``job``             a job (one ledger row); ``states`` its states and transition table;
                       ``identity`` what makes two deliveries one job, and its id
-- ``ledger``          the SQLite ledger (``ledger_schema``: tables and rows; ``ledger_queue``:
-                      work-queue jobs)
+- ``ledger``          the SQLite ledger (``ledger_schema``: tables, rows, the one checked state
+                      write; ``ledger_queue``: work-queue jobs; ``ledger_queries``: the read side)
 - ``config``          Settings: the TOML file plus ``PROCESSOR_*`` overrides, validated once
+                      (``config_values``: one value's coercion, the overrides)
 - ``errors``          the exception tree, drawn; ``exitcodes``: the exit statuses
 - ``statelock``       one daemon per state dir
 - ``control_server``  the daemon's control socket (its client is ``ctl.control_client``)
+- ``retry``           the retry budget of every AWS client; ``imds``: the one IMDSv2 client
 - ``reconcile``       which input objects are lost (``processorctl reconcile`` submits them)
 - ``ctl/``            processorctl;  ``storage/``: the object store and S3;  ``telemetry/``: logs,
                       metrics, systemd;  ``fleet/``: the shared SQS work queue;  ``local/``:
