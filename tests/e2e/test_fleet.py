@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_local import Running, running_local
+from tests.support.local import Running, running_local
 from worker.ledger import Ledger
 from worker.states import JobState
 

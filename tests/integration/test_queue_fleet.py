@@ -25,8 +25,10 @@ from typing import Any
 
 import pytest
 
-from tests import waiting
-from tests.conftest import CREDENTIALS, REPORT, processorctl, write_config
+from tests.support import waiting
+from tests.support.daemon import processorctl, write_config
+from tests.support.emulator import CREDENTIALS
+from tests.support.report import REPORT
 from worker.ctl.control_client import request
 from worker.errors import ControlError
 from worker.process import reap_orphans
@@ -445,7 +447,7 @@ def test_an_unreachable_queue_never_stops_the_daemon_or_its_local_jobs(fleet: Fl
 def test_a_spot_notice_drains_the_daemon_and_the_others_take_its_jobs(fleet: Fleet) -> None:
     """`processor run` builds the instance guard from [instance]: a Spot interruption
     notice in the instance metadata service drains the daemon like SIGTERM would."""
-    from tests.stubservers import Imds
+    from tests.support.servers import Imds
 
     keys = ["spot/a", "spot/b"]
     etags = {key: fleet.put(key, 8) for key in keys}

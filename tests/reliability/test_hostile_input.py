@@ -31,11 +31,12 @@ import pytest
 from lambda_trigger.events import MalformedEvent, parse_event
 from lambda_trigger.handler import handle
 from lambda_trigger.ssm import DeliveryError, FailedRecord, encode_key_base64
-from tests.conftest import REPORT, write_config
-from tests.e2e.test_local import running_local
-from tests.eventfixtures import load_event
-from tests.reliability.common import object_keys
-from tests.unit.test_handler import ENV, Factory, FakeSsm
+from tests.support.daemon import write_config
+from tests.support.events import load_event
+from tests.support.local import running_local
+from tests.support.probes import object_keys
+from tests.support.report import REPORT
+from tests.support.trigger import ENV, Factory, FakeSsm
 from worker import exitcodes
 from worker.identity import decode_key_base64
 from worker.ledger import Ledger

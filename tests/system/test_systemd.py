@@ -1,6 +1,6 @@
 """processor under a real systemd: the unit, sd_notify, journald, restarts, the watchdog, drain.
 
-A throw-away container (tests/system/nspawn.py) boots systemd on an overlay of
+A throw-away container (tests/support/nspawn.py) boots systemd on an overlay of
 this machine's root; the repository's unit, sysusers and tmpfiles files are
 installed into it unchanged (a drop-in only adds the emulator's credentials and
 a short watchdog for the test), an ext4 image on a loop device plays the EBS
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
-from tests.system.nspawn import Machine, unavailable_reason
+from tests.support.nspawn import Machine, unavailable_reason
+from tests.support.paths import REPO
 from worker.telemetry import systemd
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))

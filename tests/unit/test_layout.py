@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make, script
+from tests.support.pipeline import COPY_UPPER, OUT, claim, make, script
 from worker.identity import Identity
 from worker.reconcile import Verdict, plan, result_index
 from worker.states import JobState

@@ -15,8 +15,8 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.fakes import FakeQueue, FakeStore
-from tests.waiting import wait_until
+from tests.support.fakes import FakeQueue, FakeStore
+from tests.support.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.fleet.consumer import ALREADY_PROCESSED
