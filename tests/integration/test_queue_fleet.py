@@ -167,14 +167,8 @@ def daemon(config: Path, timeout: float = 30) -> Iterator[subprocess.Popen[bytes
 def wait_until(what: str, check: Callable[[], Any], progress: Callable[[], Any] = lambda: None,
                stall_s: float = STALL_S) -> Any:
     """Poll ``check`` until truthy; fail when ``progress()`` has not changed for ``stall_s``."""
-    last, moved = progress(), time.monotonic()
-    while not (result := check()):
-        now = progress()
-        if now != last:
-            last, moved = now, time.monotonic()
-        assert time.monotonic() - moved < stall_s, f"no progress for {stall_s}s waiting for {what}"
-        time.sleep(0.1)
-    return result
+    return waiting.wait_until(check, stall_s=stall_s, progress=progress, interval=0.1,
+                              describe=f"waiting for {what}")
 
 
 def events(config: Path, name: str) -> list[dict[str, Any]]:
