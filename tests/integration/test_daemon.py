@@ -112,14 +112,6 @@ def test_unknown_config_key_stops_the_daemon_with_a_clear_error(short_tmp: Path)
     assert bad.returncode == 2 and "processing.concurency" in bad.stderr
 
 
-def test_missing_output_bucket_is_named(short_tmp: Path) -> None:
-    config = write_config(short_tmp)
-    config.write_text(config.read_text().replace('output_bucket = "out"', ""))
-    done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "s3.output_bucket" in done.stderr
-
-
 def test_unusable_ledger_makes_the_daemon_exit_non_zero(short_tmp: Path) -> None:
     config = write_config(short_tmp)
     ledger = short_tmp / "state" / "ledger" / "ledger.db"
