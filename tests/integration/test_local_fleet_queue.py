@@ -10,7 +10,6 @@ The daemons consuming the queue are tests/e2e/test_fleet.py.
 from __future__ import annotations
 
 import json
-import socket
 import tomllib
 import urllib.request
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from lambda_trigger import handler
+from tests.support.local import free_port
 from tests.support.waiting import wait_until
 from worker.local.emulator import (
     WORK_QUEUE_MAX_RECEIVES,
@@ -37,12 +37,6 @@ from worker.local.stack import _command, lambda_environment
 QUIET_S = 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _reset(endpoint: str) -> None:
     """moto's state is process-wide: start and leave each test with none."""
     urllib.request.urlopen(
@@ -52,7 +46,7 @@ def _reset(endpoint: str) -> None:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    server = Emulator(_free_port())
+    server = Emulator(free_port())
     try:
         _reset(server.endpoint)
         yield server
