@@ -96,14 +96,15 @@ class Machine:
 
     def boot(self) -> None:
         log = (self.workdir / "console.log").open("wb")
-        self.nspawn = subprocess.Popen(
+        self.nspawn = nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-q",
              "--console=passive"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
+
         def pid1() -> int:
-            assert self.nspawn.poll() is None, self.console()
-            children = _run("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split()
+            assert nspawn.poll() is None, self.console()
+            children = _run("pgrep", "-P", str(nspawn.pid), check=False).stdout.split()
             return int(children[0]) if children else 0
 
         self.pid1 = wait_until(pid1, stall_s=BOOT_TIMEOUT_S,
