@@ -75,3 +75,12 @@ def test_every_support_module_says_what_it_is() -> None:
     undocumented = [path.name for path in modules
                     if not (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").strip()]
     assert undocumented == []
+
+
+def test_the_support_package_lists_every_module() -> None:
+    """tests/support/__init__.py's map is where a newcomer looks first: it names each module."""
+    support = REPO / "tests" / "support"
+    listed = {line.split()[0] for line in (ast.get_docstring(ast.parse(
+        (support / "__init__.py").read_text(encoding="utf-8"))) or "").splitlines()
+        if line.startswith("    ") and line.split()}
+    assert listed == {path.stem for path in support.glob("*.py") if path.stem != "__init__"}
