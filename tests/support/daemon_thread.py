@@ -14,6 +14,7 @@ from tests.support.waiting import wait_until
 from worker.config import Settings, settings_from_mapping
 from worker.ctl.control_client import request
 from worker.errors import ControlError
+from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.process import StopToken
@@ -93,3 +94,13 @@ def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> I
         daemon.request_stop(signal.SIGTERM)
         thread.join(WAIT_S)
         ledger.close()
+
+
+def until(predicate: Any, what: str) -> None:
+    """Wait for ``predicate`` with the in-thread daemon's liveness bound (WAIT_S)."""
+    wait_until(predicate, stall_s=WAIT_S, interval=0.01, describe=what)
+
+
+def submit(ledger: Ledger, key: str) -> Job:
+    """Submit s3://in-bucket/``key`` straight to the ledger; the new job."""
+    return ledger.submit(Identity("in-bucket", key, None, "e"))[0]

@@ -9,26 +9,15 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.daemon_thread import WAIT_S, FakePipeline, running_daemon, settings
-from tests.support.waiting import wait_until
+from tests.support.daemon_thread import WAIT_S, FakePipeline, running_daemon, settings, submit, until
 from worker.ctl.control_client import request
 from worker.errors import ControlError
-from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.states import JobState
-
-
-def until(predicate: Any, what: str) -> None:
-    wait_until(predicate, stall_s=WAIT_S, interval=0.01, describe=what)
-
-
-def submit(ledger: Ledger, key: str) -> Job:
-    return ledger.submit(Identity("in-bucket", key, None, "e"))[0]
 
 
 def test_concurrency_slots_cap_running_jobs(short_tmp: Path) -> None:
