@@ -1,12 +1,13 @@
-"""Shared fixtures: the emulator on loopback, config files, processes that are always stopped."""
+"""Shared fixtures: the emulator on loopback, short temp dirs, a small tmpfs volume.
+
+Helpers that are not fixtures live in tests/support/ (see its __init__).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,13 +18,8 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-REPO = Path(__file__).resolve().parents[1]
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-#: Facts tests want in every CI log (exposure score, verify result …), printed at the end.
-REPORT: list[str] = []
+from tests.support.emulator import CREDENTIALS
+from tests.support.report import REPORT
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -64,30 +60,6 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
     ).close()
 
 
-#: The bundled summariser, as the processing command of test daemons.
-DEFAULT_COMMAND = [sys.executable, "-m", "worker.examples.summarize", "{input}", "{output_dir}"]
-
-
-def write_config(
-    directory: Path, *, output_bucket: str = "out", endpoint: str = "", command: list[str] | None = None,
-    **processing: Any,
-) -> Path:
-    """A processor.toml whose state lives under ``directory``."""
-    state = directory / "state"
-    lines = [
-        "[s3]", f"output_bucket = {json.dumps(output_bucket)}", f"endpoint_url = {json.dumps(endpoint)}",
-        "[processing]",
-        f"command = {json.dumps(command or DEFAULT_COMMAND)}",
-        *(f"{k} = {json.dumps(v)}" for k, v in processing.items()),
-        "[paths]", f"state_dir = {json.dumps(str(state))}",
-        f"socket = {json.dumps(str(directory / 'p.sock'))}",
-        "[logging]", "journald = false",
-    ]
-    path = directory / "processor.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temp dir with a short path (Unix socket paths are limited to 107 bytes)."""
@@ -97,10 +69,18 @@ def short_tmp() -> Iterator[Path]:
         yield Path(name)
 
 
-def processorctl(config: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run the real processorctl console script."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "processorctl"), "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )
+@pytest.fixture
+def small_volume(short_tmp: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs as the state dir (a disk that fills); skips unless root can mount it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    state = short_tmp / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(state)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=30)

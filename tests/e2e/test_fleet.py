@@ -17,14 +17,14 @@ import random
 import re
 import shlex
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_local import Running, running_local
+from tests.support.local import Running, running_local
+from tests.support.waiting import wait_until
 from worker.ledger import Ledger
 from worker.states import JobState
 
@@ -87,18 +87,19 @@ def _manifests(s3: Any) -> dict[str, dict[str, Any]]:
 def _wait_until_settled(stack: Running, keys: set[str], runs_file: Path, url: str) -> None:
     """Until every key has a manifest and the work queue is empty; fail on a stall."""
     s3, sqs = stack.client("s3"), stack.client("sqs")
-    progress: tuple[int, int, int] = (-1, -1, -1)
-    last = time.monotonic()
-    while True:
+    now: tuple[int, int, int] = (-1, -1, -1)
+
+    def settled() -> bool:
+        nonlocal now
         done = {m["source"]["key"] for m in _manifests(s3).values()}
         now = (len(done & keys), sum(_runs(runs_file).values()), _queue_depth(sqs, url))
         if done >= keys and now[2] == 0:
-            return
-        if now != progress:
-            progress, last = now, time.monotonic()
-        assert time.monotonic() - last < STALL_S, (now, stack.output()[-3000:])
+            return True
         assert stack.proc.poll() is None, stack.output()[-3000:]
-        time.sleep(0.5)
+        return False
+
+    wait_until(settled, stall_s=STALL_S, progress=lambda: now, interval=0.5,
+               describe=lambda: (now, stack.output()[-3000:]))
 
 
 # A hang guard only: the waits inside fail on a stall (STALL_S), never on total time.

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPORT, processorctl, write_config
-from tests.reliability.common import daemon
-from tests.waiting import wait_until
+from tests.support.daemon import daemon, processorctl, write_config
+from tests.support.report import REPORT
+from tests.support.waiting import wait_until
 from worker.ctl import cli
 from worker.ledger import Ledger
 from worker.states import JobState

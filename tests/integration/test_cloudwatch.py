@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import processorctl, write_config
-from tests.faultproxy import FaultProxy
-from tests.integration.test_daemon import daemon, wait_state
-from tests.stubservers import black_hole, dead_endpoint
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.faultproxy import FaultProxy
+from tests.support.servers import black_hole, dead_endpoint
 
 IN, OUT = "cw-in", "cw-out"
 GROUP = "/processor/test"

@@ -7,69 +7,19 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CREDENTIALS, processorctl, write_config
-from tests.waiting import cpu_seconds, wait_until
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.emulator import CREDENTIALS
+from tests.support.waiting import wait_until
 from worker import exitcodes
-from worker.ctl.control_client import request
-from worker.errors import ControlError
 from worker.ledger import Ledger
 
 IN, OUT = "daemon-in", "daemon-out"
-
-
-@contextmanager
-def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
-    # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
-    # then blocks the daemon's next log write.
-    err = (config.parent / "daemon.stderr").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
-    )
-
-    def answers() -> bool:
-        assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
-        try:
-            request(socket, "ping", timeout=1)
-            return True
-        except ControlError:
-            return False
-
-    try:
-        # Start-up is silent; while it burns CPU (imports on a loaded machine) it is not stuck.
-        wait_until(answers, stall_s=stall_s, progress=lambda: cpu_seconds(proc.pid),
-                   describe="daemon did not answer on its socket")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        err.close()
-
-
-def wait_state(config: Path, job_id: str, states: set[str], stall_s: float = 60) -> dict[str, Any]:
-    """The job once it is in one of ``states``; fails when its state and phase stop moving."""
-    seen: dict[str, Any] = {}
-
-    def reached() -> dict[str, Any] | None:
-        shown = processorctl(config, "show", job_id, "--json")
-        assert shown.returncode == 0, shown.stderr
-        seen.update(json.loads(shown.stdout))
-        return dict(seen) if seen["state"] in states else None
-
-    def moving() -> object:
-        return (seen.get("state"), seen.get("attempts"), json.dumps(seen.get("progress"), sort_keys=True))
-
-    return wait_until(reached, stall_s=stall_s, progress=moving, interval=0.1,
-                      describe=lambda: f"job stayed {seen.get('state')}")
 
 
 @pytest.fixture
@@ -160,14 +110,6 @@ def test_unknown_config_key_stops_the_daemon_with_a_clear_error(short_tmp: Path)
     assert "processing.concurency" in done.stderr
     bad = processorctl(config, "list")
     assert bad.returncode == 2 and "processing.concurency" in bad.stderr
-
-
-def test_missing_output_bucket_is_named(short_tmp: Path) -> None:
-    config = write_config(short_tmp)
-    config.write_text(config.read_text().replace('output_bucket = "out"', ""))
-    done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "s3.output_bucket" in done.stderr
 
 
 def test_unusable_ledger_makes_the_daemon_exit_non_zero(short_tmp: Path) -> None:

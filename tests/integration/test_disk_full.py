@@ -8,37 +8,16 @@ test skips and says why).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import processorctl, write_config
-from tests.integration.test_daemon import daemon, wait_state
-from tests.waiting import wait_until
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.waiting import wait_until
 
 IN, OUT = "disk-in", "disk-out"
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def small_volume(short_tmp: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    state = short_tmp / "state"
-    state.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(state)],
-                             capture_output=True, text=True, timeout=30)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=30)
 
 
 #: The processing command of these tests (argv[1] input, argv[2] output dir):
@@ -127,7 +106,7 @@ def test_a_job_that_does_not_fit_beside_another_runs_after_it(
 
     with daemon(config, short_tmp / "p.sock"):
         holder = submit("holder.bin", b"hold")
-        # Liveness bounds only (tests/waiting.py): fail when nothing moves, never on total time.
+        # Liveness bounds only (tests/support/waiting.py): fail when nothing moves, never on total time.
         wait_until(lambda: (short_tmp / "holding").exists(), stall_s=60,
                    progress=lambda: wait_state(config, holder, {"queued", "running", "failed"})["state"],
                    describe=lambda: "the first job never started holding its space")

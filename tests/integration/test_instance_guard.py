@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.faultproxy import FaultProxy
-from tests.stubservers import Imds, Recorder, dead_endpoint
-from tests.waiting import wait_until
+from tests.support.faultproxy import FaultProxy
+from tests.support.servers import Imds, Recorder, dead_endpoint
+from tests.support.waiting import wait_until
 from worker.config import settings_from_mapping
 from worker.errors import ScalingError
 from worker.fleet.autoscaling import AutoScaling

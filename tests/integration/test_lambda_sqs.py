@@ -24,8 +24,7 @@ from lambda_trigger.handler import lambda_handler
 from lambda_trigger.reconcile_plan import job_id
 from lambda_trigger.s3 import ListingError
 from lambda_trigger.ssm import DeliveryError
-from tests.eventfixtures import load_event
-from tests.integration.test_lambda_ssm import EXPECTED_PARAMETERS
+from tests.support.events import EXPECTED_PARAMETERS, load_event
 
 #: Liveness bound of a receive loop: no new message for this long ends it.
 QUIET_S = 3.0

@@ -31,10 +31,7 @@ import pytest
 
 from lambda_trigger.handler import cached_client, lambda_handler
 from lambda_trigger.ssm import DeliveryError
-from tests.eventfixtures import load_event
-
-SHELL_KEY = "uploads/$(touch /tmp/pwned);rm -rf ~`id`|&<>'\"\\*?.csv"
-PUT_ETAG = "0f343b0931126a20f133d67c2b018a3b"
+from tests.support.events import EXPECTED_PARAMETERS, SHELL_KEY, load_event
 
 #: A minimal Command document with the submit document's parameter names.
 SUBMIT_DOCUMENT = {
@@ -53,21 +50,6 @@ SUBMIT_DOCUMENT = {
             "inputs": {"runCommand": ['processorctl submit --bucket="$SSM_Bucket" --key="$SSM_Key"']},
         }
     ],
-}
-
-#: fixture -> the exact Parameters the command must carry (decoded keys).
-EXPECTED_PARAMETERS: dict[str, dict[str, list[str]]] = {
-    "put_plain": {"Key": ["incoming/report-2024-05.csv"], "ETag": [PUT_ETAG]},
-    "put_key_with_spaces": {"Key": ["reports/Q1 summary 2024.csv"], "ETag": [PUT_ETAG]},
-    "put_key_with_plus": {"Key": ["math/1+1=2 (draft).txt"], "ETag": [PUT_ETAG]},
-    "put_unicode_key": {"Key": ["inbox/r\u00e9sum\u00e9 \u65e5\u672c.csv"], "ETag": [PUT_ETAG]},
-    "put_shell_metachar_key": {"Key": [SHELL_KEY], "ETag": [PUT_ETAG]},
-    "put_shell_metachar_key_slash_encoded": {"Key": [SHELL_KEY], "ETag": [PUT_ETAG]},
-    "put_versioned": {"Key": ["incoming/versioned.csv"], "ETag": [PUT_ETAG],
-                      "VersionId": ["096fKKXTRTtl3on89fVO.nfljtsv6qko"]},
-    "multipart_complete": {"Key": ["incoming/large-video.mp4"],
-                           "ETag": ["e4c2b2f6e0d1c0b7a6f5e4d3c2b1a098-13"],
-                           "VersionId": ["3HL4kqtJlcpXroDTDmjVBH40Nrjfkd"]},
 }
 
 

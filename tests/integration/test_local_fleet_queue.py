@@ -10,8 +10,6 @@ The daemons consuming the queue are tests/e2e/test_fleet.py.
 from __future__ import annotations
 
 import json
-import socket
-import time
 import tomllib
 import urllib.request
 import uuid
@@ -22,6 +20,8 @@ from typing import Any
 import pytest
 
 from lambda_trigger import handler
+from tests.support.local import free_port
+from tests.support.waiting import wait_until
 from worker.local.emulator import (
     WORK_QUEUE_MAX_RECEIVES,
     WORK_QUEUE_VISIBILITY_S,
@@ -37,12 +37,6 @@ from worker.local.stack import _command, lambda_environment
 QUIET_S = 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _reset(endpoint: str) -> None:
     """moto's state is process-wide: start and leave each test with none."""
     urllib.request.urlopen(
@@ -52,7 +46,7 @@ def _reset(endpoint: str) -> None:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    server = Emulator(_free_port())
+    server = Emulator(free_port())
     try:
         _reset(server.endpoint)
         yield server
@@ -129,17 +123,21 @@ def test_uploads_become_contract_messages_on_the_work_queue(
                          "etag": put["ETag"].strip('"')}
     pump = EventPump(sqs, res.queue_url)
     bodies: list[dict[str, Any]] = []
+    pumped = 0
+
+    def all_received() -> bool:
+        nonlocal pumped
+        pumped += pump.run_once(wait_s=1)
+        for message in sqs.receive_message(QueueUrl=res.work_queue_url,
+                                           MaxNumberOfMessages=10).get("Messages", []):
+            bodies.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=res.work_queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return len(bodies) >= len(keys)
+
     try:
-        last = time.monotonic()
-        while time.monotonic() - last < QUIET_S and len(bodies) < len(keys):
-            if pump.run_once(wait_s=1):
-                last = time.monotonic()
-            for message in sqs.receive_message(QueueUrl=res.work_queue_url,
-                                               MaxNumberOfMessages=10).get("Messages", []):
-                bodies.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=res.work_queue_url,
-                                   ReceiptHandle=message["ReceiptHandle"])
-                last = time.monotonic()
+        # Fails once neither the event queue nor the work queue has moved for QUIET_S.
+        wait_until(all_received, stall_s=QUIET_S, progress=lambda: (pumped, len(bodies)), interval=0,
+                   describe=lambda: f"{len(bodies)} of {len(keys)} work messages")
     finally:
         handler.cached_queue_client.cache_clear()
 
@@ -163,15 +161,18 @@ def test_a_message_no_daemon_takes_ends_in_the_dead_letter_queue(emulator: Emula
     sqs.send_message(QueueUrl=res.work_queue_url, MessageBody="not json")
 
     receives = 0
-    last = time.monotonic()
-    while time.monotonic() - last < QUIET_S:
+
+    def parked() -> list[dict[str, Any]]:
+        nonlocal receives
         # VisibilityTimeout 0: give it back at once, as a daemon leaving a malformed message does.
-        got = sqs.receive_message(QueueUrl=res.work_queue_url, VisibilityTimeout=0).get("Messages", [])
-        if got:
+        if sqs.receive_message(QueueUrl=res.work_queue_url, VisibilityTimeout=0).get("Messages", []):
             receives += 1
-            last = time.monotonic()
-        parked = sqs.receive_message(QueueUrl=res.work_dead_letter_queue_url).get("Messages", [])
-        if parked:
-            break
-    assert [m["Body"] for m in parked] == ["not json"]
+        found: list[dict[str, Any]] = sqs.receive_message(
+            QueueUrl=res.work_dead_letter_queue_url).get("Messages", [])
+        return found
+
+    # Fails once the message has been neither received again nor parked for QUIET_S.
+    dead = wait_until(parked, stall_s=QUIET_S, progress=lambda: receives, interval=0,
+                      describe=lambda: f"not in the dead-letter queue after {receives} receives")
+    assert [m["Body"] for m in dead] == ["not json"]
     assert receives == WORK_QUEUE_MAX_RECEIVES

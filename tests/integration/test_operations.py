@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import processorctl, write_config
-from tests.integration.test_daemon import daemon, wait_state
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
 
 IN, OUT = "ops-in", "ops-out"
 

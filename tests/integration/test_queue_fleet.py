@@ -25,8 +25,10 @@ from typing import Any
 
 import pytest
 
-from tests import waiting
-from tests.conftest import CREDENTIALS, REPORT, processorctl, write_config
+from tests.support import waiting
+from tests.support.daemon import processorctl, write_config
+from tests.support.emulator import CREDENTIALS
+from tests.support.report import REPORT
 from worker.ctl.control_client import request
 from worker.errors import ControlError
 from worker.process import reap_orphans
@@ -165,14 +167,8 @@ def daemon(config: Path, timeout: float = 30) -> Iterator[subprocess.Popen[bytes
 def wait_until(what: str, check: Callable[[], Any], progress: Callable[[], Any] = lambda: None,
                stall_s: float = STALL_S) -> Any:
     """Poll ``check`` until truthy; fail when ``progress()`` has not changed for ``stall_s``."""
-    last, moved = progress(), time.monotonic()
-    while not (result := check()):
-        now = progress()
-        if now != last:
-            last, moved = now, time.monotonic()
-        assert time.monotonic() - moved < stall_s, f"no progress for {stall_s}s waiting for {what}"
-        time.sleep(0.1)
-    return result
+    return waiting.wait_until(check, stall_s=stall_s, progress=progress, interval=0.1,
+                              describe=f"waiting for {what}")
 
 
 def events(config: Path, name: str) -> list[dict[str, Any]]:
@@ -445,7 +441,7 @@ def test_an_unreachable_queue_never_stops_the_daemon_or_its_local_jobs(fleet: Fl
 def test_a_spot_notice_drains_the_daemon_and_the_others_take_its_jobs(fleet: Fleet) -> None:
     """`processor run` builds the instance guard from [instance]: a Spot interruption
     notice in the instance metadata service drains the daemon like SIGTERM would."""
-    from tests.stubservers import Imds
+    from tests.support.servers import Imds
 
     keys = ["spot/a", "spot/b"]
     etags = {key: fleet.put(key, 8) for key in keys}

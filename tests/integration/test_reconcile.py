@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CREDENTIALS, processorctl, write_config
-from tests.integration.test_daemon import daemon, wait_state
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.emulator import CREDENTIALS
 from worker.identity import Identity
 from worker.ledger import Ledger
 

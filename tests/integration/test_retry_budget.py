@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
 from worker import retry
 from worker.config import S3Settings
 from worker.errors import StorageError

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import processorctl, write_config
-from tests.faultproxy import FaultProxy
-from tests.integration.test_daemon import daemon, wait_state
-from tests.waiting import wait_until
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import wait_until
 
 IN, OUT = "faults-in", "faults-out"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.storage.s3 import TRANSFER_CONFIG, S3Store

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPORT, processorctl, write_config
-from tests.reliability.common import daemon
+from tests.support.daemon import daemon, processorctl, write_config
+from tests.support.report import REPORT
 from worker import exitcodes
 
 NOBODY = 65534

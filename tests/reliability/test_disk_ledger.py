@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPORT, processorctl, write_config
-from tests.integration.test_daemon import wait_state
-from tests.reliability.common import daemon, integrity
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.probes import integrity
+from tests.support.report import REPORT
 from worker import exitcodes
 from worker.ctl.control_client import request
 from worker.ledger import Ledger

@@ -31,13 +31,16 @@ import pytest
 from lambda_trigger.events import MalformedEvent, parse_event
 from lambda_trigger.handler import handle
 from lambda_trigger.ssm import DeliveryError, FailedRecord, encode_key_base64
-from tests.conftest import REPORT, write_config
-from tests.e2e.test_local import running_local
-from tests.eventfixtures import load_event
-from tests.reliability.common import object_keys
-from tests.unit.test_handler import ENV, Factory, FakeSsm
+from tests.support.daemon import write_config
+from tests.support.events import load_event
+from tests.support.local import running_local
+from tests.support.probes import object_keys
+from tests.support.report import REPORT
+from tests.support.trigger import ENV, Factory, FakeSsm
+from tests.support.waiting import wait_until
 from worker import exitcodes
 from worker.identity import decode_key_base64
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters
@@ -133,20 +136,21 @@ def test_every_hostile_key_is_processed_and_none_runs_anything(tmp_path: Path) -
         s3 = stack.client("s3")
         for key in keys:
             s3.put_object(Bucket="processor-input", Key=key, Body=b"three little words\n")
-        # A liveness bound: fail only when nothing has moved for STALL_S.
-        stall_s, progress, last_move = 90.0, -1, time.monotonic()
+        # A liveness bound: fail only when nothing has moved for 90 s.
         with Ledger(state / "ledger" / "ledger.db") as ledger:
-            while True:
+            jobs: list[Job] = []
+            finished: list[Job] = []
+            rejections: list[dict[str, Any]] = []
+
+            def settled() -> bool:
+                nonlocal jobs, finished, rejections
                 jobs = ledger.list_jobs()
                 finished = [j for j in jobs if j.state.value in ("succeeded", "failed")]
                 rejections = _lambda_failures(stack.output())
-                if len(finished) >= len(keys) or rejections:
-                    break
-                if len(jobs) + len(finished) != progress:
-                    progress, last_move = len(jobs) + len(finished), time.monotonic()
-                assert time.monotonic() - last_move < stall_s, (
-                    len(jobs), len(finished), stack.output()[-3000:])
-                time.sleep(0.5)
+                return len(finished) >= len(keys) or bool(rejections)
+
+            wait_until(settled, stall_s=90.0, interval=0.5, progress=lambda: len(jobs) + len(finished),
+                       describe=lambda: (len(jobs), len(finished), stack.output()[-3000:]))
         outputs = set(object_keys(s3, "processor-output"))
         manifests = {j.key: json.loads(s3.get_object(Bucket="processor-output",
                                                      Key=j.result_prefix + layout.MANIFEST_NAME)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPORT
-from tests.e2e.test_local import running_local
-from tests.reliability.common import daemon_pid, memory_kib, object_keys
-from tests.waiting import wait_until
+from tests.support.local import running_local
+from tests.support.probes import daemon_pid, memory_kib, object_keys
+from tests.support.report import REPORT
+from tests.support.waiting import wait_until
 from worker.ledger import Ledger
 from worker.states import JobState
 

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPORT, processorctl, write_config
-from tests.faultproxy import FaultProxy
-from tests.integration.test_daemon import wait_state
-from tests.reliability.common import daemon
-from tests.waiting import wait_until
+from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.faultproxy import FaultProxy
+from tests.support.report import REPORT
+from tests.support.waiting import wait_until
 
 IN, OUT = "outage-in", "outage-out"
 MAX_ATTEMPTS = 2

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPORT, processorctl, write_config
-from tests.reliability.common import daemon, integrity
-from tests.waiting import wait_until
+from tests.support.daemon import daemon, processorctl, write_config
+from tests.support.probes import integrity
+from tests.support.report import REPORT
+from tests.support.waiting import wait_until
 from worker.ledger import Ledger
 from worker.process import reap_orphans
 from worker.states import JobState

@@ -1,6 +1,6 @@
 """processor under a real systemd: the unit, sd_notify, journald, restarts, the watchdog, drain.
 
-A throw-away container (tests/system/nspawn.py) boots systemd on an overlay of
+A throw-away container (tests/support/nspawn.py) boots systemd on an overlay of
 this machine's root; the repository's unit, sysusers and tmpfiles files are
 installed into it unchanged (a drop-in only adds the emulator's credentials and
 a short watchdog for the test), an ext4 image on a loop device plays the EBS
@@ -15,15 +15,15 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
-from tests.system.nspawn import Machine, unavailable_reason
+from tests.support.nspawn import Machine, unavailable_reason
+from tests.support.paths import REPO
+from tests.support.waiting import wait_until
 from worker.telemetry import systemd
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
@@ -45,13 +45,8 @@ COMMAND = [
 
 
 def wait(what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    """``predicate()``'s first truthy value; fails after ``timeout`` seconds without one."""
+    return wait_until(predicate, stall_s=timeout, interval=0.2, describe=f"waiting for {what}")
 
 
 def install_venv(box: Machine) -> None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lambda_trigger.ssm import encode_key_base64
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from worker.identity import decode_key_base64
 from worker.local import agent as agent_mod
 from worker.local import cfn

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.conftest import CREDENTIALS
-from tests.stubservers import Recorder, Seen, black_hole, dead_endpoint
-from tests.unit.logstate import restored_logging
+from tests.support.emulator import CREDENTIALS
+from tests.support.logstate import restored_logging
+from tests.support.servers import Recorder, Seen, black_hole, dead_endpoint
 from worker.config import settings_from_mapping
 from worker.telemetry import logsetup
 from worker.telemetry.cloudwatch import (

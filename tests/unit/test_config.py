@@ -8,8 +8,6 @@ import pytest
 
 from worker.config import (
     DEFAULT_CONFIG_PATH,
-    ProcessingSettings,
-    S3Settings,
     config_path,
     load_settings,
     settings_from_mapping,
@@ -142,18 +140,6 @@ def test_config_path_precedence() -> None:
     assert config_path("/a.toml", {"PROCESSOR_CONFIG": "/b.toml"}) == Path("/a.toml")
     assert config_path(None, {"PROCESSOR_CONFIG": "/b.toml"}) == Path("/b.toml")
     assert config_path(None, {}) == DEFAULT_CONFIG_PATH
-
-
-def test_settings_are_immutable_values() -> None:
-    a, b = settings_from_mapping(MINIMAL, {}), settings_from_mapping(MINIMAL, {})
-    assert a == b and hash(a) == hash(b) and a.paths == b.paths
-    assert a != settings_from_mapping({"s3": {"output_bucket": "other"}}, {})
-    with pytest.raises(AttributeError):
-        a.s3 = a.s3  # type: ignore[misc]
-    with pytest.raises(AttributeError):
-        a.paths.state_dir = Path("/elsewhere")  # type: ignore[misc]
-    assert S3Settings(output_bucket="out") == a.s3
-    assert ProcessingSettings().command == ("/opt/processor/bin/process", "{input}", "{output_dir}")
 
 
 def test_unknown_key_lists_the_known_ones_in_order() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import processorctl, write_config
+from tests.support.daemon import processorctl, write_config
 from worker import exitcodes
 from worker.ctl.cli import main
 from worker.identity import Identity

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_daemon import WAIT_S, FakePipeline, settings, submit, until
+from tests.support.daemon_thread import WAIT_S, FakePipeline, settings, submit, until
 from worker import exitcodes, statelock
 from worker.cli import StopSignals
 from worker.ctl.control_client import request

@@ -15,13 +15,10 @@ from lambda_trigger.events import (
     Skipped,
     parse_event,
 )
-from tests.eventfixtures import event_names, load_event
+from tests.support.events import CONTROL_KEY, PUT_ETAG, SHELL_KEY, event_names, load_event
 
 BUCKET = "processor-input"
-SHELL_KEY = "uploads/$(touch /tmp/pwned);rm -rf ~`id`|&<>'\"\\*?.csv"
-PUT_ETAG = "0f343b0931126a20f133d67c2b018a3b"
 EMPTY_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
-CONTROL_KEY = "inbox/tab\there\nnew line\rcr\x1b[2J\x7fdel.csv"
 LONGEST_TAB_KEY = "\t" + "\U0001F4C4" * 255 + "abc"  # 1,024 bytes
 
 

@@ -1,7 +1,7 @@
 """The IMDSv2 client (worker/imds.py) against stubs on 127.0.0.1.
 
 Nothing here contacts 169.254.169.254: the guard's client talks to the IMDSv2
-stub of tests/stubservers.py, the start-up lookup to recording stubs.
+stub of tests/support/servers.py, the start-up lookup to recording stubs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stubservers import Imds, Recorder, Seen, black_hole, dead_endpoint
+from tests.support.servers import Imds, Recorder, Seen, black_hole, dead_endpoint
 from worker.errors import MetadataError
 from worker.fleet.instance import GROUP_TAG_PATH, SPOT_ACTION_PATH
 from worker.imds import MetadataClient, instance_id

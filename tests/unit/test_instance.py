@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.stubservers import Imds
-from tests.waiting import wait_until
+from tests.support.servers import Imds
+from tests.support.waiting import wait_until
 from worker.config import settings_from_mapping
 from worker.errors import ScalingError
 from worker.fleet.instance import (

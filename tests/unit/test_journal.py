@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.unit import journal_scenarios
-from tests.unit.logstate import restored_logging
-from tests.unit.systemd_backends import BACKENDS, private_run_unavailable, require_library
+from tests.support import journal_scenarios
+from tests.support.logstate import restored_logging
+from tests.support.systemd_backends import BACKENDS, private_run_unavailable, require_library
 from worker.telemetry import logsetup, systemd
 from worker.telemetry.journal import MAX_MESSAGE_BYTES, JournalHandler, encode, priority, stderr_is_journal
 

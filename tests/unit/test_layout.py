@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lambda_trigger.reconcile_plan import Verdict
-from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make, script
+from tests.support.pipeline import COPY_UPPER, OUT, claim, make, script
 from worker.identity import Identity
 from worker.reconcile import plan, result_index
 from worker.states import JobState

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import processorctl, write_config
+from tests.support.daemon import processorctl, write_config
 from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.identity import Identity
 from worker.ledger import Ledger

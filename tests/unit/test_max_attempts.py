@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.unit.test_pipeline import claim, make, script
+from tests.support.pipeline import claim, make, script
 from worker.errors import StorageError
 from worker.job import Job
 from worker.ledger import Ledger

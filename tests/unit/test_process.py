@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from worker.process import StopToken, reap_orphans, render_argv, run_command
 
 

@@ -1,5 +1,5 @@
 """The daemon on a work queue, in-process: a real Daemon, Ledger and Pipeline (running a
-small shell command), on an in-memory queue (tests.fakes.FakeQueue) and object store."""
+small shell command), on an in-memory queue (tests.support.fakes.FakeQueue) and object store."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.fakes import FakeQueue, FakeStore
-from tests.waiting import wait_until
+from tests.support.fakes import FakeQueue, FakeStore
+from tests.support.waiting import wait_until
 from worker import exitcodes, statelock
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon

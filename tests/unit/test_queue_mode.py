@@ -17,7 +17,7 @@ from lambda_trigger import sqs
 from lambda_trigger.events import JobRequest, parse_event
 from lambda_trigger.handler import handle
 from lambda_trigger.ssm import DeliveryError
-from tests.eventfixtures import load_event
+from tests.support.events import load_event
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/processor-work"
 ENV = {"QUEUE_URL": QUEUE}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import structlog
 
-from tests.unit.test_pipeline import COPY_UPPER, OUT, claim, make
+from tests.support.pipeline import COPY_UPPER, OUT, claim, make
 from worker.outcome import Attempt, Outcome, crashed
 from worker.states import JobState
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff, RetryContext
 
-from tests.conftest import CREDENTIALS
-from tests.stubservers import dead_endpoint
+from tests.support.emulator import CREDENTIALS
+from tests.support.servers import dead_endpoint
 from worker import retry
 from worker.config import ProcessingSettings, S3Settings, settings_from_mapping
 from worker.fleet.autoscaling import AutoScaling

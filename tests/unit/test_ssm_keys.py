@@ -16,9 +16,8 @@ import pytest
 from lambda_trigger.events import JobRequest, parse_event
 from lambda_trigger.handler import handle
 from lambda_trigger.ssm import encode_key_base64, submit_parameters
-from tests.eventfixtures import event_names, load_event
-from tests.unit.test_events import CONTROL_KEY
-from tests.unit.test_handler import ENV, Factory, FakeSsm
+from tests.support.events import CONTROL_KEY, event_names, load_event
+from tests.support.trigger import ENV, Factory, FakeSsm
 from worker.identity import decode_key_base64
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.unit.systemd_backends import BACKENDS, in_ci, require_library
-from tests.waiting import wait_until
+from tests.support.systemd_backends import BACKENDS, in_ci, require_library
+from tests.support.waiting import wait_until
 from worker.telemetry import systemd
 
 
@@ -104,7 +104,7 @@ def test_the_daemon_says_ready_and_names_its_backend(
     # process). The library's daemon path is covered by tests/system.
     backend = systemd.BUILTIN
     monkeypatch.setattr(systemd, "BACKEND", backend)
-    from tests.unit.test_daemon import running_daemon
+    from tests.support.daemon_thread import running_daemon
 
     # Read every datagram as PID 1 does: the daemon notifies on each loop turn,
     # and a sender facing a full queue blocks (libsystemd's while holding the GIL).

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, REPORT
+from tests.support.paths import REPO
+from tests.support.report import REPORT
 
 UNITS = REPO / "deploy/systemd"
 UNIT = UNITS / "processor.service"

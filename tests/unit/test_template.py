@@ -11,8 +11,8 @@ documents' rules are in test_document.py. deploy/deploy.sh is checked at the end
 
 The stack has two modes, chosen by FleetSize: one instance (IsSingleInstance)
 or an Auto Scaling group pulling from one SQS work queue (IsFleet). Most checks run on the template as
-CloudFormation would see it in each mode (``_stack``: conditions evaluated,
-Fn::If resolved, the other mode's resources gone), so that a grant or a
+CloudFormation would see it in each mode (``as_deployed`` in tests/support/template.py: conditions
+evaluated, Fn::If resolved, the other mode's resources gone), so that a grant or a
 property hidden in one branch of an Fn::If is checked like any other.
 """
 
@@ -32,12 +32,20 @@ from typing import Any
 
 import pytest
 
+from tests.support.paths import REPO
+from tests.support.template import (
+    INPUT_BUCKET_NAME,
+    MODES,
+    TEMPLATE,
+    as_deployed,
+    as_list,
+    condition_values,
+    of_type,
+)
 from worker.config import load_settings
 from worker.local import cfn
 from worker.telemetry import metrics
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / cfn.TEMPLATE_RELPATH
 DEPLOY_SH = REPO / "deploy" / "deploy.sh"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 
@@ -74,15 +82,11 @@ USER_DATA_LIMIT = 16 * 1024
 
 #: The tag every fleet instance and fleet data volume carries (value: the stack name).
 FLEET_TAG_KEY = "processor:fleet"
-#: FleetSize for each mode: 1 is one instance, anything above a fleet.
-MODES = {"single": 1, "fleet": 3}
 #: The resources of each mode, with the condition they carry.
 SINGLE_ONLY = {"Instance", "DataVolume", "DataVolumeAttachment", "BootstrapWaitHandle", "BootstrapWait"}
 FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup", "WorkQueue", "DeadLetterQueue", "DeadLetterQueueAlarm",
               "BacklogScalingPolicy", "ScaleOutFromZeroPolicy", "ScaleOutFromZeroAlarm",
               "ReconcileSchedule", "ReconcileSchedulePermission"}
-#: The daemons' max_attempts default (worker/config.py): the DLQ's maxReceiveCount stays above it.
-DAEMON_MAX_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -97,113 +101,30 @@ def resources(template: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def _of_type(resources: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    return {name: r for name, r in resources.items() if r["Type"] == kind}
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-# --- the template in one mode, as CloudFormation evaluates it ----------------------------
-
-#: What Fn::If yields for AWS::NoValue: dropped from the enclosing list or mapping.
-_NO_VALUE = object()
-
-
-def _conditions(template: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[str, bool]:
-    """Every condition's value for these parameter values (defaults for the rest)."""
-    params = template["Parameters"]
-    values = {name: p.get("Default") for name, p in params.items()} | dict(parameters)
-    found: dict[str, bool] = {}
-
-    def operand(value: Any) -> Any:
-        if isinstance(value, dict) and "Ref" in value:
-            name = value["Ref"]
-            raw = values[name]
-            return str(raw).split(",") if params[name]["Type"] == "CommaDelimitedList" else raw
-        if isinstance(value, dict) and "Fn::Join" in value:
-            separator, items = value["Fn::Join"]
-            return separator.join(str(item) for item in _as_list(operand(items)))
-        assert not isinstance(value, (dict, list)), f"cannot evaluate {value!r}"
-        return value
-
-    def evaluate(expression: Any) -> bool:
-        ((function, args),) = expression.items()
-        if function == "Fn::Equals":
-            # CloudFormation compares strings: a Number parameter's 1 equals 1.
-            return str(operand(args[0])) == str(operand(args[1]))
-        if function == "Fn::Not":
-            return not evaluate(args[0])
-        if function == "Fn::And":
-            return all(evaluate(arg) for arg in args)
-        if function == "Fn::Or":
-            return any(evaluate(arg) for arg in args)
-        if function == "Condition":
-            return condition(args)
-        raise AssertionError(f"cannot evaluate {expression!r}")
-
-    def condition(name: str) -> bool:
-        if name not in found:
-            found[name] = evaluate(template["Conditions"][name])
-        return found[name]
-
-    return {name: condition(name) for name in template["Conditions"]}
-
-
-def _resolve(value: Any, conditions: Mapping[str, bool]) -> Any:
-    """``value`` with every Fn::If decided and every AWS::NoValue dropped."""
-    if isinstance(value, dict):
-        if list(value) == ["Fn::If"]:
-            name, when_true, when_false = value["Fn::If"]
-            return _resolve(when_true if conditions[name] else when_false, conditions)
-        if value == {"Ref": "AWS::NoValue"}:
-            return _NO_VALUE
-        resolved = {key: _resolve(item, conditions) for key, item in value.items()}
-        return {key: item for key, item in resolved.items() if item is not _NO_VALUE}
-    if isinstance(value, list):
-        return [item for item in (_resolve(v, conditions) for v in value) if item is not _NO_VALUE]
-    return value
-
-
-def _stack(template: Mapping[str, Any], **parameters: Any) -> dict[str, Any]:
-    """The template CloudFormation would act on with these parameters."""
-    conditions = _conditions(template, parameters)
-
-    def keep(section: str) -> dict[str, Any]:
-        return {
-            name: _resolve({k: v for k, v in item.items() if k != "Condition"}, conditions)
-            for name, item in template.get(section, {}).items()
-            if conditions.get(item.get("Condition", ""), True)
-        }
-
-    return {**template, "Resources": keep("Resources"), "Outputs": keep("Outputs")}
-
-
 @pytest.fixture(scope="module")
 def single(template: dict[str, Any]) -> dict[str, Any]:
     """The resources of a one-instance stack (FleetSize 1, the default)."""
-    res: dict[str, Any] = _stack(template, FleetSize=MODES["single"])["Resources"]
+    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["single"])["Resources"]
     return res
 
 
 @pytest.fixture(scope="module")
 def fleet(template: dict[str, Any]) -> dict[str, Any]:
     """The resources of a fleet stack (FleetSize 3)."""
-    res: dict[str, Any] = _stack(template, FleetSize=MODES["fleet"])["Resources"]
+    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["fleet"])["Resources"]
     return res
 
 
 @pytest.fixture(scope="module", params=sorted(MODES))
 def stack(request: pytest.FixtureRequest, template: dict[str, Any]) -> dict[str, Any]:
     """The resources of each mode in turn."""
-    res: dict[str, Any] = _stack(template, FleetSize=MODES[request.param])["Resources"]
+    res: dict[str, Any] = as_deployed(template, FleetSize=MODES[request.param])["Resources"]
     return res
 
 
 def test_resolving_leaves_no_condition_behind(template: dict[str, Any]) -> None:
     for size in MODES.values():
-        text = json.dumps(_stack(template, FleetSize=size)["Resources"])
+        text = json.dumps(as_deployed(template, FleetSize=size)["Resources"])
         assert "Fn::If" not in text and "AWS::NoValue" not in text
         assert '"Condition": "' not in text  # a resource's own Condition, not a policy's
 
@@ -220,13 +141,13 @@ def test_fleet_size_chooses_the_mode(template: dict[str, Any], resources: dict[s
     shared = set(resources) - SINGLE_ONLY - FLEET_ONLY
     assert all(resources[name].get("Condition") in (None, "HasAlarmEmail") for name in shared)
     for mode, size_value in MODES.items():
-        conditions = _conditions(template, {"FleetSize": size_value})
+        conditions = condition_values(template, {"FleetSize": size_value})
         assert conditions["IsFleet"] is (mode == "fleet")
         assert conditions["IsSingleInstance"] is (mode == "single")
     # Every mode-only resource is referred to from shared ones only inside Fn::If (or
     # CloudFormation rejects the template in the other mode): what a stack refers to exists.
     for mode, size_value in MODES.items():
-        present = _stack(template, FleetSize=size_value)["Resources"]
+        present = as_deployed(template, FleetSize=size_value)["Resources"]
         graph = _dependencies(present)
         for name in present:
             missing = _references(present[name]) & (SINGLE_ONLY | FLEET_ONLY) - set(present)
@@ -315,7 +236,7 @@ def _policy_documents(resources: Mapping[str, Any]) -> Iterator[tuple[str, dict[
 
 
 def _statements(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return _as_list(document["Statement"])
+    return as_list(document["Statement"])
 
 
 def test_policies_exist_for_every_role(stack: dict[str, Any]) -> None:
@@ -332,14 +253,14 @@ def test_no_wildcard_actions_and_no_data_plane_action_on_every_resource(stack: d
             if statement["Effect"] != "Allow":
                 # Deny statements (the TLS-only bucket policies) may be broad.
                 continue
-            actions = _as_list(statement["Action"])
+            actions = as_list(statement["Action"])
             for action in actions:
                 assert "*" not in action, f"{where}: wildcard action {action}"
-            if "*" in _as_list(statement["Resource"]):
+            if "*" in as_list(statement["Resource"]):
                 for action in actions:
                     assert not action.startswith(DATA_PLANE_PREFIXES), f"{where}: {action} on '*'"
                     assert _DESCRIBE.fullmatch(action), f"{where}: {action} on Resource '*'"
-            for resource in _as_list(statement["Resource"]):
+            for resource in as_list(statement["Resource"]):
                 # Every instance or every volume of the account only with a condition
                 # that narrows it to this stack's (its tags).
                 text = json.dumps(resource)
@@ -353,7 +274,7 @@ def test_trust_policies_name_one_service_each(stack: dict[str, Any]) -> None:
         "InstanceRole": "ec2.amazonaws.com",
         "SnapshotRole": "dlm.amazonaws.com",
     }
-    roles = _of_type(stack, "AWS::IAM::Role")
+    roles = of_type(stack, "AWS::IAM::Role")
     assert set(roles) == set(expected)
     for name, role in roles.items():
         (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
@@ -377,14 +298,14 @@ STACK_NAME = {"Ref": "AWS::StackName"}
 def _send_command_statements(resources: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(where, statement) for where, document in _policy_documents(resources)
             for statement in _statements(document)
-            if "ssm:SendCommand" in _as_list(statement["Action"])]
+            if "ssm:SendCommand" in as_list(statement["Action"])]
 
 
 def test_send_command_only_with_our_document_on_our_instance(single: dict[str, Any]) -> None:
     (found,) = _send_command_statements(single)
     where, statement = found
     assert where == "TriggerRole/trigger"
-    assert _as_list(statement["Action"]) == ["ssm:SendCommand"]
+    assert as_list(statement["Action"]) == ["ssm:SendCommand"]
     assert statement["Resource"] == [SUBMIT_DOCUMENT_ARN, _arn("ec2", "instance/${Instance}")]
     assert "Condition" not in statement
     assert "AWS-RunShellScript" not in TEMPLATE.read_text(encoding="utf-8")
@@ -421,8 +342,8 @@ def _grants(resources: Mapping[str, Any], role: str) -> list[tuple[str, list[Any
     for policy in resources[role]["Properties"]["Policies"]:
         for statement in _statements(policy["PolicyDocument"]):
             assert statement["Effect"] == "Allow"
-            for action in _as_list(statement["Action"]):
-                grants.append((action, _as_list(statement["Resource"]), statement.get("Condition")))
+            for action in as_list(statement["Action"]):
+                grants.append((action, as_list(statement["Resource"]), statement.get("Condition")))
     return grants
 
 
@@ -459,7 +380,7 @@ def test_trigger_role_is_send_command_its_queue_and_its_logs(stack: dict[str, An
     assert "ManagedPolicyArns" not in stack["TriggerRole"]["Properties"]
 
 
-INPUT_BUCKET_NAME = "${BucketNamePrefix}-input-${AWS::AccountId}-${AWS::Region}"
+
 
 #: The instance role's grants in a fleet, beyond the single instance's: action ->
 #: (resources, condition). Describe* on "*" is allowed by the rule above.
@@ -581,7 +502,7 @@ def _dependencies(resources: Mapping[str, Any]) -> dict[str, set[str]]:
     for name, res in resources.items():
         # CloudFormation also orders by references in Metadata (the conditional DependsOn).
         deps = (_references(res.get("Properties", {})) | _references(res.get("Metadata", {}))
-                | set(_as_list(res.get("DependsOn", []))))
+                | set(as_list(res.get("DependsOn", []))))
         graph[name] = {d for d in deps if d in resources}
     return graph
 
@@ -688,7 +609,7 @@ def test_lambda_runtime_logging_concurrency_and_async_failure_path(
 
 
 def test_buckets_are_encrypted_private_versioned_and_expire_uploads(resources: dict[str, Any]) -> None:
-    buckets = _of_type(resources, "AWS::S3::Bucket")
+    buckets = of_type(resources, "AWS::S3::Bucket")
     assert set(buckets) == {"InputBucket", "OutputBucket"}
     for name, bucket in buckets.items():
         props = bucket["Properties"]
@@ -711,9 +632,9 @@ def test_buckets_are_encrypted_private_versioned_and_expire_uploads(resources: d
 def test_every_bucket_denies_requests_without_tls(resources: dict[str, Any]) -> None:
     policies = {
         p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]
-        for p in _of_type(resources, "AWS::S3::BucketPolicy").values()
+        for p in of_type(resources, "AWS::S3::BucketPolicy").values()
     }
-    assert set(policies) == set(_of_type(resources, "AWS::S3::Bucket"))
+    assert set(policies) == set(of_type(resources, "AWS::S3::Bucket"))
     for bucket, document in policies.items():
         statements = {s["Sid"]: s for s in _statements(document)}
         deny = statements["DenyInsecureTransport"]
@@ -732,7 +653,7 @@ def test_queue_and_volumes_are_encrypted(resources: dict[str, Any]) -> None:
     for name in ("FailureQueue", "WorkQueue", "DeadLetterQueue"):
         queue = resources[name]["Properties"]
         assert queue.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue, name
-    for name, volume in _of_type(resources, "AWS::EC2::Volume").items():
+    for name, volume in of_type(resources, "AWS::EC2::Volume").items():
         assert volume["Properties"]["Encrypted"] is True, name
     launch = resources["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     for mappings in (resources["Instance"]["Properties"]["BlockDeviceMappings"],
@@ -762,9 +683,9 @@ def test_instance_requires_imdsv2_has_no_key_and_no_inbound_rules(
         "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
         "Default": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
     }
-    (group,) = _of_type(resources, "AWS::EC2::SecurityGroup").values()
+    (group,) = of_type(resources, "AWS::EC2::SecurityGroup").values()
     assert "SecurityGroupIngress" not in group["Properties"]
-    assert not _of_type(resources, "AWS::EC2::SecurityGroupIngress")
+    assert not of_type(resources, "AWS::EC2::SecurityGroupIngress")
     for rule in group["Properties"]["SecurityGroupEgress"]:
         assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 443, 443)
         assert rule["Description"]
@@ -809,7 +730,7 @@ def test_fleet_group_has_fleet_size_instances_tagged_and_drained(
     assert (params["MinSize"]["Default"], params["MinSize"]["MinValue"]) == (0, 0)
     assert params["MaxSize"]["Default"] == 0
     for size, expected in ((0, False), (10, True)):
-        assert _conditions(template, {"MaxSize": size})["HasMaxSize"] is expected
+        assert condition_values(template, {"MaxSize": size})["HasMaxSize"] is expected
     assert group["UpdatePolicy"]["AutoScalingScheduledAction"] == {
         "IgnoreUnmodifiedGroupSizeProperties": True}
     # The scaling policies' metrics: InService instances (the divisor) and the desired
@@ -823,7 +744,7 @@ def test_fleet_group_has_fleet_size_instances_tagged_and_drained(
     }
     assert template["Parameters"]["FleetSubnetIds"]["Default"] == ""
     for subnets, expected in (("", False), ("subnet-1,subnet-2", True)):
-        assert _conditions(template, {"FleetSubnetIds": subnets})["HasFleetSubnets"] is expected
+        assert condition_values(template, {"FleetSubnetIds": subnets})["HasFleetSubnets"] is expected
     # Every instance gets the fleet tag at launch: the operators' documents and the IAM
     # conditions rely on it.
     tags = {t["Key"]: t for t in props["Tags"]}
@@ -860,7 +781,7 @@ def test_data_volume_is_gp3_tagged_snapshotted_and_attached(resources: dict[str,
     assert props["Size"] == {"Ref": "DataVolumeSize"}
     tags = {t["Key"]: t["Value"] for t in props["Tags"]}
     assert tags["Backup"] == "True"
-    (attachment,) = _of_type(resources, "AWS::EC2::VolumeAttachment").values()
+    (attachment,) = of_type(resources, "AWS::EC2::VolumeAttachment").values()
     assert attachment["Properties"]["VolumeId"] == {"Ref": "DataVolume"}
     assert attachment["Properties"]["InstanceId"] == {"Ref": "Instance"}
 
@@ -868,7 +789,7 @@ def test_data_volume_is_gp3_tagged_snapshotted_and_attached(resources: dict[str,
 def test_dlm_snapshots_this_stacks_volume_daily_with_retention(
     template: dict[str, Any], resources: dict[str, Any],
 ) -> None:
-    (policy,) = _of_type(resources, "AWS::DLM::LifecyclePolicy").values()
+    (policy,) = of_type(resources, "AWS::DLM::LifecyclePolicy").values()
     props = policy["Properties"]
     assert props["State"] == "ENABLED"
     assert re.fullmatch(r"[0-9A-Za-z _-]+", props["Description"])
@@ -903,7 +824,7 @@ def test_dlm_snapshots_this_stacks_volume_daily_with_retention(
 
 
 def test_log_groups_have_retention(resources: dict[str, Any]) -> None:
-    groups = _of_type(resources, "AWS::Logs::LogGroup")
+    groups = of_type(resources, "AWS::Logs::LogGroup")
     assert set(groups) == {"TriggerLogGroup", "DaemonLogGroup"}
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
@@ -914,7 +835,7 @@ def test_alarms_watch_failed_jobs_the_failure_queue_and_the_instance(
 ) -> None:
     alarms = {
         (a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"]
-        for a in _of_type(single, "AWS::CloudWatch::Alarm").values()
+        for a in of_type(single, "AWS::CloudWatch::Alarm").values()
     }
     failed = alarms[(metrics.NAMESPACE, "Jobs")]
     assert "Jobs" in dict(metrics.METRICS) and ("Outcome",) in metrics.DIMENSIONS
@@ -943,7 +864,7 @@ def test_alarms_watch_failed_jobs_the_failure_queue_and_the_instance(
 
 def _dashboard(template: Mapping[str, Any], size: int) -> dict[str, Any]:
     """The dashboard's JSON body in one mode, rendered as Fn::Sub with its variable map would."""
-    body, variables = _stack(template, FleetSize=size)["Resources"]["Dashboard"]["Properties"][
+    body, variables = as_deployed(template, FleetSize=size)["Resources"]["Dashboard"]["Properties"][
         "DashboardBody"]["Fn::Sub"]
     fleet_widgets = variables["FleetWidgets"]
     extra = {"FleetWidgets": _render_sub(fleet_widgets["Fn::Sub"], template) if fleet_widgets else ""}
@@ -970,9 +891,9 @@ def test_dashboard_body_is_json_with_the_four_views(template: dict[str, Any]) ->
 
 
 def test_alarm_actions_only_with_an_email(template: dict[str, Any]) -> None:
-    with_email = _stack(template, AlarmEmail="ops@example.com")["Resources"]
+    with_email = as_deployed(template, AlarmEmail="ops@example.com")["Resources"]
     assert "AlarmTopic" in with_email
-    for alarm in _of_type(with_email, "AWS::CloudWatch::Alarm").values():
+    for alarm in of_type(with_email, "AWS::CloudWatch::Alarm").values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
         assert alarm["Properties"]["OKActions"] == [{"Ref": "AlarmTopic"}]
 
@@ -986,8 +907,8 @@ def test_parameters_are_described_and_outputs_name_what_operators_need(template:
         "ReconcileDocumentName",
         "TriggerLogGroupName", "DaemonLogGroupName", "DashboardUrl", "FailureQueueUrl",
     }
-    single = _stack(template, FleetSize=MODES["single"])["Outputs"]
-    fleet = _stack(template, FleetSize=MODES["fleet"])["Outputs"]
+    single = as_deployed(template, FleetSize=MODES["single"])["Outputs"]
+    fleet = as_deployed(template, FleetSize=MODES["fleet"])["Outputs"]
     assert set(single) >= common | {"InstanceId", "DataVolumeId"}
     assert not {"FleetGroupName", "FleetTag"} & set(single)
     assert set(fleet) >= common | {"FleetGroupName", "FleetTag", "WorkQueueUrl", "DeadLetterQueueUrl"}
@@ -1252,7 +1173,7 @@ def test_checkov_finds_no_failed_check_in_either_mode(
     # checkov does not look inside Fn::If: a policy statement in one is not checked
     # (CKV_AWS_107-111 pass on the IAM roles only here). So it also checks each mode as
     # CloudFormation sees it.
-    resolved = _stack(template, FleetSize=MODES[mode])
+    resolved = as_deployed(template, FleetSize=MODES[mode])
     path = tmp_path / f"processor-{mode}.json"
     path.write_text(json.dumps(resolved), encoding="utf-8")
     report = _checkov(path)
@@ -1271,7 +1192,7 @@ def test_deploy_doc_lists_every_checkov_skip_and_a_valid_policy(template: dict[s
             assert skip["id"] in doc, f"{skip['id']} ({name}) is not explained in docs/DEPLOY.md"
     (policy,) = re.findall(r"```json\n(.*?)```", doc, re.S)
     statements = json.loads(policy)["Statement"]
-    actions = {a for s in statements for a in _as_list(s["Action"])}
+    actions = {a for s in statements for a in as_list(s["Action"])}
     assert {"cloudformation:CreateChangeSet", "iam:PassRole", "dlm:CreateLifecyclePolicy",
             "ec2:RunInstances", "ssm:CreateDocument", "lambda:CreateFunction",
             "ec2:CreateLaunchTemplate", "ec2:CreateLaunchTemplateVersion",

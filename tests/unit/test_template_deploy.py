@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.unit.test_template import REPO, TEMPLATE, _of_type, _stack
+from tests.support.paths import REPO
+from tests.support.template import TEMPLATE, as_deployed, of_type
 from worker.local import cfn
 
 SERVICE = REPO / "deploy" / "systemd" / "processor.service"
@@ -30,9 +31,9 @@ def test_no_lambda_reservation_by_default() -> None:
     parameter = template["Parameters"]["TriggerReservedConcurrency"]
     assert parameter["Default"] == -1
     # With the default the property is absent, so a quota of 10 is enough to create the stack.
-    function = _stack(template)["Resources"]["TriggerFunction"]["Properties"]
+    function = as_deployed(template)["Resources"]["TriggerFunction"]["Properties"]
     assert "ReservedConcurrentExecutions" not in function
-    reserved = _stack(template, TriggerReservedConcurrency=5)["Resources"]["TriggerFunction"]
+    reserved = as_deployed(template, TriggerReservedConcurrency=5)["Resources"]["TriggerFunction"]
     assert reserved["Properties"]["ReservedConcurrentExecutions"] == {"Ref": "TriggerReservedConcurrency"}
 
 
@@ -58,7 +59,7 @@ def test_failed_submit_invocations_go_to_the_failure_queue() -> None:
 def test_failure_queue_policy_admits_that_rule_only() -> None:
     resources = _template()["Resources"]
     name = "CommandFailureRule"
-    (policy,) = _of_type(resources, "AWS::SQS::QueuePolicy").values()
+    (policy,) = of_type(resources, "AWS::SQS::QueuePolicy").values()
     props = policy["Properties"]
     assert props["Queues"] == [{"Ref": "FailureQueue"}]
     (statement,) = props["PolicyDocument"]["Statement"]
@@ -102,7 +103,7 @@ _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "sev
 
 
 def test_deploy_doc_counts_and_names_every_ssm_document() -> None:
-    documents = _of_type(_template()["Resources"], "AWS::SSM::Document")
+    documents = of_type(_template()["Resources"], "AWS::SSM::Document")
     doc = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
     said = [*re.findall(r"\b(\w+) document names\b", doc), *re.findall(r"\bThe (\w+) documents are\b", doc),
             *re.findall(r"\bthe (\w+) SSM documents\b", doc)]

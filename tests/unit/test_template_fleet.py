@@ -1,7 +1,7 @@
 """A fleet's work queue, scaling and Spot capacity in deploy/cloudformation/processor.yaml.
 
 Checked offline on the template as CloudFormation resolves it with FleetSize above 1
-(``_stack`` of test_template.py). How the scaling rule behaves over time is
+(``as_deployed`` of tests/support/template.py). How the scaling rule behaves over time is
 tests/unit/test_scaling.py, which drives bench/fleet.py's simulation with it.
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_template import (
+from tests.support.template import (
     DAEMON_MAX_ATTEMPTS,
     INPUT_BUCKET_NAME,
     MODES,
     TEMPLATE,
-    _conditions,
-    _stack,
+    as_deployed,
+    condition_values,
 )
 from worker.config import ProcessingSettings
 from worker.local import cfn
@@ -35,13 +35,13 @@ def template() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fleet(template: dict[str, Any]) -> dict[str, Any]:
-    res: dict[str, Any] = _stack(template, FleetSize=MODES["fleet"])["Resources"]
+    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["fleet"])["Resources"]
     return res
 
 
 @pytest.fixture(scope="module")
 def single(template: dict[str, Any]) -> dict[str, Any]:
-    res: dict[str, Any] = _stack(template, FleetSize=MODES["single"])["Resources"]
+    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["single"])["Resources"]
     return res
 
 
@@ -127,9 +127,9 @@ def test_scale_out_from_zero(fleet: dict[str, Any], params: dict[str, Any]) -> N
 
 
 def test_spot_turns_the_group_into_a_mixed_instances_policy(template: dict[str, Any]) -> None:
-    on_demand = _stack(template, FleetSize=3)["Resources"]["FleetGroup"]["Properties"]
+    on_demand = as_deployed(template, FleetSize=3)["Resources"]["FleetGroup"]["Properties"]
     assert "MixedInstancesPolicy" not in on_demand and "CapacityRebalance" not in on_demand
-    spot = _stack(template, FleetSize=3, OnDemandPercentage=25, OnDemandBaseCapacity=1,
+    spot = as_deployed(template, FleetSize=3, OnDemandPercentage=25, OnDemandBaseCapacity=1,
                   FleetInstanceType2="t3a.small", FleetInstanceType3="m5.large")["Resources"]
     group = spot["FleetGroup"]["Properties"]
     assert "LaunchTemplate" not in group
@@ -147,7 +147,7 @@ def test_spot_turns_the_group_into_a_mixed_instances_policy(template: dict[str, 
         "SpotAllocationStrategy": "capacity-optimized",
     }
     # One instance never uses Spot, whatever the parameter says.
-    assert _conditions(template, {"FleetSize": 1, "OnDemandPercentage": 0})["UsesSpot"] is False
+    assert condition_values(template, {"FleetSize": 1, "OnDemandPercentage": 0})["UsesSpot"] is False
 
 
 def test_reconcile_schedule_invokes_the_trigger_in_reconcile_mode(
@@ -176,9 +176,9 @@ def test_reconcile_schedule_invokes_the_trigger_in_reconcile_mode(
 
 def test_max_size_defaults_to_fleet_size_and_sizes_are_bounded(template: dict[str, Any]) -> None:
     for size in MODES.values():
-        group = _stack(template, FleetSize=size)["Resources"].get("FleetGroup")
+        group = as_deployed(template, FleetSize=size)["Resources"].get("FleetGroup")
         if group is None:
             continue
         assert group["Properties"]["MaxSize"] == {"Ref": "FleetSize"}
-    assert _stack(template, FleetSize=3, MaxSize=10)["Resources"]["FleetGroup"]["Properties"][
+    assert as_deployed(template, FleetSize=3, MaxSize=10)["Resources"]["FleetGroup"]["Properties"][
         "MaxSize"] == {"Ref": "MaxSize"}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_template import TEMPLATE
+from tests.support.template import TEMPLATE
 from worker.local import cfn
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.waiting import Stalled, cpu_seconds, wait_until
+from tests.support.waiting import Stalled, cpu_seconds, wait_until
 
 
 def test_waiting_helper_passes_slow_progress_and_fails_a_stall() -> None:

@@ -29,8 +29,8 @@ import watchtower
 from botocore.config import Config
 from packaging.requirements import Requirement
 
-from tests.conftest import CREDENTIALS
-from tests.stubservers import Recorder, Seen, black_hole, dead_endpoint
+from tests.support.emulator import CREDENTIALS
+from tests.support.servers import Recorder, Seen, black_hole, dead_endpoint
 from worker import retry
 from worker.telemetry.cloudwatch import CloudWatchHandler, logs_client
 

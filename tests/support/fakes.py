@@ -1,4 +1,4 @@
-"""Small in-memory fakes for pure-logic tests (the adapters are tested on the emulator)."""
+"""In-memory fakes for pure-logic tests: object store, work queue, disk usage (adapters use the emulator)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.errors import ObjectChanged, StorageError
 from worker.fleet.workqueue import QueueError, Received
@@ -146,3 +146,25 @@ class FakeQueue:
 
     def close(self) -> None:
         self.calls.append(("close", None))
+
+
+class DiskUsage(NamedTuple):
+    """What ``shutil.disk_usage`` returns."""
+
+    total: int
+    used: int
+    free: int
+
+
+@dataclass
+class FakeDisk:
+    """``shutil.disk_usage`` of a volume whose free space a test sets."""
+
+    total: int
+    free: int
+    #: Every path asked about.
+    asked: list[Path] = field(default_factory=list)
+
+    def __call__(self, path: Path) -> DiskUsage:
+        self.asked.append(path)
+        return DiskUsage(self.total, self.total - self.free, self.free)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-#: How long the container may take to reach a running (or degraded) state.
+from tests.support.waiting import wait_until
+
+#: How long the container may take to start, and to leave each boot state (a liveness bound).
 BOOT_TIMEOUT_S = 90.0
 
 
@@ -95,26 +96,29 @@ class Machine:
 
     def boot(self) -> None:
         log = (self.workdir / "console.log").open("wb")
-        self.nspawn = subprocess.Popen(
+        self.nspawn = nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-q",
              "--console=passive"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while not self.pid1:
-            assert self.nspawn.poll() is None, self.console()
-            assert time.monotonic() < deadline, "container did not start:\n" + self.console()
-            children = _run("pgrep", "-P", str(self.nspawn.pid), check=False).stdout.split()
-            if children:
-                self.pid1 = int(children[0])
-            else:
-                time.sleep(0.05)
-        while True:
+
+        def pid1() -> int:
+            assert nspawn.poll() is None, self.console()
+            children = _run("pgrep", "-P", str(nspawn.pid), check=False).stdout.split()
+            return int(children[0]) if children else 0
+
+        self.pid1 = wait_until(pid1, stall_s=BOOT_TIMEOUT_S,
+                               describe=lambda: "container did not start:\n" + self.console())
+        state = ""
+
+        def booted() -> bool:
+            nonlocal state
             state = self.sh("systemctl", "is-system-running", check=False).stdout.strip()
-            if state in ("running", "degraded"):
-                return
-            assert time.monotonic() < deadline, f"container stuck in {state!r}:\n" + self.console()
-            time.sleep(0.1)
+            return state in ("running", "degraded")
+
+        # Each step of the boot (initializing -> starting -> running) restarts the clock.
+        wait_until(booted, stall_s=BOOT_TIMEOUT_S, progress=lambda: state, interval=0.1,
+                   describe=lambda: f"container stuck in {state!r}:\n" + self.console())
 
     def sh(self, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container (all of its namespaces)."""

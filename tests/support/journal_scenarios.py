@@ -80,7 +80,7 @@ def run_in_child(name: str, socket_path: str | None, timeout: float = 60) -> dic
     """
     done = subprocess.run(
         ["unshare", "--mount", "sh", "-c", _PRIVATE_RUN, socket_path or "",
-         sys.executable, "-m", "tests.unit.journal_scenarios", name],
+         sys.executable, "-m", "tests.support.journal_scenarios", name],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr

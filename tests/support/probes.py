@@ -1,4 +1,4 @@
-"""Helpers of the reliability suite: the daemon's peak memory, the ledger's health, S3 listings."""
+"""Probes of a running system: the daemon's pid and peak memory, the ledger's health, S3 listings."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
-
-# One helper for every test that runs the real daemon (stderr to a file, always stopped).
-from tests.integration.test_daemon import daemon  # noqa: F401
 
 
 def daemon_pid(config: Path) -> int:
@@ -40,5 +37,6 @@ def integrity(ledger: Path) -> str:
 
 
 def object_keys(s3: Any, bucket: str) -> list[str]:
+    """Every key in ``bucket``, over all pages of the listing."""
     return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])]

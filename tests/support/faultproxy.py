@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.stubservers import LoopbackHTTP
+from tests.support.servers import LoopbackHTTP
 
 _FAULTS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),

@@ -1,0 +1,97 @@
+"""The real daemon (`processor run`) and processorctl as child processes, with their config files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.support.emulator import CREDENTIALS
+from tests.support.waiting import cpu_seconds, wait_until
+from worker.ctl.control_client import request
+from worker.errors import ControlError
+
+#: The bundled summariser, as the processing command of test daemons.
+DEFAULT_COMMAND = [sys.executable, "-m", "worker.examples.summarize", "{input}", "{output_dir}"]
+
+
+def write_config(
+    directory: Path, *, output_bucket: str = "out", endpoint: str = "", command: list[str] | None = None,
+    **processing: Any,
+) -> Path:
+    """A processor.toml whose state lives under ``directory``."""
+    state = directory / "state"
+    lines = [
+        "[s3]", f"output_bucket = {json.dumps(output_bucket)}", f"endpoint_url = {json.dumps(endpoint)}",
+        "[processing]",
+        f"command = {json.dumps(command or DEFAULT_COMMAND)}",
+        *(f"{k} = {json.dumps(v)}" for k, v in processing.items()),
+        "[paths]", f"state_dir = {json.dumps(str(state))}",
+        f"socket = {json.dumps(str(directory / 'p.sock'))}",
+        "[logging]", "journald = false",
+    ]
+    path = directory / "processor.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def processorctl(config: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the real processorctl console script."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "processorctl"), "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+@contextmanager
+def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
+    # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
+    # then blocks the daemon's next log write.
+    err = (config.parent / "daemon.stderr").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--config", str(config)],
+        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
+    )
+
+    def answers() -> bool:
+        assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
+        try:
+            request(socket, "ping", timeout=1)
+            return True
+        except ControlError:
+            return False
+
+    try:
+        # Start-up is silent; while it burns CPU (imports on a loaded machine) it is not stuck.
+        wait_until(answers, stall_s=stall_s, progress=lambda: cpu_seconds(proc.pid),
+                   describe="daemon did not answer on its socket")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        err.close()
+
+
+def wait_state(config: Path, job_id: str, states: set[str], stall_s: float = 60) -> dict[str, Any]:
+    """The job once it is in one of ``states``; fails when its state and phase stop moving."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
+        shown = processorctl(config, "show", job_id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        seen.update(json.loads(shown.stdout))
+        return dict(seen) if seen["state"] in states else None
+
+    def moving() -> object:
+        return (seen.get("state"), seen.get("attempts"), json.dumps(seen.get("progress"), sort_keys=True))
+
+    return wait_until(reached, stall_s=stall_s, progress=moving, interval=0.1,
+                      describe=lambda: f"job stayed {seen.get('state')}")
