@@ -21,4 +21,5 @@ Fixtures stay in the conftest.py files (which import from here). One module per 
     journal_scenarios what the journald tests log, in the test process or in a child
     logstate          restoring the process-wide logging set-up after a test
     nspawn            a throw-away systemd machine (systemd-nspawn) for tests/system
+    submit_path       what `processorctl submit` must not import (the graph test and the real run)
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import processorctl, write_config
+from tests.support.submit_path import SUBMIT_MUST_NOT_IMPORT
 from worker import exitcodes
 from worker.ctl.cli import main
 from worker.identity import Identity
@@ -40,19 +41,12 @@ def test_processorctl_does_not_import_boto3() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
 
 
-#: Modules `processorctl submit` must not load: it starts once per S3 object (bench goal: at
-#: most 3x `python -c pass`). boto3 & co. are seconds; the others are milliseconds each
-#: (dataclasses pulls in inspect; worker.job is the Job dataclass; shutil, zlib, bz2, lzma).
-SUBMIT_MUST_NOT_IMPORT = (
-    "boto3", "botocore", "structlog", "moto", "dataclasses", "inspect", "socketserver", "shutil",
-    "worker.job", "worker.control_server", "worker.ctl.commands", "worker.pipeline", "worker.storage.s3",
-)
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
 def test_submit_starts_without_heavy_imports(config: Path, extra: list[str]) -> None:
     probe = ("import sys\nfrom worker.ctl.cli import main\ncode = main(sys.argv[1:])\n"
-             f"print(code, [m for m in {SUBMIT_MUST_NOT_IMPORT!r} if m in sys.modules])")
+             f"print(code, [m for m in {sorted(SUBMIT_MUST_NOT_IMPORT)!r} if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe, "--config", str(config), "submit",
                            "--bucket", "b", "--key=k", "--etag", "e", *extra],
                           capture_output=True, text=True, timeout=60)

@@ -31,19 +31,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.submit_path import SUBMIT_MUST_NOT_IMPORT
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("worker", "lambda_trigger")
 
-#: What ``processorctl submit`` must not load (it starts once per S3 object): the AWS SDK and
-#: the daemon's libraries take seconds; the stdlib ones cost milliseconds each (dataclasses
-#: pulls in inspect; shutil pulls in zlib, bz2 and lzma). tests/unit/test_ctl.py also runs the
-#: real submit and lists what it loaded, which sees imports the stdlib makes on its own.
-SUBMIT_MUST_NOT_IMPORT = frozenset({
-    "boto3", "botocore", "s3transfer", "moto", "structlog", "tenacity", "watchtower", "systemd",
-    "dataclasses", "inspect", "socketserver", "shutil",
-    "worker.job", "worker.control_server", "worker.ctl.commands", "worker.pipeline",
-    "worker.daemon", "worker.storage.s3",
-})
 
 #: The AWS SDK: only the adapters below may import it.
 AWS_SDK = frozenset({"boto3", "botocore", "s3transfer"})
