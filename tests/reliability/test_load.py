@@ -1,4 +1,4 @@
-"""Load: a burst of 1,000 uploads through the whole local pipeline.
+"""Load: a burst of uploads (400 here; 1,000 with PROCESSOR_TEST_BURST=1000) through the whole local pipeline.
 
 S3 -> SQS -> the real Lambda -> the local SSM agent running the real submit
 document -> processorctl -> the daemon. Every upload must end as one
@@ -9,6 +9,7 @@ in memory).
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,10 @@ from worker.states import JobState
 
 pytestmark = pytest.mark.e2e
 
-EVENTS = 1000
+#: Uploads in the burst. 400 keep the suite well under 15 min on 2 cores (1,000 took about
+#: 3 min of its 14); ``PROCESSOR_TEST_BURST=1000`` runs the full burst, and bench/burst.py
+#: measures the 1,000-upload throughput.
+EVENTS = int(os.environ.get("PROCESSOR_TEST_BURST", "400"))
 #: The daemon's peak RSS must stay under this (it measured ~60 MiB; a queue held in memory would grow).
 MAX_PEAK_RSS_MIB = 200
 #: The burst fails only if no job finishes for this long; how fast it drains is a
@@ -35,7 +39,7 @@ STALL_S = 60
 # The hang guard only, far above the 154-183 s this took on 2 shared cores: with
 # two CPU hogs on a machine already shared it drained in 736 s (test 812 s).
 @pytest.mark.timeout(1800)
-def test_burst_of_1000_uploads_all_processed_with_bounded_memory(tmp_path: Path) -> None:
+def test_burst_of_uploads_all_processed_with_bounded_memory(tmp_path: Path) -> None:
     # A cheap processing command, so the figure measures the pipeline, not the summariser.
     with running_local(tmp_path, "--command", "cp {input} {output_dir}") as stack:
         state = tmp_path / "state"
