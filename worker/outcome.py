@@ -70,6 +70,8 @@ class Attempt:
     #: Bytes downloaded and (a success) uploaded by this attempt.
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Why, for the history, when the outcome is not a failure (a success that needed no run).
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def decide(
     outcome, error = attempt.outcome, attempt.error
     used = job.counted_attempts
     if outcome is Outcome.SUCCEEDED:
-        return Move(JobState.SUCCEEDED, None, None, used)
+        return Move(JobState.SUCCEEDED, attempt.note, None, used)
     if outcome is Outcome.FAILED:
         return Move(JobState.FAILED, error, error, used)
     if outcome is Outcome.CANCELLED:

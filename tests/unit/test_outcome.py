@@ -144,3 +144,11 @@ def test_a_job_is_out_of_attempts_once_its_counted_attempts_reach_max_attempts(
     counted: int, out: bool
 ) -> None:
     assert out_of_attempts(running(counted + 1, counted), SETTINGS) is out
+
+
+def test_a_success_that_needed_no_run_keeps_its_note_in_the_history() -> None:
+    """The fleet's "already processed" (its manifest exists) is a success through the same policy."""
+    move = decide(running(1, 0, "queue"), Attempt(Outcome.SUCCEEDED, note="already processed"), SETTINGS, 5.0)
+    assert (move.target, move.reason, move.error, move.counted) == (JobState.SUCCEEDED, "already processed",
+                                                                    None, False)
+    assert decide(running(1, 0), Attempt(Outcome.SUCCEEDED), SETTINGS, 5.0).reason is None

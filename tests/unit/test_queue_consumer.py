@@ -18,9 +18,10 @@ from tests.support.waiting import wait_until
 from worker import exitcodes, statelock
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
-from worker.fleet.consumer import ALREADY_PROCESSED
+from worker.fleet.consumer import ALREADY_PROCESSED, QueueConsumer
 from worker.fleet.workqueue import QueueError
 from worker.identity import Identity
+from worker.job import Job
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.states import JobState
@@ -297,3 +298,39 @@ def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(shor
             assert not daemon.start_queue_job(job2, lambda j, _t: j)
         finally:
             daemon._stop_slot_threads(timeout_s=1)
+
+
+class _DrainingHost:
+    """A daemon that reserved a slot for the receive, then began a drain before the start."""
+
+    def reserve_for_poll(self, wanted: int) -> int:
+        return wanted
+
+    def end_poll(self, unused: int) -> None:
+        pass
+
+    def start_queue_job(self, job: Job, run: Any) -> bool:
+        return False
+
+    def wait_for_slot(self, timeout: float) -> None:
+        pass
+
+
+def test_a_drain_between_claim_and_start_hands_the_job_back_through_the_outcome_policy(
+    short_tmp: Path,
+) -> None:
+    conf = settings(short_tmp)
+    store, queue = FakeStore(), FakeQueue()
+    with Ledger(conf.paths.ledger) as ledger, capture_logs() as logs:
+        consumer = QueueConsumer(conf, ledger, Pipeline(conf, store, ledger), queue, _DrainingHost())
+        etag = store.put(IN, "late.txt", b"0 0\n")
+        message_id = queue.send(json.dumps({"bucket": IN, "key": "late.txt", "etag": etag}))
+        received = queue.receive(1, 0)[0]
+        assert consumer._take(received) == 0  # not started: no slot held
+        job = ledger.find(Identity(IN, "late.txt", None, etag))
+        assert job is not None and job.state is JobState.QUEUED and job.counted_attempts == 0
+        assert ledger.history(job.id)[-1]["reason"] == "daemon draining; handed back to the work queue"
+        # ... and its message is visible again at once, for another instance.
+        assert ("set_visibility", (message_id, 0)) in [(c[0], c[1]) for c in queue.calls]
+    events = [e["event"] for e in logs if e.get("job_id") == job.id]
+    assert events.index("job_requeued") < events.index("queue_message_released")

@@ -42,7 +42,7 @@ from worker.fleet.workqueue import (
 )
 from worker.job import Job
 from worker.ledger import Ledger
-from worker.outcome import crashed
+from worker.outcome import Attempt, Outcome, crashed
 from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.states import JobState
@@ -215,11 +215,11 @@ class QueueConsumer:
                  key=job.key, receive_count=message.receive_count)
         if self._host.start_queue_job(job, functools.partial(self._run, held=held)):
             return 1
-        # A drain began between the claim and the start: hand it straight back.
+        # A drain began between the claim and the start: hand it straight back
+        # (through the one outcome policy, like every other end of an attempt).
         try:
-            self._ledger.transition(job.id, JobState.QUEUED, expect=JobState.RUNNING,
-                                    reason="handed back: daemon draining", next_attempt_at=self._clock())
-        except LedgerError as exc:
+            self._pipeline.record(job, Attempt(Outcome.REQUEUE, "daemon draining"))
+        except (LedgerError, StorageError) as exc:
             log.error("job_not_recorded", job_id=job.id, error=str(exc))
         self._settle(held)  # released at once either way
         return 0
@@ -252,10 +252,9 @@ class QueueConsumer:
         final = job
         try:
             if self._already_processed(job):
-                final = self._ledger.transition(
-                    job.id, JobState.SUCCEEDED, expect=JobState.RUNNING, reason=ALREADY_PROCESSED,
-                    finished_at=self._clock(), result_prefix=self._pipeline.result_prefix(job),
-                )
+                done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
+                               result_prefix=self._pipeline.result_prefix(job))
+                final = self._pipeline.record(job, done)
                 log.info("job_already_processed", job_id=job.id, key=job.key, reason=ALREADY_PROCESSED)
             else:
                 final = self._pipeline.run(job, token)
