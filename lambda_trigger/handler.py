@@ -3,7 +3,7 @@
 Glue only: configuration from the environment (config.py, read per call,
 never at import), parsing in events.py, sending in ssm.py (one instance) or
 sqs.py (a fleet's shared work queue). Every record gets exactly one JSON log
-line (logs.py). If any record could not be delivered the invocation raises
+line (loglines.py). If any record could not be delivered the invocation raises
 DeliveryError after trying all of them, so Lambda's retry and the on-failure
 destination take over; re-sending the good records on that retry is harmless
 because the daemon dedupes by object identity (the ledger for SendCommand,
