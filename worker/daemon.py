@@ -36,7 +36,6 @@ from worker.errors import LedgerError
 from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
 from worker.job import Job
 from worker.ledger import Ledger
-from worker.outcome import crashed
 from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.recovery import recover
@@ -367,12 +366,8 @@ class Daemon(FleetSlots, DaemonStatus):
         final = job
         try:
             final = run(job, token)
-        except Exception as exc:
-            log.exception("job_crashed", job_id=job.id, key=job.key)
-            try:
-                final = self.pipeline.record(job, crashed(exc))
-            except Exception:
-                log.exception("job_not_recorded", job_id=job.id)
+        except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
+            final = self.pipeline.record_crash(job, exc)
         finally:
             duration_s = time.monotonic() - started
             log.info(

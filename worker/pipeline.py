@@ -36,7 +36,7 @@ from worker.errors import (
 )
 from worker.job import Job
 from worker.ledger import Ledger
-from worker.outcome import Attempt, Outcome, out_of_attempts
+from worker.outcome import Attempt, Outcome, crashed, out_of_attempts
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.recorder import Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
@@ -90,8 +90,23 @@ class Pipeline:
         return self.recorder.record(job, self.attempt(job, cancel, log), log)
 
     def record(self, job: Job, attempt: Attempt) -> Job:
-        """Record an attempt that ended outside ``run`` (the caller's crash): see worker.recorder."""
+        """Record an attempt that ended outside ``run`` (the fleet's manifest check): see worker.recorder."""
         return self.recorder.record(job, attempt)
+
+    def record_crash(self, job: Job, exc: Exception) -> Job:
+        """A runner raised (a bug, not the job's fault alone): log it, record a counted retry.
+
+        The one place both slot paths (the daemon's, the queue consumer's) send a
+        crash; if even the ledger write fails, the job is returned as it stands
+        and start-up recovery requeues it.
+        """
+        log = job_logger(job)
+        log.error("job_crashed", exc_info=exc)
+        try:
+            return self.recorder.record(job, crashed(exc), log)
+        except Exception:
+            log.exception("job_not_recorded")
+            return job
 
     def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
         """Run one attempt of a RUNNING job and say how it ended; no state is written."""

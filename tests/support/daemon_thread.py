@@ -15,7 +15,6 @@ from worker.config import Settings, settings_from_mapping
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
-from worker.outcome import Attempt
 from worker.process import StopToken
 from worker.states import JobState
 
@@ -54,8 +53,8 @@ class FakePipeline:
             with self._lock:
                 self.running.discard(job.id)
 
-    def record(self, job: Job, attempt: Attempt) -> Job:
-        return self.ledger.transition(job.id, JobState.FAILED, error=attempt.error)
+    def record_crash(self, job: Job, exc: Exception) -> Job:
+        return self.ledger.transition(job.id, JobState.FAILED, error=f"internal error: {exc}")
 
 
 def settings(tmp: Path, **processing: Any) -> Settings:

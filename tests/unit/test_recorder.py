@@ -7,7 +7,7 @@ from pathlib import Path
 import structlog
 
 from tests.support.pipeline import COPY_UPPER, OUT, claim, make
-from worker.outcome import Attempt, Outcome, crashed
+from worker.outcome import Attempt, Outcome
 from worker.states import JobState
 
 
@@ -16,17 +16,19 @@ def test_a_crash_of_the_runner_is_recorded_as_a_counted_retry(tmp_path: Path) ->
     pipeline, ledger, store = make(tmp_path, COPY_UPPER, max_attempts=2)
     job = claim(ledger, store, "k")
     with structlog.testing.capture_logs() as logs:
-        queued = pipeline.record(job, crashed(RuntimeError("bug")))
+        queued = pipeline.record_crash(job, RuntimeError("bug"))
     assert queued.state is JobState.QUEUED and queued.counted_attempts == 1
     assert queued.error == "internal error: RuntimeError: bug"
     assert queued.next_attempt_at > pipeline.clock()
     (event,) = [e for e in logs if e["event"] == "job_retry_scheduled"]
     assert event["counted_attempts"] == 1 and not event["storage"] and not event["space"]
+    (crash,) = [e for e in logs if e["event"] == "job_crashed"]
+    assert crash["job_id"] == job.id and isinstance(crash["exc_info"], RuntimeError)
 
     pipeline.clock.offset += 100_000  # type: ignore[attr-defined]
     again = ledger.claim_next()
     assert again is not None
-    failed = pipeline.record(again, crashed(RuntimeError("bug")))
+    failed = pipeline.record_crash(again, RuntimeError("bug"))
     assert failed.state is JobState.FAILED and failed.counted_attempts == 2
     assert failed.error == "internal error: RuntimeError: bug; gave up after 2 attempts"
     record = store.json(OUT, "results/k/_failed.json")
@@ -47,3 +49,12 @@ def test_only_what_an_attempt_found_out_replaces_the_rows_earlier_values(tmp_pat
     assert (requeued.exit_code, requeued.stderr_tail, requeued.error) == (75, "slow", "exit 75")
     assert (requeued.counted_attempts, requeued.bytes_in, requeued.finished_at) == (1, 5, None)
     assert requeued.next_attempt_at <= ledger.history(job.id)[-1]["at"]  # due at once
+
+
+def test_a_crash_that_cannot_be_recorded_leaves_the_job_for_recovery(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)
+    job = claim(ledger, store, "k")
+    ledger.close()  # the write fails: the job stays running, and start-up recovery requeues it
+    with structlog.testing.capture_logs() as logs:
+        assert pipeline.record_crash(job, RuntimeError("bug")) is job
+    assert [e["event"] for e in logs] == ["job_crashed", "job_not_recorded"]

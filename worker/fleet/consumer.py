@@ -42,7 +42,7 @@ from worker.fleet.workqueue import (
 )
 from worker.job import Job
 from worker.ledger import Ledger
-from worker.outcome import Attempt, Outcome, crashed
+from worker.outcome import Attempt, Outcome
 from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.states import JobState
@@ -258,12 +258,8 @@ class QueueConsumer:
                 log.info("job_already_processed", job_id=job.id, key=job.key, reason=ALREADY_PROCESSED)
             else:
                 final = self._pipeline.run(job, token)
-        except Exception as exc:
-            log.exception("job_crashed", job_id=job.id, key=job.key)
-            try:
-                final = self._pipeline.record(job, crashed(exc))
-            except Exception:
-                log.exception("job_not_recorded", job_id=job.id)
+        except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
+            final = self._pipeline.record_crash(job, exc)
         finally:
             self._settle(held)
         return final
