@@ -43,6 +43,7 @@ AWS_SDK = frozenset({"boto3", "botocore", "s3transfer"})
 #: The adapters: each turns the SDK's errors into ours at the edge, so nothing else knows botocore.
 ADAPTERS = frozenset({
     "worker.storage.s3",            # S3: objects in and out (StorageError)
+    "worker.aws_errors",            # how the adapters above read botocore's errors
     "worker.fleet.sqs",             # SQS: the fleet's work queue (QueueError)
     "worker.fleet.autoscaling",     # Auto Scaling: scale-in protection (ScalingError)
     "worker.telemetry.cloudwatch",  # CloudWatch Logs, via watchtower

@@ -20,6 +20,7 @@ import botocore.exceptions
 import botocore.parsers
 from botocore.config import Config
 
+from worker.aws_errors import client_error
 from worker.errors import ScalingError
 from worker.retry import AUTOSCALING_CLIENT
 
@@ -64,9 +65,7 @@ class AutoScaling:
                 InstanceIds=[instance_id], AutoScalingGroupName=group, ProtectedFromScaleIn=protected
             )
         except botocore.exceptions.ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            message = err.get("Message") or str(exc)
+            code, message = client_error(exc)
             raise ScalingError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES,
                                code=code) from exc
         except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError) as exc:

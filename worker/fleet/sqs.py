@@ -17,6 +17,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from worker.aws_errors import TRANSPORT_ERRORS, client_error
 from worker.config import Settings, queue_region
 from worker.fleet.workqueue import MAX_BATCH, QueueError, Received
 from worker.retry import sqs_client
@@ -35,17 +36,10 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except botocore.exceptions.ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        message = err.get("Message") or str(exc)
+        code, message = client_error(exc)
         raise QueueError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES,
                          code=code) from exc
-    except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectionClosedError,
-        botocore.exceptions.ReadTimeoutError,
-        botocore.exceptions.ConnectTimeoutError,
-    ) as exc:
+    except TRANSPORT_ERRORS as exc:
         raise QueueError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise QueueError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc

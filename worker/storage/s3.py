@@ -26,6 +26,7 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from tenacity import RetryCallState
 
+from worker.aws_errors import TRANSPORT_ERRORS, client_error
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.identity import normalise_etag
@@ -86,9 +87,7 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except botocore.exceptions.ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        message = err.get("Message") or str(exc)
+        code, message = client_error(exc)
         if code in {"PreconditionFailed", "412"}:
             raise ObjectChanged(f"{what}: object changed since the event ({message})") from exc
         if code in {"NoSuchKey", "404", "NoSuchVersion", "NotFound"}:
@@ -97,10 +96,8 @@ def _translated(what: str) -> Iterator[None]:
             f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES, code=code
         ) from exc
     except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectionClosedError,
-        botocore.exceptions.ReadTimeoutError,
-        botocore.exceptions.ConnectTimeoutError,
+        *TRANSPORT_ERRORS,
+        # A GET's body broken off mid-stream: the connection again.
         botocore.exceptions.ResponseStreamingError,
         botocore.exceptions.IncompleteReadError,
     ) as exc:
