@@ -320,7 +320,14 @@ class Daemon(FleetSlots, DaemonStatus):
                     token = StopToken()
                     self._slots[job.id] = _Slot(job, token, time.monotonic())
         if job is None:
-            self.wake()  # a drain may be waiting for this reservation to go
+            with self._slots_lock:
+                # The reservation is gone: a receiver waiting for a free slot
+                # (wait_for_slot) must hear of it, or it sleeps its full wait.
+                self._slot_freed.notify_all()
+            if self._draining:
+                # The drain waits for reservations to go; an idle loop must
+                # not wake itself here (it would spin: issue 19).
+                self.wake()
             return None
         log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
                  state=job.state.value, attempt=job.attempts)
