@@ -105,16 +105,22 @@ def _run_locked(settings: Settings, lock: StateLock) -> int:
             print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
         store = S3Store.from_settings(settings.s3)
-        work_queue = None
+        work_queue = job_records = None
+        holder = ""
         if settings.queue.url:
+            from worker.fleet.dynamo import DynamoRecords
             from worker.fleet.sqs import SQSQueue  # a fleet's shared work queue
 
             work_queue = SQSQueue.from_settings(settings)
+            job_records = DynamoRecords.from_settings(settings)
+            holder = _holder_name(settings)
         # None unless [instance] asks for scale-in protection or an interruption watch.
         guard = guard_from_settings(settings)
         try:
             pipeline = Pipeline(settings, store, ledger, environ=os.environ)
-            return serve(Daemon(settings, ledger, pipeline, work_queue=work_queue, guard=guard), lock)
+            daemon = Daemon(settings, ledger, pipeline, work_queue=work_queue, job_records=job_records,
+                            holder=holder, guard=guard)
+            return serve(daemon, lock)
         except ProcessorError as exc:
             print(f"processor: {exc}", file=sys.stderr)
             return exitcodes.FAILURE
@@ -123,11 +129,27 @@ def _run_locked(settings: Settings, lock: StateLock) -> int:
                 guard.close()  # clears protection; bounded (~15 s)
             if work_queue is not None:
                 work_queue.close()
+            if job_records is not None:
+                job_records.close()
             store.close()
             ledger.close()
     finally:
         # Last: daemon_stopped and any crash report are queued for CloudWatch by now.
         logsetup.shutdown(settings.logging.flush_timeout_s)
+
+
+def _holder_name(settings: Settings) -> str:
+    """This daemon's name in fleet claims: ``[queue] holder``, the EC2 instance id, or host:state dir."""
+    if settings.queue.holder:
+        return settings.queue.holder
+    from worker.imds import instance_id
+
+    found = instance_id(settings.instance.imds_url)
+    if found:
+        return found
+    import socket
+
+    return f"{socket.gethostname()}:{settings.paths.state_dir}"
 
 
 def serve(daemon: Daemon, lock: StateLock) -> int:

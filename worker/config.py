@@ -68,7 +68,8 @@ class ProcessingSettings(NamedTuple):
     #: Counted attempts before a job is failed (Job.counted_attempts): attempts
     #: that ended in exit 75, a damaged download or an internal error, and those
     #: the daemon died during. Shutdowns, S3 outages and waits for disk space
-    #: are not counted (worker.outcome). A queue job counts its message's receives.
+    #: are not counted (worker.outcome). In a fleet the same things count; the
+    #: count lives in the fleet's job record (worker.fleet.record), not in SQS.
     max_attempts: int = 3
     #: Seconds between SIGTERM and SIGKILL when a command must be stopped.
     kill_grace_s: int = 10
@@ -177,6 +178,17 @@ class QueueSettings(NamedTuple):
     wait_s: int = 20
     #: Empty: a message may name any bucket; else a message for another bucket is malformed.
     input_bucket: str = ""
+    #: The fleet's job record table (DynamoDB): claims, counted attempts, the
+    #: fleet-wide view. Required with ``url``.
+    table: str = ""
+    #: Empty: ``endpoint_url`` (or AWS); else any DynamoDB-compatible endpoint.
+    table_endpoint_url: str = ""
+    #: Where malformed messages and jobs failed for good are sent, with their
+    #: reason; empty: the work queue's redrive policy's dead-letter queue.
+    dead_letter_url: str = ""
+    #: This daemon's name in claims and ``processorctl fleet``; empty: the EC2
+    #: instance id (IMDS), else ``<hostname>:<state dir>``.
+    holder: str = ""
 
 
 class Settings(NamedTuple):
@@ -339,9 +351,13 @@ def _check_environment(p: ProcessingSettings, fail: Callable[[str, str], None]) 
 
 def _check_queue(settings: Settings, fail: Callable[[str, str], None]) -> None:
     q = settings.queue
-    for key, url in (("queue.url", q.url), ("queue.endpoint_url", q.endpoint_url)):
+    for key, url in (("queue.url", q.url), ("queue.endpoint_url", q.endpoint_url),
+                     ("queue.table_endpoint_url", q.table_endpoint_url),
+                     ("queue.dead_letter_url", q.dead_letter_url)):
         if url and not url.startswith(("http://", "https://")):
             fail(key, f"must be empty or an http(s) URL, got {url!r}")
+    if q.url and not q.table:
+        fail("queue.table", "is required with queue.url: the fleet's job record table (DynamoDB)")
     if not 1 <= q.visibility_s <= SQS_MAX_INVISIBLE_S:
         fail("queue.visibility_s", f"must be 1..{SQS_MAX_INVISIBLE_S}, got {q.visibility_s}")
     if not 0 <= q.wait_s <= 20:

@@ -43,6 +43,7 @@ from worker.telemetry import metrics, systemd
 
 if TYPE_CHECKING:
     from worker.fleet.consumer import QueueConsumer, Runner
+    from worker.fleet.record import JobRecords
     from worker.fleet.workqueue import WorkQueue
     from worker.statelock import StateLock
 
@@ -67,8 +68,8 @@ class Daemon(FleetSlots, DaemonStatus):
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline,
         *, clock: Callable[[], float] = time.time, idle_wake_s: float = IDLE_WAKE_S,
-        work_queue: WorkQueue | None = None, guard: InstanceGuard | None = None,
-        notifier: Notifier = systemd,
+        work_queue: WorkQueue | None = None, job_records: JobRecords | None = None,
+        holder: str = "", guard: InstanceGuard | None = None, notifier: Notifier = systemd,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -95,7 +96,10 @@ class Daemon(FleetSlots, DaemonStatus):
         if work_queue is not None:
             from worker.fleet.consumer import QueueConsumer
 
-            self._consumer = QueueConsumer(settings, ledger, pipeline, work_queue, self, clock=clock)
+            if job_records is None:
+                raise ValueError("a work queue needs the fleet's job records (queue.table)")
+            self._consumer = QueueConsumer(settings, ledger, pipeline, work_queue, self, job_records,
+                                           holder=holder or "unnamed", clock=clock)
         self._draining = False
         #: Set by drain()/stop() at once, before the loop has begun the drain.
         self._drain_requested = False

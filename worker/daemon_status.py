@@ -70,6 +70,8 @@ class DaemonStatus:
         )
         if self._consumer is not None:
             text += f"; work queue: {self._consumer.holding} message(s) held"
+            if (pause := self._consumer.breaker.pause) is not None:
+                text += f"; receiving {pause.describe()}"
         return text
 
     def _status_due_in(self) -> float | None:

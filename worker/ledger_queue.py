@@ -45,17 +45,19 @@ class QueueJobs:
                   values: Mapping[str, Any], reason: str | None, at: float, *,
                   attempt: int | None = None, expect: JobState | None = None) -> None: ...
 
-    def claim_for_message(self, identity: Identity, receive_count: int) -> tuple[Job, bool]:
-        """Run the identity's job here for a message just received: ``(job, True)``.
+    def claim_for_message(self, identity: Identity, attempts: int,
+                          counted_attempts: int) -> tuple[Job, bool]:
+        """Run the identity's job here for a message whose fleet claim this daemon won: ``(job, True)``.
 
         The ledger holds each identity once: a job already queued (handed back
-        earlier, or submitted locally and not yet started) is the one claimed.
-        ``(job, False)`` when the job is running here already or has ended.
-        The message's receive count is the attempt number (fleet-wide: every
-        instance that held it counted), so ``counted_attempts`` is one less: every
-        earlier receive counts, whatever ended it.
-        Committed without an fsync (as ``claim_next``): the message, not this
-        row, is the job's durable record.
+        earlier, or submitted locally and not yet started) is the one claimed;
+        one that failed or was cancelled here earlier is queued again first
+        (the fleet record, which decides, says it runs again). ``attempts`` and
+        ``counted_attempts`` come from the fleet record: they are the job's,
+        fleet-wide, whatever instance spent them. ``(job, False)`` when the job
+        is running here already or succeeded here.
+        Committed without an fsync (as ``claim_next``): the message and the
+        fleet record, not this row, are the job's durable record.
         """
 
         now = self._clock()
@@ -70,17 +72,22 @@ class QueueJobs:
                      identity.etag, JobState.QUEUED.value, now, now, ORIGIN_QUEUE),
                 )
                 self._log(db, job_id, None, JobState.QUEUED, now, 0, "received from the work queue")
-            elif JobState(row["state"]) is not JobState.QUEUED:
-                return job_from_row(row), False
             else:
                 job_id = row["id"]
-            attempts = max(receive_count, 1)
+                state = JobState(row["state"])
+                if state in (JobState.FAILED, JobState.CANCELLED):
+                    self._move(db, row, JobState.QUEUED, {"next_attempt_at": now},
+                               "claimed again through the fleet record", now)
+                elif state is not JobState.QUEUED:
+                    return job_from_row(row), False
             self._move(
                 db, self._row(db, job_id), JobState.RUNNING,
-                {"attempts": attempts, "counted_attempts": attempts - 1, "origin": ORIGIN_QUEUE,
-                 "started_at": now, "finished_at": None, "phase": Phase.NONE.value, "bytes_done": 0,
-                 "bytes_total": 0, "bytes_in": 0, "bytes_out": 0, "next_attempt_at": now},
-                f"claimed for a work-queue message (receive {receive_count})", now,
+                {"attempts": max(attempts, 1), "counted_attempts": counted_attempts,
+                 "origin": ORIGIN_QUEUE, "started_at": now, "finished_at": None,
+                 "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0, "bytes_in": 0,
+                 "bytes_out": 0, "next_attempt_at": now},
+                f"claimed for a work-queue message (fleet attempt {attempts}, "
+                f"{counted_attempts} counted)", now,
             )
             return job_from_row(self._row(db, job_id)), True
 

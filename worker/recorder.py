@@ -84,7 +84,11 @@ class Recorder:
 
     def result_prefix(self, job: Job) -> str:
         """Where this job's outcome lands (worker.storage.layout)."""
-        return layout_result_prefix(self.settings.s3.output_prefix, job.key, job.id)
+        return self.result_prefix_of(job.key, job.id)
+
+    def result_prefix_of(self, key: str, job_id: str) -> str:
+        """Where the outcome of job ``job_id`` on ``key`` lands (worker.storage.layout)."""
+        return layout_result_prefix(self.settings.s3.output_prefix, key, job_id)
 
     def write_failure_record(self, failed: Job, log: Any) -> bool:
         """Write ``_failed.json`` for a failed job; False when S3 would not take it.

@@ -131,6 +131,10 @@ SQS_ATTEMPTS = 5
 SQS_CONNECT_TIMEOUT_S = 5
 SQS_READ_MARGIN_S = 15
 
+#: DynamoDB (the fleet's job record): small items, short reads; a claim that
+#: cannot be written hands its message back and the consumer pauses receiving.
+DYNAMODB_CLIENT = ClientRetries(attempts=4, connect_timeout_s=5, read_timeout_s=10)
+
 #: Auto Scaling: short, so one call ends within the instance guard's bounded close;
 #: the guard retries failures with its own backoff.
 AUTOSCALING_CLIENT = ClientRetries(attempts=2, connect_timeout_s=2, read_timeout_s=5)

@@ -86,18 +86,19 @@ def test_one_instance_keeps_the_ssm_flow(emulator: Emulator, tmp_path: Path) -> 
     assert (res.work_queue_url, res.work_dead_letter_queue_url) == ("", "")
     assert lambda_environment(res) == {"DOCUMENT_NAME": res.submit_document,
                                        "TARGET_INSTANCE_ID": res.instance_ids[0]}
-    config = tomllib.loads(write_config(tmp_path, res, _command(None)).read_text())
+    config = tomllib.loads(write_config(tmp_path, res, _command(None), holder="i-1").read_text())
     assert "queue" not in config
 
 
 def test_each_fleet_daemon_is_configured_for_the_queue(emulator: Emulator, tmp_path: Path) -> None:
     res = _provision(emulator, 2)
 
-    config = tomllib.loads(write_config(tmp_path, res, _command(None)).read_text())
+    config = tomllib.loads(write_config(tmp_path, res, _command(None), holder="i-1").read_text())
 
     assert config["queue"] == {"url": res.work_queue_url, "endpoint_url": res.endpoint,
                                "visibility_s": QUEUE_VISIBILITY_S, "wait_s": QUEUE_WAIT_S,
-                               "input_bucket": res.input_bucket}
+                               "input_bucket": res.input_bucket, "table": res.job_table,
+                               "dead_letter_url": res.work_dead_letter_queue_url, "holder": "i-1"}
     # A message no daemon can take reaches the DLQ only after every attempt.
     assert WORK_QUEUE_MAX_RECEIVES > config["processing"]["max_attempts"]
     assert config["s3"]["output_bucket"] == res.output_bucket

@@ -31,9 +31,12 @@ from tests.support.emulator import CREDENTIALS
 from tests.support.report import REPORT
 from worker.ctl.control_client import request
 from worker.errors import ControlError
+from worker.fleet.dynamo import table_definition
 from worker.process import reap_orphans
 
 IN, OUT = "fleet-in", "fleet-out"
+#: The fleet's job record table (DynamoDB on the emulator).
+TABLE = "fleet-jobs"
 #: The lease of the tests' daemons (and the queue's default visibility).
 LEASE_S = 10
 #: How long a wait may go without progress before a test fails.
@@ -50,6 +53,8 @@ class Fleet:
     root: Path
     runs: Path
     script: Path
+    dynamodb: Any = None
+    table: str = TABLE
 
     def config(self, name: str, *, processing: dict[str, Any] | None = None, **queue: Any) -> Path:
         directory = self.root / name
@@ -61,7 +66,7 @@ class Fleet:
                "retry_max_s": 2, "drain_timeout_s": 30, **(processing or {})},
         )
         settings = {"url": self.queue_url, "endpoint_url": self.endpoint, "visibility_s": LEASE_S,
-                    "wait_s": 2, **queue}
+                    "wait_s": 2, "table": self.table, "holder": name, **queue}
         with config.open("a") as fh:
             fh.write("[queue]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
         return config
@@ -132,7 +137,9 @@ def fleet(aws: Callable[[str], Any], moto_endpoint: str, short_tmp: Path) -> Fle
         'echo ok > "$2/out.txt"\n'
         'exit "${code:-0}"\n'
     )
-    return Fleet(s3, sqs, queue, dlq, moto_endpoint, short_tmp, runs, script)
+    dynamodb = aws("dynamodb")
+    dynamodb.create_table(**table_definition(TABLE))
+    return Fleet(s3, sqs, queue, dlq, moto_endpoint, short_tmp, runs, script, dynamodb)
 
 
 @contextmanager
@@ -300,8 +307,10 @@ def test_sigterm_hands_unfinished_jobs_to_the_others_within_seconds(fleet: Fleet
                    lambda: len(fleet.run_lines()))
     taken = [t - termed_at for _, t, who in fleet.run_lines() if who != "d0"]
     assert max(taken) <= 5.0, taken
-    released = events(first, "queue_message_released")
+    # Handed back as fresh messages, visible at once: a drain spends no receive.
+    released = events(first, "queue_message_handed_back")
     assert len(released) == 2 and all(e["visible_in_s"] == 0 for e in released)
+    assert not events(first, "queue_message_released")
     shown = json.loads(processorctl(first, "list", "--json").stdout)
     assert {j["state"] for j in shown} == {"queued"} and {j["origin"] for j in shown} == {"queue"}
 
@@ -337,6 +346,12 @@ def test_malformed_messages_go_to_the_dlq_and_never_stop_a_daemon(fleet: Fleet) 
         wait_until("the malformed messages in the DLQ",
                    lambda: fleet.queue_counts(fleet.dlq_url)[0] == len(bad),
                    lambda: fleet.queue_counts(fleet.dlq_url))
+        # Sent there by the daemons at their first receive, each with its reason.
+        dead = fleet.sqs.receive_message(QueueUrl=fleet.dlq_url, MaxNumberOfMessages=10,
+                                         MessageAttributeNames=["All"], VisibilityTimeout=30)["Messages"]
+        reasons = {m["Body"]: m["MessageAttributes"]["reason"]["StringValue"] for m in dead}
+        assert set(reasons) == set(bad.values())
+        assert reasons[bad["empty key"]] == "malformed message: key: must not be empty"
         assert all(p.poll() is None for p in procs)
         for config in configs:
             assert request(config.parent / "p.sock", "ping", timeout=5)["pid"]
@@ -349,7 +364,7 @@ def test_malformed_messages_go_to_the_dlq_and_never_stop_a_daemon(fleet: Fleet) 
 def test_exit_75_retries_across_instances_and_fails_at_max_attempts(fleet: Fleet) -> None:
     etag = fleet.put("retry/x", 0.3, 75)
     # d0's backoff (3-6 s) outlasts its last long poll (2 s), so d0 never receives
-    # the message again while it drains (which would count a receive too).
+    # the message again while it drains.
     first = fleet.config("d0", processing={"retry_base_s": 6, "retry_max_s": 6})
     second = fleet.config("d1")
     with daemon(first) as proc:
@@ -361,7 +376,7 @@ def test_exit_75_retries_across_instances_and_fails_at_max_attempts(fleet: Fleet
             lambda: len(fleet.run_lines()))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    released = events(first, "queue_message_released")
+    released = events(first, "queue_message_handed_back")
     assert len(released) == 1 and 3 <= released[0]["visible_in_s"] <= 6, released
     with daemon(second):
         wait_until("_failed.json", lambda: _exists(fleet.s3, OUT, "retry/x/_failed.json"),
@@ -373,7 +388,11 @@ def test_exit_75_retries_across_instances_and_fails_at_max_attempts(fleet: Fleet
     assert failed["attempts"] == 3 and "gave up after 3 attempts" in failed["error"]
     assert job["state"] == "failed" and job["attempts"] == 3
     assert [who for _, _, who in fleet.run_lines()] == ["d0", "d1", "d1"]
-    assert fleet.queue_counts(fleet.dlq_url) == (0, 0)
+    # Failed for good: its message is in the DLQ, with the reason.
+    (dead,) = fleet.sqs.receive_message(QueueUrl=fleet.dlq_url, MessageAttributeNames=["All"],
+                                        VisibilityTimeout=30)["Messages"]
+    assert "gave up after 3 attempts" in dead["MessageAttributes"]["reason"]["StringValue"]
+    assert dead["MessageAttributes"]["job_id"]["StringValue"] == job_id
 
 
 def test_restart_hands_queue_jobs_back_instead_of_rerunning_them(fleet: Fleet) -> None:

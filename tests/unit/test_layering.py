@@ -45,6 +45,7 @@ ADAPTERS = frozenset({
     "worker.storage.s3",            # S3: objects in and out (StorageError)
     "worker.aws_errors",            # how the adapters above read botocore's errors
     "worker.fleet.sqs",             # SQS: the fleet's work queue (QueueError)
+    "worker.fleet.dynamo",          # DynamoDB: the fleet's job records (RecordError)
     "worker.fleet.autoscaling",     # Auto Scaling: scale-in protection (ScalingError)
     "worker.telemetry.cloudwatch",  # CloudWatch Logs, via watchtower
     "worker.local.emulator",        # `processor local`: creates the emulator's resources

@@ -53,7 +53,7 @@ def _failed(ledger: Ledger) -> None:
 
 
 def _running_from_queue(ledger: Ledger) -> None:
-    assert ledger.claim_for_message(IDENT, 1)[1]
+    assert ledger.claim_for_message(IDENT, 1, 0)[1]
 
 
 Operation = tuple[Callable[[Ledger], None], tuple[JobState, JobState], Callable[[Ledger], object]]
@@ -64,7 +64,7 @@ OPERATIONS: dict[str, Operation] = {
     "transition": (_running, (R, S), lambda led: led.transition(IDENT.job_id(), S, expect=R)),
     "retry": (_failed, (F, Q), lambda led: led.retry(IDENT.job_id())),
     "requeue_interrupted": (_running, (R, Q), lambda led: led.requeue_interrupted("restarted")),
-    "claim_for_message": (_queued, (Q, R), lambda led: led.claim_for_message(IDENT, 2)),
+    "claim_for_message": (_queued, (Q, R), lambda led: led.claim_for_message(IDENT, 2, 1)),
     "hand_back_queue_jobs": (_running_from_queue, (R, Q), lambda led: led.hand_back_queue_jobs("restarted")),
 }
 
@@ -99,7 +99,7 @@ def test_a_message_for_a_new_object_is_not_recorded_when_its_claim_is_refused(
 ) -> None:
     monkeypatch.setitem(states._NEXT, Q, states._NEXT[Q] - {R})  # type: ignore[index]
     with pytest.raises(InvalidTransition):
-        ledger.claim_for_message(IDENT, 1)
+        ledger.claim_for_message(IDENT, 1, 0)
     assert ledger.find(IDENT) is None
 
 
@@ -184,7 +184,7 @@ def test_a_version_3_ledger_migrates_and_keeps_its_jobs(tmp_path: Path) -> None:
         assert (job.bytes_in, job.bytes_out) == (0, 0)
         assert [h["reason"] for h in ledger.history("j-old")] == ["submitted"]
         # The migrated ledger works: the old job runs and records its byte counts.
-        ledger.claim_for_message(Identity("b", "k", None, "x"), 5)
+        ledger.claim_for_message(Identity("b", "k", None, "x"), 5, 4)
         done = ledger.transition("j-old", S, expect=R, bytes_in=7, bytes_out=3)
         assert (done.bytes_in, done.bytes_out, done.counted_attempts) == (7, 3, 4)
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4

@@ -1,5 +1,6 @@
 """The daemon on a work queue, in-process: a real Daemon, Ledger and Pipeline (running a
-small shell command), on an in-memory queue (tests.support.fakes.FakeQueue) and object store."""
+small shell command), on an in-memory queue, fleet record store and object store
+(tests.support.fakes: FakeQueue, FakeRecords, FakeStore)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.support.fakes import FakeQueue, FakeStore
+from tests.support.fakes import FakeQueue, FakeRecords, FakeStore
 from tests.support.waiting import wait_until
 from worker import exitcodes, statelock
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.fleet.consumer import ALREADY_PROCESSED, QueueConsumer
+from worker.fleet.record import FleetJob, FleetState
 from worker.fleet.workqueue import QueueError
 from worker.identity import Identity
 from worker.job import Job
@@ -39,7 +41,7 @@ def settings(tmp: Path, *, concurrency: int = 2, visibility_s: int = 30, **proce
                        "concurrency": concurrency, "retry_base_s": 4, "retry_max_s": 4, **processing},
         "paths": {"state_dir": str(tmp / "state"), "socket": str(tmp / "d.sock")},
         "queue": {"url": "https://sqs.eu-west-1.amazonaws.com/1/q", "visibility_s": visibility_s,
-                  "wait_s": 0},
+                  "wait_s": 0, "table": "jobs"},
     }, {})
 
 
@@ -66,6 +68,7 @@ class Rig:
     store: FakeStore
     queue: FakeQueue
     guard: FakeGuard
+    records: FakeRecords
 
     def put(self, key: str, seconds: float = 0, code: int = 0) -> str:
         return self.store.put(IN, key, f"{seconds} {code}\n".encode())
@@ -86,12 +89,13 @@ def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
     store = FakeStore()
     queue = FakeQueue(journal=store.calls)  # type: ignore[arg-type]
     guard = FakeGuard()
+    records = FakeRecords()
     daemon = Daemon(conf, ledger, Pipeline(conf, store, ledger), idle_wake_s=0.05,
-                    work_queue=queue, guard=guard)
+                    work_queue=queue, job_records=records, holder="test-1", guard=guard)
     lock = statelock.acquire(conf.paths.state_dir)
     daemon.start(lock)
     try:
-        yield Rig(daemon, ledger, store, queue, guard)
+        yield Rig(daemon, ledger, store, queue, guard, records)
     finally:
         daemon.stop(reason="test over")
         try:
@@ -140,13 +144,15 @@ def test_it_receives_only_as_many_messages_as_it_has_free_slots(short_tmp: Path)
         assert r.job("local.txt", local).state is JobState.SUCCEEDED
 
 
-def test_a_malformed_message_is_logged_left_alone_and_holds_no_slot(short_tmp: Path) -> None:
+def test_a_malformed_message_goes_to_the_dead_letter_queue_at_once_with_its_reason(short_tmp: Path) -> None:
     with capture_logs() as logs, rig(short_tmp, concurrency=1) as r:
         bad = r.queue.send('{"bucket": "in", "key": ""}')
         etag = r.put("good.txt")
         good = r.send("good.txt", etag)
         until(lambda: ("delete", good) in r.queue.calls, "the good job")
-        assert [m.id for m in r.queue.messages] == [bad]  # not deleted, not released
+        assert ("delete", bad) in r.queue.calls and not r.queue.messages
+        assert r.queue.dead_letters == [('{"bucket": "in", "key": ""}',
+                                         "malformed message: key: must not be empty", None)]
         assert not [c for c in r.queue.calls if c[0] == "set_visibility" and c[1][0] == bad]
     malformed = [e for e in logs if e["event"] == "queue_message_malformed"]
     assert malformed[0]["message_id"] == bad and malformed[0]["field"] == "key"
@@ -176,30 +182,58 @@ def test_a_manifest_of_an_older_version_does_not_stop_the_job(short_tmp: Path) -
         assert r.store.json(OUT, "v.txt/_manifest.json")["source"]["etag"] == etag
 
 
-def test_exit_75_releases_the_message_with_the_backoff_and_hands_the_job_back(short_tmp: Path) -> None:
+def _sent(queue: FakeQueue) -> list[tuple[str, int]]:
+    return [c[1] for c in queue.calls if c[0] == "send"]
+
+
+def test_exit_75_hands_the_message_back_as_a_fresh_delayed_one_and_counts_in_the_record(
+    short_tmp: Path,
+) -> None:
     with rig(short_tmp) as r:
         etag = r.put("t.txt", 0, 75)
         message = r.send("t.txt", etag)
-        until(lambda: any(c[0] == "set_visibility" for c in r.queue.calls), "the release")
-        released = [c[1] for c in r.queue.calls if c[0] == "set_visibility"]
-        assert released[0][0] == message and 2 <= released[0][1] <= 4  # backoff of 4 s, jittered
+        until(lambda: ("delete", message) in r.queue.calls, "the hand-back")
+        (fresh, delay), = _sent(r.queue)[1:]  # the first send is the test's own
+        assert fresh != message and 2 <= delay <= 4  # backoff of 4 s, jittered
+        assert not [c for c in r.queue.calls if c[0] == "set_visibility"]  # no receive spent
         job = r.job("t.txt", etag)
         assert job.state is JobState.QUEUED and job.origin == "queue"
         assert r.ledger.history(job.id)[-1]["reason"] == \
             "command asked for a retry (exit 75); handed back to the work queue"
+        record = r.records.items[job.id]
+        assert record.state.value == "waiting" and record.counted_attempts == 1 and not record.holder
+        assert record.waiting_until is not None
         # Not locally due: the local dispatch never claims it on its own.
         assert r.ledger.claim_next() is None and r.ledger.next_due_at() is None
 
 
-def test_attempts_are_the_messages_receive_count_so_the_last_one_fails(short_tmp: Path) -> None:
+def test_counted_attempts_travel_in_the_fleet_record_so_the_last_one_fails(short_tmp: Path) -> None:
     with rig(short_tmp, max_attempts=3) as r:
         etag = r.put("p.txt", 0, 75)
+        identity = Identity(IN, "p.txt", None, etag)
+        # Two attempts spent on other instances (exit 75 each), now waiting.
+        r.records.items[identity.job_id()] = FleetJob(
+            identity.job_id(), IN, "p.txt", None, etag, FleetState.WAITING, rev=4, attempts=2,
+            counted_attempts=2)
         message = r.send("p.txt", etag)
-        r.queue.messages[0].receive_count = 2  # two other instances held it before
-        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        until(lambda: r.queue.dead_letters, "the dead letter")
         job = r.job("p.txt", etag)
         assert job.state is JobState.FAILED and job.attempts == 3
         assert "gave up after 3 attempts" in r.store.json(OUT, "p.txt/_failed.json")["error"]
+        assert ("delete", message) in r.queue.calls and not r.queue.messages
+        body, reason, job_id = r.queue.dead_letters[0]
+        assert job_id == job.id and "gave up after 3 attempts" in reason
+        assert r.records.items[job.id].state is FleetState.FAILED
+
+
+def test_the_receive_count_decides_nothing(short_tmp: Path) -> None:
+    with rig(short_tmp, max_attempts=3) as r:
+        etag = r.put("many.txt")
+        message = r.send("many.txt", etag)
+        r.queue.messages[0].receive_count = 9  # received often before (drains, outages)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        job = r.job("many.txt", etag)
+        assert job.state is JobState.SUCCEEDED and job.counted_attempts == 0 and job.attempts == 1
 
 
 def test_a_duplicate_of_a_job_that_ended_here_is_deleted_without_running(short_tmp: Path) -> None:
@@ -238,8 +272,10 @@ def test_a_drain_hands_running_queue_jobs_back_at_once(short_tmp: Path) -> None:
         until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
         started = time.monotonic()
         r.daemon.drain()
-        until(lambda: ("set_visibility", (message, 0)) in r.queue.calls, "the release")
+        until(lambda: ("delete", message) in r.queue.calls, "the hand-back")
+        assert [d for _, d in _sent(r.queue)[1:]] == [0]  # a fresh message, visible at once
         assert time.monotonic() - started < 15  # the command's stop, not the 60 s drain timeout
+        assert r.records.items[r.job("long.txt", etag).id].counted_attempts == 0
         assert r.job("long.txt", etag).state is JobState.QUEUED
         assert r.daemon.wait(WAIT_S) == exitcodes.OK  # handing queue jobs back is no interruption
 
@@ -250,7 +286,7 @@ def test_the_guards_interruption_notice_starts_the_drain(short_tmp: Path) -> Non
         message = r.send("spot.txt", etag)
         until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
         r.guard.reason = "spot interruption notice: terminate at 12:00"
-        until(lambda: ("set_visibility", (message, 0)) in r.queue.calls, "the release")
+        until(lambda: ("delete", message) in r.queue.calls, "the hand-back")
         assert r.daemon.wait(WAIT_S) == exitcodes.OK
     drain = [e for e in logs if e["event"] == "drain_started"]
     assert drain[0]["reason"] == "spot interruption notice: terminate at 12:00"
@@ -259,7 +295,7 @@ def test_the_guards_interruption_notice_starts_the_drain(short_tmp: Path) -> Non
 def test_queue_jobs_left_running_are_handed_back_at_start_not_rerun(short_tmp: Path) -> None:
     conf = settings(short_tmp)
     with Ledger(conf.paths.ledger) as ledger:
-        job, claimed = ledger.claim_for_message(Identity(IN, "x.txt", None, "e"), 1)
+        job, claimed = ledger.claim_for_message(Identity(IN, "x.txt", None, "e"), 1, 0)
         assert claimed and job.state is JobState.RUNNING
     with rig(short_tmp) as r:
         until(lambda: r.ledger.get(job.id).state is JobState.QUEUED, "the hand-back")
@@ -278,13 +314,13 @@ def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(shor
     conf = settings(short_tmp, concurrency=3)
     with Ledger(conf.paths.ledger) as ledger:
         daemon = Daemon(conf, ledger, Pipeline(conf, FakeStore(), ledger),
-                        work_queue=FakeQueue())
+                        work_queue=FakeQueue(), job_records=FakeRecords(), holder="h")
         try:
             assert daemon.reserve_for_poll(10) == 3  # every free slot, never more
             assert daemon.reserve_for_poll(10) == 0
             ledger.submit(Identity(IN, "local", None, "e"))
             assert daemon._claim() is None  # the slots are reserved for the receive in flight
-            job, claimed = ledger.claim_for_message(Identity(IN, "q", None, "e"), 1)
+            job, claimed = ledger.claim_for_message(Identity(IN, "q", None, "e"), 1, 0)
             assert claimed and daemon.start_queue_job(job, lambda j, _t: j)
             # The receive brought one message fewer than it could take: the freed
             # slot goes to the local job at once, before the next receive can reserve it.
@@ -294,7 +330,7 @@ def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(shor
             daemon.end_poll(1)
             daemon._start_drain("test")
             assert daemon.reserve_for_poll(10) == 0  # a drain receives nothing more
-            job2, _ = ledger.claim_for_message(Identity(IN, "q2", None, "e"), 1)
+            job2, _ = ledger.claim_for_message(Identity(IN, "q2", None, "e"), 1, 0)
             assert not daemon.start_queue_job(job2, lambda j, _t: j)
         finally:
             daemon._stop_slot_threads(timeout_s=1)
@@ -322,7 +358,9 @@ def test_a_drain_between_claim_and_start_hands_the_job_back_through_the_outcome_
     conf = settings(short_tmp)
     store, queue = FakeStore(), FakeQueue()
     with Ledger(conf.paths.ledger) as ledger, capture_logs() as logs:
-        consumer = QueueConsumer(conf, ledger, Pipeline(conf, store, ledger), queue, _DrainingHost())
+        records = FakeRecords()
+        consumer = QueueConsumer(conf, ledger, Pipeline(conf, store, ledger), queue, _DrainingHost(),
+                                 records, holder="h")
         etag = store.put(IN, "late.txt", b"0 0\n")
         message_id = queue.send(json.dumps({"bucket": IN, "key": "late.txt", "etag": etag}))
         received = queue.receive(1, 0)[0]
@@ -330,7 +368,97 @@ def test_a_drain_between_claim_and_start_hands_the_job_back_through_the_outcome_
         job = ledger.find(Identity(IN, "late.txt", None, etag))
         assert job is not None and job.state is JobState.QUEUED and job.counted_attempts == 0
         assert ledger.history(job.id)[-1]["reason"] == "daemon draining; handed back to the work queue"
-        # ... and its message is visible again at once, for another instance.
-        assert ("set_visibility", (message_id, 0)) in [(c[0], c[1]) for c in queue.calls]
+        # ... and its message is back at once (a fresh one), for another instance.
+        assert ("delete", message_id) in queue.calls and [d for _, d in _sent(queue)[1:]] == [0]
+        assert records.items[job.id].state is FleetState.QUEUED and not records.items[job.id].holder
     events = [e["event"] for e in logs if e.get("job_id") == job.id]
-    assert events.index("job_requeued") < events.index("queue_message_released")
+    assert events.index("job_requeued") < events.index("queue_message_handed_back")
+
+
+def _record(key: str, etag: str, **fields: Any) -> FleetJob:
+    identity = Identity(IN, key, None, etag)
+    return FleetJob(identity.job_id(), IN, key, None, etag, **fields)
+
+
+def test_a_duplicate_while_a_live_holder_runs_the_job_is_dropped_without_running(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        etag = r.put("busy.txt")
+        r.records.items[_record("busy.txt", etag, state=FleetState.WAITING).job_id] = _record(
+            "busy.txt", etag, state=FleetState.RUNNING, rev=2, holder="i-other", token="t",
+            message_id="m-elsewhere", lease_until=time.time() + 300, attempts=1)
+        duplicate = r.send("busy.txt", etag)
+        until(lambda: ("delete", duplicate) in r.queue.calls, "the drop")
+        assert ("download", IN, "busy.txt") not in r.store.calls
+        assert r.records.items[r.records.newest_for_object(IN, "busy.txt")[0].job_id].holder == "i-other"
+
+
+def test_the_holders_own_message_back_early_is_deferred_not_run(short_tmp: Path) -> None:
+    with rig(short_tmp) as r:
+        etag = r.put("own.txt")
+        message = r.send("own.txt", etag)
+        rec = _record("own.txt", etag, state=FleetState.RUNNING, rev=2, holder="i-other", token="t",
+                      message_id=message, lease_until=time.time() + 100, attempts=1)
+        r.records.items[rec.job_id] = rec
+        until(lambda: any(c[0] == "set_visibility" for c in r.queue.calls), "the deferral")
+        (mid, delay), = [c[1] for c in r.queue.calls if c[0] == "set_visibility"]
+        assert mid == message and 95 <= delay <= 105
+        assert ("download", IN, "own.txt") not in r.store.calls
+
+
+def test_a_dead_holders_job_is_taken_over_and_the_last_death_fails_it(short_tmp: Path) -> None:
+    with capture_logs() as logs, rig(short_tmp, max_attempts=3) as r:
+        etag = r.put("poison.txt")
+        rec = _record("poison.txt", etag, state=FleetState.RUNNING, rev=7, holder="i-gone", token="t",
+                      message_id="m-old", lease_until=time.time() - 1, attempts=3, counted_attempts=2)
+        r.records.items[rec.job_id] = rec
+        message = r.send("poison.txt", etag)
+        until(lambda: r.queue.dead_letters, "the dead letter")
+        assert ("download", IN, "poison.txt") not in r.store.calls  # never run again
+        job = r.job("poison.txt", etag)
+        assert job.state is JobState.FAILED and "holder died during 3 attempts" in (job.error or "")
+        assert "holder died during 3 attempts" in r.store.json(OUT, "poison.txt/_failed.json")["error"]
+        assert ("delete", message) in r.queue.calls and not r.queue.messages
+        assert r.records.items[rec.job_id].state is FleetState.FAILED
+    assert [e for e in logs if e["event"] == "job_holder_died"]
+
+
+def test_while_s3_is_down_the_daemon_stops_receiving_then_resumes(short_tmp: Path) -> None:
+    with rig(short_tmp, concurrency=1, retry_base_s=1, retry_max_s=1) as r:
+        etag = r.put("o.txt")
+        r.store.down = True
+        first = r.send("o.txt", etag)
+        until(lambda: ("delete", first) in r.queue.calls, "the hand-back")
+        until(lambda: r.daemon.status()["queue"]["paused"], "the pause")
+        assert "storage unavailable since" in r.daemon.status()["queue"]["paused"]
+        assert "receiving paused" in r.daemon._status_text()
+        receives = len([c for c in r.queue.calls if c[0] == "receive"])
+        time.sleep(2.5)  # two probe intervals: probes, but no receive
+        assert len([c for c in r.queue.calls if c[0] == "receive"]) == receives
+        r.store.down = False
+        until(lambda: r.job("o.txt", etag).state is JobState.SUCCEEDED, "the job after the outage")
+        assert r.daemon.status()["queue"]["paused"] is None
+        job = r.job("o.txt", etag)
+        assert job.counted_attempts == 0 and r.records.items[job.id].counted_attempts == 0
+        assert ("o.txt/_failed.json") not in {k for _, k in r.store.objects}
+
+
+def test_a_freed_slot_reaches_the_receiver_without_a_timed_wait(short_tmp: Path, monkeypatch: Any) -> None:
+    import worker.fleet.consumer as consumer
+
+    # A lost wake-up would now stall for an hour (and the liveness bound fail).
+    monkeypatch.setattr(consumer, "SLOT_WAIT_S", 3600.0)
+    with rig(short_tmp, concurrency=1) as r:
+        claim_next = r.ledger.claim_next
+
+        def slow_claim_next() -> Any:
+            # The slot thread's look for a local job holds the freed slot a moment:
+            # the receiver wakes meanwhile, finds no slot and waits again.
+            time.sleep(0.05)
+            return claim_next()
+
+        monkeypatch.setattr(r.ledger, "claim_next", slow_claim_next)
+        sent = []
+        for n in range(6):
+            etag = r.put(f"seq{n}.txt")
+            sent.append(r.send(f"seq{n}.txt", etag))
+        until(lambda: all(("delete", m) in r.queue.calls for m in sent), "every message")

@@ -136,7 +136,7 @@ def test_every_adapter_builds_its_client_from_the_budget() -> None:
     assert TRANSFER_CONFIG.num_download_attempts == retry.S3_DOWNLOAD_GET_ATTEMPTS
     settings = settings_from_mapping(
         {"s3": {"output_bucket": "o"},
-         "queue": {"url": "http://127.0.0.1:9/000000000000/q", "wait_s": 7}}, {})
+         "queue": {"url": "http://127.0.0.1:9/000000000000/q", "wait_s": 7, "table": "t"}}, {})
     sqs = SQSQueue.from_settings(settings)
     assert _client_policy(sqs._client) == retry.sqs_client(7)
     scaling = AutoScaling.connect("eu-west-1")

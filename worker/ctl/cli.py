@@ -91,13 +91,34 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--json", action="store_true")
 
     listing = sub.add_parser("list", help="list jobs, oldest first")
-    listing.add_argument("--state", choices=[s.value for s in JobState])
+    listing.add_argument("--state", help=f"one of {', '.join(s.value for s in JobState)} "
+                         "(with --fleet: a comma-separated list, 'waiting' too)")
     listing.add_argument("--limit", type=int, default=None)
+    listing.add_argument("--fleet", action="store_true",
+                         help="the whole fleet's jobs, from the fleet's job record ([queue] table)")
+    listing.add_argument("--since", type=_duration, metavar="DURATION",
+                         help="with --fleet: updated in the last DURATION (e.g. 1h)")
     listing.add_argument("--json", action="store_true")
 
     show = sub.add_parser("show", help="one job in full, with its transitions")
-    show.add_argument("job_id")
+    show.add_argument("job_id", help="a job id, or s3://BUCKET/KEY (fleet-wide with [queue] table)")
+    show.add_argument("--fleet", action="store_true",
+                      help="the job's fleet-wide record ([queue] table) rather than this ledger's")
+    show.add_argument("--all-versions", action="store_true",
+                      help="with s3://BUCKET/KEY: every version's job, newest first")
     show.add_argument("--json", action="store_true")
+
+    fleet = sub.add_parser("fleet", help="the work queue and the running jobs of every instance")
+    fleet.add_argument("--json", action="store_true")
+
+    dlq = sub.add_parser("dlq", help="the work queue's dead letters: list them with reasons, or redrive")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, text in (("list", "dead letters with their reasons (left in place)"),
+                       ("redrive", "move dead letters back to the work queue; their failed "
+                                   "job records are reset so they run again")):
+        one = dlq_sub.add_parser(name, help=text)
+        one.add_argument("--limit", type=int, default=None if name == "redrive" else 10)
+        one.add_argument("--json", action="store_true")
 
     status = sub.add_parser("status", help="counts per state and what the daemon is doing")
     status.add_argument("--json", action="store_true")

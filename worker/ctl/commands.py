@@ -18,7 +18,7 @@ from worker import exitcodes
 from worker.config import Settings
 from worker.ctl.control_client import request, wake
 from worker.ctl.render import describe, dump_json, printable, result_location, table, when
-from worker.errors import ControlError, InvalidTransition
+from worker.errors import ControlError, InvalidTransition, UsageError
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.states import JobState
@@ -27,7 +27,15 @@ Command = Callable[[argparse.Namespace, Settings, Ledger, TextIO], int]
 
 
 def _list(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    state = JobState(args.state) if args.state else None
+    if args.fleet:
+        from worker.ctl.fleet import list_fleet
+
+        return list_fleet(args, settings, ledger, out)
+    try:
+        state = JobState(args.state) if args.state else None
+    except ValueError:
+        raise UsageError(f"--state {args.state!r}: use one of "
+                         f"{', '.join(s.value for s in JobState)}") from None
     jobs = ledger.list_jobs(state, limit=args.limit)
     if args.json:
         dump_json(out, [job.to_dict() for job in jobs])
@@ -42,6 +50,10 @@ def _list(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
 
 
 def _show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    if args.fleet or (args.job_id.startswith("s3://") and settings.queue.table):
+        from worker.ctl.fleet import show
+
+        return show(args, settings, ledger, out)
     job = ledger.get(args.job_id)
     history = ledger.history(job.id)
     if args.json:
@@ -176,7 +188,19 @@ def _report(out: TextIO, as_json: bool, job: Job) -> None:
 
 
 #: Every command but ``submit`` (worker.ctl.cli's own), by name.
+def _fleet(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    from worker.ctl.fleet import fleet  # boto3: only when asked for
+
+    return fleet(args, settings, ledger, out)
+
+
+def _dlq(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
+    from worker.ctl.fleet import dlq  # boto3: only when asked for
+
+    return dlq(args, settings, ledger, out)
+
+
 COMMANDS: Mapping[str, Command] = {
     "list": _list, "show": _show, "status": _status, "cancel": _cancel,
-    "retry": _retry, "logs": _logs, "reconcile": _reconcile,
+    "retry": _retry, "logs": _logs, "reconcile": _reconcile, "fleet": _fleet, "dlq": _dlq,
 }

@@ -2,19 +2,25 @@
 
 A receiver thread of its own asks the queue for as many messages as the
 daemon has free slots (never more, so every slot is busy whenever a message is
-visible) and long-polls; the main loop never waits on it. Each message becomes
-a ledger job (the same id ``processorctl submit`` gives) run in a slot thread.
-A heartbeat thread extends each held message's visibility every
-``visibility_s / 3`` while its job runs. The message is deleted only once the
-job's outcome is durable in the output bucket (``_manifest.json`` or
-``_failed.json``); a retry (exit 75, S3 away) releases it with the backoff as
-its visibility, and a drain releases it at once, so any instance may take it.
+visible) and long-polls; the main loop never waits on it. Each message is
+first claimed in the fleet's job record (``worker.fleet.claims``): only the
+claim's winner runs the job, as a ledger job (the same id ``processorctl
+submit`` gives) in a slot thread. A heartbeat thread renews the claim and the
+message's visibility every ``visibility_s / 3`` while the job runs.
+
+How a message ends (docs/ARCHITECTURE.md "The fleet"):
+- success or cancel: the message is deleted once the outcome is durable;
+- failed for good: once ``_failed.json`` is written the message goes to the
+  dead-letter queue with the reason as a message attribute;
+- a wait (exit 75's backoff, S3 or disk space away, a drain): handed back as a
+  **fresh message** (delayed by the backoff) and the old one deleted, so no
+  wait spends a receive and nothing drifts toward the DLQ; attempts are
+  counted in the fleet record by the one outcome policy;
+- malformed: straight to the dead-letter queue with its reason.
 
 Before running, an existing ``_manifest.json`` of the same version means the
-job was already processed (by any instance): it ends succeeded, the command
-does not run, and the message is deleted. That makes duplicate messages and
-redeliveries harmless. A malformed message is logged and left alone: it holds
-no slot, and the queue's redrive policy moves it to the DLQ.
+job was already processed: it ends succeeded and the command does not run.
+While S3 is down the receiver pauses (``worker.fleet.breaker``).
 """
 
 from __future__ import annotations
@@ -31,8 +37,12 @@ import structlog
 
 from worker.config import SQS_MAX_INVISIBLE_S, Settings
 from worker.errors import LedgerError, StorageError
+from worker.fleet.breaker import Breaker
+from worker.fleet.claims import Claim, FleetClaims
+from worker.fleet.record import ClaimKind, FleetJob, FleetState, JobRecords, RecordError
 from worker.fleet.workqueue import (
     MAX_BATCH,
+    MAX_DELAY_S,
     MalformedMessage,
     QueueError,
     Received,
@@ -45,6 +55,7 @@ from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome
 from worker.pipeline import Pipeline
 from worker.process import StopToken
+from worker.recorder import job_logger
 from worker.states import JobState
 from worker.storage.base import ObjectStore
 from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
@@ -52,11 +63,11 @@ from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 #: First and longest wait after a failed receive (the endpoint down, throttling).
 RECEIVE_BACKOFF_S = (1.0, 30.0)
 
-#: How long the receiver waits for a slot to free before looking again.
+#: How long the receiver waits for a slot to free before looking again. Only a
+#: fallback: a freed slot (or a dropped reservation) notifies the receiver at once.
 SLOT_WAIT_S = 1.0
 
-#: When the ledger cannot take a claim (full disk), the message is released for
-#: this long: another instance can take it meanwhile.
+#: When the ledger cannot take a claim (full disk), the message comes back after this long.
 LEDGER_TROUBLE_DELAY_S = 30
 
 #: Ledger reason of a job that ends because its result already exists.
@@ -90,8 +101,10 @@ class Held:
 
     message_id: str
     receipt: str
+    body: str
     receive_count: int
     job_id: str
+    claim: Claim
     #: time.monotonic() of the receive or the last visibility extension.
     extended_at: float
     #: Set once the message is deleted or released: no extension may follow
@@ -103,7 +116,7 @@ class Held:
 class QueueConsumer:
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline, queue: WorkQueue,
-        host: SlotHost, *, clock: Callable[[], float] = time.time,
+        host: SlotHost, records: JobRecords, *, holder: str, clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._q = settings.queue
@@ -113,6 +126,10 @@ class QueueConsumer:
         self._queue = queue
         self._host = host
         self._clock = clock
+        self._claims = FleetClaims(records, holder, lease_s=self._q.visibility_s,
+                                   max_attempts=settings.processing.max_attempts, clock=clock)
+        self.breaker = Breaker(self._probe_storage, settings.processing.retry_base_s,
+                               settings.processing.retry_max_s, clock=clock)
         self._held: dict[str, Held] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -129,11 +146,11 @@ class QueueConsumer:
             self._threads.append(thread)
 
     def stop_receiving(self) -> None:
-        """No more receives (a drain); a receive in flight releases what it brings at once."""
+        """No more receives (a drain); a receive in flight hands back what it brings at once."""
         self._stopping.set()
 
     def close(self) -> None:
-        """Stop both threads; release any message still held (its job has been stopped)."""
+        """Stop both threads; hand back any message still held (its job has been stopped)."""
         self._stopping.set()
         receiver = self._threads[0] if self._threads else None
         if receiver is not None:
@@ -154,8 +171,15 @@ class QueueConsumer:
         with self._lock:
             return len(self._held)
 
+    @property
+    def holder(self) -> str:
+        return self._claims.holder.instance
+
     def status(self) -> dict[str, Any]:
-        return {"url": self._q.url, "held": self.holding, "receiving": not self._stopping.is_set(),
+        pause = self.breaker.pause
+        return {"url": self._q.url, "held": self.holding, "holder": self.holder,
+                "receiving": not self._stopping.is_set() and pause is None,
+                "paused": pause.describe() if pause is not None else None,
                 "visibility_s": self._q.visibility_s}
 
     # -- receiving ------------------------------------------------------------
@@ -163,6 +187,8 @@ class QueueConsumer:
     def _receive_loop(self) -> None:
         delay = RECEIVE_BACKOFF_S[0]
         while not self._stopping.is_set():
+            if not self.breaker.wait_and_probe(self._stopping):
+                continue
             wanted = self._host.reserve_for_poll(MAX_BATCH)
             if wanted == 0:
                 self._host.wait_for_slot(SLOT_WAIT_S)
@@ -191,77 +217,125 @@ class QueueConsumer:
         try:
             identity = parse_message(message.body, self._q.input_bucket)
         except MalformedMessage as exc:
-            # Left invisible until its lease ends, then received again, until the
-            # redrive policy moves it to the DLQ; it holds no slot meanwhile.
             log.error("queue_message_malformed", message_id=message.message_id, field=exc.field,
                       error=str(exc), receive_count=message.receive_count)
+            self._dead_letter(message.receipt, message.message_id, message.body,
+                              f"malformed message: {exc}", None)
             return 0
-        if self._stopping.is_set():
-            self._release(message.receipt, message.message_id, 0, "daemon draining")
+        if self._stopping.is_set() or self.breaker.pause is not None:
+            why = "daemon draining" if self._stopping.is_set() else "receiving paused"
+            self._hand_back(message.receipt, message.message_id, message.body, 0, why, None)
+            return 0
+        bound = log.bind(message_id=message.message_id, key=identity.key)
+        try:
+            claim = self._claims.claim(identity, message.message_id)
+        except RecordError as exc:
+            bound.error("queue_claim_failed", error=str(exc))
+            self.breaker.open("job records", str(exc))
+            self._hand_back(message.receipt, message.message_id, message.body,
+                            int(self._settings.processing.retry_base_s), "job records unavailable", None)
+            return 0
+        record = claim.record
+        bound = bound.bind(job_id=record.job_id, fleet_state=record.state.value)
+        if claim.kind is ClaimKind.DROP:
+            bound.info("queue_duplicate_dropped", reason=claim.reason)
+            self._delete(message.receipt, message.message_id, record.job_id)
+            return 0
+        if claim.kind is ClaimKind.DEFER:
+            bound.info("queue_message_deferred", reason=claim.reason)
+            self._release(message.receipt, message.message_id,
+                          max(1, math.ceil(claim.until - self._clock()) + 2), claim.reason, record.job_id)
+            return 0
+        if claim.kind is ClaimKind.ENDED:
+            self._ended(message, claim)
             return 0
         try:
-            job, claimed = self._ledger.claim_for_message(identity, message.receive_count)
+            job, claimed = self._ledger.claim_for_message(identity, record.attempts,
+                                                          record.counted_attempts)
         except LedgerError as exc:
-            log.error("queue_claim_failed", message_id=message.message_id, error=str(exc))
-            self._release(message.receipt, message.message_id, LEDGER_TROUBLE_DELAY_S, "ledger error")
+            bound.error("queue_claim_failed", error=str(exc))
+            self._claims.give_up(claim, FleetState.QUEUED, counted_attempts=record.counted_attempts,
+                                 error=f"ledger error on {self.holder}")
+            self._hand_back(message.receipt, message.message_id, message.body, LEDGER_TROUBLE_DELAY_S,
+                            "ledger error", record.job_id)
             return 0
+        held = Held(message.message_id, message.receipt, message.body, message.receive_count, job.id,
+                    claim, time.monotonic())
         if not claimed:
-            self._not_claimed(message, job)
+            # This ledger holds the job as running (it cannot be: this process
+            # holds no such claim) or succeeded (the fleet record was lost).
+            bound.warning("queue_claim_refused_by_ledger", state=job.state.value)
+            self._settle(held, job, Outcome.SUCCEEDED)
             return 0
-        held = Held(message.message_id, message.receipt, message.receive_count, job.id, time.monotonic())
+        if claim.kind is ClaimKind.FAIL:
+            # Its holders died max_attempts times: failed for good, without a run.
+            bound.error("job_holder_deaths_exhausted", reason=claim.reason)
+            final = self._pipeline.record(job, Attempt(Outcome.FAILED, claim.reason))
+            self._settle(held, final, Outcome.FAILED)
+            return 0
         with self._lock:
             self._held[job.id] = held
-        log.info("queue_message_received", job_id=job.id, message_id=message.message_id,
-                 key=job.key, receive_count=message.receive_count)
+        bound.info("queue_message_received", attempt=record.attempts,
+                   counted_attempts=record.counted_attempts, receive_count=message.receive_count,
+                   takeover=claim.death or None)
         if self._host.start_queue_job(job, functools.partial(self._run, held=held)):
             return 1
         # A drain began between the claim and the start: hand it straight back
         # (through the one outcome policy, like every other end of an attempt).
         try:
-            self._pipeline.record(job, Attempt(Outcome.REQUEUE, "daemon draining"))
+            final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "daemon draining"))
         except (LedgerError, StorageError) as exc:
             log.error("job_not_recorded", job_id=job.id, error=str(exc))
-        self._settle(held)  # released at once either way
+            final = job
+        self._settle(held, final, Outcome.REQUEUE)
         return 0
 
-    def _not_claimed(self, message: Received, job: Job) -> None:
-        """A message for a job running here already, or ended here earlier."""
-        bound = log.bind(job_id=job.id, message_id=message.message_id, state=job.state.value)
-        if job.state is JobState.RUNNING:
-            # A duplicate of a job running here: keep it out of the way (no slot)
-            # until the job has likely ended; then the manifest check settles it.
-            bound.info("queue_message_deferred", reason="its job is running here")
-            self._release(message.receipt, message.message_id, self._q.visibility_s, "job running here")
+    def _ended(self, message: Received, claim: Claim) -> None:
+        """A message for a job that has ended fleet-wide."""
+        record = claim.record
+        bound = log.bind(job_id=record.job_id, message_id=message.message_id, state=record.state.value)
+        if record.state is not FleetState.FAILED:
+            bound.info("queue_duplicate_dropped", reason=claim.reason)
+            self._delete(message.receipt, message.message_id, record.job_id)
             return
+        # Failed for good: its message belongs in the DLQ once _failed.json is durable.
         try:
-            if job.state is JobState.SUCCEEDED and not self._already_processed(job):
-                bound.warning("queue_manifest_missing",
-                              reason="the ledger holds the job as succeeded but its manifest is gone")
-            durable = job.state is not JobState.FAILED or self._failure_durable(job)
+            existed = self._failure_written(record.job_id, record.key)
+            durable = existed or self._write_failure_from_record(record)
         except StorageError as exc:
             bound.warning("queue_message_kept", error=str(exc))
+            self._hand_back(message.receipt, message.message_id, message.body,
+                            int(self._settings.processing.retry_max_s), "_failed.json not durable yet",
+                            record.job_id)
             return
-        if durable:
-            bound.info("queue_duplicate_dropped", reason=f"job already {job.state.value}")
-            self._delete(message.receipt, message.message_id, job.id)
+        if existed:
+            bound.info("queue_duplicate_dropped", reason=claim.reason)
+            self._delete(message.receipt, message.message_id, record.job_id)
+        elif durable:
+            self._dead_letter(message.receipt, message.message_id, message.body,
+                              record.error or "failed", record.job_id)
 
     # -- running --------------------------------------------------------------
 
     def _run(self, job: Job, token: StopToken, *, held: Held) -> Job:
         """The job in a slot thread: manifest check, the pipeline, then settle the message."""
-        final = job
+        final, outcome = job, Outcome.RETRY
         try:
             if self._already_processed(job):
+                outcome = Outcome.SUCCEEDED
                 done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
                                result_prefix=self._pipeline.result_prefix(job))
                 final = self._pipeline.record(job, done)
                 log.info("job_already_processed", job_id=job.id, key=job.key, reason=ALREADY_PROCESSED)
             else:
-                final = self._pipeline.run(job, token)
+                jlog = job_logger(job)
+                attempt = self._pipeline.attempt(job, token, jlog)
+                outcome = attempt.outcome
+                final = self._pipeline.recorder.record(job, attempt, jlog)
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
-            self._settle(held)
+            self._settle(held, final, outcome)
         return final
 
     def _already_processed(self, job: Job) -> bool:
@@ -290,54 +364,112 @@ class QueueConsumer:
             return False
         return False
 
-    def _failure_durable(self, job: Job) -> bool:
-        """Whether ``_failed.json`` of this job is in the output bucket (written now if not)."""
-        key = self._pipeline.result_prefix(job) + FAILED_NAME
-        record = self._store.read_json(self._settings.s3.output_bucket, key)
-        if record is not None and record.get("job_id") == job.id:
-            return True
-        return self._pipeline.recorder.write_failure_record(job, log.bind(job_id=job.id))
+    def _failure_written(self, job_id: str, key: str) -> bool:
+        prefix = self._pipeline.recorder.result_prefix_of(key, job_id)
+        record = self._store.read_json(self._settings.s3.output_bucket, prefix + FAILED_NAME)
+        return record is not None and record.get("job_id") == job_id
 
-    def _settle(self, held: Held) -> None:
-        """Delete, release or keep the message, by how the job ended in the ledger."""
+    def _write_failure_from_record(self, record: FleetJob) -> bool:
+        """Write ``_failed.json`` from the fleet record (the instance that failed it could not);
+        True once written, StorageError when S3 fails."""
+        from worker import __version__
+
+        document = {
+            "job_id": record.job_id,
+            "source": {"bucket": record.bucket, "key": record.key, "version_id": record.version_id,
+                       "etag": record.etag},
+            "state": record.state.value, "error": record.error, "exit_code": None, "stderr_tail": None,
+            "attempts": record.attempts, "failed_at": record.finished_at,
+            "processor_version": __version__,
+        }
+        prefix = self._pipeline.recorder.result_prefix_of(record.key, record.job_id)
+        self._store.put_json(self._settings.s3.output_bucket, prefix + FAILED_NAME, document)
+        return True
+
+    def _settle(self, held: Held, job: Job, outcome: Outcome) -> None:
+        """Write the attempt to the fleet record, then delete, dead-letter or hand back the message."""
         with self._lock:
             self._held.pop(held.job_id, None)
         with held.lock:  # waits for an extension in flight
             held.settled = True
-        try:
-            job = self._ledger.get(held.job_id)
-        except LedgerError as exc:
-            log.error("queue_settle_failed", job_id=held.job_id, error=str(exc))
-            self._release(held.receipt, held.message_id, 0, "ledger error")
-            return
+        claim, now = held.claim, self._clock()
+        result = f"s3://{self._settings.s3.output_bucket}/{job.result_prefix}" if job.result_prefix else None
         if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
+            self._claims.settle(claim, FleetState(job.state.value), job.counted_attempts, job.error,
+                                result=result)
             self._delete(held.receipt, held.message_id, job.id)
         elif job.state is JobState.FAILED:
+            failed_at = f"{result}{FAILED_NAME}" if result else None
+            self._claims.settle(claim, FleetState.FAILED, job.counted_attempts, job.error, result=failed_at)
             try:
-                durable = self._failure_durable(job)
+                durable = self._failure_written(job.id, job.key)
             except StorageError:
                 durable = False
             if durable:
-                self._delete(held.receipt, held.message_id, job.id)
+                self._dead_letter(held.receipt, held.message_id, held.body, job.error or "failed", job.id)
             else:
-                # Back after its lease; this ledger then writes _failed.json again.
-                log.warning("queue_message_kept", job_id=job.id, message_id=held.message_id,
-                            reason="_failed.json is not written yet")
+                # Back after the backoff; the next receive writes _failed.json, then dead-letters it.
+                self._hand_back(held.receipt, held.message_id, held.body,
+                                int(self._settings.processing.retry_base_s), "_failed.json not written yet",
+                                job.id)
         elif job.state is JobState.QUEUED:
-            delay = max(0, math.ceil(job.next_attempt_at - self._clock()))
-            self._release(held.receipt, held.message_id, delay, job.error or "handed back", job.id)
+            delay = max(0, math.ceil(job.next_attempt_at - now))
+            state = FleetState.WAITING if delay > 0 else FleetState.QUEUED
+            self._claims.settle(claim, state, job.counted_attempts, job.error,
+                                waiting_until=now + delay if delay > 0 else None)
+            if outcome in (Outcome.WAIT_FOR_STORAGE,):
+                self.breaker.open("storage", job.error or "S3 unavailable")
+            self._hand_back(held.receipt, held.message_id, held.body, delay,
+                            job.error or "handed back", job.id)
         else:  # still running: its outcome could not be recorded
             self._release(held.receipt, held.message_id, 0, "outcome not recorded", job.id)
 
-    # -- queue calls: logged, never raised (the manifest check makes a redelivery harmless)
+    def _probe_storage(self) -> None:
+        """Raises StorageError while the output bucket does not answer (a missing key is an answer)."""
+        self._store.read_json(self._settings.s3.output_bucket, "_processor-probe")
 
-    def _delete(self, receipt: str, message_id: str, job_id: str) -> None:
+    # -- queue calls: logged, never raised (the claim makes a redelivery harmless)
+
+    def _delete(self, receipt: str, message_id: str, job_id: str | None) -> bool:
         try:
             self._queue.delete(receipt)
         except QueueError as exc:
             log.warning("queue_delete_failed", job_id=job_id, message_id=message_id, error=str(exc))
-        else:
-            log.info("queue_message_deleted", job_id=job_id, message_id=message_id)
+            return False
+        log.info("queue_message_deleted", job_id=job_id, message_id=message_id)
+        return True
+
+    def _hand_back(self, receipt: str, message_id: str, body: str, delay_s: int, reason: str,
+                   job_id: str | None) -> None:
+        """The message again after ``delay_s``, as a fresh message: no receive is spent."""
+        if delay_s <= MAX_DELAY_S:
+            try:
+                new_id = self._queue.send(body, delay_s)
+            except QueueError as exc:
+                log.warning("queue_send_failed", job_id=job_id, message_id=message_id, error=str(exc))
+            else:
+                if self._delete(receipt, message_id, job_id):
+                    log.info("queue_message_handed_back", job_id=job_id, message_id=message_id,
+                             new_message_id=new_id, visible_in_s=delay_s, reason=reason)
+                return
+        # Longer than SQS's 15-minute delay (or the send failed): the old
+        # message's visibility carries the wait; that spends one receive.
+        self._release(receipt, message_id, delay_s, reason, job_id)
+
+    def _dead_letter(self, receipt: str, message_id: str, body: str, reason: str,
+                     job_id: str | None) -> None:
+        try:
+            sent = self._queue.dead_letter(body, reason, job_id)
+        except QueueError as exc:
+            log.warning("queue_dead_letter_failed", job_id=job_id, message_id=message_id, error=str(exc))
+            return  # back after its lease; tried again then
+        if not sent:
+            # No dead-letter queue known: the redrive policy moves it after its receives.
+            log.warning("queue_message_kept", job_id=job_id, message_id=message_id,
+                        reason="no dead-letter queue to send it to")
+            return
+        if self._delete(receipt, message_id, job_id):
+            log.info("queue_message_dead_lettered", job_id=job_id, message_id=message_id, reason=reason)
 
     def _release(self, receipt: str, message_id: str, delay_s: int, reason: str,
                  job_id: str | None = None) -> None:
@@ -361,10 +493,11 @@ class QueueConsumer:
                         if held.settled:
                             continue
                         self._queue.set_visibility(held.receipt, self._q.visibility_s)
+                        self._claims.renew(held.claim)
                     held.extended_at = now
-                except QueueError as exc:
+                except (QueueError, RecordError) as exc:
                     # Tried again at half the interval; past the lease another
-                    # instance may take the job (its manifest check then helps).
+                    # instance may take the job over (and count it as a death).
                     held.extended_at = now - every / 2
                     log.warning("queue_extend_failed", job_id=held.job_id,
                                 message_id=held.message_id, error=str(exc))

@@ -9,6 +9,7 @@ the daemon.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,7 @@ from botocore.config import Config
 
 from worker.aws_errors import TRANSPORT_ERRORS, client_error
 from worker.config import Settings, queue_region
-from worker.fleet.workqueue import MAX_BATCH, QueueError, Received
+from worker.fleet.workqueue import MAX_BATCH, MAX_DELAY_S, QueueError, Received
 from worker.retry import sqs_client
 
 #: Error codes worth another try (throttling, SQS-side faults).
@@ -48,9 +49,10 @@ def _translated(what: str) -> Iterator[None]:
 class SQSQueue:
     """``WorkQueue`` on one SQS queue."""
 
-    def __init__(self, client: Any, url: str) -> None:
+    def __init__(self, client: Any, url: str, dead_letter_url: str = "") -> None:
         self._client = client
         self.url = url
+        self._dlq_url: str | None = dead_letter_url or None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQSQueue:
@@ -60,7 +62,7 @@ class SQSQueue:
         client = boto3.session.Session().client(
             "sqs", endpoint_url=q.endpoint_url or None, config=config
         )
-        return cls(client, q.url)
+        return cls(client, q.url, q.dead_letter_url)
 
     def receive(self, max_messages: int, wait_s: int) -> list[Received]:
         with _translated(f"receive from {self.url}"):
@@ -92,6 +94,98 @@ class SQSQueue:
     def delete(self, receipt: str) -> None:
         with _translated(f"delete a message of {self.url}"):
             self._client.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)
+
+    def send(self, body: str, delay_s: int = 0) -> str:
+        with _translated(f"send to {self.url}"):
+            reply = self._client.send_message(
+                QueueUrl=self.url, MessageBody=body, DelaySeconds=max(0, min(MAX_DELAY_S, delay_s)))
+        return str(reply["MessageId"])
+
+    def dead_letter(self, body: str, reason: str, job_id: str | None = None) -> bool:
+        url = self.dead_letter_url()
+        if not url:
+            return False
+        attributes = {"reason": {"DataType": "String", "StringValue": reason[:1000] or "-"}}
+        if job_id:
+            attributes["job_id"] = {"DataType": "String", "StringValue": job_id}
+        with _translated(f"send to the dead-letter queue {url}"):
+            self._client.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+        return True
+
+    def dead_letter_url(self) -> str:
+        """The configured DLQ, else the one the queue's redrive policy names ("" if none)."""
+        if self._dlq_url is None:
+            with _translated(f"read the redrive policy of {self.url}"):
+                attributes = self._client.get_queue_attributes(
+                    QueueUrl=self.url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
+                policy = json.loads(attributes.get("RedrivePolicy") or "{}")
+                arn = str(policy.get("deadLetterTargetArn") or "")
+                url = ""
+                if arn.count(":") >= 5:
+                    _, _, _, _, account, name = arn.split(":", 5)
+                    url = self._client.get_queue_url(
+                        QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+            self._dlq_url = str(url)
+        return self._dlq_url
+
+    def depths(self) -> dict[str, int | None]:
+        """Visible, in flight and delayed messages of the queue, and the DLQ's visible ones."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        with _translated(f"read the depth of {self.url}"):
+            got = self._client.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+        result: dict[str, int | None] = {
+            "visible": int(got.get(names[0], 0)), "in_flight": int(got.get(names[1], 0)),
+            "delayed": int(got.get(names[2], 0)), "dead_letters": None}
+        if url := self.dead_letter_url():
+            with _translated(f"read the depth of {url}"):
+                dlq = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=names[:1])
+            result["dead_letters"] = int(dlq["Attributes"].get(names[0], 0))
+        return result
+
+    def dead_letters(self, limit: int = 10) -> list[dict[str, str]]:
+        """Up to ``limit`` DLQ messages with their reasons, left in the DLQ (seen again in 1 s)."""
+        url = self.dead_letter_url()
+        found: dict[str, dict[str, str]] = {}
+        if not url:
+            return []
+        while len(found) < limit:
+            with _translated(f"receive from {url}"):
+                reply = self._client.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=min(MAX_BATCH, limit - len(found)),
+                    VisibilityTimeout=1, WaitTimeSeconds=0, MessageAttributeNames=["All"],
+                    AttributeNames=["SentTimestamp"])
+            messages = reply.get("Messages", [])
+            fresh = [m for m in messages if m["MessageId"] not in found]
+            if not fresh:
+                break
+            for m in fresh:
+                attrs = m.get("MessageAttributes", {})
+                found[m["MessageId"]] = {
+                    "message_id": m["MessageId"], "body": m.get("Body", ""),
+                    "reason": attrs.get("reason", {}).get("StringValue", "(moved by the redrive policy)"),
+                    "job_id": attrs.get("job_id", {}).get("StringValue", ""),
+                    "sent_at": m.get("Attributes", {}).get("SentTimestamp", ""),
+                }
+        return list(found.values())
+
+    def redrive(self, limit: int | None = None) -> int:
+        """Move DLQ messages back to the work queue (bodies unchanged); how many moved."""
+        url = self.dead_letter_url()
+        moved = 0
+        while url and (limit is None or moved < limit):
+            with _translated(f"receive from {url}"):
+                messages = self._client.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=MAX_BATCH, VisibilityTimeout=30,
+                    WaitTimeSeconds=0).get("Messages", [])
+            if not messages:
+                break
+            for m in messages:
+                self.send(m.get("Body", ""))
+                with _translated(f"delete a message of {url}"):
+                    self._client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+                moved += 1
+        return moved
 
     def close(self) -> None:
         self._client.close()

@@ -22,6 +22,9 @@ from worker.identity import Identity, normalise_etag
 #: SQS's cap on MaxNumberOfMessages per receive.
 MAX_BATCH = 10
 
+#: SQS's cap on a message's DelaySeconds.
+MAX_DELAY_S = 900
+
 
 class QueueError(ProcessorError):
     """A work-queue call failed; ``retryable`` says whether trying again may help."""
@@ -48,7 +51,8 @@ class Received:
     message_id: str
     receipt: str
     body: str
-    #: SQS's ApproximateReceiveCount: this is the message's n-th receive, fleet-wide.
+    #: SQS's ApproximateReceiveCount, for the logs only: it decides nothing (a
+    #: hand-back is a fresh message; attempts live in the fleet record).
     receive_count: int
 
 
@@ -62,6 +66,13 @@ class WorkQueue(Protocol):
         """Keep the message invisible ``visibility_s`` more seconds (0: visible at once)."""
 
     def delete(self, receipt: str) -> None: ...
+
+    def send(self, body: str, delay_s: int = 0) -> str:
+        """A fresh message (visible after ``delay_s``, 0..900): a hand-back that spends no receive."""
+
+    def dead_letter(self, body: str, reason: str, job_id: str | None = None) -> bool:
+        """Send ``body`` to the dead-letter queue with ``reason`` as a message attribute;
+        False when the queue has none (its redrive policy then moves the message)."""
 
     def close(self) -> None: ...
 

@@ -28,9 +28,11 @@ INSTANCE_TAG = "processor:fleet"
 #: The fleet's work queue: its lease (default visibility) is short locally so a
 #: message of a stopped daemon comes back while you watch (AWS default: 300 s).
 WORK_QUEUE_VISIBILITY_S = 30
-#: Receives before SQS moves a message to the DLQ: above the daemons'
-#: processing.max_attempts (3), so only a message no daemon can take ends there.
-WORK_QUEUE_MAX_RECEIVES = 5
+#: Receives before SQS moves a message to the DLQ: a backstop only (the daemons
+#: send failed and malformed messages there themselves, and hand work back as
+#: fresh messages); above 2 x processing.max_attempts (3), since a holder's
+#: death can cost a receive and a deferral another.
+WORK_QUEUE_MAX_RECEIVES = 10
 #: The DLQ keeps messages for the longest SQS allows (14 days), for inspection.
 DLQ_RETENTION_S = 14 * 24 * 3600
 
@@ -48,6 +50,8 @@ class Resources:
     #: one instance, which keeps the SSM flow.
     work_queue_url: str = ""
     work_dead_letter_queue_url: str = ""
+    #: A fleet's job record table (DynamoDB; worker.fleet.dynamo).
+    job_table: str = ""
 
 
 class Emulator:
@@ -129,6 +133,7 @@ def provision(
     submit = next(spec.name for spec in specs if spec.logical_id == "SubmitDocument")
 
     work_queue_url, work_dlq_url = _work_queue(sqs) if instances > 1 else ("", "")
+    job_table = _job_table(emulator.client("dynamodb")) if instances > 1 else ""
 
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     launched = ec2.run_instances(
@@ -141,8 +146,17 @@ def provision(
         queue_url=queue_url, dead_letter_queue_url=dlq_url,
         instance_ids=tuple(sorted(i["InstanceId"] for i in launched)),
         submit_document=submit, work_queue_url=work_queue_url,
-        work_dead_letter_queue_url=work_dlq_url,
+        work_dead_letter_queue_url=work_dlq_url, job_table=job_table,
     )
+
+
+def _job_table(dynamodb: Any) -> str:
+    """The fleet's job record table, as the stack has it (worker.fleet.dynamo.table_definition)."""
+    from worker.fleet.dynamo import table_definition
+
+    name = f"{STACK_NAME}-jobs"
+    dynamodb.create_table(**table_definition(name))
+    return name
 
 
 def _work_queue(sqs: Any) -> tuple[str, str]:

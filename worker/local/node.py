@@ -49,7 +49,7 @@ def start_node(
 ) -> Node | None:
     """Start the daemon and the agent of one instance; both stop when ``stack`` closes."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    config = write_config(state_dir, res, command)
+    config = write_config(state_dir, res, command, holder=instance_id)
     settings = load_settings(config, environ={})
     env = {**os.environ, **emulator.env(), "PROCESSOR_CONFIG": str(config),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -75,7 +75,7 @@ def socket_path(state_dir: Path) -> Path:
     return short / "processor.sock"
 
 
-def write_config(state_dir: Path, res: Resources, command: list[str]) -> Path:
+def write_config(state_dir: Path, res: Resources, command: list[str], holder: str = "") -> Path:
     config = state_dir / "processor.toml"
     text = "\n".join([
         "# Written by `processor local` for its daemon.",
@@ -99,14 +99,14 @@ def write_config(state_dir: Path, res: Resources, command: list[str]) -> Path:
         "[logging]",
         'level = "info"',
         "journald = false",
-        *_queue_section(res),
+        *_queue_section(res, holder),
         "",
     ])
     config.write_text(text, encoding="utf-8")
     return config
 
 
-def _queue_section(res: Resources) -> list[str]:
+def _queue_section(res: Resources, holder: str) -> list[str]:
     """A fleet daemon pulls from the shared work queue; one instance has no [queue] (SSM flow)."""
     if not res.work_queue_url:
         return []
@@ -118,6 +118,10 @@ def _queue_section(res: Resources) -> list[str]:
         f"wait_s = {QUEUE_WAIT_S}",
         # Only messages about the input bucket are jobs; others go to the DLQ.
         f"input_bucket = {json.dumps(res.input_bucket)}",
+        # The fleet's job record (claims, counted attempts, `processorctl fleet`).
+        f"table = {json.dumps(res.job_table)}",
+        f"dead_letter_url = {json.dumps(res.work_dead_letter_queue_url)}",
+        f"holder = {json.dumps(holder)}",
     ]
 
 

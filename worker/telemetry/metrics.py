@@ -90,3 +90,18 @@ def job_finished(job: Job, duration_s: float, *, clock: Callable[[], float] = ti
     except (TypeError, ValueError):  # pragma: no cover - the fields are plain data
         return
     _log.info(text)
+
+
+def receiving_paused(paused: bool, what: str, *, clock: Callable[[], float] = time.time) -> None:
+    """Emit ``ReceivingPaused``: 1 when a fleet daemon stops receiving because ``what``
+    is down, 0 when it resumes."""
+    if not _log.isEnabledFor(logging.INFO):
+        return
+    doc = {
+        "_aws": {"Timestamp": int(clock() * 1000), "CloudWatchMetrics": [{
+            "Namespace": NAMESPACE, "Dimensions": [[]],
+            "Metrics": [{"Name": "ReceivingPaused", "Unit": "Count"}]}]},
+        "ReceivingPaused": 1 if paused else 0,
+        "dependency": what,
+    }
+    _log.info(json.dumps(doc, separators=(",", ":")))
