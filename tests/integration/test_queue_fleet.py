@@ -56,11 +56,12 @@ class Fleet:
     dynamodb: Any = None
     table: str = TABLE
 
-    def config(self, name: str, *, processing: dict[str, Any] | None = None, **queue: Any) -> Path:
+    def config(self, name: str, *, processing: dict[str, Any] | None = None, s3_endpoint: str = "",
+               **queue: Any) -> Path:
         directory = self.root / name
         directory.mkdir(exist_ok=True)
         config = write_config(
-            directory, output_bucket=OUT, endpoint=self.endpoint,
+            directory, output_bucket=OUT, endpoint=s3_endpoint or self.endpoint,
             command=["/bin/sh", str(self.script), "{input}", "{output_dir}"],
             **{"concurrency": 2, "max_attempts": 3, "kill_grace_s": 2, "retry_base_s": 1,
                "retry_max_s": 2, "drain_timeout_s": 30, **(processing or {})},
@@ -492,3 +493,225 @@ def test_a_spot_notice_drains_the_daemon_and_the_others_take_its_jobs(fleet: Fle
     (drain,) = events(first, "drain_started")
     assert "spot interruption notice: terminate at 2026-12-02T10:00:00Z" in drain["reason"]
     assert {m["source"]["key"] for m in fleet.manifests().values()} == set(keys)
+
+
+# -- the fleet's job record (issue 18): attempts are the job's, not the queue's ----------
+
+#: How long S3 stays down in the outage test (the issue's figure; the daemons pause meanwhile).
+OUTAGE_S = float(os.environ.get("PROCESSOR_TEST_OUTAGE_S", "150"))
+
+
+def _record(fleet: Fleet, key: str, etag: str) -> dict[str, Any]:
+    from worker.fleet.dynamo import from_item
+    from worker.identity import Identity
+
+    job_id = Identity(IN, key, None, etag).job_id()
+    item = fleet.dynamodb.get_item(TableName=fleet.table, Key={"job_id": {"S": job_id}}).get("Item")
+    assert item, f"no fleet record for {key}"
+    record = from_item(item)
+    return {"job_id": record.job_id, "state": record.state.value, "attempts": record.attempts,
+            "counted_attempts": record.counted_attempts, "error": record.error, "holder": record.holder}
+
+
+def _status(config: Path) -> dict[str, Any]:
+    shown = processorctl(config, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)["daemon"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(int(OUTAGE_S) + 240)
+def test_an_s3_outage_pauses_the_fleet_and_fails_nothing(fleet: Fleet) -> None:
+    from tests.support.faultproxy import FaultProxy
+
+    keys = [f"outage/{n}" for n in range(6)]
+    etags = {key: fleet.put(key, 0.5) for key in keys}
+    with FaultProxy(fleet.endpoint, rate=0.0) as proxy:
+        # Only S3 goes through the proxy; SQS and the job records stay up.
+        configs = [fleet.config(f"d{n}", s3_endpoint=proxy.endpoint,
+                                processing={"retry_base_s": 1, "retry_max_s": 4}) for n in range(2)]
+        with ExitStack() as stack:
+            procs = [stack.enter_context(daemon(config)) for config in configs]
+            proxy.outage.set()
+            down_at = time.monotonic()
+            for key in keys:
+                fleet.send(key, etags[key])
+            wait_until("both daemons to pause",
+                       lambda: all(_status(c)["queue"]["paused"] for c in configs),
+                       lambda: sum(len(events(c, "queue_message_handed_back")) for c in configs))
+            pause = _status(configs[0])["queue"]["paused"]
+            assert pause.startswith("paused: storage unavailable since"), pause
+            assert "receiving paused: storage unavailable" in processorctl(configs[0], "status").stdout
+            while time.monotonic() - down_at < OUTAGE_S:
+                assert all(p.poll() is None for p in procs)
+                time.sleep(1)
+            proxy.outage.clear()
+            wait_until("every manifest", lambda: len(fleet.done()) == len(keys),
+                       lambda: (len(fleet.run_lines()), proxy.counts["forward"]))
+            assert all(_status(c)["queue"]["paused"] is None for c in configs)
+            assert all(p.poll() is None for p in procs)
+    runs = [k for k, _, _ in fleet.run_lines()]
+    assert sorted(runs) == sorted(keys)  # every job exactly once (the outage came before any run)
+    assert not [k for k in keys if _exists(fleet.s3, OUT, f"{k}/_failed.json")]
+    assert fleet.queue_counts(fleet.dlq_url) == (0, 0) and fleet.queue_counts() == (0, 0)
+    assert all(_record(fleet, k, etags[k])["counted_attempts"] == 0 for k in keys)
+    paused = [e for c in configs for e in events(c, "queue_receiving_paused")]
+    resumed = [e for c in configs for e in events(c, "queue_receiving_resumed")]
+    assert paused and resumed
+    REPORT.append(f"fleet S3 outage {OUTAGE_S:.0f}s: 2 daemons paused and resumed; {len(keys)}/{len(keys)} "
+                  f"succeeded once, DLQ empty; hand-backs during the outage: "
+                  f"{sum(len(events(c, 'queue_message_handed_back')) for c in configs)}")
+
+
+def test_three_drains_spend_no_attempt(fleet: Fleet) -> None:
+    etag = fleet.put("drain/x", 6)
+    config = fleet.config("d0")
+    for n in range(3):
+        with daemon(config) as proc:
+            if n == 0:
+                fleet.send("drain/x", etag)
+            wait_until(f"run {n + 1}", lambda: len(fleet.run_lines()) == n + 1, lambda: 0)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+    with daemon(config):
+        wait_until("the manifest", lambda: "drain/x" in fleet.done(), lambda: len(fleet.run_lines()))
+    assert len(fleet.run_lines()) == 4
+    assert not _exists(fleet.s3, OUT, "drain/x/_failed.json")
+    assert fleet.queue_counts(fleet.dlq_url) == (0, 0)
+    record = _record(fleet, "drain/x", etag)
+    assert record["state"] == "succeeded" and record["counted_attempts"] == 0 and record["attempts"] == 4
+    assert len(events(config, "queue_message_handed_back")) == 3
+
+
+def test_holder_deaths_count_and_fail_the_job_at_max_attempts(fleet: Fleet) -> None:
+    etag = fleet.put("death/x", 60)
+    config = fleet.config("d0", processing={"max_attempts": 3})
+    for n in range(3):
+        with daemon(config) as proc:
+            if n == 0:
+                fleet.send("death/x", etag)
+            wait_until(f"run {n + 1}", lambda: len(fleet.run_lines()) == n + 1,
+                       lambda: fleet.queue_counts(), stall_s=LEASE_S * 3 + STALL_S)
+            proc.kill()
+            proc.wait(timeout=10)
+            reap_orphans(config.parent / "state" / "work")
+    with daemon(config):
+        wait_until("_failed.json", lambda: _exists(fleet.s3, OUT, "death/x/_failed.json"),
+                   lambda: fleet.queue_counts(), stall_s=LEASE_S * 3 + STALL_S)
+        wait_until("the message to leave the queue", lambda: fleet.queue_counts() == (0, 0),
+                   lambda: fleet.queue_counts())
+    assert len(fleet.run_lines()) == 3  # never run a 4th time
+    failed = json.loads(fleet.s3.get_object(Bucket=OUT, Key="death/x/_failed.json")["Body"].read())
+    assert "holder died during 3 attempts" in failed["error"], failed
+    record = _record(fleet, "death/x", etag)
+    assert record["state"] == "failed" and record["counted_attempts"] == 3
+    (dead,) = fleet.sqs.receive_message(QueueUrl=fleet.dlq_url, MessageAttributeNames=["All"],
+                                        VisibilityTimeout=30)["Messages"]
+    assert "holder died during 3 attempts" in dead["MessageAttributes"]["reason"]["StringValue"]
+
+
+def test_concurrent_duplicates_run_nothing_extra(fleet: Fleet) -> None:
+    keys = [f"dup/{n}" for n in range(10)]
+    etags = {key: fleet.put(key, 8) for key in keys}
+    configs = [fleet.config(f"d{n}", processing={"concurrency": 4}) for n in range(3)]
+    with ExitStack() as stack:
+        for config in configs:
+            stack.enter_context(daemon(config))
+        for key in keys:
+            fleet.send(key, etags[key])
+        wait_until("all ten running", lambda: len(fleet.run_lines()) == len(keys),
+                   lambda: len(fleet.run_lines()))
+        for _ in range(2):
+            for key in keys:
+                fleet.send(key, etags[key])
+        wait_until("every manifest", lambda: len(fleet.done()) == len(keys), lambda: len(fleet.run_lines()))
+        wait_until("the queue to empty", lambda: fleet.queue_counts() == (0, 0), lambda: fleet.queue_counts())
+    runs = [k for k, _, _ in fleet.run_lines()]
+    assert sorted(runs) == sorted(keys), runs  # 0 extra command runs
+    assert set(fleet.manifests()) == set(keys)
+    dropped = [e for c in configs for e in events(c, "queue_duplicate_dropped")]
+    assert len(dropped) == 2 * len(keys)
+    assert fleet.queue_counts(fleet.dlq_url) == (0, 0)
+
+
+def _ctl_json(config: Path, *args: str) -> Any:
+    done = processorctl(config, *args, "--json")
+    assert done.returncode == 0, (args, done.stderr)
+    return json.loads(done.stdout)
+
+
+def test_the_fleet_view_answers_for_every_instance(fleet: Fleet) -> None:
+    quick = {"view/ok": (0.2, 0), "view/bad": (0.2, 2), "view/wait": (0.2, 75)}
+    long_keys = [f"view/long/{n}" for n in range(3)]
+    etags = {key: fleet.put(key, *quick[key]) for key in quick}
+    etags.update({key: fleet.put(key, 120) for key in [*long_keys, "view/queued"]})
+    # One slot each; exit 75's backoff is minutes, so that job waits while we look.
+    processing = {"concurrency": 1, "retry_base_s": 600, "retry_max_s": 600}
+    configs = [fleet.config(f"d{n}", processing=processing) for n in range(3)]
+    with ExitStack() as stack:
+        for config in configs:
+            stack.enter_context(daemon(config))
+        for key in quick:
+            fleet.send(key, etags[key])
+        wait_until("the quick jobs", lambda: len(fleet.run_lines()) == 3 and "view/ok" in fleet.done()
+                   and _exists(fleet.s3, OUT, "view/bad/_failed.json")
+                   and fleet.queue_counts(fleet.dlq_url)[0] == 1, lambda: len(fleet.run_lines()))
+        for key in long_keys:
+            fleet.send(key, etags[key])
+        wait_until("three long jobs running", lambda: len(fleet.run_lines()) == 6,
+                   lambda: len(fleet.run_lines()))
+        # A fourth daemon takes one more, then drains: every slot is busy, so it stays queued.
+        extra = fleet.config("d3", processing=processing)
+        with daemon(extra) as proc:
+            fleet.send("view/queued", etags["view/queued"])
+            wait_until("d3 to run it", lambda: len(fleet.run_lines()) == 7, lambda: 0)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        looker = configs[0]
+
+        def show(key: str) -> dict[str, Any]:
+            return _ctl_json(looker, "show", f"s3://{IN}/{key}")  # type: ignore[no-any-return]
+
+        ok, bad, waiting, queued = show("view/ok"), show("view/bad"), show("view/wait"), show("view/queued")
+        running = [show(k) for k in long_keys]
+        assert ok["state"] == "succeeded" and ok["result"] == f"s3://{OUT}/view/ok/"
+        assert ok["duration_s"] is not None and "results at s3://" in ok["summary"]
+        assert bad["state"] == "failed" and bad["result"] == f"s3://{OUT}/view/bad/_failed.json"
+        assert "exit" in bad["error"] and "_failed.json at" in bad["summary"]
+        assert waiting["state"] == "waiting" and waiting["counted_attempts"] == 1
+        assert waiting["waiting_until"] > time.time() + 200 and waiting["summary"].startswith("waiting until")
+        assert queued["state"] == "queued" and queued["counted_attempts"] == 0 and not queued["holder"]
+        assert {r["state"] for r in running} == {"running"}
+        assert sorted(r["holder"] for r in running) == ["d0", "d1", "d2"]
+        assert all(r["attempts"] == 1 and "running on d" in r["summary"] for r in running)
+        # By job id too, from an instance that never ran it.
+        elsewhere = next(r for r in running if r["holder"] != "d0")
+        assert _ctl_json(looker, "show", elsewhere["job_id"], "--fleet")["holder"] == elsewhere["holder"]
+        never = processorctl(looker, "show", f"s3://{IN}/view/never-uploaded")
+        assert never.returncode == 3 and "never seen by the fleet" in never.stderr
+        human = processorctl(looker, "show", f"s3://{IN}/view/wait").stdout
+        assert "state:     waiting" in human and "1 counted" in human
+
+        view = _ctl_json(looker, "fleet")
+        assert sorted(view["running"]) == ["d0", "d1", "d2"]
+        assert all(len(jobs) == 1 for jobs in view["running"].values())
+        assert view["queue"]["visible"] == 1 and view["queue"]["delayed"] == 1
+        assert view["queue"]["dead_letters"] == 1 and view["waiting"] == 1
+        assert view["failed_last_hour"] == 1 and view["stale_leases"] == []
+        text = processorctl(looker, "fleet").stdout
+        assert "queue: 1 visible" in text and "dead letters: 1" in text and "d1: 1 running" in text
+
+        failed = _ctl_json(looker, "list", "--fleet", "--state", "failed", "--since", "1h")
+        assert [r["key"] for r in failed] == ["view/bad"]
+        everything = _ctl_json(looker, "list", "--fleet")
+        assert sorted(r["key"] for r in everything) == sorted([*quick, *long_keys, "view/queued"])
+        assert _ctl_json(looker, "list", "--fleet", "--state", "running,waiting", "--limit", "2") \
+            and len(_ctl_json(looker, "list", "--fleet", "--state", "running,waiting")) == 4
+
+        letters = _ctl_json(looker, "dlq", "list")
+        assert len(letters) == 1 and letters[0]["job_id"] == bad["job_id"]
+        assert "exit" in letters[0]["reason"]
+        moved = _ctl_json(looker, "dlq", "redrive")
+        assert moved == {"moved": 1, "records_reset": 1}
+        assert fleet.queue_counts(fleet.dlq_url)[0] == 0
+        again = show("view/bad")
+        assert again["state"] in ("queued", "running", "failed") and again["error"]

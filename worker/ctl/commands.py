@@ -90,7 +90,10 @@ def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
         print(f"work queue: {printable(settings.queue.url, 500)}", end="", file=out)
         held = (live or {}).get("queue") or {}
         if held:
-            state = "receiving" if held.get("receiving") else "not receiving (draining)"
+            if held.get("paused"):
+                state = f"receiving {held['paused']}"
+            else:
+                state = "receiving" if held.get("receiving") else "not receiving (draining)"
             print(f", {held.get('held', 0)} message(s) held, {state}", end="", file=out)
         print(file=out)
     print("jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=out)

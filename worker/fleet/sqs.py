@@ -144,18 +144,30 @@ class SQSQueue:
         return result
 
     def dead_letters(self, limit: int = 10) -> list[dict[str, str]]:
-        """Up to ``limit`` DLQ messages with their reasons, left in the DLQ (seen again in 1 s)."""
+        """Up to ``limit`` DLQ messages with their reasons, left in the DLQ (visible again at once)."""
         url = self.dead_letter_url()
         found: dict[str, dict[str, str]] = {}
+        receipts: list[str] = []
         if not url:
             return []
+        try:
+            self._peek(url, limit, found, receipts)
+        finally:
+            for receipt in receipts:  # seen, not taken: back to visible
+                with _translated(f"change visibility on {url}"):
+                    self._client.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=0)
+        return list(found.values())
+
+    def _peek(self, url: str, limit: int, found: dict[str, dict[str, str]], receipts: list[str]) -> None:
         while len(found) < limit:
             with _translated(f"receive from {url}"):
                 reply = self._client.receive_message(
                     QueueUrl=url, MaxNumberOfMessages=min(MAX_BATCH, limit - len(found)),
-                    VisibilityTimeout=1, WaitTimeSeconds=0, MessageAttributeNames=["All"],
+                    VisibilityTimeout=30, WaitTimeSeconds=0, MessageAttributeNames=["All"],
                     AttributeNames=["SentTimestamp"])
             messages = reply.get("Messages", [])
+            receipts += [m["ReceiptHandle"] for m in messages]
             fresh = [m for m in messages if m["MessageId"] not in found]
             if not fresh:
                 break
@@ -167,7 +179,6 @@ class SQSQueue:
                     "job_id": attrs.get("job_id", {}).get("StringValue", ""),
                     "sent_at": m.get("Attributes", {}).get("SentTimestamp", ""),
                 }
-        return list(found.values())
 
     def redrive(self, limit: int | None = None) -> int:
         """Move DLQ messages back to the work queue (bodies unchanged); how many moved."""
