@@ -569,7 +569,7 @@ def test_three_drains_spend_no_attempt(fleet: Fleet) -> None:
         with daemon(config) as proc:
             if n == 0:
                 fleet.send("drain/x", etag)
-            wait_until(f"run {n + 1}", lambda: len(fleet.run_lines()) == n + 1, lambda: 0)
+            wait_until(f"run {n + 1}", lambda n=n: len(fleet.run_lines()) == n + 1, lambda: 0)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
     with daemon(config):
@@ -589,7 +589,7 @@ def test_holder_deaths_count_and_fail_the_job_at_max_attempts(fleet: Fleet) -> N
         with daemon(config) as proc:
             if n == 0:
                 fleet.send("death/x", etag)
-            wait_until(f"run {n + 1}", lambda: len(fleet.run_lines()) == n + 1,
+            wait_until(f"run {n + 1}", lambda n=n: len(fleet.run_lines()) == n + 1,
                        lambda: fleet.queue_counts(), stall_s=LEASE_S * 3 + STALL_S)
             proc.kill()
             proc.wait(timeout=10)
