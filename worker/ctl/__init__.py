@@ -2,7 +2,8 @@
 
 - ``cli``             the parser, ``submit`` (stdlib only: it starts in milliseconds) and dispatch
 - ``commands``        list, show, status, cancel, retry, logs
-- ``reconcile``       ``processorctl reconcile`` (the one command that imports boto3)
+- ``reconcile``       ``processorctl reconcile`` (imports boto3)
+- ``fleet``           ``show s3://…``/``--fleet``, ``fleet``, ``list --fleet``, ``dlq`` (imports boto3)
 - ``render``          tables and JSON for people and machines
 - ``control_client``  the client half of the daemon's control socket (server: worker.control_server)
 

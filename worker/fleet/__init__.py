@@ -2,7 +2,12 @@
 
 - ``workqueue``    messages, their parsing and the queue protocol the daemon sees (pure)
 - ``sqs``          that protocol on SQS (the only boto3 user for SQS)
-- ``consumer``     pulls messages into free slots, extends leases, deletes on a durable outcome
+- ``consumer``     pulls messages into free slots, claims, extends leases, settles on a durable outcome
+- ``record``       the fleet's job record and the claim rule (pure)
+- ``claims``       claims on the records: read, plan, conditional write, renew, settle
+- ``dynamo``       the records on DynamoDB (the only boto3 user for DynamoDB)
+- ``messages``     delete, hand back (a fresh message), dead-letter, release
+- ``breaker``      pause receiving while storage is down
 - ``slots``        the daemon's side: queue slots and the ``InstanceGuard`` protocol
 - ``instance``     the instance guard: Spot notice, lifecycle watch, scale-in protection
 - ``autoscaling``  the Auto Scaling calls the guard makes (boto3)

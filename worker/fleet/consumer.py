@@ -35,14 +35,14 @@ from typing import Any, Protocol
 
 import structlog
 
-from worker.config import SQS_MAX_INVISIBLE_S, Settings
+from worker.config import Settings
 from worker.errors import LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import Claim, FleetClaims
+from worker.fleet.messages import Messages
 from worker.fleet.record import ClaimKind, FleetJob, FleetState, JobRecords, RecordError
 from worker.fleet.workqueue import (
     MAX_BATCH,
-    MAX_DELAY_S,
     MalformedMessage,
     QueueError,
     Received,
@@ -124,6 +124,7 @@ class QueueConsumer:
         self._pipeline = pipeline
         self._store: ObjectStore = pipeline.store
         self._queue = queue
+        self._messages = Messages(queue)
         self._host = host
         self._clock = clock
         self._claims = FleetClaims(records, holder, lease_s=self._q.visibility_s,
@@ -164,7 +165,7 @@ class QueueConsumer:
         for held in left:
             with held.lock:
                 held.settled = True
-            self._release(held.receipt, held.message_id, 0, "daemon stopped", held.job_id)
+            self._messages.release(held.receipt, held.message_id, 0, "daemon stopped", held.job_id)
 
     @property
     def holding(self) -> int:
@@ -219,12 +220,12 @@ class QueueConsumer:
         except MalformedMessage as exc:
             log.error("queue_message_malformed", message_id=message.message_id, field=exc.field,
                       error=str(exc), receive_count=message.receive_count)
-            self._dead_letter(message.receipt, message.message_id, message.body,
-                              f"malformed message: {exc}", None)
+            self._messages.dead_letter(message.receipt, message.message_id, message.body,
+                                       f"malformed message: {exc}", None)
             return 0
         if self._stopping.is_set() or self.breaker.pause is not None:
             why = "daemon draining" if self._stopping.is_set() else "receiving paused"
-            self._hand_back(message.receipt, message.message_id, message.body, 0, why, None)
+            self._messages.hand_back(message.receipt, message.message_id, message.body, 0, why, None)
             return 0
         bound = log.bind(message_id=message.message_id, key=identity.key)
         try:
@@ -232,19 +233,21 @@ class QueueConsumer:
         except RecordError as exc:
             bound.error("queue_claim_failed", error=str(exc))
             self.breaker.open("job records", str(exc))
-            self._hand_back(message.receipt, message.message_id, message.body,
-                            int(self._settings.processing.retry_base_s), "job records unavailable", None)
+            self._messages.hand_back(message.receipt, message.message_id, message.body,
+                                     int(self._settings.processing.retry_base_s),
+                                     "job records unavailable", None)
             return 0
         record = claim.record
         bound = bound.bind(job_id=record.job_id, fleet_state=record.state.value)
         if claim.kind is ClaimKind.DROP:
             bound.info("queue_duplicate_dropped", reason=claim.reason)
-            self._delete(message.receipt, message.message_id, record.job_id)
+            self._messages.delete(message.receipt, message.message_id, record.job_id)
             return 0
         if claim.kind is ClaimKind.DEFER:
             bound.info("queue_message_deferred", reason=claim.reason)
-            self._release(message.receipt, message.message_id,
-                          max(1, math.ceil(claim.until - self._clock()) + 2), claim.reason, record.job_id)
+            hidden = max(1, math.ceil(claim.until - self._clock()) + 2)
+            self._messages.release(message.receipt, message.message_id, hidden, claim.reason,
+                                   record.job_id)
             return 0
         if claim.kind is ClaimKind.ENDED:
             self._ended(message, claim)
@@ -256,8 +259,8 @@ class QueueConsumer:
             bound.error("queue_claim_failed", error=str(exc))
             self._claims.give_up(claim, FleetState.QUEUED, counted_attempts=record.counted_attempts,
                                  error=f"ledger error on {self.holder}")
-            self._hand_back(message.receipt, message.message_id, message.body, LEDGER_TROUBLE_DELAY_S,
-                            "ledger error", record.job_id)
+            self._messages.hand_back(message.receipt, message.message_id, message.body,
+                                     LEDGER_TROUBLE_DELAY_S, "ledger error", record.job_id)
             return 0
         held = Held(message.message_id, message.receipt, message.body, message.receive_count, job.id,
                     claim, time.monotonic())
@@ -296,7 +299,7 @@ class QueueConsumer:
         bound = log.bind(job_id=record.job_id, message_id=message.message_id, state=record.state.value)
         if record.state is not FleetState.FAILED:
             bound.info("queue_duplicate_dropped", reason=claim.reason)
-            self._delete(message.receipt, message.message_id, record.job_id)
+            self._messages.delete(message.receipt, message.message_id, record.job_id)
             return
         # Failed for good: its message belongs in the DLQ once _failed.json is durable.
         try:
@@ -304,16 +307,16 @@ class QueueConsumer:
             durable = existed or self._write_failure_from_record(record)
         except StorageError as exc:
             bound.warning("queue_message_kept", error=str(exc))
-            self._hand_back(message.receipt, message.message_id, message.body,
-                            int(self._settings.processing.retry_max_s), "_failed.json not durable yet",
-                            record.job_id)
+            self._messages.hand_back(message.receipt, message.message_id, message.body,
+                                     int(self._settings.processing.retry_max_s),
+                                     "_failed.json not durable yet", record.job_id)
             return
         if existed:
             bound.info("queue_duplicate_dropped", reason=claim.reason)
-            self._delete(message.receipt, message.message_id, record.job_id)
+            self._messages.delete(message.receipt, message.message_id, record.job_id)
         elif durable:
-            self._dead_letter(message.receipt, message.message_id, message.body,
-                              record.error or "failed", record.job_id)
+            self._messages.dead_letter(message.receipt, message.message_id, message.body,
+                                       record.error or "failed", record.job_id)
 
     # -- running --------------------------------------------------------------
 
@@ -397,7 +400,7 @@ class QueueConsumer:
         if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
             self._claims.settle(claim, FleetState(job.state.value), job.counted_attempts, job.error,
                                 result=result)
-            self._delete(held.receipt, held.message_id, job.id)
+            self._messages.delete(held.receipt, held.message_id, job.id)
         elif job.state is JobState.FAILED:
             failed_at = f"{result}{FAILED_NAME}" if result else None
             self._claims.settle(claim, FleetState.FAILED, job.counted_attempts, job.error, result=failed_at)
@@ -406,12 +409,13 @@ class QueueConsumer:
             except StorageError:
                 durable = False
             if durable:
-                self._dead_letter(held.receipt, held.message_id, held.body, job.error or "failed", job.id)
+                self._messages.dead_letter(held.receipt, held.message_id, held.body,
+                                           job.error or "failed", job.id)
             else:
                 # Back after the backoff; the next receive writes _failed.json, then dead-letters it.
-                self._hand_back(held.receipt, held.message_id, held.body,
-                                int(self._settings.processing.retry_base_s), "_failed.json not written yet",
-                                job.id)
+                self._messages.hand_back(held.receipt, held.message_id, held.body,
+                                         int(self._settings.processing.retry_base_s),
+                                         "_failed.json not written yet", job.id)
         elif job.state is JobState.QUEUED:
             delay = max(0, math.ceil(job.next_attempt_at - now))
             state = FleetState.WAITING if delay > 0 else FleetState.QUEUED
@@ -419,67 +423,14 @@ class QueueConsumer:
                                 waiting_until=now + delay if delay > 0 else None)
             if outcome in (Outcome.WAIT_FOR_STORAGE,):
                 self.breaker.open("storage", job.error or "S3 unavailable")
-            self._hand_back(held.receipt, held.message_id, held.body, delay,
-                            job.error or "handed back", job.id)
+            self._messages.hand_back(held.receipt, held.message_id, held.body, delay,
+                                     job.error or "handed back", job.id)
         else:  # still running: its outcome could not be recorded
-            self._release(held.receipt, held.message_id, 0, "outcome not recorded", job.id)
+            self._messages.release(held.receipt, held.message_id, 0, "outcome not recorded", job.id)
 
     def _probe_storage(self) -> None:
         """Raises StorageError while the output bucket does not answer (a missing key is an answer)."""
         self._store.read_json(self._settings.s3.output_bucket, "_processor-probe")
-
-    # -- queue calls: logged, never raised (the claim makes a redelivery harmless)
-
-    def _delete(self, receipt: str, message_id: str, job_id: str | None) -> bool:
-        try:
-            self._queue.delete(receipt)
-        except QueueError as exc:
-            log.warning("queue_delete_failed", job_id=job_id, message_id=message_id, error=str(exc))
-            return False
-        log.info("queue_message_deleted", job_id=job_id, message_id=message_id)
-        return True
-
-    def _hand_back(self, receipt: str, message_id: str, body: str, delay_s: int, reason: str,
-                   job_id: str | None) -> None:
-        """The message again after ``delay_s``, as a fresh message: no receive is spent."""
-        if delay_s <= MAX_DELAY_S:
-            try:
-                new_id = self._queue.send(body, delay_s)
-            except QueueError as exc:
-                log.warning("queue_send_failed", job_id=job_id, message_id=message_id, error=str(exc))
-            else:
-                if self._delete(receipt, message_id, job_id):
-                    log.info("queue_message_handed_back", job_id=job_id, message_id=message_id,
-                             new_message_id=new_id, visible_in_s=delay_s, reason=reason)
-                return
-        # Longer than SQS's 15-minute delay (or the send failed): the old
-        # message's visibility carries the wait; that spends one receive.
-        self._release(receipt, message_id, delay_s, reason, job_id)
-
-    def _dead_letter(self, receipt: str, message_id: str, body: str, reason: str,
-                     job_id: str | None) -> None:
-        try:
-            sent = self._queue.dead_letter(body, reason, job_id)
-        except QueueError as exc:
-            log.warning("queue_dead_letter_failed", job_id=job_id, message_id=message_id, error=str(exc))
-            return  # back after its lease; tried again then
-        if not sent:
-            # No dead-letter queue known: the redrive policy moves it after its receives.
-            log.warning("queue_message_kept", job_id=job_id, message_id=message_id,
-                        reason="no dead-letter queue to send it to")
-            return
-        if self._delete(receipt, message_id, job_id):
-            log.info("queue_message_dead_lettered", job_id=job_id, message_id=message_id, reason=reason)
-
-    def _release(self, receipt: str, message_id: str, delay_s: int, reason: str,
-                 job_id: str | None = None) -> None:
-        try:
-            self._queue.set_visibility(receipt, min(delay_s, SQS_MAX_INVISIBLE_S))
-        except QueueError as exc:
-            log.warning("queue_release_failed", job_id=job_id, message_id=message_id, error=str(exc))
-        else:
-            log.info("queue_message_released", job_id=job_id, message_id=message_id,
-                     visible_in_s=delay_s, reason=reason)
 
     def _heartbeat_loop(self) -> None:
         every = max(1.0, self._q.visibility_s / 3)
