@@ -86,7 +86,7 @@ FLEET_TAG_KEY = "processor:fleet"
 SINGLE_ONLY = {"Instance", "DataVolume", "DataVolumeAttachment", "BootstrapWaitHandle", "BootstrapWait"}
 FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup", "WorkQueue", "DeadLetterQueue", "DeadLetterQueueAlarm",
               "BacklogScalingPolicy", "ScaleOutFromZeroPolicy", "ScaleOutFromZeroAlarm",
-              "ReconcileSchedule", "ReconcileSchedulePermission"}
+              "ReconcileSchedule", "ReconcileSchedulePermission", "WorkQueueAgeAlarm"}
 
 
 @pytest.fixture(scope="module")
@@ -407,6 +407,8 @@ FLEET_INSTANCE_GRANTS: dict[str, list[tuple[list[Any], Any]]] = {
     ],
     "cloudformation:SignalResource": [([{"Ref": "AWS::StackId"}], None)],
     "autoscaling:CompleteLifecycleAction": [([FLEET_GROUP_ARN], None)],
+    # A failed bootstrap marks its own instance Unhealthy (the group replaces it).
+    "autoscaling:SetInstanceHealth": [([FLEET_GROUP_ARN], None)],
 }
 
 
@@ -723,7 +725,8 @@ def test_fleet_group_has_fleet_size_instances_tagged_and_drained(
     assert "MixedInstancesPolicy" not in fleet["FleetGroup"]["Properties"]
     # Created with FleetSize instances, then scaled between MinSize and MaxSize (0: FleetSize);
     # a stack update keeps the scaled size unless one of them changes.
-    assert props["DesiredCapacity"] == {"Ref": "FleetSize"}
+    assert props["DesiredCapacity"] == {
+        "Fn::If": ["HasFleetDesiredCapacity", {"Ref": "FleetDesiredCapacity"}, {"Ref": "FleetSize"}]}
     assert props["MinSize"] == {"Ref": "MinSize"}
     assert props["MaxSize"] == {"Fn::If": ["HasMaxSize", {"Ref": "MaxSize"}, {"Ref": "FleetSize"}]}
     params = template["Parameters"]
