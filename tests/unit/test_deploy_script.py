@@ -451,7 +451,8 @@ def test_deploy_resolves_and_ships_exact_pins_of_the_dependencies(checkout: Path
 
 def _status(*statuses: str) -> dict[str, Any]:
     """The stack's status, one answer per describe-stacks (the last repeats)."""
-    return _rule("cloudformation describe-stacks", *(_ok(s) for s in statuses), args=["Stacks[0].StackStatus"])
+    return _rule("cloudformation describe-stacks", *(_ok(s) for s in statuses),
+                 args=["Stacks[0].StackStatus"])
 
 
 def _indexes(run: Run, command: str, *tokens: str) -> list[int]:
@@ -466,7 +467,8 @@ def test_the_change_set_is_executed_and_the_stack_waited_for(checkout: Path, tmp
     assert "--no-execute-changeset" in run.calls[create]
     (execute,) = _indexes(run, "cloudformation execute-change-set", CHANGE_SET)
     # Polled by the script itself until the stack left CREATE_IN_PROGRESS.
-    polls = [i for i in _indexes(run, "cloudformation describe-stacks", "Stacks[0].StackStatus") if i > execute]
+    polls = [i for i in _indexes(run, "cloudformation describe-stacks", "Stacks[0].StackStatus")
+             if i > execute]
     assert len(polls) == 2
     assert create < execute
     assert "stack processor: CREATE_COMPLETE" in run.stderr
@@ -569,7 +571,8 @@ _FLEET = [
           "Stacks[0].[Parameters[?ParameterKey=='FleetSize'].ParameterValue | [0], "
           "Parameters[?ParameterKey=='MinSize'].ParameterValue | [0], "
           "Parameters[?ParameterKey=='MaxSize'].ParameterValue | [0]]"]),
-    _rule("autoscaling describe-auto-scaling-groups", _ok("7"), args=["AutoScalingGroups[0].DesiredCapacity"]),
+    _rule("autoscaling describe-auto-scaling-groups", _ok("7"),
+          args=["AutoScalingGroups[0].DesiredCapacity"]),
     _rule("autoscaling describe-auto-scaling-groups", _ok("i-0aaa\ti-0bbb"),
           args=["AutoScalingGroups[0].Instances[?ProtectedFromScaleIn].InstanceId"]),
     _rule("autoscaling suspend-processes", _ok()),
@@ -631,7 +634,8 @@ def test_delete_stops_a_fleets_daemons_then_deletes_and_waits(checkout: Path, tm
 
 def test_delete_of_one_instance_just_deletes(checkout: Path, tmp_path: Path) -> None:
     rules = _account(stack=_rule("cloudformation describe-stacks", _ok("CREATE_COMPLETE"),
-                                 _error("Stack with id processor does not exist"), args=["Stacks[0].StackStatus"]))
+                                 _error("Stack with id processor does not exist"),
+                                 args=["Stacks[0].StackStatus"]))
     run = _deploy(checkout, tmp_path, rules, "--delete")
     assert run.returncode == 0, run.stderr
     assert "ssm send-command" not in run.commands()

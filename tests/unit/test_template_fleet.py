@@ -205,18 +205,21 @@ def test_an_update_keeps_the_scaled_size(template: dict[str, Any], params: dict[
 
 
 def test_a_failed_bootstrap_marks_its_instance_unhealthy(fleet: dict[str, Any]) -> None:
-    body = fleet["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    launch = fleet["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    body = launch["UserData"]["Fn::Base64"]["Fn::Sub"]
     on_exit = body[body.index("on_exit() {"):body.index("trap on_exit EXIT")]
     call = on_exit[on_exit.index("aws autoscaling set-instance-health"):]
-    for flag in ('--instance-id "$INSTANCE_ID"', "--health-status Unhealthy", "--no-should-respect-grace-period"):
+    for flag in ('--instance-id "$INSTANCE_ID"', "--health-status Unhealthy",
+                 "--no-should-respect-grace-period"):
         assert flag in call, flag
     assert on_exit.index("signal FAILURE") < on_exit.index("set-instance-health")
     # Allowed on this group only.
     statements = fleet["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     (grant,) = [s for s in statements if "autoscaling:SetInstanceHealth" in str(s["Action"])]
     assert grant["Action"] == "autoscaling:SetInstanceHealth"
-    assert grant["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}"
-                                            ":autoScalingGroup:*:autoScalingGroupName/${AWS::StackName}-processor"}
+    assert grant["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:autoscaling:${AWS::Region}:"
+                                            "${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/"
+                                            "${AWS::StackName}-processor"}
     assert "Condition" not in grant
 
 
