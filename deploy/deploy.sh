@@ -238,10 +238,12 @@ stack_status() {
 # rolling update takes as long as it takes), saying each new status; prints the last.
 # With "executing", REVIEW_IN_PROGRESS (a change set not yet running) is waited out too.
 wait_for_stack() {
-  local executing=${1:-} status last=''
+  local executing=${1:-} status last='' polls=0
   while :; do
     status=$(stack_status) || return 1
-    if [ "$status" != "$last" ]; then
+    polls=$((polls + 1))
+    # Each new status, and every 40 polls (10 minutes at 15 s) a sign of life.
+    if [ "$status" != "$last" ] || [ $((polls % 40)) -eq 0 ]; then
       say "stack $STACK_NAME: $status $(date -u +%H:%M:%S)"
       last=$status
     fi
