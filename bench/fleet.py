@@ -299,7 +299,7 @@ class FleetSimulation:
             "GroupDesiredCapacity": self.desired,
         }
         self.samples.append(Sample(self.now, len(self.queue), in_service, self.desired, len(live)))
-        from_zero = self.rule.scale_from_zero(observed)
+        from_zero = self.rule.scale_from_zero(observed, self.desired)
         if from_zero is not None and from_zero != self.desired:
             self._decide(from_zero, "scale-out from zero")
         tracked = self.rule.target_tracking(in_service, observed)

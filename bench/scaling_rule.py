@@ -66,8 +66,8 @@ class ScalingRule:
     from_zero: MathMetric
     from_zero_threshold: float
     from_zero_compare: Callable[[float, float], bool]
-    #: ScaleOutFromZeroPolicy's ExactCapacity.
-    from_zero_capacity: int
+    #: ScaleOutFromZeroPolicy's step: instances added (ChangeInCapacity).
+    from_zero_step: int
 
     def clamp(self, desired: int) -> int:
         return max(self.min_size, min(self.max_size, desired))
@@ -79,12 +79,12 @@ class ScalingRule:
             return None
         return self.clamp(math.ceil(current * metric / self.target_value))
 
-    def scale_from_zero(self, observed: Mapping[str, float]) -> int | None:
-        """The capacity the from-zero alarm's policy sets, or None while the alarm is OK."""
+    def scale_from_zero(self, observed: Mapping[str, float], current: int) -> int | None:
+        """The capacity the from-zero alarm's policy sets from ``current``, or None while the alarm is OK."""
         value = self.from_zero.value(observed)
         if value is None or not self.from_zero_compare(value, self.from_zero_threshold):
             return None
-        return self.clamp(self.from_zero_capacity)
+        return self.clamp(current + self.from_zero_step)
 
 
 _COMPARE: Mapping[str, Callable[[float, float], bool]] = {
@@ -113,19 +113,19 @@ def load_rule(parameters: Mapping[str, Any], template_path: Path = TEMPLATE) -> 
     tracking = policy["TargetTrackingConfiguration"]
     alarm = resolver.resolve(resources["ScaleOutFromZeroAlarm"]["Properties"])
     step = resolver.resolve(resources["ScaleOutFromZeroPolicy"]["Properties"])
-    if step["AdjustmentType"] != "ExactCapacity" or len(step["StepAdjustments"]) != 1:
-        raise RuleError("ScaleOutFromZeroPolicy: this model knows one ExactCapacity step only")
+    if step["AdjustmentType"] != "ChangeInCapacity" or len(step["StepAdjustments"]) != 1:
+        raise RuleError("ScaleOutFromZeroPolicy: this model knows one ChangeInCapacity step only")
     return ScalingRule(
         min_size=int(group["MinSize"]),
         max_size=int(group["MaxSize"]),
-        initial_size=int(group["DesiredCapacity"]),
+        initial_size=int(group["DesiredCapacity"]),  # FleetDesiredCapacity empty: FleetSize
         slots=int(values["Concurrency"]),
         target_value=float(tracking["TargetValue"]),
         backlog=_math_metric(tracking["CustomizedMetricSpecification"]["Metrics"], "BacklogScalingPolicy"),
         from_zero=_math_metric(alarm["Metrics"], "ScaleOutFromZeroAlarm"),
         from_zero_threshold=float(alarm["Threshold"]),
         from_zero_compare=_COMPARE[alarm["ComparisonOperator"]],
-        from_zero_capacity=int(step["StepAdjustments"][0]["ScalingAdjustment"]),
+        from_zero_step=int(step["StepAdjustments"][0]["ScalingAdjustment"]),
     )
 
 
@@ -200,9 +200,10 @@ _WORDS = re.compile(r"\b(AND|OR)\b|&&|\|\|")
 def evaluate(expression: str, metrics: Mapping[str, float]) -> float | None:
     """A CloudWatch metric math expression of one data point each, as CloudWatch computes it.
 
-    The subset the stack uses: numbers, metric ids, + - * /, comparisons, AND/OR and
-    IF(condition, then, else). A division by zero has no value (CloudWatch drops the
-    point), and so has anything computed from it.
+    The subset the stack uses: numbers, metric ids, + - * /, comparisons, AND/OR,
+    IF(condition, then, else) and FILL(metric, REPEAT). A division by zero has no value
+    (CloudWatch drops the point), and so has anything computed from it. The simulation
+    reports every metric every minute, so FILL(m, REPEAT) is m here.
     """
     text = _WORDS.sub(lambda m: " and " if m.group(0) in ("AND", "&&") else " or ", expression)
     try:
@@ -246,6 +247,10 @@ def _value(node: ast.expr, metrics: Mapping[str, float], expression: str) -> flo
             return None
         truth = all if isinstance(node.op, ast.And) else any
         return 1.0 if truth(v != 0 for v in values) else 0.0
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "FILL"
+            and len(node.args) == 2 and isinstance(node.args[1], ast.Name)
+            and node.args[1].id == "REPEAT" and not node.keywords):
+        return sub(node.args[0])
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "IF"
             and len(node.args) == 3 and not node.keywords):
         condition = sub(node.args[0])

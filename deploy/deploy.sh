@@ -10,12 +10,17 @@ usage() {
 Usage: deploy/deploy.sh [options]
 
 Builds dist/processor-*.whl and dist/lambda_trigger-*.zip, uploads them to the
-artifact bucket, and runs `aws cloudformation deploy` (create or update).
+artifact bucket, creates a change set (`aws cloudformation deploy
+--no-execute-changeset`), executes it and waits for the stack, however long
+a fleet's rolling update takes. A stack that is busy already is waited for.
+With --delete: stops a fleet's daemons (so their scale-in protection clears)
+and deletes the stack.
 
 Options:
   --stack-name NAME        stack name, also the prefix of the bucket names
                            (default: processor; lowercase letters, digits and
-                           hyphens, 2-28 characters, starting with a letter)
+                           hyphens, 2-28 characters, starting with a letter, not
+                           with aws, amazon, amzn, xn-- or sthree-)
   --region REGION          AWS region (default: AWS_REGION, else the CLI's configured region)
   --subnet-id SUBNET       subnet of the instance (default on create: a default subnet of
                            the default VPC; on update: the stack's current one). Its VPC
@@ -43,6 +48,8 @@ Options:
   --delete-failed          a stack left in ROLLBACK_COMPLETE or ROLLBACK_FAILED by a failed
                            first deploy is deleted (and waited for) before deploying again;
                            without it, the script stops and says so
+  --delete                 delete the stack instead (a fleet's daemons are stopped first so
+                           that no instance keeps its scale-in protection), and wait for it
   --dry-run                build the artifacts and print the AWS commands instead of running them
   -h, --help               show this help
 
@@ -67,14 +74,24 @@ FLEET_SUBNET_IDS=
 REFRESH_AMI=false
 DRY_RUN=false
 DELETE_FAILED=false
+DELETE_STACK=false
 CONSTRAINTS_FILE=
 WHEEL_FILE=
 EXTRA_PARAMETERS=()
 # Bounded waits (seconds); the environment may shorten them (the tests do).
 AMI_WAIT_SECONDS=${PROCESSOR_DEPLOY_AMI_WAIT_SECONDS:-120}
 POLL_SECONDS=${PROCESSOR_DEPLOY_POLL_SECONDS:-3}
-#: Lambda keeps this many concurrent executions unreserved in every account.
-LAMBDA_UNRESERVED_MINIMUM=10
+# Stack operations and fleet commands are polled at this interval with no ceiling: a
+# fleet's rolling update (one instance at a time: a drain, then a bootstrap) can take
+# hours, and `aws cloudformation deploy` gives up after 60 minutes (5 s x 720).
+STACK_POLL_SECONDS=${PROCESSOR_DEPLOY_STACK_POLL_SECONDS:-15}
+#: Lambda keeps 100 concurrent executions unreserved, or the whole quota where it is
+#: smaller ("You can reserve up to the Unreserved account concurrency value that is
+#: shown, minus 100": Lambda developer guide, "Configuring reserved concurrency").
+LAMBDA_UNRESERVED_FLOOR=100
+#: The Service Quotas code of "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z)
+#: instances", counted in vCPUs (EC2 user guide, "On-Demand Instance quotas").
+EC2_STANDARD_VCPU_QUOTA=L-1216C47A
 
 need_value() {
   if [ "$2" -lt 2 ]; then
@@ -120,6 +137,7 @@ while [ "$#" -gt 0 ]; do
       [ -f "$2" ] || die_usage "--constraints: no such file '$2'"
       CONSTRAINTS_FILE=$2; shift 2 ;;
     --delete-failed) DELETE_FAILED=true; shift ;;
+    --delete) DELETE_STACK=true; shift ;;
     --dry-run) DRY_RUN=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die_usage "unknown option '$1'" ;;
@@ -131,6 +149,16 @@ done
 if ! [[ $STACK_NAME =~ ^[a-z][a-z0-9-]{0,26}[a-z0-9]$ ]]; then
   die_usage "stack name '$STACK_NAME' must be 2-28 lowercase letters, digits and hyphens, starting with a letter"
 fi
+# The stack name also starts the SSM document names (<stack>-SubmitDocument ...), which
+# may not start with aws, amazon or amzn (SSM API reference, CreateDocument: Name), and
+# the bucket names, which may not start with xn-- or sthree- (S3 user guide, "General
+# purpose bucket naming rules"). Either would fail deep into the stack and roll back.
+case "$STACK_NAME" in
+  aws*|amazon*|amzn*)
+    die_usage "stack name '$STACK_NAME' may not start with aws, amazon or amzn: SSM refuses such document names ($STACK_NAME-SubmitDocument)" ;;
+  xn--*|sthree-*)
+    die_usage "stack name '$STACK_NAME' may not start with xn-- or sthree-: S3 refuses such bucket names ($STACK_NAME-input-...)" ;;
+esac
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TEMPLATE=$REPO/deploy/cloudformation/processor.yaml
@@ -170,6 +198,179 @@ aws_query() {
 command -v python3 >/dev/null || { say "python3 is required"; exit 1; }
 if [ "$DRY_RUN" = false ]; then
   command -v aws >/dev/null || { say "the AWS CLI (v2) is required"; exit 1; }
+fi
+
+# `read … < <(aws …)` does not stop on a failed command under set -e: every value
+# read from a lookup is checked before it is used.
+require() {
+  local name=$1 value=$2 what=$3
+  if [ -z "$value" ] || [ "$value" = None ]; then
+    say "$what ($name came back empty)"
+    exit 1
+  fi
+}
+
+# --- the stack and the fleet -------------------------------------------------------------
+
+# The stack's status, NONE when it does not exist. Any other error (throttling,
+# AccessDenied, no network) stops the script: taken for "no stack", it would turn an
+# update into a create (the default VPC's subnet, replacements asked for).
+stack_status() {
+  local out err
+  err=$(mktemp)
+  if out=$(aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" \
+             --query 'Stacks[0].StackStatus' --output text 2>"$err"); then
+    rm -f "$err"
+    printf '%s\n' "${out:-NONE}"
+    return 0
+  fi
+  if grep -q "does not exist" "$err"; then
+    rm -f "$err"
+    echo NONE
+    return 0
+  fi
+  say "could not read the state of stack $STACK_NAME in $REGION: $(tr '\n' ' ' <"$err")"
+  rm -f "$err"
+  return 1
+}
+
+# Polls the stack until it is in no *_IN_PROGRESS state, with no ceiling (a fleet's
+# rolling update takes as long as it takes), saying each new status; prints the last.
+# With "executing", REVIEW_IN_PROGRESS (a change set not yet running) is waited out too.
+wait_for_stack() {
+  local executing=${1:-} status last='' polls=0
+  while :; do
+    status=$(stack_status) || return 1
+    polls=$((polls + 1))
+    # Each new status, and every 40 polls (10 minutes at 15 s) a sign of life.
+    if [ "$status" != "$last" ] || [ $((polls % 40)) -eq 0 ]; then
+      say "stack $STACK_NAME: $status $(date -u +%H:%M:%S)"
+      last=$status
+    fi
+    case "$status" in
+      REVIEW_IN_PROGRESS) [ -n "$executing" ] || break ;;
+      *_IN_PROGRESS) ;;
+      *) break ;;
+    esac
+    sleep "$STACK_POLL_SECONDS"
+  done
+  printf '%s\n' "$status"
+}
+
+# The latest failures among the stack's events, to say why an operation failed.
+failure_events() {
+  aws cloudformation describe-stack-events --stack-name "$STACK_NAME" --region "$REGION" \
+    --query "StackEvents[?ends_with(ResourceStatus, 'FAILED')].[Timestamp,LogicalResourceId,ResourceStatusReason]" \
+    --output text 2>/dev/null | head -n 10 >&2 || true
+}
+
+stack_output() {
+  aws_query None cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+    --query "Stacks[0].Outputs[?OutputKey=='$1'].OutputValue | [0]" --output text
+}
+
+# Runs an SSM document on every instance of the fleet (its tag) and waits for the
+# command to end (the document's own timeout bounds it).
+run_on_fleet() {
+  local document=$1 what=$2 command_id status
+  shift 2
+  command_id=$(aws_query cmd-dry-run ssm send-command --region "$REGION" --document-name "$document" \
+    --targets "Key=tag:processor:fleet,Values=$STACK_NAME" --max-concurrency 100% --max-errors 100% \
+    --comment "deploy.sh: $what" "$@" --query Command.CommandId --output text) || return 1
+  require CommandId "$command_id" "SSM did not start the command to $what"
+  [ "$DRY_RUN" = false ] || return 0
+  while :; do
+    status=$(aws ssm list-commands --region "$REGION" --command-id "$command_id" \
+      --query 'Commands[0].Status' --output text) || return 1
+    case "$status" in Pending|InProgress|Cancelling) sleep "$STACK_POLL_SECONDS" ;; *) break ;; esac
+  done
+  say "$what: $status (SSM command $command_id)"
+}
+
+# The group's instances that still carry scale-in protection, cleared (50 per call,
+# SetInstanceProtection's limit).
+clear_protection() {
+  local group=$1 ids i
+  local -a protected=()
+  ids=$(aws_query "" autoscaling describe-auto-scaling-groups --region "$REGION" \
+    --auto-scaling-group-names "$group" \
+    --query 'AutoScalingGroups[0].Instances[?ProtectedFromScaleIn].InstanceId' --output text) || return 1
+  [ "$ids" != None ] || ids=''
+  read -r -a protected <<<"$ids" || true
+  for ((i = 0; i < ${#protected[@]}; i += 50)); do
+    say "clearing the scale-in protection of ${protected[*]:i:50}"
+    aws_cli autoscaling set-instance-protection --region "$REGION" --auto-scaling-group-name "$group" \
+      --no-protected-from-scale-in --instance-ids "${protected[@]:i:50}" || return 1
+  done
+}
+
+# Before a fleet shrinks or goes: stop it taking new work, then let protection clear.
+# Busy daemons keep receiving from the backlog and keep their scale-in protection, so
+# the group (and CloudFormation with it) would wait for as long as there is work. The
+# scaling policies are suspended (nothing scales out meanwhile), every daemon drains
+# (the DrainDocument, systemctl stop: it receives no more, hands its unfinished messages
+# back to the queue and clears its own protection on the way out), and whatever
+# protection is left (a daemon that had died) is cleared. (EC2 Auto Scaling user guide,
+# "Use instance scale-in protection": protected instances are not terminated on scale-in.)
+quiesce_fleet() {
+  local group=$1 drain
+  drain=$(stack_output DrainDocumentName)
+  require DrainDocumentName "$drain" "stack $STACK_NAME has no DrainDocumentName output"
+  say "stopping the daemons of $group before it shrinks (their messages go back to the queue)"
+  aws_cli autoscaling suspend-processes --region "$REGION" --auto-scaling-group-name "$group" \
+    --scaling-processes AlarmNotification || return 1
+  run_on_fleet "$drain" "drain every daemon of the fleet" || return 1
+  clear_protection "$group"
+}
+
+# After a shrink: the scaling policies again, and the remaining daemons started.
+resume_fleet() {
+  local group=$1
+  aws_cli autoscaling resume-processes --region "$REGION" --auto-scaling-group-name "$group" \
+    --scaling-processes AlarmNotification || return 1
+  run_on_fleet AWS-RunShellScript "start the daemons again" \
+    --parameters 'commands=["systemctl start processor"]'
+}
+
+resolve_region() {
+  if [ -z "$REGION" ] && [ "$DRY_RUN" = false ]; then
+    REGION=$(aws configure get region || true)
+  fi
+  [ -n "$REGION" ] || REGION=us-east-1
+}
+
+# --- delete ------------------------------------------------------------------------------
+
+if [ "$DELETE_STACK" = true ]; then
+  resolve_region
+  STATUS=NONE
+  if [ "$DRY_RUN" = false ]; then
+    STATUS=$(stack_status) || exit 1
+    case "$STATUS" in
+      *_IN_PROGRESS)
+        say "stack $STACK_NAME is busy ($STATUS): waiting for it first"
+        STATUS=$(wait_for_stack) || exit 1 ;;
+    esac
+    if [ "$STATUS" = NONE ]; then
+      say "stack $STACK_NAME does not exist in $REGION: nothing to delete"
+      exit 0
+    fi
+  fi
+  GROUP=$(stack_output FleetGroupName)
+  if [ -n "$GROUP" ] && [ "$GROUP" != None ]; then
+    quiesce_fleet "$GROUP" || { say "could not stop the fleet's daemons: the stack is left as it is"; exit 1; }
+  fi
+  say "deleting stack $STACK_NAME in $REGION"
+  aws_cli cloudformation delete-stack --region "$REGION" --stack-name "$STACK_NAME"
+  [ "$DRY_RUN" = false ] || exit 0
+  STATUS=$(wait_for_stack executing) || exit 1
+  if [ "$STATUS" != NONE ] && [ "$STATUS" != DELETE_COMPLETE ]; then
+    say "stack $STACK_NAME was not deleted ($STATUS):"
+    failure_events
+    exit 1
+  fi
+  say "stack $STACK_NAME is deleted; what it leaves behind is in docs/DEPLOY.md, \"Tear down\""
+  exit 0
 fi
 
 # --- build ------------------------------------------------------------------------------
@@ -256,20 +457,7 @@ say "built dist/$WHEEL_NAME, dist/$CONSTRAINTS_NAME and dist/$LAMBDA_NAME"
 
 # --- account, region, stack state -------------------------------------------------------------
 
-# `read … < <(aws …)` does not stop on a failed command under set -e: every value
-# read from a lookup is checked before it is used.
-require() {
-  local name=$1 value=$2 what=$3
-  if [ -z "$value" ] || [ "$value" = None ]; then
-    say "$what ($name came back empty)"
-    exit 1
-  fi
-}
-
-if [ -z "$REGION" ] && [ "$DRY_RUN" = false ]; then
-  REGION=$(aws configure get region || true)
-fi
-[ -n "$REGION" ] || REGION=us-east-1
+resolve_region
 ACCOUNT='' CALLER_ARN=''
 read -r ACCOUNT CALLER_ARN < <(aws_query "123456789012 arn:aws:iam::123456789012:user/dry-run" \
   sts get-caller-identity --query '[Account,Arn]' --output text) || true
@@ -282,13 +470,26 @@ ARTIFACT_BUCKET=${ARTIFACT_BUCKET:-$STACK_NAME-deploy-$ACCOUNT-$REGION}
 # ROLLBACK_COMPLETE (or ROLLBACK_FAILED): such a stack cannot be updated, only
 # deleted. REVIEW_IN_PROGRESS is a stack that has never been created (a change set
 # was made but not run): `cloudformation deploy` creates it, so it is new here too.
+# A stack busy with another operation (an earlier run's long rolling update) is
+# waited for, then looked at again.
 STACK_STATUS=NONE
 if [ "$DRY_RUN" = false ]; then
-  STACK_STATUS=$(aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" \
-    --query 'Stacks[0].StackStatus' --output text 2>/dev/null) || STACK_STATUS=NONE
-  [ -n "$STACK_STATUS" ] || STACK_STATUS=NONE
+  STACK_STATUS=$(stack_status) || exit 1
+  case "$STACK_STATUS" in
+    REVIEW_IN_PROGRESS) ;;
+    *_IN_PROGRESS)
+      say "stack $STACK_NAME is busy ($STACK_STATUS): waiting for that operation to end first"
+      STACK_STATUS=$(wait_for_stack) || exit 1 ;;
+  esac
 fi
 case "$STACK_STATUS" in
+  UPDATE_ROLLBACK_FAILED)
+    say "stack $STACK_NAME is in UPDATE_ROLLBACK_FAILED: it cannot be updated until its rollback is continued"
+    say "(aws cloudformation continue-update-rollback --stack-name $STACK_NAME --region $REGION, see its events first)"
+    exit 1 ;;
+  DELETE_FAILED)
+    say "stack $STACK_NAME is in DELETE_FAILED: delete it again (deploy/deploy.sh --delete), see its events first"
+    exit 1 ;;
   ROLLBACK_COMPLETE|ROLLBACK_FAILED)
     if [ "$DELETE_FAILED" = false ]; then
       say "stack $STACK_NAME is in $STACK_STATUS: its first deploy failed and it cannot be updated."
@@ -303,11 +504,6 @@ case "$STACK_STATUS" in
       exit 1
     fi
     STACK_STATUS=NONE ;;
-  *_IN_PROGRESS)
-    if [ "$STACK_STATUS" != REVIEW_IN_PROGRESS ]; then
-      say "stack $STACK_NAME is busy ($STACK_STATUS): wait until it has finished, then deploy again"
-      exit 1
-    fi ;;
 esac
 STACK_EXISTS=true
 case "$STACK_STATUS" in NONE|REVIEW_IN_PROGRESS) STACK_EXISTS=false ;; esac
@@ -323,17 +519,19 @@ if [ "$DRY_RUN" = true ] || ! aws s3api head-bucket --bucket "$ARTIFACT_BUCKET" 
       --create-bucket-configuration "LocationConstraint=$REGION" >/dev/null
   fi
   aws_cli s3api wait bucket-exists --bucket "$ARTIFACT_BUCKET" --region "$REGION"
-  aws_cli s3api put-public-access-block --bucket "$ARTIFACT_BUCKET" --region "$REGION" \
-    --public-access-block-configuration \
-    BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
-  aws_cli s3api put-bucket-policy --bucket "$ARTIFACT_BUCKET" --region "$REGION" --policy "$(cat <<EOF
+fi
+# On every run, not only when the bucket is created: a run that died between the
+# creation and these would otherwise leave the bucket without them for good.
+aws_cli s3api put-public-access-block --bucket "$ARTIFACT_BUCKET" --region "$REGION" \
+  --public-access-block-configuration \
+  BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
+aws_cli s3api put-bucket-policy --bucket "$ARTIFACT_BUCKET" --region "$REGION" --policy "$(cat <<EOF
 {"Version": "2012-10-17", "Statement": [{"Sid": "DenyInsecureTransport", "Effect": "Deny",
  "Principal": "*", "Action": "s3:*",
  "Resource": ["arn:$PARTITION:s3:::$ARTIFACT_BUCKET", "arn:$PARTITION:s3:::$ARTIFACT_BUCKET/*"],
  "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
 EOF
 )"
-fi
 
 say "uploading to s3://$ARTIFACT_BUCKET/"
 aws_cli s3 cp --region "$REGION" --only-show-errors "$WHEEL_PATH" "s3://$ARTIFACT_BUCKET/$WHEEL_KEY"
@@ -392,7 +590,16 @@ fi
 # NVMe device link). Checked whenever the type or a zone may change: on create,
 # --instance-type, --subnet-id or --fleet-subnet-ids. The type is the one asked for,
 # else the stack's current one, else the template's default.
-if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ] || [ -n "$FLEET_SUBNET_IDS" ]; then
+# Extra parameters given as --parameter KEY=VALUE, by name (the last one wins).
+extra_parameter() {
+  local parameter value=''
+  for parameter in ${EXTRA_PARAMETERS[@]+"${EXTRA_PARAMETERS[@]}"}; do
+    case "$parameter" in "$1"=*) value=${parameter#*=} ;; esac
+  done
+  printf '%s' "$value"
+}
+if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ] || [ -n "$FLEET_SUBNET_IDS" ] || [ -n "$FLEET_SIZE" ] \
+   || [ -n "$(extra_parameter MaxSize)" ]; then
   TYPE=$INSTANCE_TYPE
   if [ -z "$TYPE" ] && [ "$STACK_EXISTS" = true ]; then
     TYPE=$(aws_query None cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
@@ -419,31 +626,65 @@ if [ -n "$INSTANCE_TYPE" ] || [ -n "$ZONE" ] || [ -n "$FLEET_SUBNET_IDS" ]; then
       exit 1
     fi
   done
-  HYPERVISOR='' BARE_METAL=''
-  read -r HYPERVISOR BARE_METAL < <(aws_query "nitro False" ec2 describe-instance-types --region "$REGION" \
-    --instance-types "$TYPE" --query 'InstanceTypes[0].[Hypervisor,BareMetal]' --output text) || true
+  HYPERVISOR='' BARE_METAL='' VCPUS=''
+  read -r HYPERVISOR BARE_METAL VCPUS < <(aws_query "nitro False 2" ec2 describe-instance-types --region "$REGION" \
+    --instance-types "$TYPE" --query 'InstanceTypes[0].[Hypervisor,BareMetal,VCpuInfo.DefaultVCpus]' \
+    --output text) || true
   require HYPERVISOR "$HYPERVISOR" "could not look up instance type $TYPE in $REGION"
   if [ "$HYPERVISOR" != nitro ] && [ "${BARE_METAL:-}" != True ]; then
     say "instance type $TYPE is not Nitro-based (hypervisor: $HYPERVISOR): the bootstrap finds the data volume by its NVMe device; pick a Nitro type such as t3, m5, m6i, c6i"
     exit 1
   fi
+  # The account's On-Demand vCPU quota against what the stack may run: one instance, or
+  # the fleet's FleetSize (MaxSize where larger). A fresh account's quota is often a few
+  # vCPUs; EC2 then refuses the launches and the group's CreationPolicy times out after
+  # 30 minutes. Standard families only (A, C, D, H, I, M, R, T, Z: one quota); instances
+  # already running in the account count against it too.
+  COUNT=${FLEET_SIZE:-1}
+  if [ -z "$FLEET_SIZE" ] && [ "$STACK_EXISTS" = true ]; then
+    COUNT=$(aws_query 1 cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
+      --query "Stacks[0].Parameters[?ParameterKey=='FleetSize'].ParameterValue | [0]" --output text)
+    [[ $COUNT =~ ^[0-9]+$ ]] || COUNT=1
+  fi
+  MAX_PARAMETER=$(extra_parameter MaxSize)
+  if [ "$COUNT" -gt 1 ] && [[ $MAX_PARAMETER =~ ^[0-9]+$ ]] && [ "$MAX_PARAMETER" -gt "$COUNT" ]; then
+    COUNT=$MAX_PARAMETER
+  fi
+  case "$TYPE" in
+    [acdhimrtz]*)
+      if [[ ${VCPUS:-} =~ ^[0-9]+$ ]]; then
+        QUOTA=$(aws_query 1000.0 service-quotas get-service-quota --region "$REGION" --service-code ec2 \
+          --quota-code "$EC2_STANDARD_VCPU_QUOTA" --query Quota.Value --output text 2>/dev/null || true)
+        QUOTA=${QUOTA%%.*}
+        if ! [[ $QUOTA =~ ^[0-9]+$ ]]; then
+          say "note: could not read the EC2 vCPU quota ($EC2_STANDARD_VCPU_QUOTA, service-quotas:GetServiceQuota); not checked"
+        elif [ $((COUNT * VCPUS)) -gt "$QUOTA" ]; then
+          say "$COUNT x $TYPE need $((COUNT * VCPUS)) vCPUs, and this account may run $QUOTA On-Demand standard vCPUs in $REGION:"
+          say "ask for more (Service Quotas, EC2, 'Running On-Demand Standard instances', $EC2_STANDARD_VCPU_QUOTA) or deploy fewer or smaller instances"
+          exit 1
+        fi
+      fi ;;
+  esac
 fi
 
 # A reserved concurrency comes out of the account's unreserved pool, which Lambda
-# keeps at 10 or more: a new account whose quota is 10 cannot reserve anything, and
-# CloudFormation would only say so when it creates the function, and roll back.
-RESERVED=
-for parameter in ${EXTRA_PARAMETERS[@]+"${EXTRA_PARAMETERS[@]}"}; do
-  case "$parameter" in TriggerReservedConcurrency=*) RESERVED=${parameter#*=} ;; esac
-done
+# keeps at 100 or more (at the whole quota where that is below 100): a new account
+# whose quota is 10 cannot reserve anything, and CloudFormation would only say so
+# when it creates the function, after the bootstrap, and roll back.
+RESERVED=$(extra_parameter TriggerReservedConcurrency)
 if [ -n "$RESERVED" ]; then
   if ! [[ $RESERVED =~ ^(-1|[0-9]+)$ ]]; then
     die_usage "TriggerReservedConcurrency must be -1 (none) or a number of executions, got '$RESERVED'"
   fi
   if [ "$RESERVED" -gt 0 ]; then
-    UNRESERVED=$(aws_query 1000 lambda get-account-settings --region "$REGION" \
-      --query AccountLimit.UnreservedConcurrentExecutions --output text)
-    require UnreservedConcurrentExecutions "$UNRESERVED" "could not read the account's Lambda concurrency (aws lambda get-account-settings)"
+    QUOTA='' UNRESERVED=''
+    read -r QUOTA UNRESERVED < <(aws_query "1000 1000" lambda get-account-settings --region "$REGION" \
+      --query 'AccountLimit.[ConcurrentExecutions,UnreservedConcurrentExecutions]' --output text) || true
+    require UnreservedConcurrentExecutions "${UNRESERVED:-}" "could not read the account's Lambda concurrency (aws lambda get-account-settings)"
+    [[ $QUOTA =~ ^[0-9]+$ ]] && [[ $UNRESERVED =~ ^[0-9]+$ ]] \
+      || { say "aws lambda get-account-settings gave '$QUOTA $UNRESERVED', not two numbers"; exit 1; }
+    FLOOR=$LAMBDA_UNRESERVED_FLOOR
+    [ "$QUOTA" -ge "$FLOOR" ] || FLOOR=$QUOTA
     # On an update the function's own reservation is already out of the pool.
     CURRENT=0
     if [ "$STACK_EXISTS" = true ]; then
@@ -455,8 +696,8 @@ if [ -n "$RESERVED" ]; then
         [[ $CURRENT =~ ^[0-9]+$ ]] || CURRENT=0
       fi
     fi
-    if [ $((UNRESERVED + CURRENT - RESERVED)) -lt "$LAMBDA_UNRESERVED_MINIMUM" ]; then
-      say "TriggerReservedConcurrency=$RESERVED cannot be reserved: this account has $((UNRESERVED + CURRENT)) unreserved concurrent executions in $REGION and Lambda keeps $LAMBDA_UNRESERVED_MINIMUM unreserved."
+    if [ $((UNRESERVED + CURRENT - RESERVED)) -lt "$FLOOR" ]; then
+      say "TriggerReservedConcurrency=$RESERVED cannot be reserved: this account has $((UNRESERVED + CURRENT)) unreserved concurrent executions in $REGION (quota $QUOTA) and Lambda keeps $FLOOR unreserved."
       say "Deploy without it (the default, -1: no reservation), or ask for a higher Lambda concurrency quota (Service Quotas, 'Concurrent executions') first."
       exit 1
     fi
@@ -492,6 +733,53 @@ if [ "$REFRESH_AMI" = true ] || [ "$DRY_RUN" = true ] \
   fi
 fi
 
+# --- a fleet's size -------------------------------------------------------------------------
+
+# On an update of a fleet the template gets the group's current desired capacity
+# (FleetDesiredCapacity), within the update's MinSize..MaxSize, so that an update never
+# sets a fleet the scaling policies have grown or shrunk back to FleetSize. Always
+# passed (empty: FleetSize), since `cloudformation deploy` would reuse a previous value
+# that is stale by now. --fleet-size N asks for N. An update that leaves the group fewer
+# instances than it wants now (a lower --fleet-size or MaxSize, or one instance again)
+# stops the fleet's daemons first (quiesce_fleet), then starts the remaining ones again.
+GROUP='' DESIRED='' SHRINK=false NEW_FLEET=${FLEET_SIZE:-1}
+if [ "$STACK_EXISTS" = true ]; then
+  GROUP=$(stack_output FleetGroupName)
+  [ "$GROUP" != None ] || GROUP=''
+fi
+if [ -n "$GROUP" ]; then
+  CURRENT=$(aws_query 2 autoscaling describe-auto-scaling-groups --region "$REGION" \
+    --auto-scaling-group-names "$GROUP" --query 'AutoScalingGroups[0].DesiredCapacity' --output text)
+  OLD_FLEET='' OLD_MIN='' OLD_MAX=''
+  read -r OLD_FLEET OLD_MIN OLD_MAX < <(aws_query "2 0 0" cloudformation describe-stacks --region "$REGION" \
+    --stack-name "$STACK_NAME" --query "Stacks[0].[Parameters[?ParameterKey=='FleetSize'].ParameterValue | [0], \
+Parameters[?ParameterKey=='MinSize'].ParameterValue | [0], Parameters[?ParameterKey=='MaxSize'].ParameterValue | [0]]" \
+    --output text) || true
+  NEW_FLEET=${FLEET_SIZE:-$OLD_FLEET}
+  NEW_MIN=$(extra_parameter MinSize)
+  NEW_MIN=${NEW_MIN:-$OLD_MIN}
+  NEW_MAX=$(extra_parameter MaxSize)
+  NEW_MAX=${NEW_MAX:-$OLD_MAX}
+  for value in "$CURRENT" "$NEW_FLEET" "$NEW_MIN" "$NEW_MAX"; do
+    [[ $value =~ ^[0-9]+$ ]] || { say "could not read the size of $GROUP and the stack's FleetSize, MinSize and MaxSize (got '$value')"; exit 1; }
+  done
+  [ "$NEW_MAX" -ne 0 ] || NEW_MAX=$NEW_FLEET
+  if [ "$NEW_FLEET" -eq 1 ]; then
+    TARGET=0  # back to one instance: the group goes
+  elif [ -n "$FLEET_SIZE" ]; then
+    TARGET=$FLEET_SIZE
+  else
+    DESIRED=$CURRENT
+    [ "$DESIRED" -ge "$NEW_MIN" ] || DESIRED=$NEW_MIN
+    [ "$DESIRED" -le "$NEW_MAX" ] || DESIRED=$NEW_MAX
+    TARGET=$DESIRED
+  fi
+  if [ "$TARGET" -lt "$CURRENT" ]; then
+    SHRINK=true
+  fi
+fi
+PARAMETERS+=("FleetDesiredCapacity=$DESIRED")
+
 [ -z "$ALARM_EMAIL" ] || PARAMETERS+=("AlarmEmail=$ALARM_EMAIL")
 [ -z "$INSTANCE_TYPE" ] || PARAMETERS+=("InstanceType=$INSTANCE_TYPE")
 [ -z "$FLEET_SIZE" ] || PARAMETERS+=("FleetSize=$FLEET_SIZE")
@@ -501,15 +789,50 @@ PARAMETERS+=(${EXTRA_PARAMETERS[@]+"${EXTRA_PARAMETERS[@]}"})
 
 # --- deploy ------------------------------------------------------------------------------------
 
-say "deploying stack $STACK_NAME in $REGION"
+# A change set made by `cloudformation deploy --no-execute-changeset` (it uploads the
+# template, keeps the previous value of every parameter not passed, and with
+# --no-fail-on-empty-changeset says when nothing changes), then executed and waited for
+# here: the CLI's own wait gives up after 60 minutes (its waiter polls 5 s x 720 times)
+# while the stack goes on, and a fleet's rolling update (a drain and a bootstrap per
+# instance, PauseTime 30 minutes each) can take longer.
+say "creating a change set for stack $STACK_NAME in $REGION"
 # The template is over CloudFormation's 51,200-byte inline limit: it goes through S3.
-aws_cli cloudformation deploy --region "$REGION" --stack-name "$STACK_NAME" \
+CREATED=$(aws_query "" cloudformation deploy --region "$REGION" --stack-name "$STACK_NAME" \
   --template-file "$TEMPLATE" \
   --s3-bucket "$ARTIFACT_BUCKET" --s3-prefix "processor/$STACK_NAME/templates" \
   --capabilities CAPABILITY_NAMED_IAM \
-  --no-fail-on-empty-changeset \
+  --no-execute-changeset --no-fail-on-empty-changeset \
   --tags "Application=processor" "processor:stack=$STACK_NAME" \
-  --parameter-overrides ${PARAMETERS[@]+"${PARAMETERS[@]}"}
+  --parameter-overrides ${PARAMETERS[@]+"${PARAMETERS[@]}"}) || { say "the change set could not be created"; exit 1; }
+[ "$DRY_RUN" = false ] || exit 0
+CHANGE_SET=$(printf '%s\n' "$CREATED" | grep -o 'arn:[^ ]*:changeSet/[^ ]*' | head -n 1 || true)
+if [ -z "$CHANGE_SET" ]; then
+  if printf '%s\n' "$CREATED" | grep -q 'No changes to deploy'; then
+    say "stack $STACK_NAME is up to date: nothing to change"
+  else
+    say "cloudformation deploy named no change set: $CREATED"
+    exit 1
+  fi
+else
+  if [ "$SHRINK" = true ]; then
+    quiesce_fleet "$GROUP" || { say "could not stop the fleet's daemons: the change set $CHANGE_SET is left unexecuted"; exit 1; }
+  fi
+  say "executing $CHANGE_SET"
+  aws cloudformation execute-change-set --region "$REGION" --change-set-name "$CHANGE_SET"
+  STATUS=$(wait_for_stack executing) || exit 1
+  # The group is still there (a smaller fleet, or an update that rolled back): its
+  # daemons run again.
+  if [ "$SHRINK" = true ] && { [ "$NEW_FLEET" -gt 1 ] || [ "$STATUS" != UPDATE_COMPLETE ]; }; then
+    resume_fleet "$GROUP" || say "could not start the fleet's daemons again: run systemctl start processor on its instances"
+  fi
+  case "$STATUS" in
+    CREATE_COMPLETE|UPDATE_COMPLETE) ;;
+    *)
+      say "stack $STACK_NAME did not deploy ($STATUS); the latest failures:"
+      failure_events
+      exit 1 ;;
+  esac
+fi
 
 aws_cli cloudformation describe-stacks --region "$REGION" --stack-name "$STACK_NAME" \
   --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output table

@@ -129,6 +129,12 @@ def result_prefix(output_prefix: str, key: str, job: str) -> str:
     return f"{output_prefix}{key}/"
 
 
+def marker_keys(output_prefix: str, key: str) -> tuple[str, str]:
+    """The keys of ``key``'s result markers at the normal location ``<prefix><key>/``."""
+    base = f"{output_prefix}{key}/"
+    return base + MANIFEST_NAME, base + FAILED_NAME
+
+
 def index_results(result_keys: Iterable[str], output_prefix: str) -> Results:
     """The Results in a listing of the output bucket under ``output_prefix``."""
     keys: set[str] = set()

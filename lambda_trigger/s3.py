@@ -78,6 +78,29 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[ListedO
         raise ListingError(bucket, prefix, type(exc).__name__, str(exc)) from exc
 
 
+def list_keys_between(client: Any, bucket: str, prefix: str, start_after: str, last: str) -> Iterator[str]:
+    """The keys under ``prefix`` after ``start_after``, up to ``last`` (S3's order); raises ListingError.
+
+    ListObjectsV2 lists in UTF-8 binary order (which is Python's order of str), from
+    StartAfter on; the listing stops at the first key past ``last``, so a range of the
+    bucket costs the pages of that range only.
+    """
+    try:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, StartAfter=start_after):
+            for item in page.get("Contents") or []:
+                key = str(item["Key"])
+                if key > last:
+                    return
+                yield key
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise ListingError(bucket, prefix, str(error.get("Code") or "ClientError"),
+                           str(error.get("Message") or exc)) from exc
+    except BotoCoreError as exc:
+        raise ListingError(bucket, prefix, type(exc).__name__, str(exc)) from exc
+
+
 def list_keys(client: Any, bucket: str, prefix: str = "") -> Iterator[str]:
     """Every current key under ``prefix`` (ListObjectsV2: only s3:ListBucket is needed)."""
     try:

@@ -34,6 +34,9 @@ def test_wheel_has_packages_samples_and_the_template(wheel: zipfile.ZipFile) -> 
     samples = [n for n in names if n.startswith("worker/local/samples/")]
     assert len(samples) >= 3
     assert any(n.endswith("data/share/processor/cloudformation/processor.yaml") for n in names)
+    # What the fleet bootstrap runs or installs from the wheel (its UserData stays small).
+    for script in ("processor-data-volume", "processor-lifecycle", "processor-lifecycle.service"):
+        assert any(n.endswith(f"data/share/processor/fleet/{script}") for n in names), script
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -10,7 +10,12 @@ What these runs pin down is what a first real deploy tripped over: a Lambda
 reservation the account cannot give, bash 3.2's "unbound variable" on an empty
 array, the AMI parameter's asynchronous validation, stacks left in
 ROLLBACK_COMPLETE, lookups that came back empty, instance types the zone does
-not offer or that are not Nitro, and dependencies left unpinned at boot.
+not offer or that are not Nitro, and dependencies left unpinned at boot; and
+what day two needs (issue 20): a change set executed and waited for without a
+ceiling, a busy stack waited for, a describe-stacks error that is not "no
+stack", names SSM or S3 refuse, the vCPU quota, the artifact bucket's policy on
+every run, a fleet's size kept across updates, and stopping a fleet's daemons
+before it shrinks or is deleted.
 """
 
 from __future__ import annotations
@@ -85,6 +90,14 @@ def _rule(command: str, *responses: dict[str, Any], args: Sequence[str] = ()) ->
     return {"command": command, "args": list(args), "responses": list(responses)}
 
 
+CHANGE_SET = ("arn:aws:cloudformation:eu-west-1:123456789012:changeSet/"
+              "awscli-cloudformation-package-deploy-1700000000/0a1b2c3d")
+#: What `aws cloudformation deploy --no-execute-changeset` prints (awscli's MSG_NO_EXECUTE_CHANGESET).
+CHANGE_SET_CREATED = ("\nWaiting for changeset to be created..\n"
+                      "Changeset created successfully. Run the following command to review changes:\n"
+                      f"aws cloudformation describe-change-set --change-set-name {CHANGE_SET}")
+
+
 def _account(first: Sequence[dict[str, Any]] = (), **overrides: Any) -> list[dict[str, Any]]:
     """A fresh account with a default VPC, no stack yet, and the AMI pin missing until put.
 
@@ -93,25 +106,34 @@ def _account(first: Sequence[dict[str, Any]] = (), **overrides: Any) -> list[dic
     rules = {
         "sts": _rule("sts get-caller-identity",
                      _ok("123456789012\tarn:aws:iam::123456789012:user/deployer")),
+        # No stack; after the change set is executed, created.
         "stack": _rule("cloudformation describe-stacks",
                        _error("Stack with id processor does not exist"),
+                       _ok("CREATE_IN_PROGRESS"), _ok("CREATE_COMPLETE"),
                        args=["Stacks[0].StackStatus"]),
         "bucket": _rule("s3api head-bucket", _ok()),
+        "public_access": _rule("s3api put-public-access-block", _ok()),
+        "bucket_policy": _rule("s3api put-bucket-policy", _ok()),
         "vpc": _rule("ec2 describe-vpcs", _ok("vpc-0aaa")),
         "default_subnet": _rule("ec2 describe-subnets", _ok("subnet-0bbb"), args=["--filters"]),
         "subnet": _rule("ec2 describe-subnets", _ok("vpc-0aaa\teu-west-1a"), args=["--subnet-ids"]),
         "offerings": _rule("ec2 describe-instance-type-offerings", _ok("t3.small")),
-        "types": _rule("ec2 describe-instance-types", _ok("nitro\tFalse")),
+        "types": _rule("ec2 describe-instance-types", _ok("nitro\tFalse\t2")),
+        "vcpu_quota": _rule("service-quotas get-service-quota", _ok("64.0")),
         # Missing when first checked, then (after put-parameter) validated once asked again.
         "pin": _rule("ssm get-parameter", _error("ParameterNotFound"), _error("ParameterNotFound"),
                      _ok(AMI), args=["--name", AMI_PIN]),
         "latest": _rule("ssm get-parameter", _ok(AMI), args=["--name", AMI_SOURCE]),
         "put": _rule("ssm put-parameter", _ok("{}")),
-        "account": _rule("lambda get-account-settings", _ok("990")),
-        "deploy": _rule("cloudformation deploy", _ok("Successfully created/updated stack")),
+        "account": _rule("lambda get-account-settings", _ok("1000\t990")),
+        "deploy": _rule("cloudformation deploy", _ok(CHANGE_SET_CREATED)),
+        "execute": _rule("cloudformation execute-change-set", _ok()),
+        "events": _rule("cloudformation describe-stack-events", _ok("")),
         "outputs": _rule("cloudformation describe-stacks", _ok("| Outputs |"), args=["--output", "table"]),
         "delete": _rule("cloudformation delete-stack", _ok()),
         "wait": _rule("cloudformation wait", _ok()),
+        # Any other stack lookup (an output, a parameter): none.
+        "other_lookups": _rule("cloudformation describe-stacks", _ok("None"), args=["--output", "text"]),
     }
     rules.update(overrides)
     # The fake takes the first rule that matches.
@@ -186,6 +208,7 @@ def _deploy(checkout: Path, tmp_path: Path, rules: list[dict[str, Any]], *args: 
         "AWS_REGION": "eu-west-1",
         "PROCESSOR_DEPLOY_AMI_WAIT_SECONDS": "3",
         "PROCESSOR_DEPLOY_POLL_SECONDS": "1",
+        "PROCESSOR_DEPLOY_STACK_POLL_SECONDS": "0",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         **(env or {}),
     }
@@ -257,16 +280,29 @@ def test_a_given_wheel_is_deployed_as_it_is(checkout: Path, tmp_path: Path) -> N
 def test_a_reservation_the_account_cannot_give_stops_before_deploying(
     checkout: Path, tmp_path: Path,
 ) -> None:
-    rules = _account(account=_rule("lambda get-account-settings", _ok("10")))
+    rules = _account(account=_rule("lambda get-account-settings", _ok("10\t10")))
     run = _deploy(checkout, tmp_path, rules, "--parameter", "TriggerReservedConcurrency=5")
     assert run.returncode == 1, run.stderr
     assert "TriggerReservedConcurrency=5 cannot be reserved" in run.stderr
-    assert "10 unreserved" in run.stderr
+    assert "keeps 10 unreserved" in run.stderr
     assert run.deployed() is None
 
 
+def test_lambda_keeps_100_executions_unreserved(checkout: Path, tmp_path: Path) -> None:
+    # "You can reserve up to the Unreserved account concurrency value ... minus 100".
+    rules = _account(account=_rule("lambda get-account-settings", _ok("1000\t150")))
+    run = _deploy(checkout, tmp_path, rules, "--parameter", "TriggerReservedConcurrency=60")
+    assert run.returncode == 1, run.stderr
+    assert "TriggerReservedConcurrency=60 cannot be reserved" in run.stderr
+    assert "keeps 100 unreserved" in run.stderr
+    assert run.deployed() is None
+    fits = _deploy(checkout, tmp_path / "fits", rules, "--parameter", "TriggerReservedConcurrency=50")
+    assert fits.returncode == 0, fits.stderr
+    assert "TriggerReservedConcurrency=50" in (fits.deployed() or [])
+
+
 def test_a_reservation_within_the_account_is_deployed(checkout: Path, tmp_path: Path) -> None:
-    rules = _account(account=_rule("lambda get-account-settings", _ok("25")))
+    rules = _account(account=_rule("lambda get-account-settings", _ok("1000\t125")))
     run = _deploy(checkout, tmp_path, rules, "--parameter", "TriggerReservedConcurrency=15")
     assert run.returncode == 0, run.stderr
     assert "lambda get-account-settings" in run.commands()
@@ -305,7 +341,7 @@ def test_a_failed_stack_is_not_updated(checkout: Path, tmp_path: Path, status: s
 
 def test_delete_failed_deletes_waits_then_creates(checkout: Path, tmp_path: Path) -> None:
     rules = _account(stack=_rule("cloudformation describe-stacks", _ok("ROLLBACK_COMPLETE"),
-                                 args=["Stacks[0].StackStatus"]))
+                                 _ok("CREATE_COMPLETE"), args=["Stacks[0].StackStatus"]))
     run = _deploy(checkout, tmp_path, rules, "--delete-failed")
     assert run.returncode == 0, run.stderr
     commands = run.commands()
@@ -319,6 +355,7 @@ def test_delete_failed_deletes_waits_then_creates(checkout: Path, tmp_path: Path
 
 def test_a_stack_in_review_is_created_like_a_new_one(checkout: Path, tmp_path: Path) -> None:
     rules = _account(stack=_rule("cloudformation describe-stacks", _ok("REVIEW_IN_PROGRESS"),
+                                 _ok("REVIEW_IN_PROGRESS"), _ok("CREATE_IN_PROGRESS"), _ok("CREATE_COMPLETE"),
                                  args=["Stacks[0].StackStatus"]))
     run = _deploy(checkout, tmp_path, rules)
     assert run.returncode == 0, run.stderr
@@ -406,3 +443,203 @@ def test_deploy_resolves_and_ships_exact_pins_of_the_dependencies(checkout: Path
     for dependency in ("boto3", "structlog", "tenacity", "watchtower"):
         assert re.search(rf"(?im)^{dependency}==\d[^\s;]*$", pins), (dependency, pins)
     assert not re.search(r"(?im)^processor[=@ ]", pins)
+
+
+
+# --- day two: change sets, busy stacks, lookups that fail, quotas, a fleet's size ------------
+
+
+def _status(*statuses: str) -> dict[str, Any]:
+    """The stack's status, one answer per describe-stacks (the last repeats)."""
+    return _rule("cloudformation describe-stacks", *(_ok(s) for s in statuses),
+                 args=["Stacks[0].StackStatus"])
+
+
+def _indexes(run: Run, command: str, *tokens: str) -> list[int]:
+    return [i for i, call in enumerate(run.calls)
+            if " ".join(call[:2]) == command and all(t in call for t in tokens)]
+
+
+def test_the_change_set_is_executed_and_the_stack_waited_for(checkout: Path, tmp_path: Path) -> None:
+    run = _deploy(checkout, tmp_path, _account())
+    assert run.returncode == 0, run.stderr
+    (create,) = _indexes(run, "cloudformation deploy")
+    assert "--no-execute-changeset" in run.calls[create]
+    (execute,) = _indexes(run, "cloudformation execute-change-set", CHANGE_SET)
+    # Polled by the script itself until the stack left CREATE_IN_PROGRESS.
+    polls = [i for i in _indexes(run, "cloudformation describe-stacks", "Stacks[0].StackStatus")
+             if i > execute]
+    assert len(polls) == 2
+    assert create < execute
+    assert "stack processor: CREATE_COMPLETE" in run.stderr
+
+
+def test_an_empty_change_set_is_nothing_to_do(checkout: Path, tmp_path: Path) -> None:
+    rules = _account(stack=_status("UPDATE_COMPLETE"), deploy=_rule(
+        "cloudformation deploy", _ok("\nNo changes to deploy. Stack processor is up to date")))
+    run = _deploy(checkout, tmp_path, rules)
+    assert run.returncode == 0, run.stderr
+    assert "nothing to change" in run.stderr
+    assert "cloudformation execute-change-set" not in run.commands()
+
+
+def test_a_failed_update_says_why_and_exits_non_zero(checkout: Path, tmp_path: Path) -> None:
+    rules = _account(
+        stack=_status("UPDATE_COMPLETE", "UPDATE_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS",
+                      "UPDATE_ROLLBACK_COMPLETE"),
+        events=_rule("cloudformation describe-stack-events",
+                     _ok("2026-01-01T00:00:00Z\tFleetGroup\tReceived 0 SUCCESS signal(s) out of 1")))
+    run = _deploy(checkout, tmp_path, rules)
+    assert run.returncode == 1
+    assert "did not deploy (UPDATE_ROLLBACK_COMPLETE)" in run.stderr
+    assert "Received 0 SUCCESS signal(s)" in run.stderr
+
+
+def test_a_rerun_waits_for_an_update_in_progress(checkout: Path, tmp_path: Path) -> None:
+    # An earlier run's rolling update is still going: wait for it, then update.
+    rules = _account(stack=_status("UPDATE_IN_PROGRESS", "UPDATE_IN_PROGRESS", "UPDATE_IN_PROGRESS",
+                                   "UPDATE_COMPLETE", "UPDATE_IN_PROGRESS", "UPDATE_COMPLETE"))
+    run = _deploy(checkout, tmp_path, rules)
+    assert run.returncode == 0, run.stderr
+    assert "is busy (UPDATE_IN_PROGRESS): waiting" in run.stderr
+    assert len(_indexes(run, "cloudformation describe-stacks", "Stacks[0].StackStatus")) == 6
+    # An update: the stack keeps its network (no default-VPC lookup).
+    assert "ec2 describe-vpcs" not in run.commands()
+    assert run.deployed() is not None
+
+
+def test_a_describe_stacks_error_is_not_taken_for_no_stack(checkout: Path, tmp_path: Path) -> None:
+    denied = _rule("cloudformation describe-stacks", _error(
+        "(AccessDenied) when calling the DescribeStacks operation: User is not authorized to perform: "
+        "cloudformation:DescribeStacks"), args=["Stacks[0].StackStatus"])
+    run = _deploy(checkout, tmp_path, _account(stack=denied))
+    assert run.returncode == 1
+    assert "could not read the state of stack processor" in run.stderr and "AccessDenied" in run.stderr
+    # Not a create: no default VPC looked up, nothing written.
+    assert "ec2 describe-vpcs" not in run.commands() and run.deployed() is None
+    assert "ssm put-parameter" not in run.commands()
+
+
+@pytest.mark.parametrize(("name", "service"), [
+    ("aws-proc", "SSM"), ("amazonia", "SSM"), ("amzn1", "SSM"), ("xn--abc", "S3"), ("sthree-x", "S3"),
+])
+def test_stack_names_ssm_or_s3_refuse_are_refused_first(
+    checkout: Path, tmp_path: Path, name: str, service: str,
+) -> None:
+    run = _deploy(checkout, tmp_path, _account(), "--stack-name", name)
+    assert run.returncode == 2
+    assert f"stack name '{name}' may not start with" in run.stderr and f"{service} refuses" in run.stderr
+    assert run.calls == []
+
+
+def test_a_vcpu_quota_too_low_for_the_fleet_stops_before_anything_is_written(
+    checkout: Path, tmp_path: Path,
+) -> None:
+    rules = _account(vcpu_quota=_rule("service-quotas get-service-quota", _ok("4.0")))
+    run = _deploy(checkout, tmp_path, rules, "--fleet-size", "3")
+    assert run.returncode == 1, run.stderr
+    assert "3 x t3.small need 6 vCPUs" in run.stderr and "may run 4 On-Demand standard vCPUs" in run.stderr
+    (quota,) = [c for c in run.calls if c[:2] == ["service-quotas", "get-service-quota"]]
+    assert "L-1216C47A" in quota
+    assert run.deployed() is None and "ssm put-parameter" not in run.commands()
+    # Enough for three: deployed.
+    ok = _deploy(checkout, tmp_path / "ok", _account(vcpu_quota=_rule("service-quotas get-service-quota",
+                                                                      _ok("6.0"))), "--fleet-size", "3")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_the_artifact_bucket_gets_its_policy_on_every_run(checkout: Path, tmp_path: Path) -> None:
+    run = _deploy(checkout, tmp_path, _account())  # the bucket exists (head-bucket succeeds)
+    assert run.returncode == 0, run.stderr
+    assert "s3api create-bucket" not in run.commands()
+    (block,) = _indexes(run, "s3api put-public-access-block")
+    assert "BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true" \
+        in run.calls[block]
+    (policy,) = _indexes(run, "s3api put-bucket-policy")
+    document = json.loads(run.calls[policy][run.calls[policy].index("--policy") + 1])
+    assert document["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+#: A fleet stack: its group, its drain document, its sizes (FleetSize 3, MinSize 0, MaxSize 10).
+_GROUP = "processor-processor"
+_FLEET = [
+    _rule("cloudformation describe-stacks", _ok(_GROUP),
+          args=["Stacks[0].Outputs[?OutputKey=='FleetGroupName'].OutputValue | [0]"]),
+    _rule("cloudformation describe-stacks", _ok("processor-DrainDocument"),
+          args=["Stacks[0].Outputs[?OutputKey=='DrainDocumentName'].OutputValue | [0]"]),
+    _rule("cloudformation describe-stacks", _ok("3\t0\t10"), args=["--stack-name", "processor", "--query",
+          "Stacks[0].[Parameters[?ParameterKey=='FleetSize'].ParameterValue | [0], "
+          "Parameters[?ParameterKey=='MinSize'].ParameterValue | [0], "
+          "Parameters[?ParameterKey=='MaxSize'].ParameterValue | [0]]"]),
+    _rule("autoscaling describe-auto-scaling-groups", _ok("7"),
+          args=["AutoScalingGroups[0].DesiredCapacity"]),
+    _rule("autoscaling describe-auto-scaling-groups", _ok("i-0aaa\ti-0bbb"),
+          args=["AutoScalingGroups[0].Instances[?ProtectedFromScaleIn].InstanceId"]),
+    _rule("autoscaling suspend-processes", _ok()),
+    _rule("autoscaling resume-processes", _ok()),
+    _rule("autoscaling set-instance-protection", _ok()),
+    _rule("ssm send-command", _ok("cmd-0123")),
+    _rule("ssm list-commands", _ok("InProgress"), _ok("Success")),
+]
+
+
+def test_an_update_keeps_the_size_the_fleet_has_scaled_to(checkout: Path, tmp_path: Path) -> None:
+    rules = _account(first=_FLEET, stack=_status("UPDATE_COMPLETE"))
+    run = _deploy(checkout, tmp_path, rules)
+    assert run.returncode == 0, run.stderr
+    assert "FleetDesiredCapacity=7" in (run.deployed() or [])
+    # Not a shrink: the daemons are left alone.
+    assert "ssm send-command" not in run.commands() and "autoscaling suspend-processes" not in run.commands()
+    # --fleet-size asks for that size (empty: the template's FleetSize); a first deploy too.
+    asked = _deploy(checkout, tmp_path / "asked", rules, "--fleet-size", "9")
+    assert asked.returncode == 0, asked.stderr
+    assert {"FleetDesiredCapacity=", "FleetSize=9"} <= set(asked.deployed() or [])
+    first = _deploy(checkout, tmp_path / "first", _account())
+    assert "FleetDesiredCapacity=" in (first.deployed() or [])
+
+
+def test_a_shrink_stops_the_daemons_first_then_starts_them_again(checkout: Path, tmp_path: Path) -> None:
+    rules = _account(first=_FLEET, stack=_status("UPDATE_COMPLETE"))
+    run = _deploy(checkout, tmp_path, rules, "--parameter", "MaxSize=4")
+    assert run.returncode == 0, run.stderr
+    assert "FleetDesiredCapacity=4" in (run.deployed() or [])
+    (suspend,) = _indexes(run, "autoscaling suspend-processes", _GROUP, "AlarmNotification")
+    (drain,) = _indexes(run, "ssm send-command", "processor-DrainDocument",
+                        "Key=tag:processor:fleet,Values=processor")
+    (protection,) = _indexes(run, "autoscaling set-instance-protection", "--no-protected-from-scale-in",
+                             "i-0aaa", "i-0bbb")
+    (execute,) = _indexes(run, "cloudformation execute-change-set")
+    (resume,) = _indexes(run, "autoscaling resume-processes", _GROUP)
+    (start,) = _indexes(run, "ssm send-command", "AWS-RunShellScript")
+    assert suspend < drain < protection < execute < resume < start
+    # The drain is waited for (its command polled until it ended) before the change set runs.
+    waits = _indexes(run, "ssm list-commands", "cmd-0123")
+    assert len(waits) >= 2 and drain < waits[1] < protection
+
+
+def test_delete_stops_a_fleets_daemons_then_deletes_and_waits(checkout: Path, tmp_path: Path) -> None:
+    rules = _account(first=_FLEET, stack=_rule(
+        "cloudformation describe-stacks", _ok("UPDATE_COMPLETE"), _ok("DELETE_IN_PROGRESS"),
+        _error("Stack with id processor does not exist"), args=["Stacks[0].StackStatus"]))
+    run = _deploy(checkout, tmp_path, rules, "--delete")
+    assert run.returncode == 0, run.stderr
+    (drain,) = _indexes(run, "ssm send-command", "processor-DrainDocument")
+    (protection,) = _indexes(run, "autoscaling set-instance-protection", "i-0aaa", "i-0bbb")
+    (delete,) = _indexes(run, "cloudformation delete-stack", "processor")
+    assert drain < protection < delete
+    assert "stack processor is deleted" in run.stderr
+    # Nothing built or uploaded, nothing deployed.
+    assert run.deployed() is None and not any(c[:2] == ["s3", "cp"] for c in run.calls)
+
+
+def test_delete_of_one_instance_just_deletes(checkout: Path, tmp_path: Path) -> None:
+    rules = _account(stack=_rule("cloudformation describe-stacks", _ok("CREATE_COMPLETE"),
+                                 _error("Stack with id processor does not exist"),
+                                 args=["Stacks[0].StackStatus"]))
+    run = _deploy(checkout, tmp_path, rules, "--delete")
+    assert run.returncode == 0, run.stderr
+    assert "ssm send-command" not in run.commands()
+    assert "cloudformation delete-stack" in run.commands()
+    nothing = _deploy(checkout, tmp_path / "none", _account(), "--delete")
+    assert nothing.returncode == 0 and "nothing to delete" in nothing.stderr
+    assert "cloudformation delete-stack" not in nothing.commands()

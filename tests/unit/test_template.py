@@ -47,6 +47,10 @@ from worker.local import cfn
 from worker.telemetry import metrics
 
 DEPLOY_SH = REPO / "deploy" / "deploy.sh"
+#: The fleet bootstrap's scripts, shipped in the wheel (share/processor/fleet/).
+FLEET_SCRIPTS = REPO / "deploy" / "fleet"
+DATA_VOLUME_SH = FLEET_SCRIPTS / "processor-data-volume"
+LIFECYCLE_SH = FLEET_SCRIPTS / "processor-lifecycle"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 
 #: What each kind of AWS resource's Ref gives, for rendering Fn::Sub offline.
@@ -79,6 +83,9 @@ _DESCRIBE = re.compile(r"[a-z0-9-]+:(?:Describe|List)[A-Za-z]*")
 
 #: Bytes EC2 accepts as user data (before base64).
 USER_DATA_LIMIT = 16 * 1024
+#: What the bootstraps are held to: room below the limit for long parameter values (a
+#: processing command, a queue URL) and for what comes next. Issue 20: the fleet's was 13.3 KB.
+USER_DATA_BUDGET = 12 * 1024
 
 #: The tag every fleet instance and fleet data volume carries (value: the stack name).
 FLEET_TAG_KEY = "processor:fleet"
@@ -86,7 +93,7 @@ FLEET_TAG_KEY = "processor:fleet"
 SINGLE_ONLY = {"Instance", "DataVolume", "DataVolumeAttachment", "BootstrapWaitHandle", "BootstrapWait"}
 FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup", "WorkQueue", "DeadLetterQueue", "DeadLetterQueueAlarm",
               "BacklogScalingPolicy", "ScaleOutFromZeroPolicy", "ScaleOutFromZeroAlarm",
-              "ReconcileSchedule", "ReconcileSchedulePermission"}
+              "ReconcileSchedule", "ReconcileSchedulePermission", "WorkQueueAgeAlarm"}
 
 
 @pytest.fixture(scope="module")
@@ -407,6 +414,8 @@ FLEET_INSTANCE_GRANTS: dict[str, list[tuple[list[Any], Any]]] = {
     ],
     "cloudformation:SignalResource": [([{"Ref": "AWS::StackId"}], None)],
     "autoscaling:CompleteLifecycleAction": [([FLEET_GROUP_ARN], None)],
+    # A failed bootstrap marks its own instance Unhealthy (the group replaces it).
+    "autoscaling:SetInstanceHealth": [([FLEET_GROUP_ARN], None)],
 }
 
 
@@ -723,7 +732,8 @@ def test_fleet_group_has_fleet_size_instances_tagged_and_drained(
     assert "MixedInstancesPolicy" not in fleet["FleetGroup"]["Properties"]
     # Created with FleetSize instances, then scaled between MinSize and MaxSize (0: FleetSize);
     # a stack update keeps the scaled size unless one of them changes.
-    assert props["DesiredCapacity"] == {"Ref": "FleetSize"}
+    assert props["DesiredCapacity"] == {
+        "Fn::If": ["HasFleetDesiredCapacity", {"Ref": "FleetDesiredCapacity"}, {"Ref": "FleetSize"}]}
     assert props["MinSize"] == {"Ref": "MinSize"}
     assert props["MaxSize"] == {"Fn::If": ["HasMaxSize", {"Ref": "MaxSize"}, {"Ref": "FleetSize"}]}
     params = template["Parameters"]
@@ -811,7 +821,7 @@ def test_dlm_snapshots_this_stacks_volume_daily_with_retention(
     # A fleet instance tags the volume it creates with the same target tag (the value
     # is the stack name there too) and with Backup=True.
     assert target == {"Key": "processor:backup-policy", "Value": STACK_NAME}
-    created = _fleet_volume_tags(_render_sub(_user_data_body(resources, "fleet"), template))
+    created = _fleet_volume_tags(DATA_VOLUME_SH.read_text(encoding="utf-8"))
     assert created["processor:backup-policy"] == DUMMY_REFS["AWS::StackName"]
     assert created["Backup"] == "True"
     role = resources[props["ExecutionRoleArn"]["Fn::GetAtt"][0]]["Properties"]
@@ -953,7 +963,7 @@ def test_user_data_escapes_shell_braces_and_fits(
     # to none of the fleet's.
     others = {"FleetGroup", "FleetLaunchTemplate"} | SINGLE_ONLY if mode == "fleet" else FLEET_ONLY
     assert not {n.split(".")[0] for n in _PLACEHOLDER.findall(body)} & others
-    assert len(_render_sub(body, template).encode()) < USER_DATA_LIMIT
+    assert len(_render_sub(body, template).encode()) < USER_DATA_BUDGET < USER_DATA_LIMIT
 
 
 def test_user_data_does_the_bootstrap_steps(bootstrap: str) -> None:
@@ -1085,8 +1095,10 @@ def _scripts(user_data: str) -> list[tuple[str, str, str]]:
     scripts = [("user-data.sh", "bash", user_data),
                ("rebootstrap.sh", "bash", _heredoc(user_data, "HOOK")),
                ("processorctl", "sh", _heredoc(user_data, "CTL"))]
-    if "<<'LIFECYCLE'" in user_data:
-        scripts.append(("processor-lifecycle", "bash", _heredoc(user_data, "LIFECYCLE")))
+    if "$FLEET/" in user_data:
+        # A fleet instance also runs the scripts the wheel ships for it.
+        scripts += [(path.name, "bash", path.read_text(encoding="utf-8"))
+                    for path in (DATA_VOLUME_SH, LIFECYCLE_SH)]
     return scripts
 
 
@@ -1101,8 +1113,8 @@ def test_user_data_is_valid_bash(bootstrap: str, tmp_path: Path) -> None:
         script.write_text(text, encoding="utf-8")
         done = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"{name}: {done.stderr}"
-    # A fleet instance also installs its drain script: it is checked as well.
-    assert ("processor-lifecycle" in names) is ("aws ec2 create-volume" in bootstrap)
+    # A fleet instance also runs its volume and drain scripts: they are checked as well.
+    assert ("processor-lifecycle" in names) is ("processor-data-volume" in bootstrap)
 
 
 def _shellcheck() -> str:
@@ -1311,13 +1323,21 @@ def _fleet_volume_tags(user_data: str) -> dict[str, str]:
 def test_fleet_instance_creates_its_own_encrypted_tagged_volume(
     template: dict[str, Any], fleet_user_data: str,
 ) -> None:
-    script = fleet_user_data
+    bootstrap = fleet_user_data
     stack_name = DUMMY_REFS["AWS::StackName"]
-    assert f"STACK='{stack_name}'" in script and f"FLEET_TAG={FLEET_TAG_KEY}\n" in script
-    assert f"VOLUME_SIZE='{template['Parameters']['DataVolumeSize']['Default']}'" in script
-    # Identity and zone from IMDSv2 (the launch template requires tokens).
-    assert "X-aws-ec2-metadata-token-ttl-seconds" in script
-    assert "meta-data/placement/availability-zone" in script
+    assert f"STACK='{stack_name}'" in bootstrap
+    assert f"VOLUME_SIZE='{template['Parameters']['DataVolumeSize']['Default']}'" in bootstrap
+    # Identity and zone from IMDSv2 (the launch template requires tokens), handed to the
+    # wheel's processor-data-volume, which prints the volume it attached.
+    assert "X-aws-ec2-metadata-token-ttl-seconds" in bootstrap
+    assert "meta-data/placement/availability-zone" in bootstrap
+    assert "FLEET=$VENV/share/processor/fleet\n" in bootstrap
+    assert ('VOLUME_ID=$(bash "$FLEET/processor-data-volume" "$STACK" "$VOLUME_SIZE" "$REGION" '
+            '"$INSTANCE_ID" "$ZONE")') in bootstrap
+    script = DATA_VOLUME_SH.read_text(encoding="utf-8")
+    arguments = script[script.index("STACK=$1"):script.index("FLEET_TAG=")]
+    assert arguments.split() == ["STACK=$1", "VOLUME_SIZE=$2", "REGION=$3", "INSTANCE_ID=$4", "ZONE=$5"]
+    assert f"FLEET_TAG={FLEET_TAG_KEY}\n" in script
     create = script[script.index("aws ec2 create-volume"):script.index("--query VolumeId")]
     for flag in ("--encrypted", "--volume-type gp3", '--size "$VOLUME_SIZE"',
                  '--availability-zone "$ZONE"', '--client-token "$INSTANCE_ID-data"'):
@@ -1328,20 +1348,43 @@ def test_fleet_instance_creates_its_own_encrypted_tagged_volume(
                     "processor:backup-policy": stack_name, FLEET_TAG_KEY: stack_name,
                     "processor:instance": "$INSTANCE_ID"}
     # The volume already attached here first, then an available one of this fleet in this
-    # zone, then a new one; then the same wait-for-the-device-and-mount as one instance.
+    # zone, then a new one; the id is the script's only output.
     order = [script.index(s) for s in (
         'fleet_volumes "Name=attachment.instance-id,Values=$INSTANCE_ID"',
         'Name=availability-zone,Values=$ZONE',
         "aws ec2 create-volume",
         'aws ec2 wait volume-in-use',
-        'link=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_',
-        'mkfs.ext4',
+        'echo "$VOLUME_ID"',
     )]
     assert order == sorted(order)
+    assert script.rstrip().endswith('echo "$VOLUME_ID"')
+    assert all(">&2" in line for line in script.splitlines() if line.strip().startswith("echo ")
+               and "VOLUME_ID\"" not in line)
     lookup = script[script.index("fleet_volumes() {"):script.index("VOLUME_ID=$(fleet_volumes")]
     assert '"Name=tag:processor:backup-policy,Values=$STACK" "Name=tag:$FLEET_TAG,Values=$STACK"' in lookup
     assert script.count("aws ec2 attach-volume") == 2
     assert script.count("--device /dev/sdf") == 2
+    # Then the same wait-for-the-device-and-mount as one instance.
+    steps = [bootstrap.index(s) for s in (
+        "processor-data-volume", "link=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_", "mkfs.ext4")]
+    assert steps == sorted(steps)
+
+
+def test_the_fleet_scripts_are_valid_bash_and_pass_shellcheck(tmp_path: Path) -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    shellcheck = _shellcheck()
+    for path in (DATA_VOLUME_SH, LIFECYCLE_SH):
+        assert path.read_text(encoding="utf-8").startswith("#!/bin/bash\n"), path.name
+        done = subprocess.run([bash, "-n", str(path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{path.name}: {done.stderr}"
+        done = subprocess.run([shellcheck, str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{path.name}:\n{done.stdout}{done.stderr}"
+    # Called with the wrong arguments, the volume script says how to call it, touching nothing.
+    done = subprocess.run([bash, str(DATA_VOLUME_SH), "only-one"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": str(tmp_path)})
+    assert done.returncode == 2 and "usage: processor-data-volume" in done.stderr
 
 
 def test_fleet_bootstrap_signals_the_group_on_success_and_failure(fleet_user_data: str) -> None:
@@ -1358,13 +1401,15 @@ def test_fleet_bootstrap_signals_the_group_on_success_and_failure(fleet_user_dat
 def test_processor_lifecycle_hands_messages_back_then_completes_the_hook(
     template: dict[str, Any], resources: dict[str, Any], fleet_user_data: str,
 ) -> None:
-    script = _heredoc(fleet_user_data, "LIFECYCLE")
-    stack_name = DUMMY_REFS["AWS::StackName"]
+    script = LIFECYCLE_SH.read_text(encoding="utf-8")
     props = resources["FleetGroup"]["Properties"]
     (hook,) = props["LifecycleHookSpecificationList"]
-    # The names the group and the instance role use.
-    assert f"GROUP='{stack_name}-processor'" in script
-    assert _render_sub(props["AutoScalingGroupName"]["Fn::Sub"], template) == f"{stack_name}-processor"
+    # The group from the instance's own tag (readable in IMDS: the launch template enables
+    # it), the hook by the name the group gives it.
+    assert resources["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]["MetadataOptions"][
+        "InstanceMetadataTags"] == "enabled"
+    assert "GROUP=$(metadata tags/instance/aws:autoscaling:groupName)" in script
+    assert "REGION=$(metadata placement/region)" in script
     assert f"HOOK={hook['LifecycleHookName']}\n" in script
     # Watches the documented metadata item; then, in order: stop the daemon (SIGTERM: no
     # more receives, running jobs get drain_timeout_s, the messages of unfinished jobs
@@ -1380,8 +1425,17 @@ def test_processor_lifecycle_hands_messages_back_then_completes_the_hook(
     assert "--lifecycle-action-result CONTINUE" in script
     for gone in ("delete-tags", "CACHE_SECONDS", "unfinished()", "processorctl"):
         assert gone not in script, gone
-    # Installed as a service that the bootstrap enables and starts.
-    unit = _heredoc(fleet_user_data, "UNIT")
+    # Installed as a service that the bootstrap enables and starts, both from the wheel.
+    unit = (FLEET_SCRIPTS / "processor-lifecycle.service").read_text(encoding="utf-8")
     assert "ExecStart=/usr/local/sbin/processor-lifecycle" in unit
     assert "Restart=on-failure" in unit
+    assert ('install -m 0755 "$FLEET/processor-lifecycle" '
+            "/usr/local/sbin/processor-lifecycle") in fleet_user_data
+    assert ('install -m 0644 "$FLEET/processor-lifecycle.service" '
+            "/etc/systemd/system/processor-lifecycle.service") in fleet_user_data
     assert "systemctl enable processor-lifecycle\nsystemctl restart processor-lifecycle" in fleet_user_data
+    # The wheel ships them where the bootstrap looks.
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    shipped = setup["options.data_files"]["share/processor/fleet"].split()
+    assert sorted(Path(f).name for f in shipped) == sorted(p.name for p in FLEET_SCRIPTS.iterdir())

@@ -12,11 +12,14 @@ test_template.py.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+import botocore.session
+
 from tests.support.paths import REPO
-from tests.support.template import TEMPLATE, as_deployed, of_type
+from tests.support.template import TEMPLATE, as_deployed, as_list, of_type
 from worker.local import cfn
 
 SERVICE = REPO / "deploy" / "systemd" / "processor.service"
@@ -50,10 +53,21 @@ def test_failed_submit_invocations_go_to_the_failure_queue() -> None:
     assert props["EventPattern"] == {
         "source": ["aws.ssm"],
         "detail-type": ["EC2 Command Invocation Status-change Notification"],
-        "detail": {"document-name": [{"Ref": "SubmitDocument"}],
-                   "status": ["Failed", "TimedOut", "Undeliverable"]},
+        "detail": {"document-name": [{"Ref": "SubmitDocument"}], "status": [{"anything-but": [
+            "Pending", "InProgress", "Delayed", "Success", "Cancelling"]}]},
     }
+    # Every terminal status that is not Success matches; Undeliverable is a StatusDetails
+    # value (the API's Status enum does not have it), so naming it matched nothing.
+    (matcher,) = props["EventPattern"]["detail"]["status"]
+    excluded = set(matcher["anything-but"])
+    assert INVOCATION_STATUSES - excluded == {"Cancelled", "TimedOut", "Failed"}
+    assert excluded <= INVOCATION_STATUSES and "Undeliverable" not in INVOCATION_STATUSES
     assert [t["Arn"] for t in props["Targets"]] == [{"Fn::GetAtt": ["FailureQueue", "Arn"]}]
+
+
+#: CommandInvocationStatus of the SSM API (GetCommandInvocation's Status), from botocore's model.
+INVOCATION_STATUSES = set(botocore.session.get_session().get_service_model("ssm").shape_for(
+    "CommandInvocationStatus").enum)
 
 
 def test_failure_queue_policy_admits_that_rule_only() -> None:
@@ -120,3 +134,22 @@ def test_deploy_doc_claims_no_failover_the_lambda_does_not_do() -> None:
     sentences = re.findall(r"\bfail(?:s|ing)? over\b[^.]*\.", doc)
     named = {code for sentence in sentences for code in re.findall(r"`([A-Z]\w+)`", sentence)}
     assert named == set(), named
+
+
+#: Actions the Service Authorization Reference lists with no resource type (only
+#: aws:RequestTag / aws:TagKeys, or nothing): a statement naming a resource ARN never
+#: matches them, so the deployer's policy must grant them on "*".
+NO_RESOURCE_TYPE = ("dlm:CreateLifecyclePolicy", "dlm:GetLifecyclePolicies", "sns:Unsubscribe",
+                    "service-quotas:GetServiceQuota", "lambda:GetAccountSettings",
+                    "cloudformation:ValidateTemplate", "sts:GetCallerIdentity")
+
+
+def test_deployer_policy_grants_actions_without_a_resource_type_on_every_resource() -> None:
+    doc = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    (policy,) = re.findall(r"```json\n(.*?)```", doc, re.S)
+    statements = json.loads(policy)["Statement"]
+    for action in NO_RESOURCE_TYPE:
+        granting = [s for s in statements if action in as_list(s["Action"])]
+        assert granting, f"{action} is not in the deployer's policy"
+        for statement in granting:
+            assert statement["Resource"] == "*", (action, statement["Sid"])

@@ -109,13 +109,16 @@ def test_backlog_per_instance_target_tracking(fleet: dict[str, Any], params: dic
 def test_scale_out_from_zero(fleet: dict[str, Any], params: dict[str, Any]) -> None:
     policy = fleet["ScaleOutFromZeroPolicy"]["Properties"]
     assert policy["AutoScalingGroupName"] == FLEET_GROUP
-    assert (policy["PolicyType"], policy["AdjustmentType"]) == ("StepScaling", "ExactCapacity")
+    # One more instance, never "exactly one": a late GroupDesiredCapacity point must not
+    # cut a busy fleet to 1 (the alarm runs its action again every minute in ALARM).
+    assert (policy["PolicyType"], policy["AdjustmentType"]) == ("StepScaling", "ChangeInCapacity")
     assert policy["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
     alarm = fleet["ScaleOutFromZeroAlarm"]["Properties"]
     assert alarm["AlarmActions"] == [{"Ref": "ScaleOutFromZeroPolicy"}]
     metrics = _metrics_by_id(alarm["Metrics"])
     (returned,) = [m for m in metrics.values() if m["ReturnData"]]
-    assert returned["Expression"] == "IF(desired == 0 AND visible > 0, 1, 0)"
+    # Metric math reads a missing point as 0: the last known capacity carries over a gap.
+    assert returned["Expression"] == "IF(FILL(desired, REPEAT) == 0 AND visible > 0, 1, 0)"
     assert metrics["visible"]["MetricStat"]["Metric"]["Dimensions"] == [
         {"Name": "QueueName", "Value": WORK_QUEUE_NAME}]
     desired = metrics["desired"]["MetricStat"]["Metric"]
@@ -163,15 +166,74 @@ def test_reconcile_schedule_invokes_the_trigger_in_reconcile_mode(
     assert permission["SourceArn"] == {"Fn::GetAtt": ["ReconcileSchedule", "Arn"]}
     assert permission["FunctionName"] == {"Fn::GetAtt": ["TriggerFunction", "Arn"]}
     rate = params["ReconcileRate"]
-    for ok in (rate["Default"], "rate(15 minutes)", "cron(0 * * * ? *)"):
+    for ok in (rate["Default"], "rate(15 minutes)", "cron(0 * * * ? *)", "rate(1 minute)", "rate(1 day)",
+               "rate(2 hours)", "rate(10 minutes)", "rate(99999 days)"):
         assert re.fullmatch(rate["AllowedPattern"], ok), ok
-    for bad in ("rate(0 hours)", "hourly", "rate(1 hour); x"):
+        assert _eventbridge_rate_ok(ok), ok
+    # EventBridge's grammar: the singular unit for 1, the plural above it.
+    for bad in ("rate(0 hours)", "hourly", "rate(1 hour); x", "rate(1 hours)", "rate(5 minute)",
+                "rate(1 days)", "rate(2 day)", "rate(01 hour)", "rate(1 minutes)"):
         assert not re.fullmatch(rate["AllowedPattern"], bad), bad
     # The reconcile mode's reads: the input bucket's listing (by its computed name,
     # as everywhere, see the notification pattern) and the output's markers.
     env = fleet["TriggerFunction"]["Properties"]["Environment"]["Variables"]
     assert env["INPUT_BUCKET"] == {"Fn::Sub": INPUT_BUCKET_NAME}
     assert "ReconcileSchedule" not in single
+
+
+def _eventbridge_rate_ok(expression: str) -> bool:
+    """EventBridge's rule for rate(value unit), restated: 1 takes minute/hour/day, more the plural."""
+    if not expression.startswith("rate("):
+        return True  # cron(): not this check's
+    match = re.fullmatch(r"rate\(([1-9][0-9]*) (minute|minutes|hour|hours|day|days)\)", expression)
+    if match is None:
+        return False
+    value, unit = int(match.group(1)), match.group(2)
+    return unit.endswith("s") is (value != 1)
+
+
+def test_an_update_keeps_the_scaled_size(template: dict[str, Any], params: dict[str, Any]) -> None:
+    # FleetSize at creation; the group's live capacity (deploy.sh passes it) on an update.
+    group = as_deployed(template, FleetSize=3)["Resources"]["FleetGroup"]["Properties"]
+    assert group["DesiredCapacity"] == {"Ref": "FleetSize"}
+    kept = as_deployed(template, FleetSize=3, FleetDesiredCapacity="7")["Resources"]["FleetGroup"]
+    assert kept["Properties"]["DesiredCapacity"] == {"Ref": "FleetDesiredCapacity"}
+    parameter = params["FleetDesiredCapacity"]
+    assert parameter["Default"] == ""
+    for ok, value in ((True, ""), (True, "0"), (True, "20"), (False, "-1"), (False, "x")):
+        assert (re.fullmatch(parameter["AllowedPattern"], value) is not None) is ok, value
+
+
+def test_a_failed_bootstrap_marks_its_instance_unhealthy(fleet: dict[str, Any]) -> None:
+    launch = fleet["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    body = launch["UserData"]["Fn::Base64"]["Fn::Sub"]
+    on_exit = body[body.index("on_exit() {"):body.index("trap on_exit EXIT")]
+    call = on_exit[on_exit.index("aws autoscaling set-instance-health"):]
+    for flag in ('--instance-id "$INSTANCE_ID"', "--health-status Unhealthy",
+                 "--no-should-respect-grace-period"):
+        assert flag in call, flag
+    assert on_exit.index("signal FAILURE") < on_exit.index("set-instance-health")
+    # Allowed on this group only.
+    statements = fleet["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (grant,) = [s for s in statements if "autoscaling:SetInstanceHealth" in str(s["Action"])]
+    assert grant["Action"] == "autoscaling:SetInstanceHealth"
+    assert grant["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:autoscaling:${AWS::Region}:"
+                                            "${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/"
+                                            "${AWS::StackName}-processor"}
+    assert "Condition" not in grant
+
+
+def test_an_alarm_watches_the_age_of_the_oldest_work_message(
+    fleet: dict[str, Any], single: dict[str, Any], params: dict[str, Any],
+) -> None:
+    alarm = fleet["WorkQueueAgeAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateAgeOfOldestMessage")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": WORK_QUEUE_NAME}]
+    assert alarm["Threshold"] == {"Ref": "QueueAgeAlarmSeconds"}
+    assert (alarm["Statistic"], alarm["ComparisonOperator"]) == ("Maximum", "GreaterThanOrEqualToThreshold")
+    # Longer than a bootstrap plus a default job, within SQS's 14-day retention ceiling.
+    assert 900 < params["QueueAgeAlarmSeconds"]["Default"] <= params["QueueAgeAlarmSeconds"]["MaxValue"]
+    assert "WorkQueueAgeAlarm" not in single
 
 
 def test_max_size_defaults_to_fleet_size_and_sizes_are_bounded(template: dict[str, Any]) -> None:
