@@ -67,6 +67,8 @@ DUMMY_REFS = {
     ),
     "OutputBucket": "processor-output-123456789012-eu-west-1",
     "WorkQueue": "https://sqs.eu-west-1.amazonaws.com/123456789012/processor-WorkQueue-AbC123",
+    "DeadLetterQueue": "https://sqs.eu-west-1.amazonaws.com/123456789012/processor-DeadLetterQueue-AbC123",
+    "JobTable": "processor-JobTable-AbC123",
     "DaemonLogGroup": "/processor/processor/daemon",
     "ArtifactBucket": "processor-artifacts-123456789012-eu-west-1",
     "WheelKey": "processor/0123abcd/processor-0.1.0-py3-none-any.whl",
@@ -93,7 +95,7 @@ FLEET_TAG_KEY = "processor:fleet"
 SINGLE_ONLY = {"Instance", "DataVolume", "DataVolumeAttachment", "BootstrapWaitHandle", "BootstrapWait"}
 FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup", "WorkQueue", "DeadLetterQueue", "DeadLetterQueueAlarm",
               "BacklogScalingPolicy", "ScaleOutFromZeroPolicy", "ScaleOutFromZeroAlarm",
-              "ReconcileSchedule", "ReconcileSchedulePermission", "WorkQueueAgeAlarm"}
+              "ReconcileSchedule", "ReconcileSchedulePermission", "WorkQueueAgeAlarm", "JobTable"}
 
 
 @pytest.fixture(scope="module")
@@ -393,12 +395,19 @@ def test_trigger_role_is_send_command_its_queue_and_its_logs(stack: dict[str, An
 #: (resources, condition). Describe* on "*" is allowed by the rule above.
 FLEET_GROUP_ARN = _arn("autoscaling", "autoScalingGroup:*:autoScalingGroupName/${AWS::StackName}-processor")
 WORK_QUEUE_ARN = {"Fn::GetAtt": ["WorkQueue", "Arn"]}
+DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+JOB_TABLE_ARN = {"Fn::GetAtt": ["JobTable", "Arn"]}
 FLEET_INSTANCE_GRANTS: dict[str, list[tuple[list[Any], Any]]] = {
-    # The daemon's [queue] (never SendMessage) and [instance] scale_in_protection.
-    "sqs:ReceiveMessage": [([WORK_QUEUE_ARN], None)],
-    "sqs:DeleteMessage": [([WORK_QUEUE_ARN], None)],
-    "sqs:ChangeMessageVisibility": [([WORK_QUEUE_ARN], None)],
-    "sqs:GetQueueAttributes": [([WORK_QUEUE_ARN], None)],
+    # The daemon's [queue] (SendMessage: a hand-back is a fresh message), its DLQ
+    # (failed and malformed messages, processorctl dlq), the fleet's job records,
+    # and [instance] scale_in_protection.
+    "sqs:ReceiveMessage": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
+    "sqs:DeleteMessage": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
+    "sqs:ChangeMessageVisibility": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
+    "sqs:GetQueueAttributes": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
+    "sqs:SendMessage": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
+    **{f"dynamodb:{action}": [([JOB_TABLE_ARN, {"Fn::Sub": "${JobTable.Arn}/index/*"}], None)]
+       for action in ("GetItem", "PutItem", "UpdateItem", "Query")},
     "autoscaling:SetInstanceProtection": [([FLEET_GROUP_ARN], None)],
     "ec2:DescribeVolumes": [(["*"], None)],
     "ec2:CreateVolume": [([EVERY_VOLUME], {
@@ -1040,6 +1049,7 @@ def test_user_data_config_is_accepted_by_the_daemon(
         # visibility timeout as the lease, and its scale-in protection and Spot watch.
         assert raw["queue"] == {
             "url": DUMMY_REFS["WorkQueue"], "input_bucket": input_bucket,
+            "table": DUMMY_REFS["JobTable"], "dead_letter_url": DUMMY_REFS["DeadLetterQueue"],
             "visibility_s": template["Parameters"]["QueueVisibilitySeconds"]["Default"], "wait_s": 20,
         }
         assert "visibility_s = ${QueueVisibilitySeconds}\n" in body

@@ -32,6 +32,9 @@ from worker.ledger import Ledger
 #: The fleet states ``list --fleet`` reads when no --state is given.
 ALL_STATES = tuple(FleetState)
 
+#: Running jobs listed one per line by ``processorctl fleet`` (the rest are counted).
+MAX_JOB_LINES = 8
+
 
 def _records(settings: Settings) -> Any:
     if not settings.queue.table:
@@ -186,12 +189,17 @@ def fleet(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
           f"{depths['delayed']} delayed; dead letters: {'-' if dl is None else dl}", file=out)
     print(f"jobs: {len(running)} running on {len(by_holder)} instance(s), {len(waiting)} waiting, "
           f"{len(failed_1h)} failed in the last hour", file=out)
+    # Bounded, so it fits in the SSM console's 2,500 characters with the status after it.
+    shown = 0
     for holder, jobs in by_holder.items():
         print(f"{holder}: {len(jobs)} running", file=out)
-        for r in jobs:
+        for r in jobs[:max(0, MAX_JOB_LINES - shown)]:
             stale = "" if r.lease_until > now else "  LEASE RAN OUT"
             print(f"  {r.job_id}  attempt {r.attempts}  since {when(r.started_at or r.updated_at)}  "
-                  f"{printable(r.key, 60)}{stale}", file=out)
+                  f"{printable(r.key, 40)}{stale}", file=out)
+            shown += 1
+    if len(running) > shown:
+        print(f"  ... {len(running) - shown} more running job(s): processorctl fleet --json", file=out)
     return exitcodes.OK
 
 
