@@ -462,3 +462,21 @@ def test_a_freed_slot_reaches_the_receiver_without_a_timed_wait(short_tmp: Path,
             etag = r.put(f"seq{n}.txt")
             sent.append(r.send(f"seq{n}.txt", etag))
         until(lambda: all(("delete", m) in r.queue.calls for m in sent), "every message")
+
+
+def test_a_lost_claim_stops_the_job_and_leaves_the_message_to_the_new_holder(short_tmp: Path) -> None:
+    from dataclasses import replace
+
+    with capture_logs() as logs, rig(short_tmp, visibility_s=3) as r:
+        etag = r.put("lost.txt", 30)
+        message = r.send("lost.txt", etag)
+        until(lambda: r.daemon.status()["busy"] == 1, "the job to run")
+        job_id = Identity(IN, "lost.txt", None, etag).job_id()
+        # Another instance took the claim over (this one's renewals did not land).
+        r.records.items[job_id] = replace(r.records.items[job_id], holder="i-other", token="t-other")
+        until(lambda: r.job("lost.txt", etag).state is JobState.QUEUED, "the job to stop")
+        until(lambda: r.daemon.status()["busy"] == 0, "the slot to free")
+        assert ("delete", message) not in r.queue.calls and len(_sent(r.queue)) == 1  # untouched
+        assert r.records.items[job_id].holder == "i-other"
+    assert [e for e in logs if e["event"] == "job_claim_lost"]
+    assert [e for e in logs if e["event"] == "queue_message_left"]

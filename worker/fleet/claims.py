@@ -79,12 +79,15 @@ class FleetClaims:
         raise RecordError(f"claim on {identity.job_id()}: lost {CLAIM_RACES} races in a row",
                           retryable=True, code="ClaimRace")
 
-    def renew(self, claim: Claim) -> None:
+    @property
+    def lease_s(self) -> float:
+        """How long a claim lasts unrenewed (the record's lease, a little under the message's)."""
+        return self._lease_s - self._margin
+
+    def renew(self, claim: Claim) -> bool:
+        """Renew the lease; False when another instance took the claim over. RecordError on failure."""
         now = self._clock()
-        if not self._records.renew(claim.record.job_id, self.holder.token,
-                                   now + self._lease_s - self._margin, now):
-            log.warning("job_claim_lost", job_id=claim.record.job_id,
-                        reason="another instance took the job over (this holder's lease ran out)")
+        return self._records.renew(claim.record.job_id, self.holder.token, now + self.lease_s, now)
 
     def settle(self, claim: Claim, state: FleetState, counted_attempts: int, error: str | None, *,
                waiting_until: float | None = None, result: str | None = None) -> FleetJob | None:

@@ -111,6 +111,13 @@ class Held:
     #: (it would hide a released message again). Guarded by ``lock``.
     settled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The running job's stop token (set by ``_run``): a lost claim stops the job.
+    token: StopToken | None = None
+    #: time.monotonic() of the claim or its last renewal.
+    renewed_at: float = field(default_factory=time.monotonic)
+    #: The claim went to another instance: this one neither writes the record
+    #: nor touches the message any more.
+    lost: bool = False
 
 
 class QueueConsumer:
@@ -323,8 +330,12 @@ class QueueConsumer:
     def _run(self, job: Job, token: StopToken, *, held: Held) -> Job:
         """The job in a slot thread: manifest check, the pipeline, then settle the message."""
         final, outcome = job, Outcome.RETRY
+        held.token = token
         try:
-            if self._already_processed(job):
+            if held.lost:
+                outcome = Outcome.REQUEUE
+                final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "the claim was lost"))
+            elif self._already_processed(job):
                 outcome = Outcome.SUCCEEDED
                 done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
                                result_prefix=self._pipeline.result_prefix(job))
@@ -395,6 +406,11 @@ class QueueConsumer:
             self._held.pop(held.job_id, None)
         with held.lock:  # waits for an extension in flight
             held.settled = True
+        if held.lost:
+            # Another instance holds the job now (and its message): leave both alone.
+            log.warning("queue_message_left", job_id=job.id, message_id=held.message_id,
+                        reason="the claim was lost to another instance")
+            return
         claim, now = held.claim, self._clock()
         result = f"s3://{self._settings.s3.output_bucket}/{job.result_prefix}" if job.result_prefix else None
         if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
@@ -439,16 +455,31 @@ class QueueConsumer:
             with self._lock:
                 due = [h for h in self._held.values() if now - h.extended_at >= every]
             for held in due:
-                try:
-                    with held.lock:
-                        if held.settled:
-                            continue
-                        self._queue.set_visibility(held.receipt, self._q.visibility_s)
-                        self._claims.renew(held.claim)
-                    held.extended_at = now
-                except (QueueError, RecordError) as exc:
-                    # Tried again at half the interval; past the lease another
-                    # instance may take the job over (and count it as a death).
-                    held.extended_at = now - every / 2
-                    log.warning("queue_extend_failed", job_id=held.job_id,
-                                message_id=held.message_id, error=str(exc))
+                self._extend(held, now, every)
+
+    def _extend(self, held: Held, now: float, every: float) -> None:
+        """Extend the message's visibility and renew the claim; stop the job once the claim is lost."""
+        try:
+            with held.lock:
+                if held.settled:
+                    return
+                self._queue.set_visibility(held.receipt, self._q.visibility_s)
+                kept = self._claims.renew(held.claim)
+            held.extended_at = now
+            if kept:
+                held.renewed_at = now
+                return
+            why = "another instance took the job over"
+        except (QueueError, RecordError) as exc:
+            # Tried again at half the interval, until the lease would run out.
+            held.extended_at = now - every / 2
+            log.warning("queue_extend_failed", job_id=held.job_id, message_id=held.message_id,
+                        error=str(exc))
+            if now - held.renewed_at < self._claims.lease_s:
+                return
+            why = "the claim could not be renewed within its lease"
+        # At most one instance runs a job: past its lease this one stops.
+        held.lost = True
+        log.error("job_claim_lost", job_id=held.job_id, reason=why)
+        if held.token is not None:
+            held.token.stop(StopToken.SHUTDOWN)
