@@ -109,8 +109,15 @@ def test_the_fleet_summary_stays_short_for_the_ssm_console(
             "url": queue, "endpoint_url": moto_endpoint, "table": TABLE}.items()))
     done = processorctl(config, "fleet")
     assert done.returncode == 0, done.stderr
-    assert "40 running on 10 instance(s)" in done.stdout and "32 more running job(s)" in done.stdout
+    assert "40 running on 10 instance(s)" in done.stdout and "34 more running job(s)" in done.stdout
     # First in the status document's output, and short: the console keeps 2,500 characters.
     assert len(done.stdout) <= 1200, len(done.stdout)
     as_json = json.loads(processorctl(config, "fleet", "--json").stdout)
     assert sum(len(v) for v in as_json["running"].values()) == 40
+    assert as_json["queue"]["oldest_age_s"] is None and "oldest message: unknown" in done.stdout
+    # SQS publishes the age of the oldest message to CloudWatch; the emulator takes it as given.
+    aws("cloudwatch").put_metric_data(Namespace="AWS/SQS", MetricData=[{
+        "MetricName": "ApproximateAgeOfOldestMessage", "Value": 754.0, "Unit": "Seconds",
+        "Dimensions": [{"Name": "QueueName", "Value": "summary-work"}]}])
+    assert json.loads(processorctl(config, "fleet", "--json").stdout)["queue"]["oldest_age_s"] == 754.0
+    assert "oldest message: 754s" in processorctl(config, "fleet").stdout

@@ -80,8 +80,8 @@ DUMMY_REFS = {
 DATA_PLANE_PREFIXES = ("s3:", "sqs:", "sns:", "logs:", "kms:", "dynamodb:", "secretsmanager:",
                        "ssm:SendCommand", "ssm:GetParameter", "ssm:StartSession", "lambda:Invoke")
 #: The only actions that may have Resource "*": reads of the control plane, such as
-#: ec2:DescribeInstances, which IAM cannot scope to a resource.
-_DESCRIBE = re.compile(r"[a-z0-9-]+:(?:Describe|List)[A-Za-z]*")
+#: ec2:DescribeInstances, which IAM cannot scope to a resource, and metric reads (GetMetricData).
+_DESCRIBE = re.compile(r"[a-z0-9-]+:(?:Describe|List)[A-Za-z]*|cloudwatch:GetMetricData")
 
 #: Bytes EC2 accepts as user data (before base64).
 USER_DATA_LIMIT = 16 * 1024
@@ -406,6 +406,7 @@ FLEET_INSTANCE_GRANTS: dict[str, list[tuple[list[Any], Any]]] = {
     "sqs:ChangeMessageVisibility": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
     "sqs:GetQueueAttributes": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
     "sqs:SendMessage": [([WORK_QUEUE_ARN], None), ([DLQ_ARN], None)],
+    "cloudwatch:GetMetricData": [(["*"], None)],  # processorctl fleet: the queue's oldest message
     **{f"dynamodb:{action}": [([JOB_TABLE_ARN, {"Fn::Sub": "${JobTable.Arn}/index/*"}], None)]
        for action in ("GetItem", "PutItem", "UpdateItem", "Query")},
     "autoscaling:SetInstanceProtection": [([FLEET_GROUP_ARN], None)],
