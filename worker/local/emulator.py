@@ -54,7 +54,7 @@ class Emulator:
     """moto server on 127.0.0.1:port, started and stopped with the stack."""
 
     def __init__(self, port: int) -> None:
-        _check_port_free(port)
+        check_port_free(port)
         # One access-log line per emulated request drowns the console.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -79,7 +79,8 @@ class Emulator:
         self._server.stop()
 
 
-def _check_port_free(port: int) -> None:
+def check_port_free(port: int) -> None:
+    """Fail (ConfigError naming --port) unless 127.0.0.1:port can be bound now."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

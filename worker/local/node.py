@@ -46,14 +46,19 @@ class Node:
 def start_node(
     stack: ExitStack, emulator: Emulator, res: Resources, front: SsmFront, *, instance_id: str,
     state_dir: Path, command: list[str], on_result: Callable[[CommandResult], None],
+    on_daemon: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Node | None:
-    """Start the daemon and the agent of one instance; both stop when ``stack`` closes."""
+    """Start the daemon and the agent of one instance; both stop when ``stack`` closes.
+
+    ``on_daemon`` is handed the daemon's process as soon as it is started (a
+    second Ctrl-C signals it: worker.local.interrupts).
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(state_dir, res, command)
     settings = load_settings(config, environ={})
     env = {**os.environ, **emulator.env(), "PROCESSOR_CONFIG": str(config),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if stack.enter_context(daemon(config, env, state_dir, settings.paths.socket)) is None:
+    if stack.enter_context(daemon(config, env, state_dir, settings.paths.socket, on_daemon)) is None:
         return None
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
     agent = LocalSsmAgent(emulator.client("ssm"), instance_id, env=env,
@@ -123,15 +128,22 @@ def _queue_section(res: Resources) -> list[str]:
 
 @contextmanager
 def daemon(
-    config: Path, env: dict[str, str], state_dir: Path, socket: Path
+    config: Path, env: dict[str, str], state_dir: Path, socket: Path,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Run `processor run` as a child, as systemd would; SIGTERM and wait on exit."""
+    """Run `processor run` as a child, as systemd would; SIGTERM and wait on exit.
+
+    In its own process group: a terminal's Ctrl-C goes to `processor local`
+    only, which then stops the daemon like systemd (one SIGTERM: a drain).
+    """
     log_path = state_dir / "daemon.stderr"
     with log_path.open("ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config)],
-            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, process_group=0,
         )
+    if on_start is not None:
+        on_start(proc)
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     ready = False
     while time.monotonic() < deadline and proc.poll() is None:
