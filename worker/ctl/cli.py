@@ -68,14 +68,9 @@ class _ArgumentParser(argparse.ArgumentParser):
         super().__init__(formatter_class=_HelpFormatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
-
-
-class _UsageError(Exception):
-    def __init__(self, usage: str, message: str) -> None:
-        super().__init__(message)
-        self.usage = usage
-        self.message = message
+        error = UsageError(f"{self.prog}: error: {message}")
+        error.add_note(self.format_usage())
+        raise error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -188,9 +183,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
-    except _UsageError as exc:
-        sys.stderr.write(exc.usage)
-        return _fail(out, "--json" in argv, exitcodes.USAGE, exc.message, "usage")
+    except UsageError as exc:  # argparse's message, as argparse prints it: usage, then the error
+        sys.stderr.write("".join(getattr(exc, "__notes__", [])))
+        return _fail(out, "--json" in argv, exitcodes.USAGE, str(exc), "usage")
     as_json = bool(getattr(args, "json", False))
     try:
         settings = load_settings(config_path(args.config, os.environ))
