@@ -48,6 +48,8 @@ class Resources:
     #: one instance, which keeps the SSM flow.
     work_queue_url: str = ""
     work_dead_letter_queue_url: str = ""
+    #: Every SSM document of the stack, by name (the submit document and the operators').
+    documents: tuple[str, ...] = ()
 
 
 class Emulator:
@@ -142,6 +144,7 @@ def provision(
         queue_url=queue_url, dead_letter_queue_url=dlq_url,
         instance_ids=tuple(sorted(i["InstanceId"] for i in launched)),
         submit_document=submit, work_queue_url=work_queue_url,
+        documents=tuple(spec.name for spec in specs),
         work_dead_letter_queue_url=work_dlq_url,
     )
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,6 +33,9 @@ DAEMON_START_TIMEOUT_S = 30.0
 #: and a daemon stops, within seconds while you watch.
 QUEUE_VISIBILITY_S = 30
 QUEUE_WAIT_S = 5
+
+#: `processorctl reconcile`'s default age locally: events arrive within seconds here.
+RECONCILE_OLDER_THAN_S = 10
 
 
 @dataclass
@@ -61,12 +65,24 @@ def start_node(
     if stack.enter_context(daemon(config, env, state_dir, settings.paths.socket, on_daemon)) is None:
         return None
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    agent = LocalSsmAgent(emulator.client("ssm"), instance_id, env=env,
+    agent_env = {**env, "PATH": f"{systemctl_shim(state_dir)}{os.pathsep}{env['PATH']}"}
+    agent = LocalSsmAgent(emulator.client("ssm"), instance_id, env=agent_env,
                           work_dir=state_dir / "ssm-agent", on_result=on_result, inbox=inbox)
-    front.register(instance_id, inbox, lambda: agent.online)
+    front.register(instance_id, inbox, lambda: agent.online, agent.result)
     agent.start()
     stack.callback(agent.stop, 10.0)
     return Node(instance_id, state_dir, config, settings.paths.ledger, agent)
+
+
+def systemctl_shim(state_dir: Path) -> Path:
+    """A directory whose ``systemctl`` is worker.local.systemctl for this instance (the DrainDocument's)."""
+    directory = state_dir / "ssm-agent" / "bin"
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "systemctl"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m worker.local.systemctl "
+                    f"{shlex.quote(str(state_dir))} \"$@\"\n")
+    shim.chmod(0o755)
+    return directory
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -104,6 +120,11 @@ def write_config(state_dir: Path, res: Resources, command: list[str]) -> Path:
         "[logging]",
         'level = "info"',
         "journald = false",
+        # `processorctl reconcile` (and the ReconcileDocument) list this bucket; objects
+        # older than a few seconds, since events here take well under that.
+        "[reconcile]",
+        f"input_bucket = {json.dumps(res.input_bucket)}",
+        f"older_than_s = {RECONCILE_OLDER_THAN_S}",
         *_queue_section(res),
         "",
     ])

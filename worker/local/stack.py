@@ -33,7 +33,7 @@ from worker.job import Job
 from worker.ledger import Ledger
 from worker.local import statedir
 from worker.local.agent import CommandResult, parse_content
-from worker.local.emulator import Emulator, Resources, provision
+from worker.local.emulator import STACK_NAME, Emulator, Resources, provision
 from worker.local.interrupts import Interrupts, installed, leftover
 from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
@@ -140,7 +140,7 @@ def _run(
                              "message(s)" if res.work_queue_url else "command(s)"))
         pump.start()
         stack.callback(pump.stop)
-        _banner(console, res, state_dir, nodes)
+        _banner(console, res, state_dir, nodes, front.endpoint)
         ledgers = [stack.enter_context(Ledger(node.ledger_path)) for node in nodes]
         if args.once:
             return _once(console, emulator, res, ledgers, failures, interrupts, args.timeout)
@@ -184,21 +184,48 @@ def _command(text: str | None) -> list[str]:
     return argv
 
 
-def _banner(console: _Console, res: Resources, state_dir: Path, nodes: list[Node]) -> None:
+def _banner(console: _Console, res: Resources, state_dir: Path, nodes: list[Node], ssm: str) -> None:
     instances = ", ".join(node.instance_id for node in nodes)
+    documents = ",".join(name.removeprefix(f"{STACK_NAME}-") for name in res.documents) or "-"
+    env_file = _write_env(state_dir, res, nodes, ssm)
     console.say("\n".join([
         "processor local is ready",
-        f"  emulator endpoint  {res.endpoint}  (credentials: testing/testing, region us-east-1)",
+        f"  S3, SQS endpoint   {res.endpoint}  (credentials: testing/testing, region us-east-1)",
+        f"  SSM endpoint       {ssm}  (Run Command: send-command, get-command-invocation)",
         f"  input bucket       s3://{res.input_bucket}",
         f"  output bucket      s3://{res.output_bucket}",
         f"  instance(s)        {instances}; SSM document {res.submit_document}",
+        f"  operator documents {STACK_NAME}-{{{documents}}}",
         *([f"  work queue         {res.work_queue_url}  (every daemon pulls from it)",
            f"  dead-letter queue  {res.work_dead_letter_queue_url}"] if res.work_queue_url else []),
         f"  state dir          {state_dir}  (config: "
         + ", ".join(str(node.config.relative_to(state_dir)) for node in nodes) + ")",
+        f"  your shell         . {env_file}   (then the aws CLI and processorctl use this stack; "
+        "README, \"Rehearse operations locally\")",
         f"  upload more with   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
         f"aws --endpoint-url {res.endpoint} s3 cp FILE s3://{res.input_bucket}/KEY",
     ]))
+
+
+def _write_env(state_dir: Path, res: Resources, nodes: list[Node], ssm: str) -> Path:
+    """``env.sh``: what a shell needs to reach this stack with the aws CLI and processorctl."""
+    from worker.local.emulator import CREDENTIALS, REGION
+
+    path = state_dir / "env.sh"
+    lines = [
+        "# Written by `processor local`: source it (. env.sh) to point the aws CLI, boto3 and",
+        "# processorctl at this stack (its emulator, its SSM front and its first instance).",
+        *(f"export {name}={shlex.quote(value)}" for name, value in CREDENTIALS.items()),
+        f"export AWS_DEFAULT_REGION={REGION} AWS_REGION={REGION}",
+        f"export AWS_ENDPOINT_URL={shlex.quote(res.endpoint)}",
+        f"export AWS_ENDPOINT_URL_SSM={shlex.quote(ssm)}",
+        f"export PROCESSOR_CONFIG={shlex.quote(str(nodes[0].config))}",
+        f"export INPUT={shlex.quote(res.input_bucket)} OUTPUT={shlex.quote(res.output_bucket)} "
+        f"INSTANCE={shlex.quote(nodes[0].instance_id)} STACK={STACK_NAME}",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
 
 
 # -- running ----------------------------------------------------------------------
