@@ -14,6 +14,7 @@ from tests.support.daemon import write_config
 from worker import exitcodes
 from worker.command_check import check_command
 from worker.config import ProcessingSettings
+from worker.config_values import Environment
 from worker.errors import CommandUnusable
 
 PROCESSOR = str(Path(sys.executable).parent / "processor")
@@ -31,7 +32,8 @@ def test_an_absolute_executable_and_a_name_on_the_path_pass(tmp_path: Path) -> N
     assert check_command(settings(str(program)), {}) == program
     assert check_command(settings("process"), {"PATH": str(program.parent)}) == program
     # processing.environment's PATH is the one the command gets, so the one searched.
-    configured = ProcessingSettings(command=("process", "{input}"), environment={"PATH": str(program.parent)})
+    configured = ProcessingSettings(command=("process", "{input}"),
+                                    environment=Environment((("PATH", str(program.parent)),)))
     assert check_command(configured, {"PATH": "/nonexistent"}) == program
 
 
