@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -110,24 +111,60 @@ def _show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
     return exitcodes.OK
 
 
+#: How long `show` waits for a success's ``_manifest.json`` before saying it could not read it.
+OUTPUTS_TIMEOUT_S = 5.0
+
+
 def _outputs(job: Job, settings: Settings) -> list[dict[str, Any]] | str | None:
-    """A success's outputs as its ``_manifest.json`` lists them (a reason when unreadable)."""
+    """A success's outputs as its ``_manifest.json`` lists them (a reason when unreadable).
+
+    Bounded by ``OUTPUTS_TIMEOUT_S``: with S3 unreachable the store would retry
+    for minutes, and `show` is what an operator runs to find out what is wrong.
+    """
     if job.state is not JobState.SUCCEEDED or not job.result_prefix:
         return None
-    # Imported here: boto3 is slow to import, and only a success's outputs need it.
-    from worker.errors import StorageError
-    from worker.storage.s3 import S3Store
+    key = job.result_prefix + "_manifest.json"
+    found: list[list[dict[str, Any]] | str] = []
 
-    store = S3Store.from_settings(settings.s3)
-    try:
-        manifest = store.read_json(settings.s3.output_bucket, job.result_prefix + "_manifest.json")
-    except StorageError as exc:
-        return f"not read: {exc}"
-    finally:
-        store.close()
-    if manifest is None:
-        return "not read: _manifest.json is missing"
-    return [{"key": str(o.get("key")), "size": o.get("size")} for o in manifest.get("outputs", [])]
+    def read() -> None:
+        _store_logs_to_stderr()
+        # Imported here: boto3 is slow to import, and only a success's outputs need it.
+        from worker.errors import StorageError
+        from worker.storage.s3 import S3Store
+
+        store = S3Store.from_settings(settings.s3)
+        try:
+            manifest = store.read_json(settings.s3.output_bucket, key)
+        except StorageError as exc:
+            found.append(f"not read: {exc}")
+            return
+        finally:
+            store.close()
+        if manifest is None:
+            found.append("not read: _manifest.json is missing")
+            return
+        found.append([{"key": str(o.get("key")), "size": o.get("size")}
+                      for o in manifest.get("outputs", []) if isinstance(o, dict)])
+
+    reader = threading.Thread(target=read, name="manifest", daemon=True)
+    reader.start()
+    reader.join(OUTPUTS_TIMEOUT_S)
+    if not found:
+        return (f"not read within {OUTPUTS_TIMEOUT_S:g}s (is S3 reachable?): "
+                f"s3://{settings.s3.output_bucket}/{key}")
+    return found[0]
+
+
+def _store_logs_to_stderr() -> None:
+    """The S3 adapter logs its retries with structlog, which prints to stdout unless told
+    otherwise: processorctl's stdout is for its answer (and --json), so warnings go to stderr."""
+    import logging
+
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        cache_logger_on_first_use=False)
 
 
 def _status(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
@@ -308,6 +345,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out
     # Imported here: it needs boto3, slow to import, and every other command runs without it.
     from worker.ctl.reconcile import reconcile
 
+    _store_logs_to_stderr()
     return reconcile(args, settings, ledger, out)
 
 
