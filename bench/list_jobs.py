@@ -116,13 +116,35 @@ def figures(jobs: int = JOBS, runs: int = RUNS) -> list[Figure]:
                 f"9. `processorctl {name}` with {jobs:,} jobs / empty ledger (median of {runs})",
                 f"**{ratio:.2f}** ({median(a) * 1000:.1f} ms vs {median(b) * 1000:.1f} ms)",
                 f"≤ {GOAL}", ratio <= GOAL))
+        rows += _without_indexes(full, cfg_full, cfg_empty, jobs, runs)
         return rows
+
+
+def _without_indexes(full: Path, cfg_full: Path, cfg_empty: Path, jobs: int, runs: int) -> list[Figure]:
+    """The same ledger without schema 5's list indexes: what they are worth (the last rows)."""
+    import sqlite3
+
+    db = sqlite3.connect(full / "state" / "ledger" / "ledger.db")
+    for index in ("jobs_by_created", "jobs_by_state_created", "jobs_by_key"):
+        db.execute(f"DROP INDEX {index}")
+    db.close()
+    rows = []
+    variants = {"list (the newest 50)": ["list"], "list --key p42/": ["list", "--key", "p42/"]}
+    for name, args in variants.items():
+        a, b = [], []
+        for _ in range(runs):
+            a.append(timed(cfg_full, args))
+            b.append(timed(cfg_empty, args))
+        rows.append(Figure(
+            f"9x. … `processorctl {name}` without the list indexes (as schema 4), for comparison",
+            f"{median(a) / median(b):.2f} ({median(a) * 1000:.1f} ms vs {median(b) * 1000:.1f} ms)"))
+    return rows
 
 
 def record(rows: list[Figure], results: Path) -> None:
     """Replace the 9. rows of the results table (or add them after its last row)."""
     lines = results.read_text().splitlines()
-    kept = [line for line in lines if not line.startswith("| 9. ")]
+    kept = [line for line in lines if not line.startswith(("| 9. ", "| 9x. "))]
     last = kept.index("| measure | value | goal | |")
     while last + 1 < len(kept) and kept[last + 1].startswith("| "):
         last += 1

@@ -40,8 +40,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # the indexes `processorctl list` filters and sorts on (newest first, by state, by key).
     4: (
         "ALTER TABLE jobs ADD COLUMN phase_started_at REAL",
-        "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at)",
-        "CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at, id)",
         "CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, created_at)",
     ),
 }
@@ -80,8 +80,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (bucket, key, version)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, created_at);
 CREATE TABLE IF NOT EXISTS transitions (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -165,3 +165,27 @@ def test_bulk_retry_counts_then_retries_with_yes(config: Path, jobs: list[str]) 
     assert both.returncode == exitcodes.USAGE and "not both" in both.stderr
     running = processorctl(config, "retry", "--state", "running", "--yes")
     assert running.returncode == exitcodes.USAGE and "only failed or cancelled" in running.stderr
+
+
+@pytest.mark.parametrize(("where", "args", "sorted_by_index"), [
+    ("1", (), True),
+    ("state = ?", ("failed",), True),
+    ("created_at >= ?", (0.0,), True),
+    ("state IN (?, ?)", ("failed", "cancelled"), False),  # the matching rows only are sorted
+    ("key >= ? AND key < ? AND substr(key, 1, 2) = ?", ("a/", "a0", "a/"), False),
+])
+def test_list_queries_use_an_index_not_a_scan_of_every_job(
+    config: Path, where: str, args: tuple[object, ...], sorted_by_index: bool
+) -> None:
+    """What `list` filters and sorts on is indexed (bench/list_jobs.py measures it with 100,000 jobs)."""
+    import sqlite3
+
+    with ledger_of(config):
+        pass  # creates the schema
+    db = sqlite3.connect(config.parent / "state" / "ledger" / "ledger.db")
+    plan = " / ".join(row[3] for row in db.execute(
+        f"EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT 50",
+        args))
+    db.close()
+    assert "USING INDEX" in plan, plan
+    assert ("TEMP B-TREE" not in plan) == sorted_by_index, plan
