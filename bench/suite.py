@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import burst, fleet, lambda_cost, overhead, profile, submit_dispatch, transfer_memory
+from bench import burst, fleet, lambda_cost, list_jobs, overhead, profile, submit_dispatch, transfer_memory
 from bench.common import (
     KIB,
     REPO,
@@ -178,6 +178,8 @@ def main() -> int:
         figures.append(Figure(
             f"8. burst: {bursts.events} uploads through the whole local pipeline, first upload → last job",
             burst.describe(bursts)))
+    print("bench: processorctl list with a large ledger", flush=True)
+    figures += list_jobs.figures()
 
     elapsed = time.monotonic() - began
     text = _render(figures, breakdown, profile_note, command, when, elapsed, args)
@@ -271,6 +273,9 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "local SSM agent → processorctl → the daemon); jobs per second from the first upload to the "
         "ledger's last finished job. tests/reliability/test_load.py checks the same burst for "
         "correctness only (it fails on a stall, not on speed).",
+        f"9. **A large ledger** (`bench/list_jobs.py`): `processorctl list` and `show` variants with "
+        f"{list_jobs.JOBS:,} jobs in the ledger against the same command on an empty one, alternated "
+        "(`python -m bench.list_jobs --record` rewrites only these rows).",
         "",
         "| measure | value | goal | |",
         "| --- | --- | --- | --- |",

@@ -40,6 +40,20 @@ def test_wheel_has_packages_samples_and_the_template(wheel: zipfile.ZipFile) -> 
     assert not any(n.startswith("tests/") for n in names)
 
 
+def test_the_units_documentation_is_installed_by_the_wheel(wheel: zipfile.ZipFile) -> None:
+    """Every Documentation= file:// of the units is a file the wheel puts under the venv."""
+    import re
+
+    docs = {n.split("/data/", 1)[1] for n in wheel.namelist() if "/data/share/doc/" in n}
+    units = Path(__file__).resolve().parents[1] / "deploy" / "systemd"
+    linked = [url for unit in units.glob("*.service")
+              for url in re.findall(r"^Documentation=(\S+)", unit.read_text(), re.MULTILINE)]
+    assert linked
+    for url in linked:
+        assert url.startswith("file:///opt/processor/venv/"), url
+        assert url.removeprefix("file:///opt/processor/venv/") in docs, (url, docs)
+
+
 def test_wheel_declares_console_scripts_and_extras(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     text = wheel.read(entry_points).decode()

@@ -3,7 +3,8 @@
 Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 
 - ``cli``             the ``processor`` console script: ``run`` (the daemon; signals mapped onto
-                      its lifecycle) and ``local``; ``signals``: handlers that only enqueue
+                      its lifecycle), ``check`` and ``local``; ``signals``: handlers that only
+                      enqueue; ``command_check``: is processing.command runnable
 - ``daemon``          the lifecycle API: start (recover, then serve), dispatch jobs to slots,
                       drain, stop, wait; ``recovery``: start-up recovery; ``daemon_status``:
                       STATUS line, ``status()``, control handlers
@@ -13,6 +14,7 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 - ``process``         the command as a child process: own process group, log file, timeout
 - ``command_env``     the command's environment; ``space``: room on the state volume for its input
 - ``job``             a job (one ledger row); ``states`` its states and transition table;
+                      ``activity`` what it is doing now, in numbers and words;
                       ``identity`` what makes two deliveries one job, and its id
 - ``ledger``          the SQLite ledger (``ledger_schema``: tables, rows, the one checked state
                       write; ``ledger_queue``: work-queue jobs; ``ledger_queries``: the read side)

@@ -36,9 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run the daemon in the foreground (systemd ExecStart)",
         epilog="SIGTERM/SIGINT drain (a second one stops at once); SIGHUP is ignored. Exit status: "
                "0 stopped with every job finished, 1 failure, 2 configuration error, "
-               "6 another daemon holds the state dir, 7 stopped with jobs interrupted (left queued).",
+               "6 another daemon holds the state dir, 7 stopped with jobs interrupted (left queued), "
+               "8 processing.command's program is missing or not executable.",
     )
     run.add_argument("--config", help=CONFIG_HELP)
+    check = sub.add_parser(
+        "check", help="validate the configuration and the processing command, then exit (starts nothing)",
+        epilog="Exit status: 0 usable, 2 configuration error, 8 processing.command's program is "
+               "missing or not executable.",
+    )
+    check.add_argument("--config", help=CONFIG_HELP)
     local = sub.add_parser(
         "local", help="run the whole pipeline on this machine against an embedded S3/SSM emulator"
     )
@@ -52,9 +59,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return run_daemon(args.config)
+    if args.command == "check":
+        return check_config(args.config)
     from worker.local.stack import run_local  # imports moto: only when asked for
 
     return run_local(args)
+
+
+def check_config(config: str | None) -> int:
+    """`processor check`: what `processor run` validates before it starts, and nothing else."""
+    path = config_path(config, os.environ)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"processor: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    from worker.command_check import check_command
+    from worker.errors import CommandUnusable
+
+    try:
+        program = check_command(settings.processing, os.environ)
+    except CommandUnusable as exc:
+        print(f"processor: {exc}", file=sys.stderr)
+        return exitcodes.COMMAND_UNUSABLE
+    print(f"configuration {path}: valid\n"
+          f"processing.command: runs {program} (executable)\n"
+          f"state dir: {settings.paths.state_dir}\n"
+          f"results: s3://{settings.s3.output_bucket}/{settings.s3.output_prefix}")
+    return exitcodes.OK
 
 
 def run_daemon(config: str | None) -> int:
@@ -64,6 +96,15 @@ def run_daemon(config: str | None) -> int:
     except ConfigError as exc:
         print(f"processor: configuration error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
+    from worker.command_check import check_command
+    from worker.errors import CommandUnusable
+
+    # Before anything starts: a missing program would fail every job, one by one.
+    try:
+        check_command(settings.processing, os.environ)
+    except CommandUnusable as exc:
+        print(f"processor: refusing to start: {exc}", file=sys.stderr)
+        return exitcodes.COMMAND_UNUSABLE
 
     from worker import statelock
 

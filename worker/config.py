@@ -244,7 +244,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        hint = (f"; point --config or ${CONFIG_ENV} at the config file"
+                if path == DEFAULT_CONFIG_PATH else "")
+        raise ConfigError(f"config file {path} does not exist{hint}") from None
     except PermissionError as exc:
         raise ConfigError(f"config file {path} is not readable: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from worker import __version__
+from worker.activity import activity, in_words
+from worker.errors import LedgerError
 from worker.ledger_schema import ORIGIN_LOCAL
 from worker.states import JobState
 
@@ -72,7 +74,29 @@ class DaemonStatus:
             text += f"; work queue: {self._consumer.holding} message(s) held"
             if (pause := self._consumer.breaker.pause) is not None:
                 text += f"; receiving {pause.describe()}"
-        return text
+        # The phase of each running job, in `processorctl status`'s words (worker.activity).
+        doing = [f"{job['job_id']} {job['phase'] or 'starting'}" for job in self._running()[:3]]
+        return text + (f"; {', '.join(doing)}" if doing else "")
+
+    def _running(self) -> list[dict[str, Any]]:
+        """The jobs in this daemon's slots, with what each is doing now (worker.activity)."""
+        with self._slots_lock:
+            slots = [(s.job.id, s.job.key, s.job.attempts, s.started) for s in self._slots.values()]
+        now = self._clock()
+        running = []
+        for job_id, key, attempt, started in slots:
+            entry: dict[str, Any] = {"job_id": job_id, "key": key, "attempt": attempt,
+                                     "running_s": round(time.monotonic() - started, 1), "phase": ""}
+            try:
+                job = self.ledger.get(job_id)
+            except LedgerError:
+                running.append(entry)
+                continue
+            facts = activity(job, now=now, timeout_s=self.settings.processing.timeout_s)
+            entry.update(phase=facts.get("phase", ""), activity=facts,
+                         activity_text=in_words(job, facts, now=now))
+            running.append(entry)
+        return running
 
     def _status_due_in(self) -> float | None:
         """Seconds until a skipped recount is due; None when none was skipped."""
@@ -95,12 +119,7 @@ class DaemonStatus:
         counts = self.ledger.counts()
         # Local jobs only: a queue job handed back waits in its queue, not here.
         queued = self.ledger.list_jobs(JobState.QUEUED, limit=1, origin=ORIGIN_LOCAL)
-        with self._slots_lock:
-            running = [
-                {"job_id": s.job.id, "key": s.job.key, "attempt": s.job.attempts,
-                 "running_s": round(time.monotonic() - s.started, 1)}
-                for s in self._slots.values()
-            ]
+        running = self._running()
         return {
             "pid": os.getpid(),
             "version": __version__,

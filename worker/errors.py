@@ -1,6 +1,6 @@
 """The exception tree of the worker: every exception class defined in worker/, drawn.
 
-Most live here. Three live beside the one module that raises them and the
+Most live here. Four live beside the one module that raises them and the
 code that handles them (the module in brackets); the local agent's two
 stand in for SSM's own errors and are ``ValueError`` like theirs would be.
 ``worker.examples`` is a separate program (the example processing command)
@@ -13,6 +13,7 @@ raised somewhere or is the base of one that is.
     Exception
     ├── ProcessorError              base of every error the worker raises on purpose
     │   ├── ConfigError             the configuration is invalid; names the key (.key)
+    │   │   └── CommandUnusable     processing.command's executable is missing or not executable
     │   ├── LedgerError             the SQLite ledger cannot be opened or written
     │   │   ├── JobNotFound         no job with that id (.job_id)
     │   │   └── InvalidTransition   a state change the transition table forbids
@@ -28,7 +29,8 @@ raised somewhere or is the base of one that is.
     │   ├── ScalingError            an Auto Scaling call failed (.retryable, .code)
     │   ├── QueueError              [fleet.workqueue] a work-queue call failed (.retryable, .code)
     │   ├── MalformedMessage        [fleet.workqueue] a queue message is no job request (.field)
-    │   └── StateDirLocked          [statelock] another daemon holds the state dir (.holder_pid)
+    │   ├── StateDirLocked          [statelock] another daemon holds the state dir (.holder_pid)
+    │   └── StateDirInUse           [local.statedir] another `processor local` uses its state dir
     └── ValueError
         ├── InvalidParameters       [local.params] a command's parameters break its document (.name)
         └── InvalidDocument         [local.params] a document the local SSM agent cannot run
@@ -55,6 +57,13 @@ class ConfigError(ProcessorError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class CommandUnusable(ConfigError):
+    """processing.command's executable is missing or not executable: `processor run` refuses to start."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, key="processing.command")
 
 
 class LedgerError(ProcessorError):

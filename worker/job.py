@@ -49,6 +49,8 @@ class Job:
     #: Bytes the last attempt downloaded and (a success) uploaded, for job_finished and the metrics.
     bytes_in: int = 0
     bytes_out: int = 0
+    #: When the running job entered its current phase (a transfer's rate and ETA count from it).
+    phase_started_at: float | None = None
 
     @property
     def identity(self) -> Identity:
@@ -80,4 +82,5 @@ class Job:
             "finished_at": self.finished_at,
             "result_prefix": self.result_prefix,
             "origin": self.origin,
+            "phase_started_at": self.phase_started_at,
         }

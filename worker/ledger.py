@@ -34,7 +34,7 @@ _UPDATABLE = frozenset(
     {
         "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
         "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
-        "counted_attempts", "bytes_in", "bytes_out",
+        "counted_attempts", "bytes_in", "bytes_out", "phase_started_at",
     }
 )
 
@@ -254,7 +254,7 @@ class Ledger(QueueJobs, JobQueries):
                 {
                     "attempts": current["attempts"] + 1, "started_at": now, "finished_at": None,
                     "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0,
-                    "bytes_in": 0, "bytes_out": 0,
+                    "bytes_in": 0, "bytes_out": 0, "phase_started_at": None,
                 },
                 "claimed", now,
             )
@@ -319,6 +319,7 @@ class Ledger(QueueJobs, JobQueries):
         values: dict[str, Any] = {"updated_at": self._clock()}
         if phase is not None:
             values["phase"] = phase.value
+            values["phase_started_at"] = values["updated_at"]
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         if bytes_total is not None:

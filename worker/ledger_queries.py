@@ -7,7 +7,7 @@ writer); the two row look-ups are shared with the write side.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,49 @@ class JobQueries:
             args.append(limit)
         with self._reading() as db:
             return [job_from_row(r) for r in db.execute(sql, args)]
+
+    def select_jobs(
+        self, *, states: Collection[JobState] = (), bucket: str | None = None, key_prefix: str = "",
+        since: float | None = None, until: float | None = None, limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs matching every filter given, newest first (by submission time).
+
+        ``since``/``until`` bound the submission time; ``key_prefix`` matches the
+        start of the key. Each filter has an index (worker.ledger_schema), so a
+        page of the newest jobs stays quick in a ledger of 100,000.
+        """
+        where, args = _where(states, bucket, key_prefix, since, until)
+        sql = f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC"  # noqa: S608
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._reading() as db:
+            return [job_from_row(r) for r in db.execute(sql, args)]
+
+    def count_jobs(
+        self, *, states: Collection[JobState] = (), bucket: str | None = None, key_prefix: str = "",
+        since: float | None = None, until: float | None = None,
+    ) -> int:
+        """How many jobs ``select_jobs`` with the same filters would return without a limit."""
+        where, args = _where(states, bucket, key_prefix, since, until)
+        with self._reading() as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0])  # noqa: S608
+
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """Job ids that start with ``prefix`` (at most ``limit``), in order."""
+        low, high = _prefix_range(prefix)
+        with self._reading() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE id >= ? AND (? IS NULL OR id < ?)"
+                              " AND substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+                              (low, high, high, len(prefix), prefix, limit))
+            return [r["id"] for r in rows]
+
+    def jobs_of_object(self, bucket: str, key: str) -> list[Job]:
+        """Every job (one per version) of the object ``s3://bucket/key``, newest first."""
+        with self._reading() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE bucket = ? AND key = ?"
+                              " ORDER BY created_at DESC, id DESC", (bucket, key))
+            return [job_from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self._reading() as db:
@@ -105,3 +148,46 @@ class JobQueries:
             (identity.bucket, identity.key, identity.version),
         ).fetchone()
         return row
+
+
+def _prefix_range(prefix: str) -> tuple[str, str | None]:
+    """``[low, high)`` holding every text that starts with ``prefix`` (high None: no bound).
+
+    SQLite compares text by its UTF-8 bytes, which orders like code points, so
+    the bound is the prefix with its last character's successor.
+    """
+    if not prefix:
+        return "", None
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF or 0xD7FF <= last < 0xE000:
+        return prefix, None  # no encodable successor: the range stays open (substr decides)
+    return prefix, prefix[:-1] + chr(last + 1)
+
+
+def _where(
+    states: Collection[JobState], bucket: str | None, key_prefix: str,
+    since: float | None, until: float | None,
+) -> tuple[str, list[Any]]:
+    clauses, args = ["1"], list[Any]()
+    if states:
+        clauses.append(f"state IN ({', '.join('?' * len(states))})")
+        args += [state.value for state in states]
+    if bucket is not None:
+        clauses.append("bucket = ?")
+        args.append(bucket)
+    if key_prefix:
+        low, high = _prefix_range(key_prefix)
+        clauses.append("key >= ?")
+        args.append(low)
+        if high is not None:
+            clauses.append("key < ?")
+            args.append(high)
+        clauses.append("substr(key, 1, ?) = ?")
+        args += [len(key_prefix), key_prefix]
+    if since is not None:
+        clauses.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("created_at < ?")
+        args.append(until)
+    return " AND ".join(clauses), args

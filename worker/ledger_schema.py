@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from worker.job import Job
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Steps from each older schema version to the next (applied in order on open).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -35,6 +35,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs RENAME COLUMN retries_used TO counted_attempts",
         "ALTER TABLE jobs ADD COLUMN bytes_in INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0",
+    ),
+    # When the running job entered its phase (for a transfer's rate and ETA), and
+    # the indexes `processorctl list` filters and sorts on (newest first, by state, by key).
+    4: (
+        "ALTER TABLE jobs ADD COLUMN phase_started_at REAL",
+        "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at, id)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, created_at)",
     ),
 }
 
@@ -68,9 +76,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at     REAL,
     result_prefix   TEXT,
     origin          TEXT NOT NULL DEFAULT 'local',
+    phase_started_at REAL,
     UNIQUE (bucket, key, version)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, created_at);
 CREATE TABLE IF NOT EXISTS transitions (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id     TEXT NOT NULL REFERENCES jobs (id),
@@ -152,4 +164,5 @@ def job_from_row(row: sqlite3.Row) -> Job:
         exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
         started_at=row["started_at"], finished_at=row["finished_at"],
         result_prefix=row["result_prefix"], origin=row["origin"],
+        phase_started_at=row["phase_started_at"],
     )

@@ -21,7 +21,7 @@ from worker.errors import StorageError
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, decide
-from worker.states import TERMINAL, JobState
+from worker.states import TERMINAL, JobState, Phase
 from worker.storage.base import ObjectStore
 from worker.storage.layout import FAILED_NAME
 from worker.storage.layout import result_prefix as layout_result_prefix
@@ -32,6 +32,11 @@ def job_logger(job: Job) -> Any:
     return structlog.get_logger("processor.pipeline").bind(
         job_id=job.id, bucket=job.bucket, key=job.key, attempt=job.attempts
     )
+
+
+#: What a queued job waits for, by the outcome that put it back (shown until its next attempt).
+_WAITS = {Outcome.WAIT_FOR_STORAGE: Phase.WAITING_FOR_STORAGE,
+          Outcome.WAIT_FOR_SPACE: Phase.WAITING_FOR_SPACE}
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Recorder:
             fields["error"] = move.error
         if move.next_attempt_at is not None:
             fields["next_attempt_at"] = move.next_attempt_at
+            if move.target is JobState.QUEUED and move.next_attempt_at > now:
+                fields["phase"] = _WAITS.get(attempt.outcome, Phase.WAITING_TO_RETRY)
+                fields["phase_started_at"] = now
         if move.target in TERMINAL:
             fields["finished_at"] = now
         if attempt.result_prefix is not None:

@@ -68,14 +68,15 @@ class StateLock:
         self.release()
 
 
-def acquire(state_dir: Path) -> StateLock:
+def acquire(state_dir: Path, name: str = LOCK_NAME) -> StateLock:
     """Lock ``state_dir`` for this process, or raise `StateDirLocked` at once.
 
     Creates the state dir if needed (like the rest of start-up would) but writes
     nothing else into it. Raises OSError when the dir or file cannot be used.
+    ``name`` is the lock file (`processor local` holds its own, beside its daemons').
     """
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    path = state_dir / LOCK_NAME
+    path = state_dir / name
     # O_CLOEXEC: processing commands are exec'd children and must not inherit
     # (and so keep alive) the daemon's lock after it dies.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)

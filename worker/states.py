@@ -27,12 +27,19 @@ class JobState(str, enum.Enum):
 
 
 class Phase(str, enum.Enum):
-    """What a running job is doing right now (shown by `processorctl show`)."""
+    """What a job is doing right now (shown by `processorctl show` and `status`).
+
+    The first three while it runs; the waits while it is queued with a
+    ``next_attempt_at`` in the future (written by worker.recorder).
+    """
 
     NONE = ""
     DOWNLOADING = "downloading"
     RUNNING = "running"
     UPLOADING = "uploading"
+    WAITING_FOR_STORAGE = "waiting for storage"
+    WAITING_FOR_SPACE = "waiting for space"
+    WAITING_TO_RETRY = "waiting to retry"
 
 
 #: The only legal moves. RUNNING -> QUEUED is a retryable failure or an

@@ -84,7 +84,7 @@ def test_submit_list_show(config: Path) -> None:
     code, out = run(config, "list")
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["JOB", "STATE", "ATTEMPTS", "UPDATED", "KEY"]
+    assert header.split() == ["JOB", "STATE", "ATTEMPTS", "STARTED", "DURATION", "KEY", "ERROR"]
     assert row.startswith(job_id) and "queued" in row and row.endswith("a b/c.csv")
     code, out = run(config, "show", job_id)
     assert code == 0 and "state:" in out and "s3://in-b/a b/c.csv" in out and "v1" in out
@@ -207,8 +207,10 @@ def test_unusable_ledger_exits_4_and_says_so(short_tmp: Path) -> None:
 def test_status_without_a_daemon(config: Path) -> None:
     run(config, "submit", "--bucket", "b", "--key=k")
     code, out = run(config, "status")
-    assert code == 0 and "daemon: not reachable" in out and "1 queued" in out
+    assert code == exitcodes.DAEMON_NOT_RUNNING == 3
+    assert "daemon: not running (not reachable on" in out and "1 queued" in out
     code, out = run(config, "status", "--json")
+    assert code == 3
     assert json.loads(out) == {"daemon": None, "counts": {
         "queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}}
 
@@ -235,7 +237,7 @@ def test_show_displays_phase_and_bytes_of_a_running_job(config: Path) -> None:
         ledger.set_progress(job_id, phase=Phase.DOWNLOADING, bytes_total=1000, bytes_done=250)
     _, out = run(config, "show", job_id)
     assert re.search(r"state: +running \(downloading\)", out)
-    assert re.search(r"progress: +250/1000 bytes", out)
+    assert re.search(r"progress: +25% \(250 B of 1000 B\)", out)
 
 
 def test_root_acts_as_the_owner_of_the_state_dir(short_tmp: Path) -> None:

@@ -194,3 +194,38 @@ def test_the_signal_queue_only_queues_and_restores_the_handlers() -> None:
         assert received.get(timeout=WAIT_S) is None
         assert time.monotonic() - asked < WAIT_S  # woken, not timed out
     assert signal.getsignal(signal.SIGHUP) == before
+
+
+def test_the_status_line_names_each_running_jobs_phase_in_show_and_status_words(short_tmp: Path) -> None:
+    from worker.states import Phase
+
+    conf = settings(short_tmp)
+    texts: list[str] = []
+
+    class StatusRecorder(Recorder):
+        def status(self, text: str) -> bool:
+            texts.append(text)
+            return True
+
+    recorder = StatusRecorder(conf.paths.socket, conf.paths.state_dir)
+    with Ledger(conf.paths.ledger) as ledger, statelock.acquire(conf.paths.state_dir) as lock:
+        fake = FakePipeline(ledger)
+        daemon = Daemon(conf, ledger, fake, notifier=recorder)  # type: ignore[arg-type]
+        daemon.start(lock)
+        try:
+            job = submit(ledger, "big")
+            daemon.wake()
+            until(lambda: fake.started == ["big"], "started")
+            ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=10, bytes_done=4)
+
+            def published() -> bool:
+                daemon.wake()  # the loop republishes (at most once a second) when woken
+                return any(f"{job.id} downloading" in text for text in texts)
+
+            until(published, "STATUS= with the job's phase")
+            live = request(conf.paths.socket, "status")
+            assert live["running"][0]["activity_text"].startswith("downloading 40% of 10 B")
+        finally:
+            fake.release.set()
+            daemon.drain(reason="test")
+            assert daemon.wait(WAIT_S) == exitcodes.OK

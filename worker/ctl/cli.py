@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
@@ -58,10 +58,19 @@ def _terminal_columns() -> int:
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser (and subparsers, which take the parent's class) using _HelpFormatter."""
+    """An ArgumentParser (and subparsers, which take the parent's class) using _HelpFormatter.
+
+    A usage error raises `_UsageError` instead of exiting, so ``main`` can also
+    answer it as JSON under ``--json``.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(formatter_class=_HelpFormatter, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        error = UsageError(f"{self.prog}: error: {message}")
+        error.add_note(self.format_usage())
+        raise error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,13 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         prog="processorctl",
         description="Submit and inspect processor jobs.",
         epilog="Exit status: 0 ok, 1 failure, 2 usage or configuration error, "
-        "3 no such job, 4 ledger unavailable, 5 daemon not reachable.",
+        "3 no such job (status: the daemon is not running), 4 ledger unavailable, "
+        "5 daemon not reachable.",
     )
     parser.add_argument("--version", action="version", version=f"processorctl {__version__}")
     parser.add_argument("--config", help=CONFIG_HELP)
+    # The global options again, after the subcommand (`processorctl list --config X`):
+    # SUPPRESS keeps the value given before it when they are not repeated.
+    common = _ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    submit = sub.add_parser("submit", help="durably queue one S3 object; prints the job id")
+    def command(name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = sub.add_parser(name, help=summary, parents=[common], **kwargs)
+        return made
+
+    submit = command("submit", "durably queue one S3 object; prints the job id")
     submit.add_argument("--bucket", required=True)
     key = submit.add_mutually_exclusive_group(required=True)
     key.add_argument(
@@ -90,49 +108,60 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--etag", default="", help="the object's ETag, when not versioned")
     submit.add_argument("--json", action="store_true")
 
-    listing = sub.add_parser("list", help="list jobs, oldest first")
-    listing.add_argument("--state", help=f"one of {', '.join(s.value for s in JobState)} "
-                         "(with --fleet: a comma-separated list, 'waiting' too)")
-    listing.add_argument("--limit", type=int, default=None)
+    listing = command("list", "list jobs, newest first (the 50 newest unless --limit or --all)",
+                      epilog="TIME is 1h, 30m, 2d (that long ago), an ISO date or time "
+                      "(2026-12-07, 2026-12-07T14:30Z; UTC unless it says) or @EPOCH.")
+    _add_filters(listing)
+    limit = listing.add_mutually_exclusive_group()
+    limit.add_argument("--limit", type=_positive, metavar="N", help="show the N newest (default 50)")
+    limit.add_argument("--all", action="store_true", help="every matching job")
     listing.add_argument("--fleet", action="store_true",
-                         help="the whole fleet's jobs, from the fleet's job record ([queue] table)")
-    listing.add_argument("--since", type=_duration, metavar="DURATION",
-                         help="with --fleet: updated in the last DURATION (e.g. 1h)")
+                         help="the whole fleet's jobs, from the fleet's job record ([queue] table); "
+                         "--state may then also say waiting")
     listing.add_argument("--json", action="store_true")
 
-    show = sub.add_parser("show", help="one job in full, with its transitions")
-    show.add_argument("job_id", help="a job id, or s3://BUCKET/KEY (fleet-wide with [queue] table)")
+    show = command("show", "one job in full, with its transitions")
+    show.add_argument("job_id", metavar="JOB",
+                      help="a job id, a unique start of one, or s3://BUCKET/KEY (that object's newest job; "
+                      "fleet-wide with [queue] table)")
     show.add_argument("--fleet", action="store_true",
                       help="the job's fleet-wide record ([queue] table) rather than this ledger's")
     show.add_argument("--all-versions", action="store_true",
                       help="with s3://BUCKET/KEY: every version's job, newest first")
     show.add_argument("--json", action="store_true")
 
-    fleet = sub.add_parser("fleet", help="the work queue and the running jobs of every instance")
+    fleet = command("fleet", "the work queue and the running jobs of every instance")
     fleet.add_argument("--json", action="store_true")
 
-    dlq = sub.add_parser("dlq", help="the work queue's dead letters: list them with reasons, or redrive")
+    dlq = command("dlq", "the work queue's dead letters: list them with reasons, or redrive")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, text in (("list", "dead letters with their reasons (left in place)"),
                        ("redrive", "move dead letters back to the work queue; their failed "
                                    "job records are reset so they run again")):
-        one = dlq_sub.add_parser(name, help=text)
+        one = dlq_sub.add_parser(name, help=text, parents=[common])
         one.add_argument("--limit", type=int, default=None if name == "redrive" else 10)
         one.add_argument("--json", action="store_true")
 
-    status = sub.add_parser("status", help="counts per state and what the daemon is doing")
+    status = command("status", "counts per state and what the daemon is doing "
+                     "(exit 3 when the daemon is not running)")
     status.add_argument("--json", action="store_true")
 
-    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
-    cancel.add_argument("job_id")
+    cancel = command("cancel", "cancel a queued or running job")
+    cancel.add_argument("job_id", metavar="JOB", help="a job id, a unique start of one, or s3://BUCKET/KEY")
     cancel.add_argument("--json", action="store_true")
 
-    retry = sub.add_parser("retry", help="put a failed or cancelled job back in the queue")
-    retry.add_argument("job_id")
+    retry = command(
+        "retry", "put failed or cancelled jobs back in the queue: one JOB, or every match of --state …",
+        epilog="Bulk: `processorctl retry --state failed --since 1h --key incoming/` prints how many "
+        "jobs match and retries them after confirmation (--yes for scripts).")
+    retry.add_argument("job_id", metavar="JOB", nargs="?",
+                       help="a job id, a unique start of one, or s3://BUCKET/KEY")
+    _add_filters(retry)
+    retry.add_argument("--yes", action="store_true", help="retry every matching job without asking")
     retry.add_argument("--json", action="store_true")
 
-    reconcile = sub.add_parser(
-        "reconcile", help="submit input objects that have neither a job nor a result (lost events)"
+    reconcile = command(
+        "reconcile", "submit input objects that have neither a job nor a result (lost events)"
     )
     reconcile.add_argument("--input-bucket", help="default: reconcile.input_bucket from the config")
     reconcile.add_argument("--prefix", help="default: reconcile.prefix")
@@ -141,39 +170,68 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--dry-run", action="store_true", help="list what would be submitted")
     reconcile.add_argument("--json", action="store_true")
 
-    logs = sub.add_parser("logs", help="the processing command's output for a job")
-    logs.add_argument("job_id")
+    logs = command("logs", "the processing command's output for a job")
+    logs.add_argument("job_id", metavar="JOB", help="a job id, a unique start of one, or s3://BUCKET/KEY")
     logs.add_argument("-f", "--follow", action="store_true",
                       help="keep printing until the job leaves the running state")
     return parser
 
 
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", metavar="STATE[,STATE]",
+                        help="only jobs in these states: " + ", ".join(s.value for s in JobState))
+    parser.add_argument("--key", metavar="PREFIX", help="only keys starting with PREFIX; "
+                        "s3://BUCKET/PREFIX also names the bucket")
+    parser.add_argument("--since", metavar="TIME", help="only jobs submitted at or after TIME")
+    parser.add_argument("--until", metavar="TIME", help="only jobs submitted before TIME")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:  # argparse's message, as argparse prints it: usage, then the error
+        sys.stderr.write("".join(getattr(exc, "__notes__", [])))
+        return _fail(out, "--json" in argv, exitcodes.USAGE, str(exc), "usage")
+    as_json = bool(getattr(args, "json", False))
     try:
         settings = load_settings(config_path(args.config, os.environ))
     except ConfigError as exc:
-        print(f"processorctl: configuration error: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
+        return _fail(out, as_json, exitcodes.USAGE, f"processorctl: configuration error: {exc}", "config")
     try:
         _act_as_state_owner(settings.paths.state_dir)
     except OSError as exc:
-        print(f"processorctl: cannot switch to the owner of {settings.paths.state_dir}: {exc}",
-              file=sys.stderr)
-        return exitcodes.FAILURE
+        return _fail(out, as_json, exitcodes.FAILURE,
+                     f"processorctl: cannot switch to the owner of {settings.paths.state_dir}: {exc}",
+                     "permission")
     try:
         with Ledger(settings.paths.ledger) as ledger:
             return _command(args.command)(args, settings, ledger, out)
     except UsageError as exc:
-        print(f"processorctl: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
+        return _fail(out, as_json, exitcodes.USAGE, f"processorctl: {exc}", "usage")
     except JobNotFound as exc:
-        print(f"processorctl: {exc}", file=sys.stderr)
-        return exitcodes.NOT_FOUND
+        return _fail(out, as_json, exitcodes.NOT_FOUND, f"processorctl: {exc}", "not_found")
     except LedgerError as exc:
-        print(f"processorctl: ledger unavailable: {exc}", file=sys.stderr)
-        return exitcodes.LEDGER_UNAVAILABLE
+        return _fail(out, as_json, exitcodes.LEDGER_UNAVAILABLE,
+                     f"processorctl: ledger unavailable: {exc}", "ledger_unavailable")
+
+
+def _fail(out: TextIO, as_json: bool, code: int, message: str, kind: str) -> int:
+    # Imported here: only a failing command needs it (submit's normal path stays small).
+    from worker.ctl.render import fail
+
+    return fail(out, as_json, code, message, kind)
 
 
 def _act_as_state_owner(state_dir: Path) -> None:

@@ -16,6 +16,7 @@ Imported only for these commands: it needs boto3 (worker.fleet.dynamo, worker.fl
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -125,29 +126,43 @@ def show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Text
 
 
 def list_fleet(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
-    """``list --fleet [--state S[,S]] [--since D] [--limit N]``: newest first, a Query per state."""
+    """``list --fleet [--state S[,S]] [--since T] [--until T] [--key P] [--limit N|--all]``:
+    newest first, a Query on the ``by-state`` index per state (times are the records' last update)."""
+    from worker.ctl.jobs import DEFAULT_LIMIT, parse_time, split_s3_url
+
+    now = time.time()
     states = _states(args.state)
-    since = time.time() - args.since if getattr(args, "since", None) else None
-    limit = args.limit
+    since = parse_time(args.since, option="--since", now=now) if args.since else None
+    until = parse_time(args.until, option="--until", now=now) if args.until else None
+    bucket, prefix = None, args.key or ""
+    if prefix.startswith("s3://"):
+        bucket, prefix = split_s3_url(prefix, option="--key")
+    limit = None if args.all else (args.limit or DEFAULT_LIMIT)
     records = _records(settings)
     try:
         found: list[FleetJob] = []
         for state in states:
-            found += records.in_state(state, since=since, limit=limit)
+            # The key filter is applied to what the index returns: read them all then.
+            each = records.in_state(state, since=since, until=until,
+                                    limit=None if (prefix or bucket) else limit)
+            found += [r for r in each if r.key.startswith(prefix) and bucket in (None, r.bucket)]
     finally:
         records.close()
     found.sort(key=lambda r: r.updated_at, reverse=True)
+    total = len(found)
     if limit is not None:
         found = found[:limit]
-    now = time.time()
     if args.json:
         dump_json(out, [record_dict(r, now) for r in found])
-        return exitcodes.OK
-    rows = [("JOB", "STATE", "HOLDER", "ATTEMPTS", "UPDATED", "KEY", "ERROR")]
-    rows += [(r.job_id, r.state.value, r.holder or "-", f"{r.attempts}/{r.counted_attempts}",
-              when(r.updated_at), printable(r.key, 60), printable((r.error or "").split("\n")[0], 60))
-             for r in found]
-    table(out, rows)
+    else:
+        rows = [("JOB", "STATE", "HOLDER", "ATTEMPTS", "UPDATED", "KEY", "ERROR")]
+        rows += [(r.job_id, r.state.value, r.holder or "-", f"{r.attempts}/{r.counted_attempts}",
+                  when(r.updated_at), printable(r.key, 60),
+                  printable((r.error or "").split("\n")[0], 60)) for r in found]
+        table(out, rows)
+    if total > len(found):
+        print(f"processorctl: showing the {len(found)} newest of {total} or more matching jobs; "
+              "--limit N or --all for more", file=sys.stderr)
     return exitcodes.OK
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from worker.states import JobState
@@ -15,7 +17,16 @@ if TYPE_CHECKING:
     from worker.job import Job
 
 
-def describe(out: TextIO, job: Job, settings: Settings) -> None:
+def describe(
+    out: TextIO, job: Job, settings: Settings, *, facts: Mapping[str, Any] | None = None,
+    now: float | None = None, outputs: list[dict[str, Any]] | str | None = None,
+) -> None:
+    """One job for people; ``facts`` from worker.activity (what it is doing now), ``outputs``
+    a success's (or why they were not read)."""
+    from worker.activity import clock, duration, in_words, size
+
+    now = time.time() if now is None else now
+    facts = facts or {}
     fields: list[tuple[str, str]] = [
         ("job", job.id),
         ("state", job.state.value + (f" ({job.phase.value})" if job.phase.value else "")),
@@ -26,10 +37,29 @@ def describe(out: TextIO, job: Job, settings: Settings) -> None:
         ("submitted", when(job.created_at)),
         ("updated", when(job.updated_at)),
     ]
-    if job.state is JobState.RUNNING and job.bytes_total:
-        fields.append(("progress", f"{job.bytes_done}/{job.bytes_total} bytes"))
-    if job.state is JobState.QUEUED and job.next_attempt_at:
+    if job.started_at is not None:
+        fields.append(("started", f"{when(job.started_at)} ({duration(now - job.started_at)} ago)"))
+    if "elapsed_s" in facts:
+        fields.append(("elapsed", duration(facts["elapsed_s"])))
+        left = facts["deadline_at"] - now
+        fields.append(("deadline", f"{clock(facts['deadline_at'])} "
+                       + (f"(in {duration(left)}; processing.timeout_s {settings.processing.timeout_s:g})"
+                          if left >= 0 else "(passed)")))
+    if job.state is JobState.RUNNING:
+        fields.append(("phase", in_words(job, dict(facts), now=now).split("; ")[0]))
+        if "percent" in facts:
+            rate = (f", {size(facts['rate_bps'])}/s, ETA {duration(facts['eta_s'])}"
+                    if "rate_bps" in facts else "")
+            fields.append(("progress", f"{facts['percent']:g}% ({size(job.bytes_done)} of "
+                           f"{size(job.bytes_total)}){rate}"))
+    if "until" in facts:
+        fields.append(("phase", in_words(job, dict(facts), now=now)))
+    if job.state is JobState.QUEUED and job.next_attempt_at and "until" not in facts:
         fields.append(("next attempt", when(job.next_attempt_at)))
+    if "duration_s" in facts:
+        fields.append(("duration", duration(facts["duration_s"])))
+        if job.finished_at is not None:
+            fields.append(("finished", when(job.finished_at)))
     if job.exit_code is not None:
         fields.append(("exit code", str(job.exit_code)))
     if job.error:
@@ -44,6 +74,13 @@ def describe(out: TextIO, job: Job, settings: Settings) -> None:
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         print(f"{name + ':':<{width + 1}} {value}", file=out)
+    if isinstance(outputs, str):
+        print(f"outputs: {outputs}", file=out)
+    elif outputs is not None:
+        print(f"outputs ({len(outputs)}):", file=out)
+        for item in outputs:
+            print(f"  s3://{settings.s3.output_bucket}/{printable(str(item['key']), 2000)}"
+                  f"  ({size(int(item['size'] or 0))})", file=out)
     if job.stderr_tail:
         print("stderr (tail):", file=out)
         for line in job.stderr_tail.splitlines()[-20:]:
@@ -72,6 +109,14 @@ def printable(text: str, limit: int) -> str:
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
 
 
+def first_line(text: str | None, limit: int) -> str:
+    """The first non-empty line of ``text``, escaped and cut to ``limit`` ('' for none)."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return printable(line.strip(), limit)
+    return ""
+
+
 def when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -85,3 +130,12 @@ def table(out: TextIO, rows: Sequence[Sequence[str]]) -> None:
 def dump_json(out: TextIO, value: object) -> None:
     json.dump(value, out, indent=2, ensure_ascii=False)
     out.write("\n")
+
+
+def fail(out: TextIO, as_json: bool, code: int, message: str, kind: str) -> int:
+    """Say why on stderr; under --json also as ``{"error": …}`` on stdout (a script reads
+    one stream and one shape); return ``code``, the exit status."""
+    print(message, file=sys.stderr)
+    if as_json:
+        dump_json(out, {"error": {"kind": kind, "message": message, "exit_code": code}})
+    return code

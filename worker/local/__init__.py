@@ -2,6 +2,9 @@
 
 - ``options``   the command-line flags (stdlib only: parsed before moto is imported)
 - ``stack``     wires the stack together and runs it (``--once``, ``--instances N``)
+- ``statedir``  claims the state dir (lock, port) before resetting it
+- ``interrupts`` Ctrl-C: the first drains, a second forces; what was left
+- ``systemctl`` the agent's ``systemctl`` stand-in (the DrainDocument's ``stop processor``)
 - ``emulator``  the moto server on loopback and the AWS resources in it (boto3)
 - ``node``      one instance of the local fleet: its config, daemon and SSM agent
 - ``pump``      S3 events from SQS into the real Lambda handler, as Lambda would

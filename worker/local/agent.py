@@ -184,6 +184,11 @@ class LocalSsmAgent:
         with self._lock:
             return list(self._results)
 
+    def result(self, command_id: str) -> CommandResult | None:
+        """This agent's result of one command; None until it has finished (or if never received)."""
+        with self._lock:
+            return next((r for r in reversed(self._results) if r.command_id == command_id), None)
+
     def start(self) -> None:
         """Poll every ``poll_interval`` seconds in a daemon thread until :meth:`stop`."""
         if self._thread is not None:

@@ -52,13 +52,15 @@ class Resources:
     work_dead_letter_queue_url: str = ""
     #: A fleet's job record table (DynamoDB; worker.fleet.dynamo).
     job_table: str = ""
+    #: Every SSM document of the stack, by name (the submit document and the operators').
+    documents: tuple[str, ...] = ()
 
 
 class Emulator:
     """moto server on 127.0.0.1:port, started and stopped with the stack."""
 
     def __init__(self, port: int) -> None:
-        _check_port_free(port)
+        check_port_free(port)
         # One access-log line per emulated request drowns the console.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -83,7 +85,8 @@ class Emulator:
         self._server.stop()
 
 
-def _check_port_free(port: int) -> None:
+def check_port_free(port: int) -> None:
+    """Fail (ConfigError naming --port) unless 127.0.0.1:port can be bound now."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -146,6 +149,7 @@ def provision(
         queue_url=queue_url, dead_letter_queue_url=dlq_url,
         instance_ids=tuple(sorted(i["InstanceId"] for i in launched)),
         submit_document=submit, work_queue_url=work_queue_url,
+        documents=tuple(spec.name for spec in specs),
         work_dead_letter_queue_url=work_dlq_url, job_table=job_table,
     )
 

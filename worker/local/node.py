@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,6 +34,9 @@ DAEMON_START_TIMEOUT_S = 30.0
 QUEUE_VISIBILITY_S = 30
 QUEUE_WAIT_S = 5
 
+#: `processorctl reconcile`'s default age locally: events arrive within seconds here.
+RECONCILE_OLDER_THAN_S = 10
+
 
 @dataclass
 class Node:
@@ -46,22 +50,39 @@ class Node:
 def start_node(
     stack: ExitStack, emulator: Emulator, res: Resources, front: SsmFront, *, instance_id: str,
     state_dir: Path, command: list[str], on_result: Callable[[CommandResult], None],
+    on_daemon: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Node | None:
-    """Start the daemon and the agent of one instance; both stop when ``stack`` closes."""
+    """Start the daemon and the agent of one instance; both stop when ``stack`` closes.
+
+    ``on_daemon`` is handed the daemon's process as soon as it is started (a
+    second Ctrl-C signals it: worker.local.interrupts).
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(state_dir, res, command, holder=instance_id)
     settings = load_settings(config, environ={})
     env = {**os.environ, **emulator.env(), "PROCESSOR_CONFIG": str(config),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if stack.enter_context(daemon(config, env, state_dir, settings.paths.socket)) is None:
+    if stack.enter_context(daemon(config, env, state_dir, settings.paths.socket, on_daemon)) is None:
         return None
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    agent = LocalSsmAgent(emulator.client("ssm"), instance_id, env=env,
+    agent_env = {**env, "PATH": f"{systemctl_shim(state_dir)}{os.pathsep}{env['PATH']}"}
+    agent = LocalSsmAgent(emulator.client("ssm"), instance_id, env=agent_env,
                           work_dir=state_dir / "ssm-agent", on_result=on_result, inbox=inbox)
-    front.register(instance_id, inbox, lambda: agent.online)
+    front.register(instance_id, inbox, lambda: agent.online, agent.result)
     agent.start()
     stack.callback(agent.stop, 10.0)
     return Node(instance_id, state_dir, config, settings.paths.ledger, agent)
+
+
+def systemctl_shim(state_dir: Path) -> Path:
+    """A directory whose ``systemctl`` is worker.local.systemctl for this instance (the DrainDocument's)."""
+    directory = state_dir / "ssm-agent" / "bin"
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "systemctl"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m worker.local.systemctl "
+                    f"{shlex.quote(str(state_dir))} \"$@\"\n")
+    shim.chmod(0o755)
+    return directory
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -99,6 +120,11 @@ def write_config(state_dir: Path, res: Resources, command: list[str], holder: st
         "[logging]",
         'level = "info"',
         "journald = false",
+        # `processorctl reconcile` (and the ReconcileDocument) list this bucket; objects
+        # older than a few seconds, since events here take well under that.
+        "[reconcile]",
+        f"input_bucket = {json.dumps(res.input_bucket)}",
+        f"older_than_s = {RECONCILE_OLDER_THAN_S}",
         *_queue_section(res, holder),
         "",
     ])
@@ -127,15 +153,22 @@ def _queue_section(res: Resources, holder: str) -> list[str]:
 
 @contextmanager
 def daemon(
-    config: Path, env: dict[str, str], state_dir: Path, socket: Path
+    config: Path, env: dict[str, str], state_dir: Path, socket: Path,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Run `processor run` as a child, as systemd would; SIGTERM and wait on exit."""
+    """Run `processor run` as a child, as systemd would; SIGTERM and wait on exit.
+
+    In its own process group: a terminal's Ctrl-C goes to `processor local`
+    only, which then stops the daemon like systemd (one SIGTERM: a drain).
+    """
     log_path = state_dir / "daemon.stderr"
     with log_path.open("ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config)],
-            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, process_group=0,
         )
+    if on_start is not None:
+        on_start(proc)
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     ready = False
     while time.monotonic() < deadline and proc.poll() is None:

@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import signal
 import sys
 import threading
 import time
@@ -30,18 +28,18 @@ from typing import Any, TextIO
 
 from worker import exitcodes
 from worker.ctl.render import printable
-from worker.errors import ConfigError
+from worker.errors import ConfigError, LedgerError
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.local import statedir
 from worker.local.agent import CommandResult, parse_content
-from worker.local.emulator import Emulator, Resources, provision
+from worker.local.emulator import STACK_NAME, Emulator, Resources, provision
+from worker.local.interrupts import Interrupts, installed, leftover
 from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
 from worker.local.ssmfront import SsmFront
+from worker.local.statedir import StateDirInUse
 from worker.states import TERMINAL, JobState
-
-#: Marks a directory as ours, so a reset never deletes an operator's files.
-MARKER = ".processor-local"
 
 #: Where the sample inputs are uploaded in the input bucket.
 SAMPLE_PREFIX = "incoming/"
@@ -69,64 +67,94 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if not 1 <= args.instances <= MAX_INSTANCES:
             raise ConfigError(f"--instances must be 1 to {MAX_INSTANCES}, got {args.instances}",
                               key="--instances")
-        state_dir = _reset_state_dir(Path(args.state_dir))
+        # Lock, then port, then reset: a second stack leaves the first one's state alone.
+        state_dir, lock = statedir.claim(Path(args.state_dir), args.port)
     except ConfigError as exc:
         print(f"processor local: {exc}", file=sys.stderr)
         return exitcodes.USAGE
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with ExitStack() as stack:
+    except StateDirInUse as exc:
+        print(f"processor local: {exc}", file=sys.stderr)
+        return exitcodes.STATE_DIR_LOCKED
+    except OSError as exc:
+        print(f"processor local: cannot use --state-dir {args.state_dir}: {exc}", file=sys.stderr)
+        return exitcodes.FAILURE
+    interrupts = Interrupts()
+    ledger_paths: list[Path] = []
+    with lock, installed(interrupts):
+        status = _run(args, console, command, state_dir, interrupts, ledger_paths)
+        if status is not None:
+            return status
+        if interrupts.forced:
+            console.say("stopped at once (second stop signal): running jobs were interrupted")
+        left = leftover(job for path in ledger_paths for job in _jobs_at(path))
+        console.say(f"stopped; {left}" if left else "stopped; every job had finished")
+        return interrupts.exit_code or exitcodes.OK
+
+
+def _run(
+    args: argparse.Namespace, console: _Console, command: list[str], state_dir: Path,
+    interrupts: Interrupts, ledger_paths: list[Path],
+) -> int | None:
+    """Start the stack and run it; an exit status, or None once the interactive mode stopped."""
+    stop = interrupts.stop
+    with ExitStack() as stack:
+        try:
+            emulator = Emulator(args.port)
+        except ConfigError as exc:
+            print(f"processor local: {exc}", file=sys.stderr)
+            return exitcodes.USAGE
+        stack.callback(emulator.stop)
+        res = provision(emulator, input_bucket=args.input_bucket,
+                        output_bucket=args.output_bucket, instances=args.instances)
+        ssm = emulator.client("ssm")
+        front = SsmFront(res.endpoint, lambda name, version: _document(ssm, name, version))
+        front.start()
+        stack.callback(front.stop)
+        failures: list[str] = []
+        nodes = []
+        for n, instance in enumerate(res.instance_ids, start=1):
             try:
-                emulator = Emulator(args.port)
+                node = start_node(
+                    stack, emulator, res, front, instance_id=instance,
+                    state_dir=state_dir if len(res.instance_ids) == 1 else state_dir / f"node-{n}",
+                    command=command, on_result=lambda r: _on_command(console, failures, r),
+                    on_daemon=interrupts.daemons.append,
+                )
             except ConfigError as exc:
+                # The config written for the daemon does not load: say which key.
                 print(f"processor local: {exc}", file=sys.stderr)
-                return exitcodes.USAGE
-            stack.callback(emulator.stop)
-            res = provision(emulator, input_bucket=args.input_bucket,
-                            output_bucket=args.output_bucket, instances=args.instances)
-            ssm = emulator.client("ssm")
-            front = SsmFront(res.endpoint, lambda name, version: _document(ssm, name, version))
-            front.start()
-            stack.callback(front.stop)
-            failures: list[str] = []
-            nodes = []
-            for n, instance in enumerate(res.instance_ids, start=1):
-                try:
-                    node = start_node(
-                        stack, emulator, res, front, instance_id=instance,
-                        state_dir=state_dir if len(res.instance_ids) == 1 else state_dir / f"node-{n}",
-                        command=command, on_result=lambda r: _on_command(console, failures, r),
-                    )
-                except ConfigError as exc:
-                    # The config written for the daemon does not load: say which key.
-                    print(f"processor local: {exc}", file=sys.stderr)
-                    return exitcodes.FAILURE
-                if node is None:
-                    return exitcodes.FAILURE
-                nodes.append(node)
-            # The Lambda reads its configuration from the environment, as on AWS; its SSM
-            # calls go through the front, which behaves like the service where moto does not.
-            for name in ("TARGET_INSTANCE_ID", "DOCUMENT_NAME", "QUEUE_URL"):
-                os.environ.pop(name, None)
-            os.environ.update({**emulator.env(), "AWS_ENDPOINT_URL_SSM": front.endpoint,
-                               **lambda_environment(res)})
-            pump = EventPump(emulator.client("sqs"), res.queue_url,
-                             on_invocation=lambda i: _on_invocation(
-                                 console, failures, i,
-                                 "message(s)" if res.work_queue_url else "command(s)"))
-            pump.start()
-            stack.callback(pump.stop)
-            _banner(console, res, state_dir, nodes)
-            ledgers = [stack.enter_context(Ledger(node.ledger_path)) for node in nodes]
-            if args.once:
-                return _once(console, emulator, res, ledgers, failures, stop, args.timeout)
-            _watch(console, ledgers, res, stop)
-            console.say("stopping: draining the daemon(s)…")
-            return exitcodes.OK
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                return exitcodes.FAILURE
+            if node is None:
+                return exitcodes.FAILURE
+            nodes.append(node)
+            ledger_paths.append(node.ledger_path)
+        # The Lambda reads its configuration from the environment, as on AWS; its SSM
+        # calls go through the front, which behaves like the service where moto does not.
+        for name in ("TARGET_INSTANCE_ID", "DOCUMENT_NAME", "QUEUE_URL"):
+            os.environ.pop(name, None)
+        os.environ.update({**emulator.env(), "AWS_ENDPOINT_URL_SSM": front.endpoint,
+                           **lambda_environment(res)})
+        pump = EventPump(emulator.client("sqs"), res.queue_url,
+                         on_invocation=lambda i: _on_invocation(
+                             console, failures, i,
+                             "message(s)" if res.work_queue_url else "command(s)"))
+        pump.start()
+        stack.callback(pump.stop)
+        _banner(console, res, state_dir, nodes, front.endpoint)
+        ledgers = [stack.enter_context(Ledger(node.ledger_path)) for node in nodes]
+        if args.once:
+            return _once(console, emulator, res, ledgers, failures, interrupts, args.timeout)
+        _watch(console, ledgers, res, stop)
+        console.say("stopping: draining the daemon(s)… (Ctrl-C again to stop at once)")
+    return None
+
+
+def _jobs_at(path: Path) -> list[Job]:
+    try:
+        with Ledger(path) as ledger:
+            return ledger.list_jobs()
+    except (OSError, LedgerError):
+        return []
 
 
 def lambda_environment(res: Resources) -> dict[str, str]:
@@ -156,36 +184,48 @@ def _command(text: str | None) -> list[str]:
     return argv
 
 
-def _reset_state_dir(path: Path) -> Path:
-    """Start from an empty state dir: the emulator starts empty, so must the ledger."""
-    path = path.resolve()
-    if path.exists() and any(path.iterdir()):
-        if not (path / MARKER).exists():
-            raise ConfigError(
-                f"--state-dir {path} is not empty and was not made by `processor local`; "
-                "refusing to reset it", key="--state-dir",
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER).write_text("state of `processor local`; reset at every start\n")
-    return path
-
-
-def _banner(console: _Console, res: Resources, state_dir: Path, nodes: list[Node]) -> None:
+def _banner(console: _Console, res: Resources, state_dir: Path, nodes: list[Node], ssm: str) -> None:
     instances = ", ".join(node.instance_id for node in nodes)
+    documents = ",".join(name.removeprefix(f"{STACK_NAME}-") for name in res.documents) or "-"
+    env_file = _write_env(state_dir, res, nodes, ssm)
     console.say("\n".join([
         "processor local is ready",
-        f"  emulator endpoint  {res.endpoint}  (credentials: testing/testing, region us-east-1)",
+        f"  S3, SQS endpoint   {res.endpoint}  (credentials: testing/testing, region us-east-1)",
+        f"  SSM endpoint       {ssm}  (Run Command: send-command, get-command-invocation)",
         f"  input bucket       s3://{res.input_bucket}",
         f"  output bucket      s3://{res.output_bucket}",
         f"  instance(s)        {instances}; SSM document {res.submit_document}",
+        f"  operator documents {STACK_NAME}-{{{documents}}}",
         *([f"  work queue         {res.work_queue_url}  (every daemon pulls from it)",
            f"  dead-letter queue  {res.work_dead_letter_queue_url}"] if res.work_queue_url else []),
         f"  state dir          {state_dir}  (config: "
         + ", ".join(str(node.config.relative_to(state_dir)) for node in nodes) + ")",
+        f"  your shell         . {env_file}   (then the aws CLI and processorctl use this stack; "
+        "README, \"Rehearse operations locally\")",
         f"  upload more with   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
         f"aws --endpoint-url {res.endpoint} s3 cp FILE s3://{res.input_bucket}/KEY",
     ]))
+
+
+def _write_env(state_dir: Path, res: Resources, nodes: list[Node], ssm: str) -> Path:
+    """``env.sh``: what a shell needs to reach this stack with the aws CLI and processorctl."""
+    from worker.local.emulator import CREDENTIALS, REGION
+
+    path = state_dir / "env.sh"
+    lines = [
+        "# Written by `processor local`: source it (. env.sh) to point the aws CLI, boto3 and",
+        "# processorctl at this stack (its emulator, its SSM front and its first instance).",
+        *(f"export {name}={shlex.quote(value)}" for name, value in CREDENTIALS.items()),
+        f"export AWS_DEFAULT_REGION={REGION} AWS_REGION={REGION}",
+        f"export AWS_ENDPOINT_URL={shlex.quote(res.endpoint)}",
+        f"export AWS_ENDPOINT_URL_SSM={shlex.quote(ssm)}",
+        f"export PROCESSOR_CONFIG={shlex.quote(str(nodes[0].config))}",
+        f"export INPUT={shlex.quote(res.input_bucket)} OUTPUT={shlex.quote(res.output_bucket)} "
+        f"INSTANCE={shlex.quote(nodes[0].instance_id)} STACK={STACK_NAME}",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
 
 
 # -- running ----------------------------------------------------------------------
@@ -227,9 +267,10 @@ def _all_jobs(ledgers: list[Ledger]) -> list[Job]:
 
 def _once(
     console: _Console, emulator: Emulator, res: Resources, ledgers: list[Ledger],
-    failures: list[str], stop: threading.Event, timeout: float,
+    failures: list[str], interrupts: Interrupts, timeout: float,
 ) -> int:
     s3 = emulator.client("s3")
+    stop = interrupts.stop
     samples = _sample_files()
     for key, body in samples:
         s3.put_object(Bucket=res.input_bucket, Key=key, Body=body)
@@ -246,11 +287,19 @@ def _once(
         ):
             break
         stop.wait(0.2)
+    interrupted = stop.is_set()
+    if interrupted:
+        jobs = {job.key: job for job in _all_jobs(ledgers) if job.key in keys}
     console.say("")
-    console.say("results")
+    console.say("results" + (" (interrupted)" if interrupted else ""))
     ok = True
     for key, _ in samples:
         job = jobs.get(key)
+        if interrupted and (job is None or job.state not in TERMINAL):
+            ok = False
+            what = "no job yet" if job is None else f"job {job.id} was {job.state.value}"
+            console.say(f"  INTERRUPTED s3://{res.input_bucket}/{key}: {what}")
+            continue
         if job is None:
             ok = False
             console.say(f"  MISSING    s3://{res.input_bucket}/{key}: no job was created in {timeout:g}s")
@@ -260,6 +309,9 @@ def _once(
         console.say(f"  ERROR      {failure}")
     ok &= not failures
     done = sum(1 for job in jobs.values() if job.state is JobState.SUCCEEDED)
+    if interrupted:
+        console.say(f"\nsummary: interrupted; {done}/{len(keys)} succeeded before the stop signal")
+        return interrupts.exit_code or exitcodes.FAILURE
     console.say(f"\nsummary: {done}/{len(keys)} succeeded" + ("" if ok else " — see errors above"))
     return exitcodes.OK if ok else exitcodes.FAILURE
 

@@ -5,6 +5,8 @@ Sinks (each enabled by config, all fed the same rendered JSON line):
 - stderr. Under systemd that is the journal's stdout stream, so it is dropped
   when the structured journald sink is on and stderr is that very stream
   (``$JOURNAL_STREAM``): otherwise every line would be in the journal twice.
+  On a terminal (the daemon run by hand) stderr gets structlog's human
+  ``ConsoleRenderer`` lines instead of JSON.
 - ``logs/processor.jsonl`` on the EBS volume, rotated by size.
 - journald with searchable fields (``worker.telemetry.journal``).
 - CloudWatch Logs via watchtower, a stream per instance (``worker.telemetry.cloudwatch``),
@@ -85,12 +87,36 @@ def _formatter() -> logging.Formatter:
     )
 
 
+def _console_formatter() -> logging.Formatter:
+    """For stderr on a terminal (`processor run` by hand): structlog's human console lines.
+
+    Not the shared JSON (``_RenderOnce``'s cache is left alone); the journal,
+    the log file and CloudWatch keep JSON.
+    """
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.dev.ConsoleRenderer(colors=True),
+        ],
+    )
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def configure(
     level: str = "info", log_dir: Path | None = None, *, stream: TextIO | None = None,
     journal: JournalHandler | None = None, cloudwatch: Target | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Send every structlog and stdlib record, as JSON lines, to the sinks; return their names.
+
+    stderr gets human console lines instead when it is a terminal.
 
     ``journal`` is the journald sink (None: off); ``cloudwatch`` the CloudWatch
     target (None: off, and no EMF metrics).
@@ -114,8 +140,8 @@ def configure(
         root.removeHandler(old)
         old.close()
     formatter = _formatter()
-    for handler in handlers.values():
-        handler.setFormatter(formatter)
+    for name, handler in handlers.items():
+        handler.setFormatter(_console_formatter() if name == "stderr" and _is_terminal(stderr) else formatter)
         root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
