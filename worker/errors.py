@@ -1,6 +1,6 @@
 """The exception tree of the worker: every exception class defined in worker/, drawn.
 
-Most live here. Four live beside the one module that raises them and the
+Most live here. Some live beside the one module that raises them and the
 code that handles them (the module in brackets); the local agent's two
 stand in for SSM's own errors and are ``ValueError`` like theirs would be.
 ``worker.examples`` is a separate program (the example processing command)
@@ -29,6 +29,8 @@ raised somewhere or is the base of one that is.
     │   ├── ScalingError            an Auto Scaling call failed (.retryable, .code)
     │   ├── QueueError              [fleet.workqueue] a work-queue call failed (.retryable, .code)
     │   ├── MalformedMessage        [fleet.workqueue] a queue message is no job request (.field)
+    │   ├── RecordError             [fleet.record] a fleet job-record call failed (.retryable, .code)
+    │   ├── RecordConflict          [fleet.record] a conditional write lost: the record changed
     │   ├── StateDirLocked          [statelock] another daemon holds the state dir (.holder_pid)
     │   └── StateDirInUse           [local.statedir] another `processor local` uses its state dir
     └── ValueError

@@ -175,43 +175,13 @@ def _states(value: str | None) -> Sequence[FleetState]:
         raise UsageError(f"--state {value!r}: use {', '.join(s.value for s in FleetState)}") from None
 
 
-def oldest_message_age(settings: Settings, *, window_s: int = 600) -> float | None:
-    """The queue's ``ApproximateAgeOfOldestMessage`` (seconds), from CloudWatch's newest
-    one-minute datapoint of the last ``window_s``; None without one (SQS publishes it
-    only for an active queue, and GetQueueAttributes does not have it)."""
-    import boto3
-    from botocore.config import Config
-
-    from worker.config import queue_region
-    from worker.retry import DYNAMODB_CLIENT
-
-    name = settings.queue.url.rstrip("/").rsplit("/", 1)[-1]
-    client = boto3.session.Session().client(
-        "cloudwatch", endpoint_url=settings.queue.endpoint_url or None,
-        config=Config(region_name=queue_region(settings), **DYNAMODB_CLIENT.config()))
-    now = time.time()
-    try:
-        reply = client.get_metric_data(
-            MetricDataQueries=[{"Id": "age", "ReturnData": True, "MetricStat": {
-                "Metric": {"Namespace": "AWS/SQS", "MetricName": "ApproximateAgeOfOldestMessage",
-                           "Dimensions": [{"Name": "QueueName", "Value": name}]},
-                "Period": 60, "Stat": "Maximum"}}],
-            StartTime=now - window_s, EndTime=now + 60, ScanBy="TimestampDescending")
-    except Exception:  # noqa: BLE001 - the age is a hint; no right or no answer: unknown
-        return None
-    finally:
-        client.close()
-    values = reply.get("MetricDataResults", [{}])[0].get("Values", [])
-    return float(values[0]) if values else None
-
-
 def fleet(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     """``fleet``: the queue's depths and the running jobs per instance."""
     if not settings.queue.url:
         raise UsageError("processorctl fleet needs [queue] url (this instance is not in a fleet)")
     queue, records = _queue(settings), _records(settings)
     try:
-        depths: dict[str, Any] = {**queue.depths(), "oldest_age_s": oldest_message_age(settings)}
+        depths: dict[str, Any] = {**queue.depths(), "oldest_age_s": queue.oldest_age()}
         running = records.in_state(FleetState.RUNNING)
         waiting = records.in_state(FleetState.WAITING)
         failed_1h = records.in_state(FleetState.FAILED, since=time.time() - 3600)

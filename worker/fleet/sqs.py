@@ -10,6 +10,7 @@ the daemon.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,10 +50,12 @@ def _translated(what: str) -> Iterator[None]:
 class SQSQueue:
     """``WorkQueue`` on one SQS queue."""
 
-    def __init__(self, client: Any, url: str, dead_letter_url: str = "") -> None:
+    def __init__(self, client: Any, url: str, dead_letter_url: str = "", *, local: bool = False) -> None:
         self._client = client
         self.url = url
         self._dlq_url: str | None = dead_letter_url or None
+        #: An explicit endpoint (the local emulator): CloudWatch is read there too.
+        self._local = local
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQSQueue:
@@ -62,7 +65,7 @@ class SQSQueue:
         client = boto3.session.Session().client(
             "sqs", endpoint_url=q.endpoint_url or None, config=config
         )
-        return cls(client, q.url, q.dead_letter_url)
+        return cls(client, q.url, q.dead_letter_url, local=bool(q.endpoint_url))
 
     def receive(self, max_messages: int, wait_s: int) -> list[Received]:
         with _translated(f"receive from {self.url}"):
@@ -142,6 +145,29 @@ class SQSQueue:
                 dlq = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=names[:1])
             result["dead_letters"] = int(dlq["Attributes"].get(names[0], 0))
         return result
+
+    def oldest_age(self, window_s: int = 600) -> float | None:
+        """The queue's ``ApproximateAgeOfOldestMessage`` (seconds): CloudWatch's newest
+        one-minute datapoint of the last ``window_s``; None without one (SQS publishes it
+        for active queues only; GetQueueAttributes does not have it) or without the right."""
+        name = self.url.rstrip("/").rsplit("/", 1)[-1]
+        client = boto3.session.Session().client(
+            "cloudwatch", endpoint_url=self._client.meta.endpoint_url if self._local else None,
+            config=Config(region_name=self._client.meta.region_name, **sqs_client(0).config()))
+        now = time.time()
+        try:
+            reply = client.get_metric_data(
+                MetricDataQueries=[{"Id": "age", "ReturnData": True, "MetricStat": {
+                    "Metric": {"Namespace": "AWS/SQS", "MetricName": "ApproximateAgeOfOldestMessage",
+                               "Dimensions": [{"Name": "QueueName", "Value": name}]},
+                    "Period": 60, "Stat": "Maximum"}}],
+                StartTime=now - window_s, EndTime=now + 60, ScanBy="TimestampDescending")
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return None  # a hint only: no answer or no right is "unknown"
+        finally:
+            client.close()
+        values = reply.get("MetricDataResults", [{}])[0].get("Values", [])
+        return float(values[0]) if values else None
 
     def dead_letters(self, limit: int = 10) -> list[dict[str, str]]:
         """Up to ``limit`` DLQ messages with their reasons, left in the DLQ (visible again at once)."""
