@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
                                        Config=TRANSFER_CONFIG)
                         outputs.append({"key": f"{prefix}{key}/{relative}", "size": path.stat().st_size})
                 manifest = {"source": {"bucket": bucket, "key": key, "etag": body.get("etag")},
-                            "outputs": outputs, "timings": {"started_at": received, "finished_at": time.time()}}
+                            "outputs": outputs,
+                            "timings": {"started_at": received, "finished_at": time.time()}}
                 s3.put_object(Bucket=OUTPUT_BUCKET, Key=f"{prefix}{key}/_manifest.json",
                               Body=json.dumps(manifest).encode(), ContentType="application/json")
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
