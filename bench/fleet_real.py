@@ -105,8 +105,8 @@ def run(endpoint: str, client: Any, instances: int, jobs_per_slot: int, seed: in
     script.write_text(SCRIPT)
     command = ["/bin/sh", str(script), "{input}", "{output_dir}"]
     configs = [
-        fleet_config(tmp / f"n{instances}-d{n}", endpoint, command, queue, holder=f"n{instances}-d{n}", concurrency=SLOTS, output_prefix=f"{name}/",
-                     visibility_s=VISIBILITY_S, wait_s=WAIT_S)
+        fleet_config(tmp / f"n{instances}-d{n}", endpoint, command, queue, holder=f"n{instances}-d{n}",
+                     concurrency=SLOTS, output_prefix=f"{name}/", visibility_s=VISIBILITY_S, wait_s=WAIT_S)
         for n in range(instances)
     ]
     sqs = sqs_client(endpoint)
@@ -150,8 +150,8 @@ def figure(result: Result) -> Figure:
         f"sleep jobs (median {statistics.median(j.duration_s for j in jobs):.1f} s, {long_jobs} "
         f"≈ {LONG_FACTOR:.0f}× longer): makespan / ideal greedy schedule",
         f"**{result.ratio:.2f}** ({result.makespan_s:.1f} s vs {result.ideal_s:.1f} s); against the lower "
-        f"bound ({result.bound_s:.1f} s) {result.makespan_s / result.bound_s:.2f}; a job's ledger time is its "
-        f"sleep + {1000 * result.added_s:.0f} ms (median), and makespan / the greedy schedule of those "
+        f"bound ({result.bound_s:.1f} s) {result.makespan_s / result.bound_s:.2f}; a job's ledger time is "
+        f"its sleep + {1000 * result.added_s:.0f} ms (median), and makespan / the greedy schedule of those "
         f"times {result.makespan_s / result.ideal_measured_s:.2f}; jobs per daemon "
         f"{min(result.per_daemon)}–{max(result.per_daemon)}",
         f"≤ {GOAL}", result.ratio <= GOAL)
