@@ -51,7 +51,8 @@ def _event(records: int) -> dict[str, Any]:
 
 
 def import_times(trials: int = 10) -> tuple[list[float], list[float]]:
-    handler, boto3 = [], []
+    handler: list[float] = []
+    boto3: list[float] = []
     for _ in range(trials):
         for module, out in (("lambda_trigger.handler", handler), ("boto3", boto3)):
             done = subprocess.run([PYTHON, "-c", _TIMED_IMPORT.format(module=module)], env=ENV, cwd=REPO,

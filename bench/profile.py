@@ -8,7 +8,12 @@ the ``daemon-loop`` thread (``Daemon._loop``) that are not idle in ``select`` sh
 dispatch loop's own cost. pyinstrument is not used for this: it profiles only
 the thread that started it, and the daemon does its work in job threads.
 
-Usage: python -m bench.profile [--concurrency 1] [--jobs 200] [--out bench/profiles/daemon-c1.txt.gz]
+``--fleet``: the same for one fleet daemon draining a work queue (section 10 of
+the suite): messages sent before it starts, and the receiver thread's and the
+fleet steps' (claim, manifest check, settle, delete) time per job as well.
+
+Usage: python -m bench.profile [--concurrency 1] [--jobs 200] [--fleet]
+                              [--out bench/profiles/daemon-c1.txt.gz]
 """
 
 from __future__ import annotations
@@ -56,17 +61,37 @@ BUCKETS: Sequence[tuple[str, Sequence[str]]] = (
 )
 
 
+#: A fleet daemon's steps outside the pipeline, first match wins: in the receiver
+#: thread (``QueueConsumer._receive_loop``) and in the slot thread around the pipeline.
+FLEET_BUCKETS: Sequence[tuple[str, Sequence[str]]] = (
+    ("receiver: SQS receive", ("SQSQueue.receive ",)),
+    ("receiver: claim in the job table (DynamoDB)", ("FleetClaims.claim ",)),
+    ("receiver: ledger claim, start the slot, log", ("QueueConsumer._take ",)),
+    ("manifest check (GET _manifest.json under the key and under _by-id/)",
+     ("QueueConsumer._already_processed ",)),
+    ("settle: the job record (DynamoDB)", ("FleetClaims.settle ",)),
+    ("settle: delete the message", ("QueueConsumer._delete ",)),
+)
+
 #: A slot thread claiming its next job itself (claim_next's fsync'd transaction).
 CLAIM = "slot thread: claim of the next job (claim_next, fsync)"
 
 
-def record(concurrency: int, jobs: int, out: Path) -> tuple[int, float]:
+def record(concurrency: int, jobs: int, out: Path, *, fleet: bool = False) -> tuple[int, float]:
     """Drain ``jobs`` jobs under py-spy; return (jobs, drain window in seconds)."""
     with moto_server() as endpoint, tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         client = create_buckets(endpoint)
         objects = put_small_objects(client, jobs, 64 * KIB)
-        config = write_config(Path(tmp) / "daemon", endpoint, COPY, concurrency=concurrency)
-        prefill(config, objects)
+        if fleet:
+            from bench.queue_common import create_work_queue, fleet_config, send_jobs, sqs_client
+
+            queue = create_work_queue(endpoint, "bench-profile", visibility_s=60)
+            send_jobs(sqs_client(endpoint), queue.url, objects)
+            config = fleet_config(Path(tmp) / "daemon", endpoint, COPY, queue, holder="profile",
+                                  concurrency=concurrency, output_prefix="", visibility_s=60, wait_s=2)
+        else:
+            config = write_config(Path(tmp) / "daemon", endpoint, COPY, concurrency=concurrency)
+            prefill(config, objects)
         with Daemon(config) as daemon:
             spy = subprocess.Popen(
                 [str(BIN / "py-spy"), "record", "--pid", str(daemon.proc.pid), "--rate", str(RATE),
@@ -109,7 +134,10 @@ def summarize(path: Path, jobs: int) -> list[tuple[str, float]]:
         if not stack:
             continue
         samples = int(count)
-        if "Daemon._run_job " in stack:
+        fleet = next((label for label, needles in FLEET_BUCKETS if any(n in stack for n in needles)), None)
+        if fleet is not None and "FleetSlots.wait_for_slot " not in stack:
+            per_bucket[fleet] += samples
+        elif "Daemon._run_job " in stack:
             name = next((label for label, needles in BUCKETS if any(n in stack for n in needles)),
                         "other pipeline steps")
             per_bucket[name] += samples
@@ -121,7 +149,7 @@ def summarize(path: Path, jobs: int) -> list[tuple[str, float]]:
             else:
                 per_bucket["main loop busy (claim_next, counts, next_due_at, status)"] += samples
     ms = 1000.0 / RATE / jobs
-    order = [label for label, _ in BUCKETS] + [
+    order = [label for label, _ in FLEET_BUCKETS] + [label for label, _ in BUCKETS] + [
         "other pipeline steps", CLAIM, "main loop busy (claim_next, counts, next_due_at, status)"]
     return [(label, per_bucket[label] * ms) for label in order if per_bucket[label]]
 
@@ -130,11 +158,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--fleet", action="store_true",
+                        help="one fleet daemon draining a work queue instead of its ledger")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    out = args.out or REPO / "bench" / "profiles" / f"daemon-c{args.concurrency}.txt.gz"
+    name = "fleet" if args.fleet else "daemon"
+    out = args.out or REPO / "bench" / "profiles" / f"{name}-c{args.concurrency}.txt.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    jobs, window = record(args.concurrency, args.jobs, out)
+    jobs, window = record(args.concurrency, args.jobs, out, fleet=args.fleet)
     print(f"{jobs} jobs in {window:.2f} s ({1000 * window / jobs:.1f} ms/job), concurrency "
           f"{args.concurrency}; job-thread wall time per job:")
     for label, value in summarize(out, jobs):

@@ -6,7 +6,10 @@ Each figure is a ratio against a floor measured in the same run; nothing
 here is a pass/fail test.
 
 Usage: python -m bench.suite [--size-mib 256] [--rounds 3] [--large-rounds 3] [--jobs 200] [--trials 200]
-                              [--no-profile] [--burst 1000]
+                              [--no-profile] [--burst 1000] [--fleet-instances 3 10]
+       python -m bench.suite --only fleet-real,queue-overhead   (those sections alone: their rows
+                              and descriptions are written into the existing RESULTS.md, the
+                              other rows are kept as they are)
 """
 
 from __future__ import annotations
@@ -14,12 +17,25 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench import burst, fleet, lambda_cost, list_jobs, overhead, profile, submit_dispatch, transfer_memory
+from bench import (
+    burst,
+    fleet,
+    fleet_real,
+    lambda_cost,
+    list_jobs,
+    overhead,
+    profile,
+    queue_overhead,
+    submit_dispatch,
+    transfer_memory,
+)
 from bench.common import (
     KIB,
     REPO,
@@ -70,6 +86,13 @@ def main() -> int:
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy breakdown")
     parser.add_argument("--burst", type=int, default=1000,
                         help="uploads in the whole-pipeline burst (default 1000; 0 skips it)")
+    parser.add_argument("--fleet-instances", type=int, nargs="+", default=[3, 10],
+                        help="real fleet sizes of section 10 (default 3 10)")
+    parser.add_argument("--fleet-jobs-per-slot", type=int, default=fleet_real.JOBS_PER_SLOT,
+                        help=f"sleep jobs per slot of the real fleet (default {fleet_real.JOBS_PER_SLOT})")
+    parser.add_argument("--only", type=_sections, default=None,
+                        help=f"comma-separated sections to run alone ({', '.join(ALONE)}); their rows "
+                             "replace theirs in the existing RESULTS.md")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--plot", type=Path, default=HERE / "throughput.png")
     args = parser.parse_args()
@@ -78,6 +101,8 @@ def main() -> int:
     when = dt.datetime.now(dt.UTC)
 
     byte_compile()
+    if args.only is not None:
+        return _run_alone(args, command, when, began)
     print("bench: per-job overhead sweep", flush=True)
     with moto_server() as endpoint:
         client = create_buckets(endpoint)
@@ -164,14 +189,7 @@ def main() -> int:
     figures.append(Figure(
         f"5d. `Ledger.counts()` (every main-loop wake) with {submit_dispatch.QUEUE_DEPTH:,} / empty",
         f"{_ms(sd.counts_deep_s)} vs {_ms(sd.counts_empty_s)}"))
-    figures.append(Figure(
-        "6. Lambda cold import: `lambda_trigger.handler` / `boto3` (median of 10)",
-        f"**{lam.import_handler_s / lam.import_boto3_s:.2f}** ({_ms(lam.import_handler_s)} vs "
-        f"{_ms(lam.import_boto3_s)})",
-        f"≤ {GOAL_LAMBDA_IMPORT}", lam.import_handler_s / lam.import_boto3_s <= GOAL_LAMBDA_IMPORT))
-    figures.append(Figure(
-        f"6b. Lambda per record, fake SSM client ({lambda_cost.RECORDS} records/event)",
-        f"{lam.record_s * 1e6:.0f} µs (bare decode + send loop: {lam.bare_record_s * 1e6:.0f} µs)"))
+    figures += _lambda_figures(lam)
     print("bench: fleet (simulated)", flush=True)
     figures += fleet.figures()
     if bursts is not None:
@@ -180,12 +198,117 @@ def main() -> int:
             burst.describe(bursts)))
     print("bench: processorctl list with a large ledger", flush=True)
     figures += list_jobs.figures()
+    figures += _fleet_real(args)
+    figures += _queue_overhead(args)
 
     elapsed = time.monotonic() - began
     text = _render(figures, breakdown, profile_note, command, when, elapsed, args)
     args.results.write_text(text)
     print(text)
     return 0
+
+
+#: Sections that can run alone (``--only``): each makes its own emulator and rows.
+ALONE = ("fleet-real", "queue-overhead", "fleet", "lambda")
+
+
+def _sections(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALONE]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--only: {', '.join(unknown) or 'nothing'} is not one of "
+                                         f"{', '.join(ALONE)}")
+    return names
+
+
+def _fleet_real(args: argparse.Namespace) -> list[Figure]:
+    print(f"bench: real fleet of {' and '.join(map(str, args.fleet_instances))} daemons", flush=True)
+    return fleet_real.measure(args.fleet_instances, args.fleet_jobs_per_slot)
+
+
+def _queue_overhead(args: argparse.Namespace) -> list[Figure]:
+    print("bench: the fleet path against a textbook SQS worker loop", flush=True)
+    return queue_overhead.measure(args.jobs, QUEUE_CONCURRENCY, args.rounds)
+
+
+def _lambda_figures(lam: lambda_cost.LambdaCost) -> list[Figure]:
+    return [
+        Figure("6. Lambda cold import: `lambda_trigger.handler` / `boto3` (median of 10)",
+               f"**{lam.import_handler_s / lam.import_boto3_s:.2f}** ({_ms(lam.import_handler_s)} vs "
+               f"{_ms(lam.import_boto3_s)})",
+               f"≤ {GOAL_LAMBDA_IMPORT}", lam.import_handler_s / lam.import_boto3_s <= GOAL_LAMBDA_IMPORT),
+        Figure(f"6b. Lambda per record, fake SSM client ({lambda_cost.RECORDS} records/event)",
+               f"{lam.record_s * 1e6:.0f} µs (bare decode + send loop: {lam.bare_record_s * 1e6:.0f} µs)"),
+    ]
+
+
+def _run_alone(args: argparse.Namespace, command: str, when: dt.datetime, began: float) -> int:
+    """Only the sections named by ``--only``; their rows and list items replace theirs in RESULTS.md."""
+    run: dict[str, Callable[[], list[Figure]]] = {
+        "fleet-real": lambda: _fleet_real(args), "queue-overhead": lambda: _queue_overhead(args),
+        "fleet": fleet.figures, "lambda": lambda: _lambda_figures(lambda_cost.measure())}
+    figures = [row for name in args.only for row in run[name]()]
+    numbers = {SECTION_NUMBER[name] for name in args.only}
+    stamp = (f"(these rows: `{command}`, {when:%Y-%m-%d %H:%M}Z, {time.monotonic() - began:.0f} s; "
+             "the others are from the run named above)")
+    items = {number: text + (" " + stamp if number in numbers else "")
+             for number, text in _items(args).items() if number in numbers}
+    text = _merge(args.results.read_text() if args.results.exists() else _render(
+        [], [], "", command, when, 0.0, args), figures, items, numbers)
+    args.results.write_text(text)
+    print("\n".join(f.row() for f in figures))
+    return 0
+
+
+#: The number of each section that can run alone, in the list and the rows.
+SECTION_NUMBER = {"fleet-real": "10", "queue-overhead": "11", "fleet": "7", "lambda": "6"}
+QUEUE_CONCURRENCY = (1, 4)
+
+
+def _merge(text: str, figures: list[Figure], items: dict[str, str], numbers: set[str]) -> str:
+    """``text`` (a RESULTS.md) with the rows and list items of sections ``numbers`` replaced.
+
+    Rows of those sections (``| 9. …``, ``| 9b. …``) are dropped and the new ones put where the
+    first of them was (else at the end of the table); list items (``9. **…``) likewise; the notes
+    after the table are NOTES.md as it is now.
+    """
+    lines, items = text.splitlines(), dict(items)
+
+    def section(line: str, prefix: str) -> str | None:
+        match = re.match(prefix + r"(\d+)[a-z]?\. ", line)
+        return match.group(1) if match else None
+
+    table = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    first_table_end = next((i for i in table if i + 1 not in table), len(lines) - 1)
+    kept: list[str] = []
+    placed = False
+    for i, line in enumerate(lines):
+        if i <= first_table_end and section(line, r"\| ") in numbers:
+            if not placed:
+                kept += [f.row() for f in figures]
+                placed = True
+            continue
+        kept.append(line)
+        if i == first_table_end and not placed:
+            kept += [f.row() for f in figures]
+            placed = True
+    lines, kept = kept, []
+    listed = [i for i, line in enumerate(lines)
+              if i < (table[0] if table else len(lines)) and section(line, "") and line.split(" ", 2)[1:2]
+              and line.split(" ", 2)[1].startswith("**")]
+    for i, line in enumerate(lines):
+        number = section(line, "") if i in listed else None
+        kept.append(items.pop(number) if number in items else line)
+        if listed and i == listed[-1]:
+            kept += [items[n] for n in sorted(items, key=int)]
+            items = {}
+    text = "\n".join(kept)
+    if NOTES.exists():
+        notes = NOTES.read_text().rstrip()
+        head = notes.splitlines()[0]
+        if head in text:
+            text = text[: text.index(head)] + notes
+    return text + "\n"
 
 
 def _large_figures(large: transfer_memory.Large) -> list[Figure]:
@@ -224,18 +347,9 @@ def _large_figures(large: transfer_memory.Large) -> list[Figure]:
     return rows
 
 
-def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_note: str, command: str,
-            when: dt.datetime, elapsed: float, args: argparse.Namespace) -> str:
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Written by `{command}` (`.venv/bin/python -m bench.suite`) on {when:%Y-%m-%d %H:%M}Z in "
-        f"{elapsed:.0f} s. Machine: {machine()}. Every figure is a ratio against a floor "
-        "measured in the same run, on the same moto server (its own process) on loopback; the "
-        "daemon is the real `processor run` and processorctl the real console script.",
-        "",
-        "What is measured (details in each script's docstring):",
-        "",
+def _items(args: argparse.Namespace) -> dict[str, str]:
+    """The numbered list of what is measured, by section number."""
+    items = [
         f"1. **Per-job overhead** (`bench/overhead.py`, `bench/bare.py`): {args.jobs} objects of "
         "64 KiB, command `/bin/cp {input} {output_dir}` on both sides. A = the daemon at "
         "concurrency c draining the jobs queued before it started, from the first claim to the "
@@ -276,6 +390,41 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         f"9. **A large ledger** (`bench/list_jobs.py`): `processorctl list` and `show` variants with "
         f"{list_jobs.JOBS:,} jobs in the ledger against the same command on an empty one, alternated "
         "(`python -m bench.list_jobs --record` rewrites only these rows).",
+        f"10. **Real fleet** (`bench/fleet_real.py`): {' and '.join(map(str, args.fleet_instances))} "
+        "real daemons (`processor run`, each its own state dir, concurrency 2, long poll 20 s) on one "
+        "SQS work queue, one DynamoDB job table and S3, all on one moto server; sleep jobs from a "
+        f"fixed seed (lognormal around {fleet_real.SHORT_S:g} s, 5 % of them "
+        f"{fleet_real.LONG_FACTOR:g}× longer; {args.fleet_jobs_per_slot} per slot), one message each, "
+        "sent in order once the daemons are idle. Makespan = first message sent → the last job's "
+        "ledger `finished_at` (its manifest is in the bucket), against the greedy schedule of the same "
+        "sleeps in the order sent on all N × 2 slots (everything the fleet adds per job — receive, "
+        "claim, manifest check, transfers, `sh` — is in the makespan, not in the ideal), and against "
+        "the lower bound max(work / slots, longest job).",
+        f"11. **Fleet path per-job cost** (`bench/queue_overhead.py`, `bench/sqs_bare.py`): {args.jobs} "
+        "objects of 64 KiB, `/bin/cp {input} {output_dir}` on both sides, one message each sent to a "
+        "fresh work queue (and job table) before the run starts. A = one fleet daemon at concurrency c "
+        "(1 and 4): its first job's ledger `started_at` (the first message received and claimed) → its "
+        "log's last `queue_message_deleted`. B = a textbook SQS worker with c threads: receive 1 → "
+        "download_file → cp → upload_file → manifest put_object → delete_message, first receive's "
+        "return → last delete. Alternated back-to-back pairs, "
+        f"{args.rounds} rounds; median of the per-round ratio.",
+    ]
+    return {item.split(".", 1)[0]: item for item in items}
+
+
+def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_note: str, command: str,
+            when: dt.datetime, elapsed: float, args: argparse.Namespace) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `{command}` (`.venv/bin/python -m bench.suite`) on {when:%Y-%m-%d %H:%M}Z in "
+        f"{elapsed:.0f} s. Machine: {machine()}. Every figure is a ratio against a floor "
+        "measured in the same run, on the same moto server (its own process) on loopback; the "
+        "daemon is the real `processor run` and processorctl the real console script.",
+        "",
+        "What is measured (details in each script's docstring):",
+        "",
+        *_items(args).values(),
         "",
         "| measure | value | goal | |",
         "| --- | --- | --- | --- |",

@@ -547,7 +547,9 @@ def test_an_s3_outage_pauses_the_fleet_and_fails_nothing(fleet: Fleet) -> None:
             proxy.outage.clear()
             wait_until("every manifest", lambda: len(fleet.done()) == len(keys),
                        lambda: (len(fleet.run_lines()), proxy.counts["forward"]))
-            assert all(_status(c)["queue"]["paused"] is None for c in configs)
+            # A daemon whose probe has not come round yet resumes within retry_max_s.
+            wait_until("both daemons to resume",
+                       lambda: all(_status(c)["queue"]["paused"] is None for c in configs))
             assert all(p.poll() is None for p in procs)
     runs = [k for k, _, _ in fleet.run_lines()]
     assert sorted(runs) == sorted(keys)  # every job exactly once (the outage came before any run)
@@ -579,7 +581,9 @@ def test_three_drains_spend_no_attempt(fleet: Fleet) -> None:
     assert fleet.queue_counts(fleet.dlq_url) == (0, 0)
     record = _record(fleet, "drain/x", etag)
     assert record["state"] == "succeeded" and record["counted_attempts"] == 0 and record["attempts"] == 4
-    assert len(events(config, "queue_message_handed_back")) == 3
+    # Each drain handed the running job back (a receive in flight may hand one more back).
+    assert len(events(config, "queue_message_handed_back")) >= 3
+    assert not events(config, "queue_message_released")  # never by spending a receive
 
 
 def test_holder_deaths_count_and_fail_the_job_at_max_attempts(fleet: Fleet) -> None:

@@ -61,8 +61,11 @@ class FleetClaims:
         self._clock = clock
 
     def claim(self, identity: Identity, message_id: str) -> Claim:
-        for _ in range(CLAIM_RACES):
-            current = self._records.get(identity.job_id())
+        # Most messages are for a job the fleet has no record of yet: plan on that
+        # guess and write it conditionally (attribute_not_exists), one request; a
+        # record that exists fails the write and is read, as after any lost race.
+        current: FleetJob | None = None
+        for _ in range(CLAIM_RACES + 1):
             plan = plan_claim(current, identity, me=self.holder, message_id=message_id,
                               now=self._clock(), lease_s=self._lease_s - self._margin,
                               max_attempts=self._max_attempts)
@@ -71,7 +74,9 @@ class FleetClaims:
             try:
                 written = self._records.put(plan.record, expected_rev=current.rev if current else None)
             except RecordConflict:
-                continue  # another instance wrote it first: read it again
+                # A record exists (the guess), or another instance wrote it first: read it.
+                current = self._records.get(identity.job_id())
+                continue
             if plan.death:
                 log.warning("job_holder_died", job_id=written.job_id, reason=plan.reason,
                             counted_attempts=written.counted_attempts)
