@@ -30,6 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -143,6 +144,10 @@ class QueueConsumer:
         self._stopping = threading.Event()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Settles (record write, message delete) after the slot is freed, so the next
+        #: receive overlaps them; and the manifest check's second read.
+        self._io = ThreadPoolExecutor(max_workers=settings.processing.concurrency + 2,
+                                      thread_name_prefix="queue-io")
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -167,6 +172,7 @@ class QueueConsumer:
         for thread in self._threads[1:]:
             thread.join(5)
         self._threads.clear()
+        self._io.shutdown(wait=True)  # the settles of jobs that ended: before anything is left
         with self._lock:
             left, self._held = list(self._held.values()), {}
         for held in left:
@@ -349,8 +355,19 @@ class QueueConsumer:
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
-            self._settle(held, final, outcome)
+            # The outcome is in the ledger: the slot may take the next job while the
+            # record and the message are settled (the daemon's stop waits for them).
+            try:
+                self._io.submit(self._settle_quietly, held, final, outcome)
+            except RuntimeError:  # the consumer is closing: settle here
+                self._settle_quietly(held, final, outcome)
         return final
+
+    def _settle_quietly(self, held: Held, job: Job, outcome: Outcome) -> None:
+        try:
+            self._settle(held, job, outcome)
+        except Exception:  # a settle that crashed: the message comes back after its lease
+            log.exception("queue_settle_crashed", job_id=held.job_id, message_id=held.message_id)
 
     def _already_processed(self, job: Job) -> bool:
         """Whether the output bucket holds a manifest of this very version (S3 trouble: no).
@@ -359,11 +376,13 @@ class QueueConsumer:
         under ``_by-id/<job id>/``, where a success goes when one of its outputs'
         keys would not fit under the key.
         """
-        prefixes = dict.fromkeys([self._pipeline.result_prefix(job),
-                                  fallback_prefix(self._settings.s3.output_prefix, job.id)])
+        bucket = self._settings.s3.output_bucket
+        prefixes = list(dict.fromkeys([self._pipeline.result_prefix(job),
+                                       fallback_prefix(self._settings.s3.output_prefix, job.id)]))
         try:
-            for prefix in prefixes:
-                manifest = self._store.read_json(self._settings.s3.output_bucket, prefix + MANIFEST_NAME)
+            # Both reads at once: each is a round trip, and nearly always both are misses.
+            found = self._read_manifests(bucket, prefixes)
+            for manifest in found:
                 if manifest is None:
                     continue
                 current = None
@@ -377,6 +396,14 @@ class QueueConsumer:
             log.warning("manifest_check_failed", job_id=job.id, error=str(exc))
             return False
         return False
+
+    def _read_manifests(self, bucket: str, prefixes: list[str]) -> list[dict[str, Any] | None]:
+        try:
+            later = [self._io.submit(self._store.read_json, bucket, p + MANIFEST_NAME) for p in prefixes[1:]]
+        except RuntimeError:  # closing: one after the other
+            return [self._store.read_json(bucket, p + MANIFEST_NAME) for p in prefixes]
+        return [self._store.read_json(bucket, prefixes[0] + MANIFEST_NAME),
+                *(future.result() for future in later)]
 
     def _failure_written(self, job_id: str, key: str) -> bool:
         prefix = self._pipeline.recorder.result_prefix_of(key, job_id)
