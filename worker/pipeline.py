@@ -37,11 +37,12 @@ from worker.errors import (
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, crashed, out_of_attempts
+from worker.outputs import check_name, escaped, fd_path, open_output, output_dir, sha256_fd
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.recorder import Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
 from worker.states import Phase
-from worker.storage.base import ObjectInfo, ObjectStore, digest_file, verify_download
+from worker.storage.base import ObjectInfo, ObjectStore, verify_download
 from worker.storage.layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
 from worker.storage.layout import result_prefix as layout_result_prefix
 
@@ -250,25 +251,33 @@ class Pipeline:
             raise OutputError(f"output {too_long[0]!r} is too long: {prefix}{too_long[0]} "
                               "would pass S3's 1024-byte key limit")
         outputs = []
-        for path, relative, size in files:
-            key = prefix + relative
-            upload = functools.partial(
-                self.store.upload_file, path, self.settings.s3.output_bucket, key,
-                content_type=mimetypes.guess_type(relative)[0], progress=progress,
-            )
-            if size < OVERLAP_HASH_BYTES:
-                digest = digest_file(path).sha256
-                upload()
-            else:
-                # Hash while the upload runs (hashlib releases the GIL): for a large
-                # output that is one pass over the file off the job's critical path.
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hash-{job.id}") as hasher:
-                    pending = hasher.submit(digest_file, path)
-                    upload()
-                    digest = pending.result().sha256
-            outputs.append({"key": key, "path": relative, "size": size, "sha256": digest})
+        # Each output is opened without following links and uploaded and hashed from that
+        # descriptor, so nothing swapped in after the listing is read (worker.outputs).
+        with output_dir(out_dir) as root:
+            for _, relative, _ in files:
+                with open_output(root, relative) as (fd, size):
+                    outputs.append(self._upload_one(job, fd, size, prefix + relative, relative, progress))
         log.info("upload_finished", files=len(outputs), bytes=total)
         return outputs
+
+    def _upload_one(
+        self, job: Job, fd: int, size: int, key: str, relative: str, progress: _Progress
+    ) -> dict[str, Any]:
+        upload = functools.partial(
+            self.store.upload_file, fd_path(fd), self.settings.s3.output_bucket, key,
+            content_type=mimetypes.guess_type(relative)[0], progress=progress,
+        )
+        if size < OVERLAP_HASH_BYTES:
+            digest = sha256_fd(fd)
+            upload()
+        else:
+            # Hash while the upload runs (hashlib releases the GIL): for a large
+            # output that is one pass over the file off the job's critical path.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hash-{job.id}") as hasher:
+                pending = hasher.submit(sha256_fd, fd)
+                upload()
+                digest = pending.result()
+        return {"key": key, "path": relative, "size": size, "sha256": digest}
 
     def _manifest(
         self, job: Job, got: Downloaded, outputs: list[dict[str, Any]],
@@ -317,18 +326,24 @@ def _input_size(work: Path) -> int:
 def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
     """Every regular file under ``out_dir`` as (path, relative key part, size).
 
-    Symlinks are refused (a link to /etc/shadow must not be uploaded) and the
-    reserved names may not appear at the top level.
+    Symlinks are refused (a link to /etc/shadow must not be uploaded), the
+    output dir itself included; a name that is not UTF-8 fails the job naming
+    it (worker.outputs.check_name); the reserved names may not appear at the
+    top level. The listing only names the files: the upload opens each one
+    again without following links (worker.outputs.open_output).
     """
     found: list[tuple[Path, str, int]] = []
+    with output_dir(out_dir):
+        pass  # refuses a link or a non-directory before anything is walked
     for root, dirs, names in os.walk(out_dir, followlinks=False):
         for name in sorted(dirs):
             if (Path(root) / name).is_symlink():
-                raise OutputError(f"output {Path(root, name).relative_to(out_dir)} is a symlink")
+                raise OutputError(f"output {escaped(str(Path(root, name).relative_to(out_dir)))} is a symlink")
         dirs.sort()
         for name in sorted(names):
             path = Path(root) / name
             relative = path.relative_to(out_dir).as_posix()
+            check_name(relative)
             if relative in RESERVED_NAMES:
                 raise OutputError(f"the command wrote {relative}, a name reserved for the pipeline")
             if path.is_symlink() or not path.is_file():
