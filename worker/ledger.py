@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from worker.dirs import make_dirs
 from worker.errors import InvalidTransition, LedgerError
 from worker.identity import Identity
 from worker.ledger_queries import JobQueries
@@ -69,7 +70,7 @@ class Ledger(QueueJobs, JobQueries):
         self._progress: dict[str, dict[str, Any]] = {}
         self._progress_lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(path.parent)
             self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before submit returns 0 or a step starts.

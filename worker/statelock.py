@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from worker.dirs import make_dirs
 from worker.errors import ProcessorError
 
 #: Name of the lock file inside the state dir.
@@ -74,7 +75,7 @@ def acquire(state_dir: Path) -> StateLock:
     Creates the state dir if needed (like the rest of start-up would) but writes
     nothing else into it. Raises OSError when the dir or file cannot be used.
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    make_dirs(state_dir)
     path = state_dir / LOCK_NAME
     # O_CLOEXEC: processing commands are exec'd children and must not inherit
     # (and so keep alive) the daemon's lock after it dies.
