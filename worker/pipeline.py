@@ -12,6 +12,7 @@ the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import mimetypes
 import os
@@ -128,7 +129,9 @@ class Pipeline:
             return Attempt(Outcome.FAILED, f"the daemon died during {job.counted_attempts} attempts "
                            "of this job; not trying again (a poison input?)")
         try:
-            shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
+            # Leftovers of an interrupted attempt; one that cannot be removed now (no
+            # descriptors left) fails this try as a shortage, never the job for good.
+            _remove_tree(work)
             (work / "output").mkdir(parents=True)
             (work / "tmp").mkdir()
             info = self._download(job, work / "input", timings, cancel, log)
@@ -148,9 +151,13 @@ class Pipeline:
             return Attempt(Outcome.WAIT_FOR_SPACE if exc.retryable else Outcome.FAILED, str(exc))
         except OutputError as exc:
             return Attempt(Outcome.FAILED, str(exc))
+        except MemoryError:
+            return Attempt(Outcome.WAIT_FOR_RESOURCES, "the daemon ran out of memory during the attempt")
         except OSError as exc:
             if is_no_space(exc):  # full for now (other jobs' work dirs go): wait
                 return Attempt(Outcome.WAIT_FOR_SPACE, str(self.space.exhausted("the attempt", exc)))
+            if exc.errno in _SHORTAGES:  # descriptors, processes or memory: passing, uncounted
+                return Attempt(Outcome.WAIT_FOR_RESOURCES, f"the host ran short: {exc}")
             # Local trouble: unreadable output, command not found.
             return Attempt(Outcome.FAILED, f"local error: {exc}")
 
@@ -313,6 +320,19 @@ def _stopped(reason: str, ran: Attempt | None = None) -> Attempt:
         return Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown")
     return replace(ran or Attempt(Outcome.CANCELLED), outcome=Outcome.CANCELLED,
                    error="cancelled by an operator")
+
+
+#: errno values that say the host is short of something for now, not that the job is bad.
+_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
+def _remove_tree(path: Path) -> None:
+    """``rm -rf path``; raises what stops it (other than the tree being gone already)."""
+    def gone_is_fine(_func: Any, _path: str, info: Any) -> None:
+        if not isinstance(info[1], FileNotFoundError):
+            raise info[1]
+
+    shutil.rmtree(path, onerror=gone_is_fine)
 
 
 def _input_size(work: Path) -> int:

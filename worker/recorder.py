@@ -79,6 +79,7 @@ class Recorder:
             log.warning("job_retry_scheduled", state=updated.state.value, error=move.error,
                         delay_s=round(move.delay_s, 1), storage=attempt.outcome is Outcome.WAIT_FOR_STORAGE,
                         space=attempt.outcome is Outcome.WAIT_FOR_SPACE,
+                        resources=attempt.outcome is Outcome.WAIT_FOR_RESOURCES,
                         counted_attempts=move.counted_attempts)
         return updated
 
