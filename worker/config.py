@@ -131,6 +131,11 @@ class LoggingSettings(NamedTuple):
     #: On shutdown, how long queued CloudWatch events may take to be sent
     #: before they are dropped. Keep drain_timeout_s + this below TimeoutStopSec.
     flush_timeout_s: int = 10
+    #: A job's log (logs/jobs/<job>.log) keeps at most this many MiB: the first and the
+    #: last half, with a marker line where it was cut (worker.joblog). 0: no cap.
+    job_log_max_mb: int = 100
+    #: Logs of jobs that ended more than this many days ago are removed. 0: kept for ever.
+    job_log_retention_days: int = 30
 
 
 class ReconcileSettings(NamedTuple):
@@ -306,6 +311,11 @@ def _check(settings: Settings, source: str) -> None:
         fail("logging.cloudwatch_stream", "must be at most 500 characters without ':' or '*'")
     if lg.flush_timeout_s < 0:
         fail("logging.flush_timeout_s", f"must not be negative, got {lg.flush_timeout_s}")
+    if lg.job_log_max_mb < 0:
+        fail("logging.job_log_max_mb", f"must not be negative (0: no cap), got {lg.job_log_max_mb}")
+    if lg.job_log_retention_days < 0:
+        fail("logging.job_log_retention_days",
+             f"must not be negative (0: keep for ever), got {lg.job_log_retention_days}")
     _check_instance(settings.instance, fail)
     _check_queue(settings, fail)
 

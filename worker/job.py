@@ -49,6 +49,10 @@ class Job:
     #: Bytes the last attempt downloaded and (a success) uploaded, for job_finished and the metrics.
     bytes_in: int = 0
     bytes_out: int = 0
+    #: What the command of the last attempt that ran used: CPU seconds and peak memory
+    #: in bytes (None: it never ran). worker.process.run_command measures them.
+    cpu_s: float | None = None
+    peak_memory_bytes: int | None = None
 
     @property
     def identity(self) -> Identity:
@@ -80,4 +84,6 @@ class Job:
             "finished_at": self.finished_at,
             "result_prefix": self.result_prefix,
             "origin": self.origin,
+            "cpu_s": self.cpu_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
         }

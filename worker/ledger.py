@@ -35,7 +35,7 @@ _UPDATABLE = frozenset(
     {
         "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
         "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
-        "counted_attempts", "bytes_in", "bytes_out",
+        "counted_attempts", "bytes_in", "bytes_out", "cpu_s", "peak_memory_bytes",
     }
 )
 

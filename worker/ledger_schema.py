@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from worker.job import Job
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Steps from each older schema version to the next (applied in order on open).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -35,6 +35,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs RENAME COLUMN retries_used TO counted_attempts",
         "ALTER TABLE jobs ADD COLUMN bytes_in INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0",
+    ),
+    # What the command of the last attempt that ran used (NULL: it never ran).
+    4: (
+        "ALTER TABLE jobs ADD COLUMN cpu_s REAL",
+        "ALTER TABLE jobs ADD COLUMN peak_memory_bytes INTEGER",
     ),
 }
 
@@ -68,6 +73,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at     REAL,
     result_prefix   TEXT,
     origin          TEXT NOT NULL DEFAULT 'local',
+    cpu_s           REAL,
+    peak_memory_bytes INTEGER,
     UNIQUE (bucket, key, version)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);
@@ -152,4 +159,5 @@ def job_from_row(row: sqlite3.Row) -> Job:
         exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"],
         started_at=row["started_at"], finished_at=row["finished_at"],
         result_prefix=row["result_prefix"], origin=row["origin"],
+        cpu_s=row["cpu_s"], peak_memory_bytes=row["peak_memory_bytes"],
     )

@@ -75,6 +75,9 @@ class Attempt:
     bytes_out: int = 0
     #: Why, for the history, when the outcome is not a failure (a success that needed no run).
     note: str | None = None
+    #: What the command used (set only when it ran): CPU seconds and peak memory in bytes.
+    cpu_s: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)

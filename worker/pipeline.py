@@ -201,17 +201,23 @@ class Pipeline:
             p.command, {"{input}": str(work / "input"), "{output_dir}": str(work / "output")}
         )
         log.info("command_started", argv0=argv[0])
+        env = job_environment(self._base_env, job, work)
         result = run_command(
-            argv, cwd=work, env=job_environment(self._base_env, job, work),
-            log_path=self.settings.paths.job_log(job.id),
+            argv, cwd=work, env=env, log_path=self.settings.paths.job_log(job.id),
             timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
+            log_max_bytes=self.settings.logging.job_log_max_mb * 1024 * 1024,
+            # Unique to this job and this state dir: what its leftovers are found by.
+            marker=f"PROCESSOR_INPUT={env['PROCESSOR_INPUT']}",
         )
         timings["process_s"] = result.duration_s
         log.info(
             "command_finished", returncode=result.returncode,
             duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
+            cpu_s=round(result.cpu_s, 3), peak_memory_bytes=result.peak_memory_bytes,
+            leftovers_killed=result.leftovers, log_cut=result.log_cut,
         )
-        ran = Attempt(Outcome.FAILED, exit_code=result.returncode, stderr_tail=result.stderr_tail)
+        ran = Attempt(Outcome.FAILED, exit_code=result.returncode, stderr_tail=result.stderr_tail,
+                      cpu_s=round(result.cpu_s, 3), peak_memory_bytes=result.peak_memory_bytes)
         if result.cancelled and cancel is not None:
             return _stopped(cancel.reason or StopToken.CANCEL, ran)
         if result.timed_out:
@@ -236,8 +242,9 @@ class Pipeline:
             for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
                 self.store.delete(self.settings.s3.output_bucket, failed_key)
         manifest = self._manifest(job, got, outputs, timings)
+        manifest["resources"] = {"cpu_s": ran.cpu_s, "peak_memory_bytes": ran.peak_memory_bytes}
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
-        return Attempt(Outcome.SUCCEEDED, exit_code=0, result_prefix=prefix,
+        return replace(ran, outcome=Outcome.SUCCEEDED, result_prefix=prefix,
                        bytes_out=sum(o["size"] for o in outputs))
 
     def _progress_sink(self, job_id: str) -> Callable[[int], None]:

@@ -55,6 +55,9 @@ class Recorder:
             fields["exit_code"] = attempt.exit_code
         if attempt.stderr_tail is not None:
             fields["stderr_tail"] = attempt.stderr_tail
+        if attempt.cpu_s is not None:
+            fields["cpu_s"] = attempt.cpu_s
+            fields["peak_memory_bytes"] = attempt.peak_memory_bytes
         if move.error is not None:
             fields["error"] = move.error
         if move.next_attempt_at is not None:

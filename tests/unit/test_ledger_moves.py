@@ -187,7 +187,7 @@ def test_a_version_3_ledger_migrates_and_keeps_its_jobs(tmp_path: Path) -> None:
         ledger.claim_for_message(Identity("b", "k", None, "x"), 5)
         done = ledger.transition("j-old", S, expect=R, bytes_in=7, bytes_out=3)
         assert (done.bytes_in, done.bytes_out, done.counted_attempts) == (7, 3, 4)
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_a_claim_starts_the_byte_counts_of_the_new_attempt_at_zero(ledger: Ledger) -> None:
