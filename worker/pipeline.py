@@ -25,24 +25,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from worker import __version__
 from worker.command_env import base_environment, job_environment
 from worker.config import Settings
 from worker.errors import (
     InsufficientSpace,
     Interrupted,
+    JobNotFound,
     ObjectChanged,
     OutputError,
     StorageError,
 )
 from worker.job import Job
+from worker.joblog import EXPIRE_EVERY_S
+from worker.joblog import expire as expire_logs
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, crashed, out_of_attempts
 from worker.outputs import check_name, escaped, fd_path, open_output, output_dir, sha256_fd
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.recorder import Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
-from worker.states import Phase
+from worker.states import JobState, Phase
 from worker.storage.base import ObjectInfo, ObjectStore, verify_download
 from worker.storage.layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
 from worker.storage.layout import result_prefix as layout_result_prefix
@@ -80,6 +85,8 @@ class Pipeline:
         paths = self.settings.paths
         self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
         self.recorder = Recorder(self.settings, self.store, self.ledger, self.clock)
+        self._expiry_lock = threading.Lock()
+        self._next_expiry = 0.0  # monotonic time of the next look at old job logs
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
         """Where this job's outcome lands: ``<output prefix><source key>/``, or the
@@ -89,7 +96,30 @@ class Pipeline:
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:
         """Take a job the ledger has marked RUNNING to its next state, and return it."""
         log = job_logger(job)
-        return self.recorder.record(job, self.attempt(job, cancel, log), log)
+        done = self.recorder.record(job, self.attempt(job, cancel, log), log)
+        self.expire_job_logs()
+        return done
+
+    def expire_job_logs(self) -> list[str]:
+        """Remove the logs of jobs that ended more than logging.job_log_retention_days ago
+        (at most once per worker.joblog.EXPIRE_EVERY_S; never a queued or running job's)."""
+        days = self.settings.logging.job_log_retention_days
+        now = time.monotonic()
+        with self._expiry_lock:
+            if not days or now < self._next_expiry:
+                return []
+            self._next_expiry = now + EXPIRE_EVERY_S
+
+        def unfinished(job_id: str) -> bool:
+            try:
+                return self.ledger.get(job_id).state in (JobState.QUEUED, JobState.RUNNING)
+            except JobNotFound:
+                return False
+
+        removed = expire_logs(self.settings.paths.job_logs, days * 86400, keep=unfinished, now=self.clock)
+        if removed:
+            structlog.get_logger("processor.pipeline").info("job_logs_expired", count=len(removed), retention_days=days)
+        return removed
 
     def record(self, job: Job, attempt: Attempt) -> Job:
         """Record an attempt that ended outside ``run`` (the fleet's manifest check): see worker.recorder."""
