@@ -34,7 +34,7 @@ class JobLog:
 
     def __init__(self, path: Path, max_bytes: int = 0) -> None:
         self.path = path
-        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._file = open(path, "ab", buffering=0)
         self._lock = threading.Lock()
         self._max = max_bytes
         self._head = max_bytes - max_bytes // 2
@@ -124,7 +124,7 @@ def expire(logs_dir: Path, older_than_s: float, *, keep: Callable[[str], bool],
            now: Callable[[], float] = time.time) -> list[str]:
     """Remove job logs last written more than ``older_than_s`` ago, except those ``keep(job_id)``
     asks for (a job still queued or running); return the job ids removed."""
-    removed = []
+    removed: list[str] = []
     cutoff = now() - older_than_s
     try:
         entries = list(os.scandir(logs_dir))

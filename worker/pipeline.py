@@ -118,7 +118,8 @@ class Pipeline:
 
         removed = expire_logs(self.settings.paths.job_logs, days * 86400, keep=unfinished, now=self.clock)
         if removed:
-            structlog.get_logger("processor.pipeline").info("job_logs_expired", count=len(removed), retention_days=days)
+            structlog.get_logger("processor.pipeline").info(
+                "job_logs_expired", count=len(removed), retention_days=days)
         return removed
 
     def record(self, job: Job, attempt: Attempt) -> Job:
@@ -395,7 +396,8 @@ def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
     for root, dirs, names in os.walk(out_dir, followlinks=False):
         for name in sorted(dirs):
             if (Path(root) / name).is_symlink():
-                raise OutputError(f"output {escaped(str(Path(root, name).relative_to(out_dir)))} is a symlink")
+                relative_dir = str(Path(root, name).relative_to(out_dir))
+                raise OutputError(f"output {escaped(relative_dir)} is a symlink")
         dirs.sort()
         for name in sorted(names):
             path = Path(root) / name

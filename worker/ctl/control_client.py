@@ -14,7 +14,6 @@ from typing import Any
 
 from worker.errors import ControlError
 
-
 #: How long a "busy" reply (every control connection taken) is retried.
 BUSY_RETRY_S = 10.0
 
