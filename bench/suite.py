@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import burst, fleet, lambda_cost, overhead, profile, submit_dispatch, transfer_memory
+from bench import burst, fleet, idle, lambda_cost, overhead, profile, submit_dispatch, transfer_memory
 from bench.common import (
     KIB,
     REPO,
@@ -179,6 +179,9 @@ def main() -> int:
             f"8. burst: {bursts.events} uploads through the whole local pipeline, first upload → last job",
             burst.describe(bursts)))
 
+    print("bench: idle daemons", flush=True)
+    figures += idle.figures(idle.measure())
+
     elapsed = time.monotonic() - began
     text = _render(figures, breakdown, profile_note, command, when, elapsed, args)
     args.results.write_text(text)
@@ -271,6 +274,10 @@ def _render(figures: list[Figure], breakdown: list[tuple[str, float]], profile_n
         "local SSM agent → processorctl → the daemon); jobs per second from the first upload to the "
         "ledger's last finished job. tests/reliability/test_load.py checks the same burst for "
         "correctness only (it fails on a stall, not on speed).",
+        f"9. **Idle** (`bench/idle.py`): one daemon on its ledger alone and one long-polling an SQS "
+        f"queue, idle side by side; each one's own CPU seconds (utime + stime) over {idle.WINDOW_S:.0f} s "
+        "of wall time after a 3 s settle, and its VmRSS. tests/integration/test_idle_cost.py asserts "
+        "the same bound.",
         "",
         "| measure | value | goal | |",
         "| --- | --- | --- | --- |",
