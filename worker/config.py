@@ -79,6 +79,12 @@ class ProcessingSettings(NamedTuple):
     #: On SIGTERM, how long running jobs may take to finish before they are
     #: stopped and left queued. Keep the unit's TimeoutStopSec above this.
     drain_timeout_s: int = 60
+    #: Per-job limits, enforced by the job's own cgroup (worker.cgroup: under systemd
+    #: with Delegate=yes); 0: none. Memory in MiB; CPU in percent of one CPU (150 = 1.5
+    #: CPUs, as systemd's CPUQuota=); tasks = processes and threads.
+    memory_max: int = 0
+    cpu_quota: int = 0
+    tasks_max: int = 0
     #: Variables set for the command, NAME = "value" (applied after pass_environment).
     environment: Environment = Environment()
     #: Variables copied from the daemon's environment when the daemon has them
@@ -286,6 +292,9 @@ def _check(settings: Settings, source: str) -> None:
         fail("processing.kill_grace_s", f"must not be negative, got {p.kill_grace_s}")
     if p.drain_timeout_s < 0:
         fail("processing.drain_timeout_s", f"must not be negative, got {p.drain_timeout_s}")
+    for key in ("memory_max", "cpu_quota", "tasks_max"):
+        if getattr(p, key) < 0:
+            fail(f"processing.{key}", f"must not be negative (0: no limit), got {getattr(p, key)}")
     if p.retry_base_s < 0 or p.retry_max_s < p.retry_base_s:
         fail("processing.retry_max_s", "must be >= processing.retry_base_s >= 0")
     if "{input}" not in p.command:

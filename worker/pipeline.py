@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from worker import __version__
+from worker.cgroup import job_cgroups
 from worker.command_env import base_environment, job_environment
 from worker.config import Settings
 from worker.errors import (
@@ -87,6 +88,7 @@ class Pipeline:
         self.recorder = Recorder(self.settings, self.store, self.ledger, self.clock)
         self._expiry_lock = threading.Lock()
         self._next_expiry = 0.0  # monotonic time of the next look at old job logs
+        self.limits, self.cgroups = job_cgroups(self.settings.processing, daemon_env)
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
         """Where this job's outcome lands: ``<output prefix><source key>/``, or the
@@ -233,13 +235,18 @@ class Pipeline:
         )
         log.info("command_started", argv0=argv[0])
         env = job_environment(self._base_env, job, work)
-        result = run_command(
-            argv, cwd=work, env=env, log_path=self.settings.paths.job_log(job.id),
-            timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
-            log_max_bytes=self.settings.logging.job_log_max_mb * 1024 * 1024,
-            # Unique to this job and this state dir: what its leftovers are found by.
-            marker=f"PROCESSOR_INPUT={env['PROCESSOR_INPUT']}",
-        )
+        group = self.cgroups.create(job.id, self.limits) if self.cgroups is not None else None
+        try:
+            result = run_command(
+                argv, cwd=work, env=env, log_path=self.settings.paths.job_log(job.id),
+                timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
+                log_max_bytes=self.settings.logging.job_log_max_mb * 1024 * 1024,
+                # Unique to this job and this state dir: what its leftovers are found by.
+                marker=f"PROCESSOR_INPUT={env['PROCESSOR_INPUT']}", cgroup=group,
+            )
+        finally:
+            if group is not None:
+                group.remove()
         timings["process_s"] = result.duration_s
         log.info(
             "command_finished", returncode=result.returncode,
@@ -251,6 +258,9 @@ class Pipeline:
                       cpu_s=round(result.cpu_s, 3), peak_memory_bytes=result.peak_memory_bytes)
         if result.cancelled and cancel is not None:
             return _stopped(cancel.reason or StopToken.CANCEL, ran)
+        if result.oom_killed:
+            return replace(ran, error=f"killed by the kernel's OOM killer: the job went over "
+                                      f"processing.memory_max ({p.memory_max} MiB)")
         if result.timed_out:
             return replace(ran, error=f"timed out after {p.timeout_s}s")
         if result.returncode == EX_TEMPFAIL:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from worker.cgroup import JobCgroup
 from worker.joblog import JobLog
 
 #: How much of stderr is kept for the ledger and `_failed.json`.
@@ -80,6 +81,8 @@ class CommandResult:
     leftovers: int = 0
     #: The job's log reached logging.job_log_max_mb and was cut.
     log_cut: bool = False
+    #: The kernel's OOM killer killed a process of the job (its cgroup's memory.max).
+    oom_killed: bool = False
 
 
 def render_argv(template: Sequence[str], substitutions: Mapping[str, str]) -> list[str]:
@@ -118,11 +121,15 @@ def run_command(
     cancel: StopToken | None = None,
     log_max_bytes: int = 0,
     marker: str | None = None,
+    cgroup: JobCgroup | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion, timeout or cancellation; never raises on exit status.
 
-    ``marker``: an ``NAME=value`` entry of ``env`` unique to this job; every
-    process still carrying it once the command has ended is killed (``sweep``).
+    ``cgroup``: the job's own (empty) cgroup (worker.cgroup): the command starts
+    in it, the whole group is killed when the command ends and its counters
+    are the job's usage. Without one, ``marker``: an ``NAME=value`` entry of
+    ``env`` unique to this job; every process still carrying it once the
+    command has ended is killed (``sweep``).
     Raises OSError when the command cannot be started at all (missing binary,
     not executable): the caller decides what that means for the job.
     """
@@ -140,6 +147,8 @@ def run_command(
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            # Into its cgroup before exec, so nothing it starts is ever outside it.
+            preexec_fn=cgroup.enter if cgroup is not None else None,
         )
     except BaseException:
         log.close()
@@ -169,23 +178,32 @@ def run_command(
                     _stop_group(proc, watch, kill_grace_s)
                     break
     finally:
-        # Whatever ended it, nothing of the job may run on: its group, then its marker.
+        # Whatever ended it, nothing of the job may run on: its cgroup, or its group and marker.
         _kill_group(proc.pid)
-        if marker is not None:
+        if cgroup is not None:
+            leftovers = cgroup.kill()
+        elif marker is not None:
             leftovers = len(sweep(marker))
         for reader in readers:
             reader.join(timeout=5)
         log.close()
+    cpu_s, peak, oom = watch.cpu_s, watch.peak_memory_bytes, False
+    if cgroup is not None:  # the whole group's counters: every process the job had
+        used = cgroup.usage()
+        cpu_s = used.cpu_s if used.cpu_s is not None else cpu_s
+        peak = used.peak_memory_bytes if used.peak_memory_bytes is not None else peak
+        oom = used.oom_kills > 0
     return CommandResult(
         returncode=proc.returncode,
         timed_out=timed_out,
         cancelled=cancelled,
         stderr_tail=tail.text(),
         duration_s=time.monotonic() - started,
-        cpu_s=watch.cpu_s,
-        peak_memory_bytes=watch.peak_memory_bytes,
+        cpu_s=cpu_s,
+        peak_memory_bytes=peak,
         leftovers=leftovers,
         log_cut=log.cut,
+        oom_killed=oom,
     )
 
 
