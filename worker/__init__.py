@@ -11,7 +11,8 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 - ``outcome``         how an attempt ended and the one policy (``decide``) for the job's next
                       move; ``recorder``: writes that move to the ledger, ``_failed.json``
 - ``process``         the command as a child process: own process group, timeout, the sweep of
-                      its leftovers, CPU/memory used; ``joblog``: its bounded log file;
+                      its leftovers, CPU/memory used; ``cgroup``: a cgroup per job under
+                      systemd; ``joblog``: its bounded log file;
                       ``outputs``: its output files read safely
 - ``command_env``     the command's environment; ``space``: room on the state volume for its input
 - ``job``             a job (one ledger row); ``states`` its states and transition table;

@@ -13,49 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.escapees import ESCAPE, alive
 from tests.support.pipeline import OUT, claim, make
 from tests.support.waiting import wait_until
 from worker.process import StopToken
 from worker.states import JobState
 from worker.storage.layout import MANIFEST_NAME
 
-#: Starts three escapees that sleep for 10 minutes, records their PIDs in argv[3], then
-#: exits 0 ("ok"), exits 3 ("fail") or sleeps ("hang").
-ESCAPE = r"""
-import os, subprocess, sys, time
-out, pids, mode = sys.argv[2], sys.argv[3], sys.argv[4]
-def note(pid): open(pids, "a").write(f"{pid}\n")
-if os.fork() == 0:               # double fork + setsid: a daemon, reparented away from us
-    os.setsid()
-    if os.fork() == 0:
-        note(os.getpid())
-        os.closerange(0, 3)
-        time.sleep(600)
-    os._exit(0)
-# setsid, holding our stdout (the log pipe) open
-note(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
-note(subprocess.Popen(["nohup", "sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)
-while len(open(pids).read().split()) < 3:
-    time.sleep(0.01)
-open(os.path.join(out, "r.txt"), "w").write("done")
-if mode == "fail":
-    sys.exit(3)
-if mode == "hang":
-    time.sleep(600)
-"""
-
 
 def _command(pids: Path, mode: str) -> list[str]:
     return [sys.executable, "-c", ESCAPE, "{input}", "{output_dir}", str(pids), mode]
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its reaper)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 def _carrying(marker: bytes) -> list[int]:
@@ -92,7 +59,7 @@ def test_no_process_of_the_job_remains(tmp_path: Path, mode: str, ending: str) -
     assert done.state is expected, done.error
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 3
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if alive(pid)] == []
     marker = f"PROCESSOR_INPUT={pipeline.settings.paths.work / job.id / 'input'}".encode()
     assert _carrying(marker) == []
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.escapees import ESCAPE, alive
 from tests.support.pipeline import claim, make
 from tests.support.waiting import wait_until
-from tests.unit.test_job_box import ESCAPE, _alive
 from worker.cgroup import DAEMON_LEAF, JobCgroups, _cgroup2_mount
 from worker.process import StopToken
 from worker.states import JobState
@@ -68,7 +68,7 @@ def test_the_whole_group_is_killed_and_removed(
     done = pipeline.run(job, token)
     assert done.state is (JobState.SUCCEEDED if ending == "success" else JobState.CANCELLED), done.error
     started = [int(p) for p in pids.read_text().split()]
-    assert len(started) == 3 and [pid for pid in started if _alive(pid)] == []
+    assert len(started) == 3 and [pid for pid in started if alive(pid)] == []
     assert [p for p in subtree.iterdir() if p.is_dir()] == []  # the job's group is gone
 
 
