@@ -132,7 +132,11 @@ class JobCgroups:
         current = mount / own.lstrip("/")
         # Moved into its leaf by an earlier start (a restart keeps the cgroup).
         base = current.parent if current.name == DAEMON_LEAF else current
-        if not os.access(base / "cgroup.procs", os.W_OK) or not os.access(base, os.W_OK):
+        if not _delegated_to_us(base) or not os.access(base / "cgroup.procs", os.W_OK):
+            return None
+        # Only the daemon may live there (its leaf needs the group to itself otherwise).
+        others = set(_read(base / "cgroup.procs").split()) - {str(os.getpid())}
+        if others:
             return None
         try:
             return cls.delegated(base)
@@ -242,6 +246,22 @@ class JobCgroup:
                 if exc.errno != errno.EBUSY:
                     return
                 time.sleep(0.01)  # the last process is still being torn down
+
+
+def _delegated_to_us(base: Path) -> bool:
+    """systemd marks a delegated group (``Delegate=``) with the ``trusted.delegate`` /
+    ``user.delegate`` xattr (v251+) and chowns it to the service user: a writable group
+    without either is someone else's (root may write anywhere)."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(base, name) == b"1":
+                return True
+        except OSError:
+            continue
+    try:
+        return os.geteuid() != 0 and base.stat().st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def _read(path: Path) -> str:

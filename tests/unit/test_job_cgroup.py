@@ -95,7 +95,11 @@ def test_cpu_time_counts_what_escaped_the_command(tmp_path: Path, subtree: Path)
 
 
 def test_detect_takes_a_delegated_subtree_over(subtree: Path) -> None:
-    """In a process of its own (it moves itself): inside a delegated group, as a service."""
+    """In a process of its own (it moves itself): inside a group systemd delegated, as a service."""
+    try:
+        os.setxattr(subtree, "trusted.delegate", b"1")
+    except OSError as exc:
+        pytest.skip(f"cannot mark {subtree} delegated as systemd does: {exc}")
     probe = (
         "import os, sys\n"
         "from pathlib import Path\n"
@@ -111,3 +115,18 @@ def test_detect_takes_a_delegated_subtree_over(subtree: Path) -> None:
     base, own = done.stdout.split("\n", 1)
     assert base == str(subtree)
     assert f"{subtree.name}/{DAEMON_LEAF}" in own
+
+
+def test_a_writable_group_that_is_not_delegated_is_left_alone(subtree: Path) -> None:
+    """Root may write to any group: without systemd's delegate mark the daemon takes none over."""
+    probe = (
+        "import os\n"
+        "from pathlib import Path\n"
+        "from worker.cgroup import JobCgroups\n"
+        f"Path({str(subtree)!r}, 'cgroup.procs').write_text(str(os.getpid()))\n"
+        "print(JobCgroups.detect())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "INVOCATION_ID": "x"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None" and not (subtree / DAEMON_LEAF).exists()
