@@ -6,10 +6,12 @@ root and the service's group reach it. Ops: ``ping``, ``wake`` (a job was
 submitted), ``status``.
 
 It cannot be starved: a connection has ``READ_TIMEOUT_S`` to send its line,
-at most ``MAX_CONNECTIONS`` are served at once (one thread each) and one past
-that gets ``{"ok": false, "busy": true, ...}`` at once and is closed (the
-client retries a busy reply for a few seconds), so idle clients can hold
-neither all the threads nor all the descriptors. A client that hangs up
+and at most ``MAX_CONNECTIONS`` are served at once (one thread each). When
+all are taken, a new connection evicts the one that has waited longest for
+its request line (an idle or stuck client: a real request is one short line),
+so a newcomer is served at once; only when none is idle does it get
+``{"ok": false, "busy": true, ...}`` (the client retries a busy reply for a
+few seconds). Idle clients can hold neither the threads nor the descriptors. A client that hangs up
 early, times out or sends garbage costs one structured log line, never a
 traceback.
 
@@ -26,7 +28,8 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +85,17 @@ class _RequestHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         log = self.server.log
         try:
-            line = self.rfile.readline(MAX_REQUEST_BYTES)
+            with self.server.reading(self.connection):
+                line = self.rfile.readline(MAX_REQUEST_BYTES)
         except TimeoutError:
             log.warning("control_request_dropped", reason=f"no request line within {READ_TIMEOUT_S}s")
             return
         except OSError as exc:
             log.warning("control_request_dropped", reason=f"read failed: {exc}")
+            return
+        if self.server.evicted(self.connection):
+            log.info("control_request_dropped",
+                     reason="evicted: no request line while every connection was taken")
             return
         if not line:
             log.info("control_request_dropped", reason="the client hung up before sending a request")
@@ -123,6 +131,10 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         #: Where dropped and refused connections are logged (``.info/.warning/.error(event, **fields)``).
         self.log = log if log is not None else _StdlibLog()
         self._open = threading.BoundedSemaphore(max_connections)
+        #: Connections still waiting for their request line, oldest first (evicted first).
+        self._reading: dict[int, socket.socket] = {}
+        self._evicted: set[int] = set()
+        self._reading_lock = threading.Lock()
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(path)
@@ -133,9 +145,48 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
             os.umask(old_umask)
         self._thread: threading.Thread | None = None
 
+    @contextmanager
+    def reading(self, connection: socket.socket) -> Iterator[None]:
+        """While a handler waits for its request line, its connection may be evicted."""
+        key = id(connection)
+        with self._reading_lock:
+            self._reading[key] = connection
+        try:
+            yield
+        finally:
+            with self._reading_lock:
+                self._reading.pop(key, None)
+
+    def evicted(self, connection: socket.socket) -> bool:
+        """Whether ``connection`` was evicted while it read (asked once, right after the read)."""
+        with self._reading_lock:
+            if id(connection) in self._evicted:
+                self._evicted.discard(id(connection))
+                return True
+        return False
+
+    def _evict_oldest(self) -> bool:
+        """Hang up on the connection that has waited longest for its line; False if none waits."""
+        with self._reading_lock:
+            if not self._reading:
+                return False
+            key, oldest = next(iter(self._reading.items()))
+            del self._reading[key]
+            self._evicted.add(key)
+        try:
+            oldest.shutdown(socket.SHUT_RDWR)  # its readline returns at once; its thread ends
+        except OSError:
+            pass
+        self.log.info("control_connection_evicted", reason="oldest idle connection, to serve a new one")
+        return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in a thread of its own, or say "busy" when all are taken."""
-        if not self._open.acquire(blocking=False):
+        """Serve the connection in a thread of its own, evicting the oldest idle one when all
+        are taken, or say "busy" when none is idle."""
+        admitted = self._open.acquire(blocking=False)
+        if not admitted and self._evict_oldest():
+            admitted = self._open.acquire(timeout=1.0)
+        if not admitted:
             try:
                 request.setblocking(False)
                 request.send(_BUSY)
