@@ -37,3 +37,20 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+def kill_listed(pids: Path) -> None:
+    """Kill the escapees a test's command listed (by PID, theirs only): after a failed test."""
+    import os
+    import signal
+
+    for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"PROCESSOR_INPUT=" in environ:  # still the escapee, not a recycled PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.escapees import ESCAPE, alive
+from tests.support.escapees import ESCAPE, alive, kill_listed
 from tests.support.pipeline import OUT, claim, make
 from tests.support.waiting import wait_until
 from worker.process import StopToken
@@ -53,13 +53,15 @@ def test_no_process_of_the_job_remains(tmp_path: Path, mode: str, ending: str) -
                        describe="the escapees did not start")
             token.stop(StopToken.CANCEL if ending == "cancel" else StopToken.SHUTDOWN)
         threading.Thread(target=stop_when_started, daemon=True).start()
-    done = pipeline.run(job, token)
+    try:
+        done = pipeline.run(job, token)
+    finally:
+        survivors = [int(p) for p in pids.read_text().split() if alive(int(p))]
+        kill_listed(pids)  # a failing run must not leave them for 10 minutes
     expected = {"success": JobState.SUCCEEDED, "failure": JobState.FAILED, "cancel": JobState.CANCELLED,
                 "timeout": JobState.FAILED, "drain": JobState.QUEUED}[ending]
     assert done.state is expected, done.error
-    started = [int(p) for p in pids.read_text().split()]
-    assert len(started) == 3
-    assert [pid for pid in started if alive(pid)] == []
+    assert len(pids.read_text().split()) == 3 and survivors == []
     marker = f"PROCESSOR_INPUT={pipeline.settings.paths.work / job.id / 'input'}".encode()
     assert _carrying(marker) == []
 
