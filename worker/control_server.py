@@ -10,8 +10,8 @@ and at most ``MAX_CONNECTIONS`` are served at once (one thread each). When
 all are taken, a new connection evicts the one that has waited longest for
 its request line (an idle or stuck client: a real request is one short line),
 so a newcomer is served at once; only when none is idle does it get
-``{"ok": false, "busy": true, ...}`` (the client retries a busy reply for a
-few seconds). Idle clients can hold neither the threads nor the descriptors. A client that hangs up
+``{"ok": false, "overloaded": true, ...}`` (the client retries it for a few
+seconds). Idle clients can hold neither the threads nor the descriptors. A client that hangs up
 early, times out or sends garbage costs one structured log line, never a
 traceback.
 
@@ -49,7 +49,7 @@ MAX_CONNECTIONS = 64
 #: The listen backlog (socketserver's default is 5): a burst of clients is accepted, not stalled.
 LISTEN_BACKLOG = 128
 
-_BUSY = json.dumps({"ok": False, "busy": True,
+_BUSY = json.dumps({"ok": False, "overloaded": True,
                     "error": f"busy: {MAX_CONNECTIONS} control connections open; try again"}).encode() + b"\n"
 
 

@@ -137,3 +137,35 @@ def test_a_malformed_request_gets_an_error_reply_and_one_log_line(short_tmp: Pat
         assert [event for event, _ in lines] == ["control_request_malformed", "control_request_dropped"]
     finally:
         server.stop()
+
+
+def test_an_overloaded_server_is_retried_and_a_busy_field_is_just_data(short_tmp: Path) -> None:
+    """With every connection in a slow handler (none idle to evict), a newcomer is told
+    "overloaded" and the client retries until one frees; a reply that merely has a "busy"
+    field (status: busy slots) is an answer, not a reason to retry."""
+    import threading
+
+    from worker.control_server import ControlServer
+
+    release = threading.Event()
+
+    def slow(_request: Any) -> dict[str, Any]:
+        release.wait(10)
+        return {}
+
+    server = ControlServer(short_tmp / "c.sock", {"slow": slow, "status": lambda _: {"busy": 2}},
+                           max_connections=1)
+    server.start()
+    try:
+        holder = threading.Thread(target=lambda: request(short_tmp / "c.sock", "slow", timeout=10))
+        holder.start()
+        wait_until(lambda: server._open._value == 0, stall_s=10,  # type: ignore[attr-defined]
+                   describe="the slow request never started")
+        threading.Timer(0.5, release.set).start()
+        # Overloaded until the slow request ends: retried, then answered.
+        assert request(short_tmp / "c.sock", "status", timeout=5) == {"ok": True, "busy": 2}
+        assert release.is_set()  # it could only be answered once the slot was free
+        holder.join(timeout=10)
+    finally:
+        release.set()
+        server.stop()

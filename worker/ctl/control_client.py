@@ -14,20 +14,21 @@ from typing import Any
 
 from worker.errors import ControlError
 
-#: How long a "busy" reply (every control connection taken) is retried.
+#: How long an "overloaded" reply (every control connection taken) is retried.
 BUSY_RETRY_S = 10.0
 
 
 def request(path: Path, op: str, *, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
     """Send one request to the daemon and return its reply; ControlError if unreachable.
 
-    A "busy" reply (the daemon serves a bounded number of connections at once)
-    is retried for up to ``min(BUSY_RETRY_S, 2 x timeout)``.
+    An "overloaded" reply (the daemon serves a bounded number of connections at
+    once) is retried for up to ``min(BUSY_RETRY_S, 2 x timeout)``.
     """
     deadline = time.monotonic() + min(BUSY_RETRY_S, 2 * timeout)
     while True:
         reply = _request_once(path, op, timeout, fields)
-        if not reply.get("busy") or time.monotonic() >= deadline:
+        overloaded = reply.get("ok") is False and reply.get("overloaded") is True
+        if not overloaded or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
     if not reply.get("ok"):
@@ -40,10 +41,16 @@ def _request_once(path: Path, op: str, timeout: float, fields: dict[str, Any]) -
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
-            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it answered and hung up before reading (overloaded): read that answer
             data = b""
             while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
                 if not chunk:
                     break
                 data += chunk
