@@ -47,6 +47,8 @@ class JobLog:
     def write(self, chunk: bytes) -> None:
         """Append ``chunk``; OSError (a full disk) is the caller's to ignore or not."""
         with self._lock:
+            if self._file.closed:
+                return  # a straggler that kept the pipe open past the job: nothing more is kept
             if not self._max:
                 self._file.write(chunk)
                 return
@@ -79,6 +81,8 @@ class JobLog:
     def close(self) -> None:
         """Append the kept tail after the marker (when anything was cut) and close."""
         with self._lock:
+            if self._file.closed:
+                return
             try:
                 if self._ring_pos > self._tail or (self._ring_pos and self._tail <= 0):
                     self.cut = True
