@@ -18,7 +18,7 @@ import pytest
 from tests.support.escapees import ESCAPE, alive
 from tests.support.pipeline import claim, make
 from tests.support.waiting import wait_until
-from worker.cgroup import DAEMON_LEAF, JobCgroups, _cgroup2_mount
+from worker.cgroup import DAEMON_LEAF, JobCgroup, JobCgroups, Limits, Usage, _cgroup2_mount
 from worker.process import StopToken
 from worker.states import JobState
 
@@ -130,3 +130,27 @@ def test_a_writable_group_that_is_not_delegated_is_left_alone(subtree: Path) -> 
                           env={**os.environ, "INVOCATION_ID": "x"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None" and not (subtree / DAEMON_LEAF).exists()
+
+
+class _OomGroup(JobCgroup):
+    """A real job group whose memory.events says the OOM killer struck (no memory controller
+    on cgroup v2 here to make the kernel do it: the system test does, where there is one)."""
+
+    def usage(self) -> Usage:
+        return Usage(cpu_s=0.01, peak_memory_bytes=96 << 20, oom_kills=1)
+
+
+class _OomGroups(JobCgroups):
+    def create(self, job_id: str, limits: Limits) -> JobCgroup:
+        return _OomGroup(super().create(job_id, limits).path)
+
+
+def test_an_oom_kill_fails_the_job_with_that_reason_uncounted(tmp_path: Path, subtree: Path) -> None:
+    suicide = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "{input}"]
+    pipeline, ledger, store = make(tmp_path, suicide, memory_max=64)
+    pipeline.cgroups = _OomGroups(subtree)
+    done = pipeline.run(claim(ledger, store, "k"))
+    assert done.state is JobState.FAILED and done.counted_attempts == 0
+    assert done.error == ("killed by the kernel's OOM killer: the job went over "
+                          "processing.memory_max (64 MiB)")
+    assert done.peak_memory_bytes == 96 << 20 and done.exit_code == -9
