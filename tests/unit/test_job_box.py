@@ -5,6 +5,7 @@ drain (checked in /proc), and what the command used is recorded."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -16,7 +17,8 @@ import pytest
 from tests.support.escapees import ESCAPE, alive, kill_listed
 from tests.support.pipeline import OUT, claim, make
 from tests.support.waiting import wait_until
-from worker.process import StopToken
+from worker.identity import Identity
+from worker.process import StopToken, sweep
 from worker.states import JobState
 from worker.storage.layout import MANIFEST_NAME
 
@@ -105,13 +107,19 @@ def test_a_leftover_that_swaps_outputs_for_links_uploads_nothing_outside(tmp_pat
         f"subprocess.Popen([sys.executable, '-c', code, out, {str(outside)!r}], start_new_session=True)\n"
     )
     pipeline, ledger, store = make(tmp_path, [sys.executable, "-c", swapper, "{input}", "{output_dir}"])
-    done = pipeline.run(claim(ledger, store, "k"))
+    job_id = Identity("in", "k", None, hashlib.md5(b"hello").hexdigest()).job_id()  # claim()'s job
+    marker = f"PROCESSOR_INPUT={pipeline.settings.paths.work / job_id / 'input'}"
+    try:
+        done = pipeline.run(claim(ledger, store, "k"))
+        left = _carrying(marker.encode())
+    finally:
+        sweep(marker)  # a failing run must not leave the swapper looping
+    assert done.id == job_id
+    assert left == []
     assert SECRET not in store.objects.values()
     if done.state is JobState.SUCCEEDED:  # the swapper died before it touched a file
         manifest = json.loads(store.objects[(OUT, "results/k/" + MANIFEST_NAME)])
         assert len(manifest["outputs"]) == 300
     else:
         assert done.state is JobState.FAILED and done.error is not None and "symlink" in done.error
-    marker = f"PROCESSOR_INPUT={pipeline.settings.paths.work / done.id / 'input'}".encode()
-    assert _carrying(marker) == []
     assert os.path.exists(outside)
