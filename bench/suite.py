@@ -28,6 +28,7 @@ from bench import (
     burst,
     fleet,
     fleet_real,
+    idle,
     lambda_cost,
     list_jobs,
     overhead,
@@ -200,6 +201,9 @@ def main() -> int:
     figures += list_jobs.figures()
     figures += _fleet_real(args)
     figures += _queue_overhead(args)
+
+    print("bench: idle daemons", flush=True)
+    figures += idle.figures(idle.measure())
 
     elapsed = time.monotonic() - began
     text = _render(figures, breakdown, profile_note, command, when, elapsed, args)
@@ -408,6 +412,10 @@ def _items(args: argparse.Namespace) -> dict[str, str]:
         "download_file → cp → upload_file → manifest put_object → delete_message, first receive's "
         "return → last delete. Alternated back-to-back pairs, "
         f"{args.rounds} rounds; median of the per-round ratio.",
+        f"12. **Idle** (`bench/idle.py`): one daemon on its ledger alone and one long-polling an SQS "
+        f"queue, idle side by side; each one's own CPU seconds (utime + stime) over {idle.WINDOW_S:.0f} s "
+        "of wall time after a 3 s settle, and its VmRSS. tests/integration/test_idle_cost.py asserts "
+        "the same bound.",
     ]
     return {item.split(".", 1)[0]: item for item in items}
 

@@ -11,7 +11,10 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 - ``pipeline``        one attempt: download -> run the processing command -> upload
 - ``outcome``         how an attempt ended and the one policy (``decide``) for the job's next
                       move; ``recorder``: writes that move to the ledger, ``_failed.json``
-- ``process``         the command as a child process: own process group, log file, timeout
+- ``process``         the command as a child process: own process group, timeout, the sweep of
+                      its leftovers, CPU/memory used; ``cgroup``: a cgroup per job under
+                      systemd; ``joblog``: its bounded log file;
+                      ``outputs``: its output files read safely
 - ``command_env``     the command's environment; ``space``: room on the state volume for its input
 - ``job``             a job (one ledger row); ``states`` its states and transition table;
                       ``activity`` what it is doing now, in numbers and words;
@@ -21,7 +24,7 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 - ``config``          Settings: the TOML file plus ``PROCESSOR_*`` overrides, validated once
                       (``config_values``: one value's coercion, the overrides)
 - ``errors``          the exception tree, drawn; ``exitcodes``: the exit statuses
-- ``statelock``       one daemon per state dir
+- ``statelock``       one daemon per state dir; ``dirs``: state-volume directories, mode 0750
 - ``control_server``  the daemon's control socket (its client is ``ctl.control_client``)
 - ``retry``           the retry budget of every AWS client; ``imds``: the one IMDSv2 client
 - ``aws_errors``      how the adapters read botocore's errors (the one shared adapter helper)

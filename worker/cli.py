@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
+from worker.dirs import make_dirs
 from worker.errors import ConfigError, LedgerError, ProcessorError
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def _run_locked(settings: Settings, lock: StateLock) -> int:
     try:
         try:
             for directory in (settings.paths.work, settings.paths.logs / "jobs"):
-                directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+                make_dirs(directory)
             ledger = Ledger(settings.paths.ledger)
         except (OSError, LedgerError) as exc:
             print(f"processor: cannot use state dir {settings.paths.state_dir}: {exc}", file=sys.stderr)

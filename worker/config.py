@@ -80,6 +80,12 @@ class ProcessingSettings(NamedTuple):
     #: On SIGTERM, how long running jobs may take to finish before they are
     #: stopped and left queued. Keep the unit's TimeoutStopSec above this.
     drain_timeout_s: int = 60
+    #: Per-job limits, enforced by the job's own cgroup (worker.cgroup: under systemd
+    #: with Delegate=yes); 0: none. Memory in MiB; CPU in percent of one CPU (150 = 1.5
+    #: CPUs, as systemd's CPUQuota=); tasks = processes and threads.
+    memory_max: int = 0
+    cpu_quota: int = 0
+    tasks_max: int = 0
     #: Variables set for the command, NAME = "value" (applied after pass_environment).
     environment: Environment = Environment()
     #: Variables copied from the daemon's environment when the daemon has them
@@ -132,6 +138,11 @@ class LoggingSettings(NamedTuple):
     #: On shutdown, how long queued CloudWatch events may take to be sent
     #: before they are dropped. Keep drain_timeout_s + this below TimeoutStopSec.
     flush_timeout_s: int = 10
+    #: A job's log (logs/jobs/<job>.log) keeps at most this many MiB: the first and the
+    #: last half, with a marker line where it was cut (worker.joblog). 0: no cap.
+    job_log_max_mb: int = 100
+    #: Logs of jobs that ended more than this many days ago are removed. 0: kept for ever.
+    job_log_retention_days: int = 30
 
 
 class ReconcileSettings(NamedTuple):
@@ -295,6 +306,9 @@ def _check(settings: Settings, source: str) -> None:
         fail("processing.kill_grace_s", f"must not be negative, got {p.kill_grace_s}")
     if p.drain_timeout_s < 0:
         fail("processing.drain_timeout_s", f"must not be negative, got {p.drain_timeout_s}")
+    for key in ("memory_max", "cpu_quota", "tasks_max"):
+        if getattr(p, key) < 0:
+            fail(f"processing.{key}", f"must not be negative (0: no limit), got {getattr(p, key)}")
     if p.retry_base_s < 0 or p.retry_max_s < p.retry_base_s:
         fail("processing.retry_max_s", "must be >= processing.retry_base_s >= 0")
     if "{input}" not in p.command:
@@ -320,6 +334,11 @@ def _check(settings: Settings, source: str) -> None:
         fail("logging.cloudwatch_stream", "must be at most 500 characters without ':' or '*'")
     if lg.flush_timeout_s < 0:
         fail("logging.flush_timeout_s", f"must not be negative, got {lg.flush_timeout_s}")
+    if lg.job_log_max_mb < 0:
+        fail("logging.job_log_max_mb", f"must not be negative (0: no cap), got {lg.job_log_max_mb}")
+    if lg.job_log_retention_days < 0:
+        fail("logging.job_log_retention_days",
+             f"must not be negative (0: keep for ever), got {lg.job_log_retention_days}")
     _check_instance(settings.instance, fail)
     _check_queue(settings, fail)
 

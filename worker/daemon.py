@@ -174,7 +174,7 @@ class Daemon(FleetSlots, DaemonStatus):
 
     def _serve(self, on_stopped: Callable[[], None] | None) -> None:
         try:
-            server = ControlServer(self.settings.paths.socket, self._handlers())  # binds here
+            server = ControlServer(self.settings.paths.socket, self._handlers(), log=log)  # binds here
         except BaseException:
             self._close_wake_pipe()
             raise

@@ -53,6 +53,38 @@ class Identity(NamedTuple):
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
 
 
+#: S3's rules for a bucket name (general purpose buckets): 3-63 characters of lowercase
+#: letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why S3 could never have a bucket called ``name``, or None when it could.
+
+    The rules of https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+    (general purpose buckets); a name failing them can only fail later, in botocore.
+    """
+    if not 3 <= len(name) <= 63:
+        return f"must be 3 to 63 characters long, not {len(name)}"
+    if not _BUCKET_NAME.match(name):
+        return ("may hold only lowercase letters, digits, '.' and '-', and must begin "
+                "and end with a letter or digit")
+    if ".." in name:
+        return "must not hold two adjacent periods"
+    if _IPV4_LIKE.match(name):
+        return "must not look like an IP address"
+    for prefix in _RESERVED_BUCKET_PREFIXES:
+        if name.startswith(prefix):
+            return f"must not begin with {prefix!r} (reserved by S3)"
+    for suffix in _RESERVED_BUCKET_SUFFIXES:
+        if name.endswith(suffix):
+            return f"must not end with {suffix!r} (reserved by S3)"
+    return None
+
+
 def encode_key_base64(key: str) -> str:
     """The key's UTF-8 bytes as unpadded base64url: what decode_key_base64 reads back."""
     return binascii.b2a_base64(key.encode("utf-8"), newline=False).decode("ascii").rstrip("=").replace(

@@ -51,6 +51,10 @@ class Job:
     bytes_out: int = 0
     #: When the running job entered its current phase (a transfer's rate and ETA count from it).
     phase_started_at: float | None = None
+    #: What the command of the last attempt that ran used: CPU seconds and peak memory
+    #: in bytes (None: it never ran). worker.process.run_command measures them.
+    cpu_s: float | None = None
+    peak_memory_bytes: int | None = None
 
     @property
     def identity(self) -> Identity:
@@ -83,4 +87,6 @@ class Job:
             "result_prefix": self.result_prefix,
             "origin": self.origin,
             "phase_started_at": self.phase_started_at,
+            "cpu_s": self.cpu_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
         }

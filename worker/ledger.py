@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from worker.dirs import make_dirs
 from worker.errors import InvalidTransition, LedgerError
 from worker.identity import Identity
 from worker.ledger_queries import JobQueries
@@ -34,7 +35,8 @@ _UPDATABLE = frozenset(
     {
         "next_attempt_at", "phase", "bytes_total", "bytes_done", "exit_code", "error",
         "stderr_tail", "started_at", "finished_at", "result_prefix", "etag", "version_id",
-        "counted_attempts", "bytes_in", "bytes_out", "phase_started_at",
+        "counted_attempts", "bytes_in", "bytes_out", "phase_started_at", "cpu_s",
+        "peak_memory_bytes",
     }
 )
 
@@ -69,7 +71,7 @@ class Ledger(QueueJobs, JobQueries):
         self._progress: dict[str, dict[str, Any]] = {}
         self._progress_lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            make_dirs(path.parent)
             self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before submit returns 0 or a step starts.

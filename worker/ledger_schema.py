@@ -36,13 +36,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs ADD COLUMN bytes_in INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0",
     ),
-    # When the running job entered its phase (for a transfer's rate and ETA), and
-    # the indexes `processorctl list` filters and sorts on (newest first, by state, by key).
+    # When the running job entered its phase (for a transfer's rate and ETA), the
+    # indexes `processorctl list` filters and sorts on (newest first, by state, by
+    # key), and what the command of the last attempt that ran used (NULL: it never ran).
     4: (
         "ALTER TABLE jobs ADD COLUMN phase_started_at REAL",
         "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
         "CREATE INDEX IF NOT EXISTS jobs_by_state_created ON jobs (state, created_at, id)",
         "CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (key, created_at)",
+        "ALTER TABLE jobs ADD COLUMN cpu_s REAL",
+        "ALTER TABLE jobs ADD COLUMN peak_memory_bytes INTEGER",
     ),
 }
 
@@ -77,6 +80,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_prefix   TEXT,
     origin          TEXT NOT NULL DEFAULT 'local',
     phase_started_at REAL,
+    cpu_s           REAL,
+    peak_memory_bytes INTEGER,
     UNIQUE (bucket, key, version)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at, created_at);
@@ -165,4 +170,5 @@ def job_from_row(row: sqlite3.Row) -> Job:
         started_at=row["started_at"], finished_at=row["finished_at"],
         result_prefix=row["result_prefix"], origin=row["origin"],
         phase_started_at=row["phase_started_at"],
+        cpu_s=row["cpu_s"], peak_memory_bytes=row["peak_memory_bytes"],
     )

@@ -12,8 +12,8 @@ per caller.
 What ``processing.max_attempts`` counts (``Job.counted_attempts``): attempts
 that ended because of the job itself (``RETRY``: exit 75, a damaged download,
 an internal error) and attempts the daemon died during (counted on the next
-start by ``Ledger.requeue_interrupted``). Waiting for S3 or for disk space and
-being interrupted by a shutdown are not counted: they say nothing about the
+start by ``Ledger.requeue_interrupted``). Waiting for S3, for disk space or for
+descriptors/memory and being interrupted by a shutdown are not counted: they say nothing about the
 job. A job whose counted attempts reach ``max_attempts`` is failed, so with
 ``max_attempts = 3`` a command that always exits 75 runs exactly 3 times.
 """
@@ -48,6 +48,9 @@ class Outcome(str, enum.Enum):
     WAIT_FOR_STORAGE = "wait_for_storage"
     #: The state volume is too full for now: checked again soon, not counted.
     WAIT_FOR_SPACE = "wait_for_space"
+    #: The host ran short of file descriptors, processes or memory (EMFILE, ENFILE,
+    #: EAGAIN, ENOMEM): a passing shortage, like a full disk checked again soon, not counted.
+    WAIT_FOR_RESOURCES = "wait_for_resources"
     #: A shutdown interrupted it: due again at once, not counted.
     REQUEUE = "requeue"
 
@@ -72,6 +75,9 @@ class Attempt:
     bytes_out: int = 0
     #: Why, for the history, when the outcome is not a failure (a success that needed no run).
     note: str | None = None
+    #: What the command used (set only when it ran): CPU seconds and peak memory in bytes.
+    cpu_s: float | None = None
+    peak_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)

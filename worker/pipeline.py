@@ -12,6 +12,7 @@ the input is ``work/<job>/input`` and the results ``work/<job>/output/``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import mimetypes
 import os
@@ -24,24 +25,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from worker import __version__
+from worker.cgroup import job_cgroups
 from worker.command_env import base_environment, job_environment
 from worker.config import Settings
 from worker.errors import (
     InsufficientSpace,
     Interrupted,
+    JobNotFound,
     ObjectChanged,
     OutputError,
     StorageError,
 )
 from worker.job import Job
+from worker.joblog import EXPIRE_EVERY_S
+from worker.joblog import expire as expire_logs
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, crashed, out_of_attempts
+from worker.outputs import check_name, escaped, fd_path, open_output, output_dir, sha256_fd
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.recorder import Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
-from worker.states import Phase
-from worker.storage.base import ObjectInfo, ObjectStore, digest_file, verify_download
+from worker.states import JobState, Phase
+from worker.storage.base import ObjectInfo, ObjectStore, verify_download
 from worker.storage.layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
 from worker.storage.layout import result_prefix as layout_result_prefix
 
@@ -78,6 +86,9 @@ class Pipeline:
         paths = self.settings.paths
         self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
         self.recorder = Recorder(self.settings, self.store, self.ledger, self.clock)
+        self._expiry_lock = threading.Lock()
+        self._next_expiry = 0.0  # monotonic time of the next look at old job logs
+        self.limits, self.cgroups = job_cgroups(self.settings.processing, daemon_env)
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
         """Where this job's outcome lands: ``<output prefix><source key>/``, or the
@@ -87,7 +98,31 @@ class Pipeline:
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:
         """Take a job the ledger has marked RUNNING to its next state, and return it."""
         log = job_logger(job)
-        return self.recorder.record(job, self.attempt(job, cancel, log), log)
+        done = self.recorder.record(job, self.attempt(job, cancel, log), log)
+        self.expire_job_logs()
+        return done
+
+    def expire_job_logs(self) -> list[str]:
+        """Remove the logs of jobs that ended more than logging.job_log_retention_days ago
+        (at most once per worker.joblog.EXPIRE_EVERY_S; never a queued or running job's)."""
+        days = self.settings.logging.job_log_retention_days
+        now = time.monotonic()
+        with self._expiry_lock:
+            if not days or now < self._next_expiry:
+                return []
+            self._next_expiry = now + EXPIRE_EVERY_S
+
+        def unfinished(job_id: str) -> bool:
+            try:
+                return self.ledger.get(job_id).state in (JobState.QUEUED, JobState.RUNNING)
+            except JobNotFound:
+                return False
+
+        removed = expire_logs(self.settings.paths.job_logs, days * 86400, keep=unfinished, now=self.clock)
+        if removed:
+            structlog.get_logger("processor.pipeline").info(
+                "job_logs_expired", count=len(removed), retention_days=days)
+        return removed
 
     def record(self, job: Job, attempt: Attempt) -> Job:
         """Record an attempt that ended outside ``run`` (the fleet's manifest check): see worker.recorder."""
@@ -127,7 +162,9 @@ class Pipeline:
             return Attempt(Outcome.FAILED, f"the daemon died during {job.counted_attempts} attempts "
                            "of this job; not trying again (a poison input?)")
         try:
-            shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
+            # Leftovers of an interrupted attempt; one that cannot be removed now (no
+            # descriptors left) fails this try as a shortage, never the job for good.
+            _remove_tree(work)
             (work / "output").mkdir(parents=True)
             (work / "tmp").mkdir()
             info = self._download(job, work / "input", timings, cancel, log)
@@ -147,9 +184,13 @@ class Pipeline:
             return Attempt(Outcome.WAIT_FOR_SPACE if exc.retryable else Outcome.FAILED, str(exc))
         except OutputError as exc:
             return Attempt(Outcome.FAILED, str(exc))
+        except MemoryError:
+            return Attempt(Outcome.WAIT_FOR_RESOURCES, "the daemon ran out of memory during the attempt")
         except OSError as exc:
             if is_no_space(exc):  # full for now (other jobs' work dirs go): wait
                 return Attempt(Outcome.WAIT_FOR_SPACE, str(self.space.exhausted("the attempt", exc)))
+            if exc.errno in _SHORTAGES:  # descriptors, processes or memory: passing, uncounted
+                return Attempt(Outcome.WAIT_FOR_RESOURCES, f"the host ran short: {exc}")
             # Local trouble: unreadable output, command not found.
             return Attempt(Outcome.FAILED, f"local error: {exc}")
 
@@ -193,19 +234,33 @@ class Pipeline:
             p.command, {"{input}": str(work / "input"), "{output_dir}": str(work / "output")}
         )
         log.info("command_started", argv0=argv[0])
-        result = run_command(
-            argv, cwd=work, env=job_environment(self._base_env, job, work),
-            log_path=self.settings.paths.job_log(job.id),
-            timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
-        )
+        env = job_environment(self._base_env, job, work)
+        group = self.cgroups.create(job.id, self.limits) if self.cgroups is not None else None
+        try:
+            result = run_command(
+                argv, cwd=work, env=env, log_path=self.settings.paths.job_log(job.id),
+                timeout_s=p.timeout_s, kill_grace_s=p.kill_grace_s, cancel=cancel,
+                log_max_bytes=self.settings.logging.job_log_max_mb * 1024 * 1024,
+                # Unique to this job and this state dir: what its leftovers are found by.
+                marker=f"PROCESSOR_INPUT={env['PROCESSOR_INPUT']}", cgroup=group,
+            )
+        finally:
+            if group is not None:
+                group.remove()
         timings["process_s"] = result.duration_s
         log.info(
             "command_finished", returncode=result.returncode,
             duration_s=round(result.duration_s, 3), timed_out=result.timed_out,
+            cpu_s=round(result.cpu_s, 3), peak_memory_bytes=result.peak_memory_bytes,
+            leftovers_killed=result.leftovers, log_cut=result.log_cut,
         )
-        ran = Attempt(Outcome.FAILED, exit_code=result.returncode, stderr_tail=result.stderr_tail)
+        ran = Attempt(Outcome.FAILED, exit_code=result.returncode, stderr_tail=result.stderr_tail,
+                      cpu_s=round(result.cpu_s, 3), peak_memory_bytes=result.peak_memory_bytes)
         if result.cancelled and cancel is not None:
             return _stopped(cancel.reason or StopToken.CANCEL, ran)
+        if result.oom_killed:
+            return replace(ran, error=f"killed by the kernel's OOM killer: the job went over "
+                                      f"processing.memory_max ({p.memory_max} MiB)")
         if result.timed_out:
             return replace(ran, error=f"timed out after {p.timeout_s}s")
         if result.returncode == EX_TEMPFAIL:
@@ -228,8 +283,9 @@ class Pipeline:
             for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
                 self.store.delete(self.settings.s3.output_bucket, failed_key)
         manifest = self._manifest(job, got, outputs, timings)
+        manifest["resources"] = {"cpu_s": ran.cpu_s, "peak_memory_bytes": ran.peak_memory_bytes}
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
-        return Attempt(Outcome.SUCCEEDED, exit_code=0, result_prefix=prefix,
+        return replace(ran, outcome=Outcome.SUCCEEDED, result_prefix=prefix,
                        bytes_out=sum(o["size"] for o in outputs))
 
     def _progress_sink(self, job_id: str) -> Callable[[int], None]:
@@ -250,25 +306,33 @@ class Pipeline:
             raise OutputError(f"output {too_long[0]!r} is too long: {prefix}{too_long[0]} "
                               "would pass S3's 1024-byte key limit")
         outputs = []
-        for path, relative, size in files:
-            key = prefix + relative
-            upload = functools.partial(
-                self.store.upload_file, path, self.settings.s3.output_bucket, key,
-                content_type=mimetypes.guess_type(relative)[0], progress=progress,
-            )
-            if size < OVERLAP_HASH_BYTES:
-                digest = digest_file(path).sha256
-                upload()
-            else:
-                # Hash while the upload runs (hashlib releases the GIL): for a large
-                # output that is one pass over the file off the job's critical path.
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hash-{job.id}") as hasher:
-                    pending = hasher.submit(digest_file, path)
-                    upload()
-                    digest = pending.result().sha256
-            outputs.append({"key": key, "path": relative, "size": size, "sha256": digest})
+        # Each output is opened without following links and uploaded and hashed from that
+        # descriptor, so nothing swapped in after the listing is read (worker.outputs).
+        with output_dir(out_dir) as root:
+            for _, relative, _ in files:
+                with open_output(root, relative) as (fd, size):
+                    outputs.append(self._upload_one(job, fd, size, prefix + relative, relative, progress))
         log.info("upload_finished", files=len(outputs), bytes=total)
         return outputs
+
+    def _upload_one(
+        self, job: Job, fd: int, size: int, key: str, relative: str, progress: _Progress
+    ) -> dict[str, Any]:
+        upload = functools.partial(
+            self.store.upload_file, fd_path(fd), self.settings.s3.output_bucket, key,
+            content_type=mimetypes.guess_type(relative)[0], progress=progress,
+        )
+        if size < OVERLAP_HASH_BYTES:
+            digest = sha256_fd(fd)
+            upload()
+        else:
+            # Hash while the upload runs (hashlib releases the GIL): for a large
+            # output that is one pass over the file off the job's critical path.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hash-{job.id}") as hasher:
+                pending = hasher.submit(sha256_fd, fd)
+                upload()
+                digest = pending.result()
+        return {"key": key, "path": relative, "size": size, "sha256": digest}
 
     def _manifest(
         self, job: Job, got: Downloaded, outputs: list[dict[str, Any]],
@@ -306,6 +370,19 @@ def _stopped(reason: str, ran: Attempt | None = None) -> Attempt:
                    error="cancelled by an operator")
 
 
+#: errno values that say the host is short of something for now, not that the job is bad.
+_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
+def _remove_tree(path: Path) -> None:
+    """``rm -rf path``; raises what stops it (other than the tree being gone already)."""
+    def gone_is_fine(_func: Any, _path: str, info: Any) -> None:
+        if not isinstance(info[1], FileNotFoundError):
+            raise info[1]
+
+    shutil.rmtree(path, onerror=gone_is_fine)
+
+
 def _input_size(work: Path) -> int:
     """Bytes this attempt downloaded (0 when it never got that far)."""
     try:
@@ -317,18 +394,25 @@ def _input_size(work: Path) -> int:
 def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
     """Every regular file under ``out_dir`` as (path, relative key part, size).
 
-    Symlinks are refused (a link to /etc/shadow must not be uploaded) and the
-    reserved names may not appear at the top level.
+    Symlinks are refused (a link to /etc/shadow must not be uploaded), the
+    output dir itself included; a name that is not UTF-8 fails the job naming
+    it (worker.outputs.check_name); the reserved names may not appear at the
+    top level. The listing only names the files: the upload opens each one
+    again without following links (worker.outputs.open_output).
     """
     found: list[tuple[Path, str, int]] = []
+    with output_dir(out_dir):
+        pass  # refuses a link or a non-directory before anything is walked
     for root, dirs, names in os.walk(out_dir, followlinks=False):
         for name in sorted(dirs):
             if (Path(root) / name).is_symlink():
-                raise OutputError(f"output {Path(root, name).relative_to(out_dir)} is a symlink")
+                relative_dir = str(Path(root, name).relative_to(out_dir))
+                raise OutputError(f"output {escaped(relative_dir)} is a symlink")
         dirs.sort()
         for name in sorted(names):
             path = Path(root) / name
             relative = path.relative_to(out_dir).as_posix()
+            check_name(relative)
             if relative in RESERVED_NAMES:
                 raise OutputError(f"the command wrote {relative}, a name reserved for the pipeline")
             if path.is_symlink() or not path.is_file():

@@ -1,9 +1,19 @@
 """The processing command as a child process.
 
 The command runs without a shell, in its own session (so its whole process
-group can be signalled), with stdout and stderr appended to the job's log
-file. A bounded tail of stderr is kept for the failure record. On timeout or
-cancellation the group gets SIGTERM, then SIGKILL after a grace period.
+group can be signalled), with stdout and stderr piped through the daemon into
+the job's log file (``worker.joblog.JobLog``: bounded by
+``logging.job_log_max_mb``). A bounded tail of stderr is kept for the failure
+record. On timeout or cancellation the group gets SIGTERM, then SIGKILL after
+a grace period.
+
+Nothing of a job outlives it: whatever ends the command (exit, failure,
+cancel, timeout, drain), its process group is killed and then every process
+still carrying the job's marker in its environment (``sweep``: children that
+``setsid``, double-fork or ``nohup`` out of the group) is killed too, until
+none is left. The child is reaped with ``wait4``, so its CPU time and peak
+memory (``ru_maxrss``: the largest process of those it waited for) come back
+with the result.
 """
 
 from __future__ import annotations
@@ -15,10 +25,13 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from worker.cgroup import JobCgroup
+from worker.joblog import JobLog
 
 #: How much of stderr is kept for the ledger and `_failed.json`.
 STDERR_TAIL_BYTES = 4096
@@ -49,6 +62,10 @@ class StopToken:
         return self._event.is_set()
 
 
+#: How long ``sweep`` keeps killing a job's leftover processes before it gives up.
+SWEEP_WAIT_S = 10.0
+
+
 @dataclass(frozen=True)
 class CommandResult:
     returncode: int
@@ -56,6 +73,16 @@ class CommandResult:
     cancelled: bool
     stderr_tail: str
     duration_s: float
+    #: CPU seconds (user + system) of the command and the children it waited for.
+    cpu_s: float = 0.0
+    #: Peak resident memory in bytes of the largest of those processes.
+    peak_memory_bytes: int = 0
+    #: Processes of the job found still running after it ended, and killed.
+    leftovers: int = 0
+    #: The job's log reached logging.job_log_max_mb and was cut.
+    log_cut: bool = False
+    #: The kernel's OOM killer killed a process of the job (its cgroup's memory.max).
+    oom_killed: bool = False
 
 
 def render_argv(template: Sequence[str], substitutions: Mapping[str, str]) -> list[str]:
@@ -92,120 +119,171 @@ def run_command(
     timeout_s: float,
     kill_grace_s: float,
     cancel: StopToken | None = None,
+    log_max_bytes: int = 0,
+    marker: str | None = None,
+    cgroup: JobCgroup | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion, timeout or cancellation; never raises on exit status.
 
+    ``cgroup``: the job's own (empty) cgroup (worker.cgroup): the command starts
+    in it, the whole group is killed when the command ends and its counters
+    are the job's usage. Without one, ``marker``: an ``NAME=value`` entry of
+    ``env`` unique to this job; every process still carrying it once the
+    command has ended is killed (``sweep``).
     Raises OSError when the command cannot be started at all (missing binary,
     not executable): the caller decides what that means for the job.
     """
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail = _TailBuffer(STDERR_TAIL_BYTES)
-    with open(log_path, "ab", buffering=0) as log:
+    log = JobLog(log_path, log_max_bytes)
+    try:
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            # Into its cgroup before exec, so nothing it starts is ever outside it.
+            preexec_fn=cgroup.enter if cgroup is not None else None,
         )
-        assert proc.stderr is not None
-        reader = threading.Thread(
-            target=_pump_stderr, args=(proc.stderr, log, tail), daemon=True,
-            name=f"stderr-{proc.pid}",
-        )
+    except BaseException:
+        log.close()
+        raise
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=_pump, args=(proc.stderr, log, tail), daemon=True,
+                         name=f"stderr-{proc.pid}"),
+        threading.Thread(target=_pump, args=(proc.stdout, log, None), daemon=True,
+                         name=f"stdout-{proc.pid}"),
+    ]
+    for reader in readers:
         reader.start()
-        timed_out = cancelled = False
-        deadline = started + timeout_s
-        with _ExitWatch(proc) as exited:
+    timed_out = cancelled = False
+    deadline = started + timeout_s
+    leftovers = 0
+    try:
+        with _ExitWatch(proc) as watch:
             while True:
-                if exited(CHECK_INTERVAL_S):
-                    # Reap anything the command left running in its group.
-                    _kill_group(proc.pid)
+                if watch.exited(CHECK_INTERVAL_S):
                     break
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                 elif time.monotonic() >= deadline:
                     timed_out = True
                 if timed_out or cancelled:
-                    _stop_group(proc, kill_grace_s)
+                    _stop_group(proc, watch, kill_grace_s)
                     break
-        reader.join(timeout=5)
+    finally:
+        # Whatever ended it, nothing of the job may run on: its cgroup, or its group and marker.
+        _kill_group(proc.pid)
+        if cgroup is not None:
+            leftovers = cgroup.kill()
+        elif marker is not None:
+            leftovers = len(sweep(marker))
+        for reader in readers:
+            reader.join(timeout=5)
+        log.close()
+    cpu_s, peak, oom = watch.cpu_s, watch.peak_memory_bytes, False
+    if cgroup is not None:  # the whole group's counters: every process the job had
+        used = cgroup.usage()
+        cpu_s = used.cpu_s if used.cpu_s is not None else cpu_s
+        peak = used.peak_memory_bytes if used.peak_memory_bytes is not None else peak
+        oom = used.oom_kills > 0
     return CommandResult(
         returncode=proc.returncode,
         timed_out=timed_out,
         cancelled=cancelled,
         stderr_tail=tail.text(),
         duration_s=time.monotonic() - started,
+        cpu_s=cpu_s,
+        peak_memory_bytes=peak,
+        leftovers=leftovers,
+        log_cut=log.cut,
+        oom_killed=oom,
     )
 
 
 class _ExitWatch:
     """Waits for the child's exit the moment it happens: poll() on a pidfd (Linux
     5.3+), where ``Popen.wait(timeout)`` would sleep in growing steps and notice
-    a short command late. Falls back to ``Popen.wait`` where pidfds are missing."""
+    a short command late; short sleeps where pidfds are missing. The child is
+    reaped with ``wait4`` for its resource usage (``cpu_s``, ``peak_memory_bytes``)."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
         self._fd = -1
         self._poll: select.poll | None = None
+        self.cpu_s = 0.0
+        self.peak_memory_bytes = 0
 
-    def __enter__(self) -> Callable[[float], bool]:
+    def __enter__(self) -> _ExitWatch:
         try:
             self._fd = os.pidfd_open(self._proc.pid)
         except (AttributeError, OSError):
-            return self._wait
+            return self
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
-        return self._watch
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._fd >= 0:
             os.close(self._fd)
 
-    def _watch(self, timeout_s: float) -> bool:
-        assert self._poll is not None
-        if self._poll.poll(timeout_s * 1000):
-            self._proc.wait()  # exited: reap it and set returncode
+    def exited(self, timeout_s: float) -> bool:
+        """Whether the child has exited (and is reaped), waiting up to ``timeout_s``."""
+        if self._proc.returncode is not None:
             return True
-        return False
+        if self._poll is not None:
+            if not self._poll.poll(timeout_s * 1000):
+                return False
+            return self._reap(0)
+        deadline = time.monotonic() + timeout_s
+        while not self._reap(os.WNOHANG):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.01, timeout_s))
+        return True
 
-    def _wait(self, timeout_s: float) -> bool:
+    def _reap(self, flags: int) -> bool:
         try:
-            self._proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+            pid, status, usage = os.wait4(self._proc.pid, flags)
+        except ChildProcessError:  # reaped elsewhere (Popen's own bookkeeping)
+            self._proc.wait()
+            return True
+        if pid == 0:
             return False
+        self._proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        self.peak_memory_bytes = usage.ru_maxrss * 1024  # Linux reports KiB
         return True
 
 
-def _pump_stderr(stream: IO[bytes], log: IO[bytes], tail: _TailBuffer) -> None:
+def _pump(stream: IO[bytes], log: JobLog, tail: _TailBuffer | None) -> None:
     # Keep draining even when the log cannot be written (full disk): a pipe
     # nobody reads would block the command until its timeout.
     while chunk := stream.read1(65536):  # type: ignore[attr-defined]
-        tail.add(chunk)
+        if tail is not None:
+            tail.add(chunk)
         try:
             log.write(chunk)
         except OSError:
             pass
+    stream.close()
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+def _stop_group(proc: subprocess.Popen[bytes], watch: _ExitWatch, grace_s: float) -> None:
     """SIGTERM the command's process group, SIGKILL it if still alive after the grace."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; make sure nothing it forked lingers in the group.
-        _kill_group(proc.pid)
-        return
+        if watch.exited(wait_s):
+            return
 
 
 def _kill_group(pgid: int) -> None:
@@ -213,6 +291,74 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def sweep(marker: str, *, proc: Path = Path("/proc"), wait_s: float = SWEEP_WAIT_S) -> list[int]:
+    """Kill every process whose environment holds ``marker`` (``NAME=value``) until none is left.
+
+    What a job leaves behind when it escaped its process group (``setsid``, a
+    double fork, a daemonised helper): it still carries the job's environment.
+    Each match is opened as a pidfd first and its environment read again through
+    that pin, so a recycled PID is never signalled. Scans repeat (a process may
+    fork while its siblings are being killed) until one finds nothing or
+    ``wait_s`` has passed. Returns the PIDs killed.
+    """
+    wanted = marker.encode()
+    killed: list[int] = []
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = _marked(proc, wanted)
+        for pid in found:
+            if _kill_marked(pid, proc, wanted) and pid not in killed:
+                killed.append(pid)
+        if not found or time.monotonic() >= deadline:
+            return killed
+        time.sleep(0.02)
+
+
+def _marked(proc: Path, wanted: bytes) -> list[int]:
+    pids = []
+    me = os.getpid()
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        if _has_marker(entry, wanted):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _has_marker(entry: Path, wanted: bytes) -> bool:
+    try:
+        environ = (entry / "environ").read_bytes()
+    except OSError:
+        return False  # gone, a zombie, or not ours to read
+    return wanted in environ.split(b"\0")
+
+
+def _kill_marked(pid: int, proc: Path, wanted: bytes) -> bool:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):  # no pidfds: the scan just read it, accept the tiny window
+        return _signal(pid)
+    try:
+        if not _has_marker(proc / str(pid), wanted):
+            return False  # the PID was recycled between the scan and the pin
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _signal(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def reap_orphans(work_dir: Path, *, proc: Path = Path("/proc"), wait_s: float = 5.0) -> list[int]:

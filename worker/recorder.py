@@ -60,6 +60,9 @@ class Recorder:
             fields["exit_code"] = attempt.exit_code
         if attempt.stderr_tail is not None:
             fields["stderr_tail"] = attempt.stderr_tail
+        if attempt.cpu_s is not None:
+            fields["cpu_s"] = attempt.cpu_s
+            fields["peak_memory_bytes"] = attempt.peak_memory_bytes
         if move.error is not None:
             fields["error"] = move.error
         if move.next_attempt_at is not None:
@@ -87,6 +90,7 @@ class Recorder:
             log.warning("job_retry_scheduled", state=updated.state.value, error=move.error,
                         delay_s=round(move.delay_s, 1), storage=attempt.outcome is Outcome.WAIT_FOR_STORAGE,
                         space=attempt.outcome is Outcome.WAIT_FOR_SPACE,
+                        resources=attempt.outcome is Outcome.WAIT_FOR_RESOURCES,
                         counted_attempts=move.counted_attempts)
         return updated
 

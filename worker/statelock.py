@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from worker.dirs import make_dirs
 from worker.errors import ProcessorError
 
 #: Name of the lock file inside the state dir.
@@ -75,7 +76,7 @@ def acquire(state_dir: Path, name: str = LOCK_NAME) -> StateLock:
     nothing else into it. Raises OSError when the dir or file cannot be used.
     ``name`` is the lock file (`processor local` holds its own, beside its daemons').
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    make_dirs(state_dir)
     path = state_dir / name
     # O_CLOEXEC: processing commands are exec'd children and must not inherit
     # (and so keep alive) the daemon's lock after it dies.

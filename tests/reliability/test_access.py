@@ -63,7 +63,7 @@ def test_other_users_cannot_reach_the_socket_or_write_the_ledger(as_root: None, 
     socket = short_tmp / "p.sock"
     with daemon(config, socket) as proc:
         ledger = state / "ledger" / "ledger.db"
-        done = processorctl(config, "submit", "--bucket", "b", "--key=mine.txt")
+        done = processorctl(config, "submit", "--bucket", "bkt", "--key=mine.txt")
         assert done.returncode == 0, done.stderr
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (socket, state, *ledger.parent.iterdir())}
         assert all(mode & 0o002 == 0 for mode in modes.values()), modes  # nothing world-writable
@@ -76,7 +76,7 @@ def test_other_users_cannot_reach_the_socket_or_write_the_ledger(as_root: None, 
         listing = _as_nobody(str(Path(sys.executable).parent / "processorctl"), "--config", str(config),
                              "list")
         submit = _as_nobody(str(Path(sys.executable).parent / "processorctl"), "--config", str(config),
-                            "submit", "--bucket", "b", "--key=intruder.txt")
+                            "submit", "--bucket", "bkt", "--key=intruder.txt")
         assert proc.poll() is None
     REPORT.append(f"access: as nobody, socket and ledger refused (EACCES); processorctl list exit "
                   f"{listing.returncode}: {listing.stderr.strip()[:160]}")

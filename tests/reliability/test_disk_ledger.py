@@ -121,13 +121,13 @@ def test_submit_on_a_full_volume_is_refused_with_exit_4_not_a_traceback(
     small_volume: Path, short_tmp: Path
 ) -> None:
     config = write_config(short_tmp)
-    first = processorctl(config, "submit", "--bucket", "b", "--key=first.txt")
+    first = processorctl(config, "submit", "--bucket", "bkt", "--key=first.txt")
     assert first.returncode == 0, first.stderr
     # An open connection (the daemon's, on a host) keeps the WAL file, so a commit must grow it.
     with Ledger(small_volume / "ledger" / "ledger.db") as held:
         assert len(held.list_jobs()) == 1
         _fill(small_volume / "ballast")
-        results = [processorctl(config, "submit", "--bucket", "b", f"--key=full-{n}.txt")
+        results = [processorctl(config, "submit", "--bucket", "bkt", f"--key=full-{n}.txt")
                    for n in range(3)]
         (small_volume / "ballast").unlink()
     for done in results:

@@ -11,6 +11,7 @@ Fixtures stay in the conftest.py files (which import from here). One module per 
     local             `processor local` as a child process (the whole stack)
     probes            the daemon's pid and memory, the ledger's integrity, S3 listings
     pipeline          a Pipeline on a fake store and a real ledger, and processing commands for it
+    escapees          commands whose children leave their process group; is a PID still alive
     fakes             in-memory ObjectStore, WorkQueue and disk usage
     trigger           the Lambda trigger's SSM mode: its environment and an in-memory SSM client
     events            the canonical S3 event payloads under tests/fixtures/events/ and their expectations

@@ -33,11 +33,27 @@ STATE = "/var/lib/processor"
 #: The install inside the machine, as on EC2 (a virtualenv of the distribution's Python).
 VENV = "/opt/processor/venv"
 
-#: Sleeps when the input starts with "slow", then summarises it like the example program.
+#: Sleeps when the input starts with "slow"; when it starts with "escape", starts three
+#: processes that leave its process group (a double-forked setsid daemon, a setsid child, a
+#: nohup child), prints their PIDs and sleeps; when it starts with "hog", takes 256 MiB.
+#: Then it summarises the input like the example program.
+ESCAPE = (
+    "import os, subprocess\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        print('escapee', os.getpid(), flush=True); time.sleep(600)\n"
+    "    os._exit(0)\n"
+    "for argv in (['setsid', 'sleep', '600'], ['nohup', 'sleep', '600']):\n"
+    "    print('escapee', subprocess.Popen(argv, stdout=subprocess.DEVNULL).pid, flush=True)\n"
+    "time.sleep(600)\n"
+)
 COMMAND = [
     f"{VENV}/bin/python", "-c",
     "import sys, time, pathlib, runpy; d = pathlib.Path(sys.argv[1]).read_bytes();"
     "time.sleep(4 if d.startswith(b'slow') else 0);"
+    f"exec({ESCAPE!r}) if d.startswith(b'escape') else None;"
+    "hog = bytearray(256 << 20) if d.startswith(b'hog') else None;"
     "sys.argv = ['summarize', sys.argv[1], sys.argv[2]]; runpy.run_module('worker.examples.summarize',"
     " run_name='__main__')",
     "{input}", "{output_dir}",
@@ -131,7 +147,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Ite
         box.write("/etc/processor/processor.toml", "\n".join([
             "[s3]", f'output_bucket = "{OUT}"', f'endpoint_url = "{moto_endpoint}"',
             "[processing]", f"command = {json.dumps(COMMAND)}", "retry_base_s = 1",
-            "drain_timeout_s = 30", "[paths]", "min_free_mb = 1",
+            "drain_timeout_s = 30", "memory_max = 96", "[paths]", "min_free_mb = 1",
             "[logging]", "journald = true", "",
         ]), mode=0o640)
         box.boot()
@@ -221,6 +237,42 @@ def test_2_job_succeeds_and_the_journal_carries_its_fields(machine: Machine, s3:
     assert finished_lines[0]["JOB_STATE"] == "succeeded"
     status = wait("STATUS to count the job", lambda: "1 succeeded" in prop(machine, "StatusText"))
     assert status
+
+
+def _journal_events(box: Machine, event: str) -> list[dict[str, Any]]:
+    return [json.loads(json.loads(line)["MESSAGE"]) for line in box.sh(
+        "journalctl", "-u", "processor", "-o", "json", "--no-pager", f"EVENT={event}",
+        check=False).stdout.splitlines() if line.strip()]
+
+
+def test_2b_a_cancelled_job_leaves_no_process_behind(machine: Machine, s3: Any) -> None:
+    job_id = submit(machine, s3, "escape.txt", b"escape from the job")
+    logged = wait("the escapees to start", lambda: (out := machine.sh(
+        f"{VENV}/bin/processorctl", "logs", job_id, check=False).stdout).count("escapee") >= 3 and out)
+    pids = [line.split()[1] for line in logged.splitlines() if line.startswith("escapee")]
+    machine.sh(f"{VENV}/bin/processorctl", "cancel", job_id)
+    done = wait("the job to end cancelled", lambda: (j := job(machine, job_id))["state"] == "cancelled" and j)
+    assert done["cpu_s"] is not None, done
+    for pid in pids:  # gone, or a zombie its reaper has not collected yet
+        state = machine.sh("sh", "-c", f"grep '^State' /proc/{pid}/status || true").stdout
+        assert state.strip() in ("", ) or "Z" in state.split()[1], (pid, state)
+    marked = machine.sh("sh", "-c", f"grep -l PROCESSOR_JOB_ID={job_id} /proc/[0-9]*/environ || true")
+    assert marked.stdout.strip() == "", marked.stdout
+    mode = "cgroup" if _journal_events(machine, "job_cgroups_on") else "fallback (group + sweep)"
+    print(f"job box under systemd: {mode}")
+
+
+def test_2c_a_job_over_memory_max_fails_with_an_oom_reason(machine: Machine, s3: Any) -> None:
+    if not _journal_events(machine, "job_cgroups_on") or _journal_events(machine, "job_limits_not_enforced"):
+        pytest.skip("the service's delegated cgroup v2 subtree has no memory controller on this "
+                    "host (a hybrid cgroup v1/v2 host): memory_max cannot be enforced here")
+    job_id = submit(machine, s3, "hog.txt", b"hog memory")
+    done = finished(machine, job_id)
+    assert done["state"] == "failed" and "OOM" in done["error"], done
+    assert done["counted_attempts"] == 0
+    assert prop(machine, "ActiveState") == "active"  # the daemon is fine
+    after = submit(machine, s3, "after-hog.txt", b"a,b\n1,2\n")
+    assert finished(machine, after)["state"] == "succeeded"
 
 
 def test_3_kill_9_restarts_and_the_interrupted_job_completes(machine: Machine, s3: Any) -> None:

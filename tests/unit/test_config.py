@@ -96,6 +96,12 @@ def test_missing_output_bucket_is_named() -> None:
     ("logging", "cloudwatch_stream", "i-1:x", "logging.cloudwatch_stream"),
     ("logging", "cloudwatch_create_group", "yes", "logging.cloudwatch_create_group must be true or false"),
     ("logging", "flush_timeout_s", -1, "logging.flush_timeout_s"),
+    ("logging", "job_log_max_mb", -1, "logging.job_log_max_mb"),
+    ("logging", "job_log_retention_days", -1, "logging.job_log_retention_days"),
+    ("logging", "job_log_retention_days", 1.5, "logging.job_log_retention_days must be an integer"),
+    ("processing", "memory_max", -1, "processing.memory_max"),
+    ("processing", "cpu_quota", -5, "processing.cpu_quota"),
+    ("processing", "tasks_max", "64", "processing.tasks_max must be an integer"),
     ("s3", "endpoint_url", "localhost:4566", "s3.endpoint_url"),
 ])
 def test_bad_values_are_named(section: str, key: str, value: object, fragment: str) -> None:

@@ -48,19 +48,19 @@ def test_submit_starts_without_heavy_imports(config: Path, extra: list[str]) -> 
     probe = ("import sys\nfrom worker.ctl.cli import main\ncode = main(sys.argv[1:])\n"
              f"print(code, [m for m in {sorted(SUBMIT_MUST_NOT_IMPORT)!r} if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe, "--config", str(config), "submit",
-                           "--bucket", "b", "--key=k", "--etag", "e", *extra],
+                           "--bucket", "bkt", "--key=k", "--etag", "e", *extra],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
 
 
 def test_duplicate_submit_prints_the_existing_job(config: Path) -> None:
-    first = processorctl(config, "submit", "--bucket", "b", "--key=k", "--etag", '"e"')
+    first = processorctl(config, "submit", "--bucket", "bkt", "--key=k", "--etag", '"e"')
     assert first.returncode == 0 and first.stderr == ""
-    again = processorctl(config, "submit", "--bucket", "b", "--key=k", "--etag", "e")
+    again = processorctl(config, "submit", "--bucket", "bkt", "--key=k", "--etag", "e")
     assert again.returncode == 0 and again.stdout == first.stdout
     assert again.stderr == "processorctl: already submitted; job is queued\n"
-    as_json = processorctl(config, "submit", "--bucket", "b", "--key=k", "--etag", "e", "--json")
+    as_json = processorctl(config, "submit", "--bucket", "bkt", "--key=k", "--etag", "e", "--json")
     assert json.loads(as_json.stdout) == {"job_id": first.stdout.strip(), "created": False, "state": "queued"}
 
 
@@ -113,8 +113,13 @@ def test_show_unknown_job_exits_3(config: Path) -> None:
 
 @pytest.mark.parametrize("args,fragment", [
     (["--bucket", "", "--key=k"], "--bucket"),
-    (["--bucket", "b", "--key="], "--key"),
-    (["--bucket", "b", "--key=" + "k" * 1025], "1025 bytes"),
+    (["--bucket", "bkt", "--key="], "--key"),
+    (["--bucket", "bkt", "--key=" + "k" * 1025], "1025 bytes"),
+    # Bucket names S3 can never have (issue 19): each once exited 0 and failed later.
+    *[(["--bucket", bad, "--key=k"], "--bucket") for bad in (
+        "my bucket", "a/b", "b" * 300, "../x", "../", "in\nput", ";touch x", "ab", "UPPER",
+        "-dash", "dash-", "a..b", "192.168.1.1", "xn--punycode", "name-s3alias", "under_score",
+    )],
 ])
 def test_submit_rejects_bad_values_naming_the_option(config: Path, args: list[str], fragment: str) -> None:
     done = processorctl(config, "submit", *args)
@@ -130,7 +135,7 @@ def test_keys_too_long_for_their_results_are_accepted_and_shown_at_the_fallback(
     room = 1024 - len("/_manifest.json")
     fits = "é" * (room // 2) + "k" * (room % 2)  # exactly at the limit, 2-byte characters
     for key, fallback in ((fits, False), (fits + "x", True), ("é" * 512, True), ("k" * 1024, True)):
-        done = processorctl(config, "submit", "--bucket", "b", f"--key={key}")
+        done = processorctl(config, "submit", "--bucket", "bkt", f"--key={key}")
         assert done.returncode == 0, done.stderr
         job_id = done.stdout.strip()
         _, out = run(config, "show", job_id, "--json")
@@ -144,7 +149,7 @@ def test_keys_too_long_for_their_results_are_accepted_and_shown_at_the_fallback(
 
 
 def test_show_names_the_recorded_result_prefix_and_marks_the_fallback(config: Path) -> None:
-    _, out = run(config, "submit", "--bucket", "b", "--key=" + "k" * 1024)
+    _, out = run(config, "submit", "--bucket", "bkt", "--key=" + "k" * 1024)
     job_id = out.strip()
     with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
         ledger.claim_next()
@@ -162,12 +167,12 @@ def test_show_names_the_recorded_result_prefix_and_marks_the_fallback(config: Pa
                                  "\x7f" + "\U0001F4C4" * 255 + "abc"], ids=repr)
 def test_submit_key_base64_decodes_to_the_same_job_as_key(config: Path, key: str) -> None:
     encoded = base64.urlsafe_b64encode(key.encode()).decode()
-    code, out = run(config, "submit", "--bucket", "b", f"--key-base64={encoded.rstrip('=')}")
+    code, out = run(config, "submit", "--bucket", "bkt", f"--key-base64={encoded.rstrip('=')}")
     assert code == 0
     job_id = out.strip()
-    assert job_id == Identity("b", key).job_id()
+    assert job_id == Identity("bkt", key).job_id()
     # Padded or not, the same key: the same job.
-    assert run(config, "submit", "--bucket", "b", f"--key-base64={encoded}") == (0, out)
+    assert run(config, "submit", "--bucket", "bkt", f"--key-base64={encoded}") == (0, out)
     with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
         assert [j.key for j in ledger.list_jobs()] == [key]
 
@@ -183,7 +188,7 @@ def test_submit_key_base64_decodes_to_the_same_job_as_key(config: Path, key: str
     ("7aCA", "not UTF-8"),  # a UTF-16 surrogate, encoded as UTF-8
 ])
 def test_submit_key_base64_errors_name_the_option(config: Path, value: str, fragment: str) -> None:
-    done = processorctl(config, "submit", "--bucket", "b", f"--key-base64={value}")
+    done = processorctl(config, "submit", "--bucket", "bkt", f"--key-base64={value}")
     assert done.returncode == exitcodes.USAGE, done.stderr
     assert "--key-base64" in done.stderr and fragment in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -193,19 +198,19 @@ def test_submit_key_base64_errors_name_the_option(config: Path, value: str, frag
 
 @pytest.mark.parametrize("args", [["--key=a", "--key-base64=YQ"], []], ids=["both", "neither"])
 def test_submit_wants_exactly_one_of_key_and_key_base64(config: Path, args: list[str]) -> None:
-    done = processorctl(config, "submit", "--bucket", "b", *args)
+    done = processorctl(config, "submit", "--bucket", "bkt", *args)
     assert done.returncode == exitcodes.USAGE and "--key" in done.stderr, done.stderr
 
 
 def test_unusable_ledger_exits_4_and_says_so(short_tmp: Path) -> None:
     config = write_config(short_tmp)
     (short_tmp / "state").write_text("a file where the state dir should be")
-    done = processorctl(config, "submit", "--bucket", "b", "--key=k")
+    done = processorctl(config, "submit", "--bucket", "bkt", "--key=k")
     assert done.returncode == exitcodes.LEDGER_UNAVAILABLE and "ledger unavailable" in done.stderr
 
 
 def test_status_without_a_daemon(config: Path) -> None:
-    run(config, "submit", "--bucket", "b", "--key=k")
+    run(config, "submit", "--bucket", "bkt", "--key=k")
     code, out = run(config, "status")
     assert code == exitcodes.DAEMON_NOT_RUNNING == 3
     assert "daemon: not running (not reachable on" in out and "1 queued" in out
@@ -216,13 +221,13 @@ def test_status_without_a_daemon(config: Path) -> None:
 
 
 def test_finished_job_shows_results_and_failure_details(config: Path) -> None:
-    code, out = run(config, "submit", "--bucket", "b", "--key=k.csv")
+    code, out = run(config, "submit", "--bucket", "bkt", "--key=k.csv")
     job_id = out.strip()
     with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
         ledger.claim_next()
         ledger.transition(job_id, JobState.FAILED, error="command exited with status 3",
                           exit_code=3, stderr_tail="line one\nbad row 7\n")
-        assert ledger.find(Identity("b", "k.csv")) is not None
+        assert ledger.find(Identity("bkt", "k.csv")) is not None
     _, out = run(config, "show", job_id)
     assert re.search(r"exit code: +3", out) and "| bad row 7" in out and "command exited with status 3" in out
 
@@ -230,7 +235,7 @@ def test_finished_job_shows_results_and_failure_details(config: Path) -> None:
 def test_show_displays_phase_and_bytes_of_a_running_job(config: Path) -> None:
     from worker.states import Phase
 
-    _, out = run(config, "submit", "--bucket", "b", "--key=big.bin")
+    _, out = run(config, "submit", "--bucket", "bkt", "--key=big.bin")
     job_id = out.strip()
     with Ledger(config.parent / "state" / "ledger" / "ledger.db") as ledger:
         ledger.claim_next()
@@ -250,7 +255,7 @@ def test_root_acts_as_the_owner_of_the_state_dir(short_tmp: Path) -> None:
     state = short_tmp / "state"
     state.mkdir()
     os.chown(state, 65534, 65534)  # nobody: the service user's stand-in
-    done = processorctl(config, "submit", "--bucket", "b", "--key=k")
+    done = processorctl(config, "submit", "--bucket", "bkt", "--key=k")
     assert done.returncode == 0, done.stderr
     owners = {p.name: p.stat().st_uid for p in (state / "ledger").iterdir()}
     assert owners and set(owners.values()) == {65534}, owners

@@ -232,10 +232,11 @@ def test_concurrent_submitters_in_separate_processes(tmp_path: Path) -> None:
 
 def test_processorctl_submit_works_with_the_daemon_down(short_tmp: Path) -> None:
     config = write_config(short_tmp)
-    done = processorctl(config, "submit", "--bucket", "in", "--key=-rf $(reboot)", "--etag", '"abc"')
+    done = processorctl(config, "submit", "--bucket", "in-bucket", "--key=-rf $(reboot)", "--etag", '"abc"')
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()
-    dup = processorctl(config, "submit", "--bucket", "in", "--key=-rf $(reboot)", "--etag", "abc", "--json")
+    dup = processorctl(config, "submit", "--bucket", "in-bucket", "--key=-rf $(reboot)", "--etag", "abc",
+                       "--json")
     assert dup.returncode == 0 and f'"job_id": "{job_id}"' in dup.stdout and '"created": false' in dup.stdout
     with Ledger(short_tmp / "state" / "ledger" / "ledger.db") as ledger:
         job = ledger.get(job_id)

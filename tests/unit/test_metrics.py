@@ -13,10 +13,11 @@ from worker.states import JobState
 from worker.telemetry import metrics
 
 
-def finished(state: JobState = JobState.SUCCEEDED, bytes_in: int = 0, bytes_out: int = 0) -> Job:
+def finished(state: JobState = JobState.SUCCEEDED, bytes_in: int = 0, bytes_out: int = 0,
+             cpu_s: float | None = None, peak_memory_bytes: int | None = None) -> Job:
     return Job(id="j-abc", bucket="in", key="reports/q3.csv", version_id=None, etag="e",
                state=state, attempts=2, created_at=1.0, updated_at=2.0,
-               bytes_in=bytes_in, bytes_out=bytes_out)
+               bytes_in=bytes_in, bytes_out=bytes_out, cpu_s=cpu_s, peak_memory_bytes=peak_memory_bytes)
 
 
 def test_document_has_the_required_emf_structure() -> None:
@@ -40,6 +41,14 @@ def test_document_has_the_required_emf_structure() -> None:
     assert (doc["BytesIn"], doc["BytesOut"], doc["Jobs"], doc["Attempts"]) == (1234, 56, 1, 2)
     assert (doc["job_id"], doc["bucket"], doc["key"]) == ("j-abc", "in", "reports/q3.csv")
     json.dumps(doc, allow_nan=False)  # plain JSON, as CloudWatch parses it
+
+
+def test_what_the_command_used_is_a_metric_when_it_ran() -> None:
+    doc = metrics.document(finished(cpu_s=1.23456, peak_memory_bytes=5 << 20), 2.0, now=1.0)
+    (directive,) = doc["_aws"]["CloudWatchMetrics"]
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    assert units["JobCpuTime"] == "Seconds" and units["JobPeakMemory"] == "Bytes"
+    assert (doc["JobCpuTime"], doc["JobPeakMemory"]) == (1.235, 5 << 20)
 
 
 def test_missing_byte_counts_are_zero() -> None:

@@ -49,6 +49,14 @@ EXPECTED: dict[tuple[Outcome, str], tuple[JobState, int, bool, float | None, boo
     (Outcome.WAIT_FOR_SPACE, "its last counted attempt"): (Q, 2, False, 2.5, False),
     (Outcome.WAIT_FOR_SPACE, "after many uncounted waits for S3"): (Q, 1, False, 15.0, False),
     (Outcome.WAIT_FOR_SPACE, "out of attempts (the daemon died during each)"): (Q, 3, False, 2.5, False),
+    # A shortage of descriptors or memory waits like a full disk (the same short checks).
+    **{(Outcome.WAIT_FOR_RESOURCES, name): value for (outcome, name), value in {
+        (Outcome.WAIT_FOR_SPACE, "first attempt"): (Q, 0, False, 2.5, False),
+        (Outcome.WAIT_FOR_SPACE, "one counted failure behind it"): (Q, 1, False, 2.5, False),
+        (Outcome.WAIT_FOR_SPACE, "its last counted attempt"): (Q, 2, False, 2.5, False),
+        (Outcome.WAIT_FOR_SPACE, "after many uncounted waits for S3"): (Q, 1, False, 15.0, False),
+        (Outcome.WAIT_FOR_SPACE, "out of attempts (the daemon died during each)"): (Q, 3, False, 2.5, False),
+    }.items()},
     **{(Outcome.REQUEUE, name): (Q, counted, False, 0.0, False)
        for name, (_, counted) in SITUATIONS.items()},
     **{(outcome, name): (target, counted, False, None, False)
@@ -111,7 +119,8 @@ def test_a_command_that_always_exits_75_runs_max_attempts_times() -> None:
 
 def test_uncounted_outcomes_never_fail_a_job() -> None:
     """An S3 outage, a full disk or shutdowns delay a job for ever, never fail it."""
-    for outcome in (Outcome.WAIT_FOR_STORAGE, Outcome.WAIT_FOR_SPACE, Outcome.REQUEUE):
+    for outcome in (Outcome.WAIT_FOR_STORAGE, Outcome.WAIT_FOR_SPACE, Outcome.WAIT_FOR_RESOURCES,
+                    Outcome.REQUEUE):
         for attempts in (1, 10, 100, 5000):
             move = decide(running(attempts, 2), Attempt(outcome, ERROR), SETTINGS, NOW)
             assert move.target is JobState.QUEUED and move.counted_attempts == 2, (outcome, attempts)

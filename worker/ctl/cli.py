@@ -20,7 +20,7 @@ from worker import __version__, exitcodes
 from worker.config import CONFIG_HELP, Settings, config_path, load_settings
 from worker.ctl.control_client import wake
 from worker.errors import ConfigError, JobNotFound, LedgerError, UsageError
-from worker.identity import Identity, decode_key_base64, normalise_etag
+from worker.identity import Identity, bucket_name_problem, decode_key_base64, normalise_etag
 from worker.ledger import Ledger
 from worker.states import JobState
 from worker.storage.layout import MAX_KEY_BYTES
@@ -291,6 +291,9 @@ def _submit(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: T
 def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
     if not bucket:
         raise UsageError("--bucket must not be empty")
+    problem = bucket_name_problem(bucket)
+    if problem is not None:
+        raise UsageError(f"--bucket {bucket!r} is not a valid S3 bucket name: it {problem}")
     if not key:
         raise UsageError("--key must not be empty")
     try:

@@ -8,6 +8,7 @@ imports this module when one of these commands is asked for.
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from worker.ctl.jobs import (
 from worker.ctl.render import describe, dump_json, fail, first_line, printable, result_location, table, when
 from worker.errors import ControlError, InvalidTransition, UsageError
 from worker.job import Job
+from worker.joblog import was_cut
 from worker.ledger import Ledger
 from worker.states import TERMINAL, JobState
 
@@ -329,6 +331,10 @@ def _logs(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Tex
     _copy_from(path, offset, out)
     if offset == 0 and not path.exists():
         print(f"processorctl: no output recorded yet for {job.id} ({path})", file=sys.stderr)
+    elif was_cut(path):
+        print(f"processorctl: this log was cut at logging.job_log_max_mb "
+              f"({settings.logging.job_log_max_mb} MiB): the middle is left out, "
+              "where the line '[processor: log cut: ...]' stands", file=sys.stderr)
     return exitcodes.OK
 
 
@@ -344,12 +350,16 @@ def _copy_from(path: Path, offset: int, out: TextIO) -> int:
     try:
         with path.open("rb") as fh:
             fh.seek(offset)
-            data = fh.read()
+            # In blocks (a log can be job_log_max_mb large), decoded across their edges.
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while data := fh.read(1024 * 1024):
+                out.write(decoder.decode(data))
+                offset += len(data)
+            out.write(decoder.decode(b"", final=True))
     except FileNotFoundError:
         return offset
-    out.write(data.decode("utf-8", "replace"))
     out.flush()
-    return offset + len(data)
+    return offset
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TextIO
 import structlog
 
 from worker.config import Settings
+from worker.dirs import make_dirs
 from worker.telemetry import metrics
 from worker.telemetry.journal import JournalHandler, stderr_is_journal
 
@@ -130,7 +131,7 @@ def configure(
     if "journald" not in handlers or not stderr_is_journal(environ, _fileno(stderr)):
         handlers["stderr"] = logging.StreamHandler(stderr)
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(log_dir)
         handlers["file"] = logging.handlers.RotatingFileHandler(
             log_dir / "processor.jsonl", maxBytes=LOG_FILE_BYTES,
             backupCount=LOG_FILE_BACKUPS, encoding="utf-8",

@@ -9,7 +9,8 @@ need no PutMetricData call and no extra IAM beyond writing logs. Shape::
         "Dimensions": [["Outcome"], []],
         "Metrics": [{"Name": "JobDuration", "Unit": "Seconds"}, ...]}]},
      "Outcome": "succeeded", "JobDuration": 1.5, "BytesIn": 10, "BytesOut": 7,
-     "Jobs": 1, "Attempts": 1, "job_id": "j-…", "bucket": "…", "key": "…"}
+     "Jobs": 1, "Attempts": 1, "JobCpuTime": 0.2, "JobPeakMemory": 10485760,
+     "job_id": "j-…", "bucket": "…", "key": "…"}
 
 The empty dimension set gives fleet-wide totals beside the per-outcome ones;
 ``job_id``/``key``/``bucket`` are properties (searchable in Logs Insights, not
@@ -45,7 +46,12 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("BytesOut", "Bytes"),
     ("Jobs", "Count"),
     ("Attempts", "Count"),
+    ("JobCpuTime", "Seconds"),
+    ("JobPeakMemory", "Bytes"),
 )
+
+#: Metrics only a job whose command ran has.
+_RAN_ONLY = frozenset({"JobCpuTime", "JobPeakMemory"})
 
 #: Dimension sets: per final state, and one without dimensions for totals.
 DIMENSIONS: tuple[tuple[str, ...], ...] = (("Outcome",), ())
@@ -56,7 +62,13 @@ _log.setLevel(logging.CRITICAL + 1)  # off until worker.telemetry.logsetup attac
 
 
 def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
-    """The EMF document of one finished job (``now`` in epoch seconds)."""
+    """The EMF document of one finished job (``now`` in epoch seconds).
+
+    ``JobCpuTime``/``JobPeakMemory`` (the command's, worker.process) are left out,
+    values and declarations, for a job whose command never ran.
+    """
+    used = {} if job.cpu_s is None else {
+        "JobCpuTime": round(job.cpu_s, 3), "JobPeakMemory": job.peak_memory_bytes or 0}
     return {
         "_aws": {
             "Timestamp": int(now * 1000),
@@ -64,7 +76,8 @@ def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
                 {
                     "Namespace": NAMESPACE,
                     "Dimensions": [list(names) for names in DIMENSIONS],
-                    "Metrics": [{"Name": name, "Unit": unit} for name, unit in METRICS],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, unit in METRICS
+                                if name not in _RAN_ONLY or used],
                 }
             ],
         },
@@ -74,6 +87,7 @@ def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
         "BytesOut": job.bytes_out,
         "Jobs": 1,
         "Attempts": job.attempts,
+        **used,
         "job_id": job.id,
         "bucket": job.bucket,
         "key": job.key,
