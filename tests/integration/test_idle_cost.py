@@ -21,6 +21,7 @@ from tests.support.daemon import daemon, write_config
 from tests.support.probes import memory_kib
 from tests.support.report import REPORT
 from tests.support.waiting import cpu_seconds
+from worker.fleet.dynamo import table_definition
 
 #: The idle window: long enough for a few watchdog ticks and long polls.
 WINDOW_S = 20.0
@@ -40,6 +41,7 @@ def test_an_idle_daemon_costs_nothing(short_tmp: Path, aws: Any, moto_endpoint: 
 
     aws("s3").create_bucket(Bucket="idle-out")
     queue_url = aws("sqs").create_queue(QueueName="idle-work")["QueueUrl"]
+    aws("dynamodb").create_table(**table_definition("idle-jobs"))
     single_dir, fleet_dir = short_tmp / "one", short_tmp / "fleet"
     single_dir.mkdir()
     fleet_dir.mkdir()
@@ -47,7 +49,8 @@ def test_an_idle_daemon_costs_nothing(short_tmp: Path, aws: Any, moto_endpoint: 
     fleet = write_config(fleet_dir, output_bucket="idle-out", endpoint=moto_endpoint)
     with fleet.open("a") as fh:
         fh.write("[queue]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in {
-            "url": queue_url, "endpoint_url": moto_endpoint, "wait_s": 20}.items()))
+            "url": queue_url, "endpoint_url": moto_endpoint, "wait_s": 20, "table": "idle-jobs",
+            "holder": "idle"}.items()))
     with daemon(single, single_dir / "p.sock") as one, daemon(fleet, fleet_dir / "p.sock") as many:
         time.sleep(SETTLE_S)
         procs = {"single": one.pid, "fleet": many.pid}

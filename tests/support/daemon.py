@@ -13,8 +13,10 @@ from typing import Any
 
 from tests.support.emulator import CREDENTIALS
 from tests.support.waiting import cpu_seconds, wait_until
+from worker.config import load_settings
 from worker.ctl.control_client import request
 from worker.errors import ControlError
+from worker.process import reap_orphans
 
 #: The bundled summariser, as the processing command of test daemons.
 DEFAULT_COMMAND = [sys.executable, "-m", "worker.examples.summarize", "{input}", "{output_dir}"]
@@ -78,6 +80,9 @@ def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subproce
             proc.kill()
         proc.wait(timeout=10)
         err.close()
+        # A daemon killed with jobs running leaves their commands (own sessions) behind:
+        # stop them too, as every process a test starts is stopped by it.
+        reap_orphans(load_settings(config, environ={}).paths.work)
 
 
 def wait_state(config: Path, job_id: str, states: set[str], stall_s: float = 60) -> dict[str, Any]:
