@@ -7,6 +7,7 @@
 - ``claims``       claims on the records: read, plan, conditional write, renew, settle
 - ``dynamo``       the records on DynamoDB (the only boto3 user for DynamoDB)
 - ``messages``     delete, hand back (a fresh message), dead-letter, release
+- ``results``      what the output bucket already says: a manifest of this version, a failure record
 - ``breaker``      pause receiving while storage is down
 - ``slots``        the daemon's side: queue slots and the ``InstanceGuard`` protocol
 - ``instance``     the instance guard: Spot notice, lifecycle watch, scale-in protection

@@ -41,14 +41,14 @@ from worker.errors import LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import Claim, FleetClaims
 from worker.fleet.messages import Messages
-from worker.fleet.record import ClaimKind, FleetJob, FleetState, JobRecords, RecordError
+from worker.fleet.record import ClaimKind, FleetState, JobRecords, RecordError
+from worker.fleet.results import ResultChecks
 from worker.fleet.workqueue import (
     MAX_BATCH,
     MalformedMessage,
     QueueError,
     Received,
     WorkQueue,
-    manifest_matches,
     parse_message,
 )
 from worker.job import Job
@@ -59,7 +59,7 @@ from worker.process import StopToken
 from worker.recorder import job_logger
 from worker.states import JobState
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
+from worker.storage.layout import FAILED_NAME
 
 #: First and longest wait after a failed receive (the endpoint down, throttling).
 RECEIVE_BACKOFF_S = (1.0, 30.0)
@@ -148,6 +148,7 @@ class QueueConsumer:
         #: receive overlaps them; and the manifest check's second read.
         self._io = ThreadPoolExecutor(max_workers=settings.processing.concurrency + 2,
                                       thread_name_prefix="queue-io")
+        self._results = ResultChecks(settings, self._store, pipeline.recorder, self._io)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -316,8 +317,8 @@ class QueueConsumer:
             return
         # Failed for good: its message belongs in the DLQ once _failed.json is durable.
         try:
-            existed = self._failure_written(record.job_id, record.key)
-            durable = existed or self._write_failure_from_record(record)
+            existed = self._results.failure_written(record.job_id, record.key)
+            durable = existed or self._results.write_failure_from_record(record)
         except StorageError as exc:
             bound.warning("queue_message_kept", error=str(exc))
             self._messages.hand_back(message.receipt, message.message_id, message.body,
@@ -341,7 +342,7 @@ class QueueConsumer:
             if held.lost:
                 outcome = Outcome.REQUEUE
                 final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "the claim was lost"))
-            elif self._already_processed(job):
+            elif self._results.already_processed(job):
                 outcome = Outcome.SUCCEEDED
                 done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
                                result_prefix=self._pipeline.result_prefix(job))
@@ -369,64 +370,6 @@ class QueueConsumer:
         except Exception:  # a settle that crashed: the message comes back after its lease
             log.exception("queue_settle_crashed", job_id=held.job_id, message_id=held.message_id)
 
-    def _already_processed(self, job: Job) -> bool:
-        """Whether the output bucket holds a manifest of this very version (S3 trouble: no).
-
-        Looked for where the job's results land (worker.storage.layout): under the key, and
-        under ``_by-id/<job id>/``, where a success goes when one of its outputs'
-        keys would not fit under the key.
-        """
-        bucket = self._settings.s3.output_bucket
-        prefixes = list(dict.fromkeys([self._pipeline.result_prefix(job),
-                                       fallback_prefix(self._settings.s3.output_prefix, job.id)]))
-        try:
-            # Both reads at once: each is a round trip, and nearly always both are misses.
-            found = self._read_manifests(bucket, prefixes)
-            for manifest in found:
-                if manifest is None:
-                    continue
-                current = None
-                if not job.version_id and not job.etag:
-                    info = self._store.head(job.bucket, job.key)
-                    current = (info.version_id, info.etag)
-                if manifest_matches(manifest, job.identity, current):
-                    return True
-        except StorageError as exc:
-            # The pipeline meets the same trouble and retries as it always does.
-            log.warning("manifest_check_failed", job_id=job.id, error=str(exc))
-            return False
-        return False
-
-    def _read_manifests(self, bucket: str, prefixes: list[str]) -> list[dict[str, Any] | None]:
-        try:
-            later = [self._io.submit(self._store.read_json, bucket, p + MANIFEST_NAME) for p in prefixes[1:]]
-        except RuntimeError:  # closing: one after the other
-            return [self._store.read_json(bucket, p + MANIFEST_NAME) for p in prefixes]
-        return [self._store.read_json(bucket, prefixes[0] + MANIFEST_NAME),
-                *(future.result() for future in later)]
-
-    def _failure_written(self, job_id: str, key: str) -> bool:
-        prefix = self._pipeline.recorder.result_prefix_of(key, job_id)
-        record = self._store.read_json(self._settings.s3.output_bucket, prefix + FAILED_NAME)
-        return record is not None and record.get("job_id") == job_id
-
-    def _write_failure_from_record(self, record: FleetJob) -> bool:
-        """Write ``_failed.json`` from the fleet record (the instance that failed it could not);
-        True once written, StorageError when S3 fails."""
-        from worker import __version__
-
-        document = {
-            "job_id": record.job_id,
-            "source": {"bucket": record.bucket, "key": record.key, "version_id": record.version_id,
-                       "etag": record.etag},
-            "state": record.state.value, "error": record.error, "exit_code": None, "stderr_tail": None,
-            "attempts": record.attempts, "failed_at": record.finished_at,
-            "processor_version": __version__,
-        }
-        prefix = self._pipeline.recorder.result_prefix_of(record.key, record.job_id)
-        self._store.put_json(self._settings.s3.output_bucket, prefix + FAILED_NAME, document)
-        return True
-
     def _settle(self, held: Held, job: Job, outcome: Outcome) -> None:
         """Write the attempt to the fleet record, then delete, dead-letter or hand back the message."""
         with self._lock:
@@ -448,7 +391,7 @@ class QueueConsumer:
             failed_at = f"{result}{FAILED_NAME}" if result else None
             self._claims.settle(claim, FleetState.FAILED, job.counted_attempts, job.error, result=failed_at)
             try:
-                durable = self._failure_written(job.id, job.key)
+                durable = self._results.failure_written(job.id, job.key)
             except StorageError:
                 durable = False
             if durable:

@@ -17,11 +17,10 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
-import botocore.exceptions
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
-from worker.aws_errors import TRANSPORT_ERRORS, client_error
+from worker.aws_errors import BOTOCORE_ERRORS, failure
 from worker.config import Settings, queue_region
 from worker.fleet.record import (
     FINAL_STATES,
@@ -53,16 +52,12 @@ _deserializer = TypeDeserializer()
 def _translated(what: str) -> Iterator[None]:
     try:
         yield
-    except botocore.exceptions.ClientError as exc:
-        code, message = client_error(exc)
-        if code == "ConditionalCheckFailedException":
+    except BOTOCORE_ERRORS as exc:
+        found = failure(exc)
+        if found.code == "ConditionalCheckFailedException":
             raise RecordConflict(f"{what}: the record changed meanwhile") from exc
-        raise RecordError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES,
-                          code=code) from exc
-    except TRANSPORT_ERRORS as exc:
-        raise RecordError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise RecordError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
+        raise RecordError(f"{what}: {found.text}", retryable=found.retryable(_RETRYABLE_CODES),
+                          code=found.code) from exc
 
 
 def to_item(record: FleetJob) -> dict[str, Any]:

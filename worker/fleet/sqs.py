@@ -19,7 +19,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from worker.aws_errors import TRANSPORT_ERRORS, client_error
+from worker.aws_errors import BOTOCORE_ERRORS, failure
 from worker.config import Settings, queue_region
 from worker.fleet.workqueue import MAX_BATCH, MAX_DELAY_S, QueueError, Received
 from worker.retry import sqs_client
@@ -37,14 +37,10 @@ _RETRYABLE_CODES = frozenset(
 def _translated(what: str) -> Iterator[None]:
     try:
         yield
-    except botocore.exceptions.ClientError as exc:
-        code, message = client_error(exc)
-        raise QueueError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES,
-                         code=code) from exc
-    except TRANSPORT_ERRORS as exc:
-        raise QueueError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise QueueError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
+    except BOTOCORE_ERRORS as exc:
+        found = failure(exc)
+        raise QueueError(f"{what}: {found.text}", retryable=found.retryable(_RETRYABLE_CODES),
+                         code=found.code) from exc
 
 
 class SQSQueue:
