@@ -323,11 +323,11 @@ class Daemon(FleetSlots, DaemonStatus):
                 if job is not None:
                     token = StopToken()
                     self._slots[job.id] = _Slot(job, token, time.monotonic())
+                else:
+                    # The reservation is gone: a receiver waiting for a free slot
+                    # (wait_for_slot) must hear of it, or it sleeps its full wait.
+                    self._slot_freed.notify_all()
         if job is None:
-            with self._slots_lock:
-                # The reservation is gone: a receiver waiting for a free slot
-                # (wait_for_slot) must hear of it, or it sleeps its full wait.
-                self._slot_freed.notify_all()
             if self._draining:
                 # The drain waits for reservations to go; an idle loop must
                 # not wake itself here (it would spin: issue 19).

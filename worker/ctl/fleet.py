@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from worker import exitcodes
 from worker.config import Settings
+from worker.ctl.jobs import split_s3_url
 from worker.ctl.render import dump_json, printable, table, when
 from worker.errors import JobNotFound, UsageError
 from worker.fleet.record import FleetJob, FleetState, RecordConflict, running_by_holder
@@ -49,14 +50,6 @@ def _queue(settings: Settings) -> Any:
     from worker.fleet.sqs import SQSQueue
 
     return SQSQueue.from_settings(settings)
-
-
-def parse_s3_url(text: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); the key may hold any character but must not be empty."""
-    bucket, _, key = text[len("s3://"):].partition("/")
-    if not bucket or not key:
-        raise UsageError(f"{text!r}: expected s3://BUCKET/KEY")
-    return bucket, key
 
 
 def record_dict(record: FleetJob, now: float) -> dict[str, Any]:
@@ -96,7 +89,9 @@ def show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Text
     try:
         target = args.job_id
         if target.startswith("s3://"):
-            bucket, key = parse_s3_url(target)
+            bucket, key = split_s3_url(target, option="JOB")
+            if not key:
+                raise UsageError(f"{target!r}: expected s3://BUCKET/KEY")
             found = records.newest_for_object(bucket, key, limit=None if args.all_versions else 1)
             if not found:
                 raise JobNotFound(f"{target}: never seen by the fleet (no job record; "
@@ -128,7 +123,7 @@ def show(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: Text
 def list_fleet(args: argparse.Namespace, settings: Settings, ledger: Ledger, out: TextIO) -> int:
     """``list --fleet [--state S[,S]] [--since T] [--until T] [--key P] [--limit N|--all]``:
     newest first, a Query on the ``by-state`` index per state (times are the records' last update)."""
-    from worker.ctl.jobs import DEFAULT_LIMIT, parse_time, split_s3_url
+    from worker.ctl.jobs import DEFAULT_LIMIT, parse_time
 
     now = time.time()
     states = _states(args.state)

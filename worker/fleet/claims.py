@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 
 import structlog
 
 from worker.fleet.record import (
     ClaimKind,
+    ClaimPlan,
     FleetJob,
     FleetState,
     Holder,
@@ -36,17 +37,6 @@ log = structlog.get_logger("processor.queue")
 CLAIM_RACES = 5
 
 
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of a claim: what to do, and the record as written (or as read)."""
-
-    kind: ClaimKind
-    record: FleetJob
-    reason: str
-    until: float = 0.0
-    death: bool = False
-
-
 class FleetClaims:
     def __init__(self, records: JobRecords, instance: str, *, lease_s: float, max_attempts: int,
                  clock: Callable[[], float] = time.time) -> None:
@@ -60,7 +50,7 @@ class FleetClaims:
         self._max_attempts = max_attempts
         self._clock = clock
 
-    def claim(self, identity: Identity, message_id: str) -> Claim:
+    def claim(self, identity: Identity, message_id: str) -> ClaimPlan:
         # Most messages are for a job the fleet has no record of yet: plan on that
         # guess and write it conditionally (attribute_not_exists), one request; a
         # record that exists fails the write and is read, as after any lost race.
@@ -70,7 +60,7 @@ class FleetClaims:
                               now=self._clock(), lease_s=self._lease_s - self._margin,
                               max_attempts=self._max_attempts)
             if plan.kind not in (ClaimKind.RUN, ClaimKind.FAIL):
-                return Claim(plan.kind, plan.record, plan.reason, plan.until)
+                return plan
             try:
                 written = self._records.put(plan.record, expected_rev=current.rev if current else None)
             except RecordConflict:
@@ -80,7 +70,7 @@ class FleetClaims:
             if plan.death:
                 log.warning("job_holder_died", job_id=written.job_id, reason=plan.reason,
                             counted_attempts=written.counted_attempts)
-            return Claim(plan.kind, written, plan.reason, death=plan.death)
+            return replace(plan, record=written)
         raise RecordError(f"claim on {identity.job_id()}: lost {CLAIM_RACES} races in a row",
                           retryable=True, code="ClaimRace")
 
@@ -89,12 +79,12 @@ class FleetClaims:
         """How long a claim lasts unrenewed (the record's lease, a little under the message's)."""
         return self._lease_s - self._margin
 
-    def renew(self, claim: Claim) -> bool:
+    def renew(self, claim: ClaimPlan) -> bool:
         """Renew the lease; False when another instance took the claim over. RecordError on failure."""
         now = self._clock()
         return self._records.renew(claim.record.job_id, self.holder.token, now + self.lease_s, now)
 
-    def settle(self, claim: Claim, state: FleetState, counted_attempts: int, error: str | None, *,
+    def settle(self, claim: ClaimPlan, state: FleetState, counted_attempts: int, error: str | None, *,
                waiting_until: float | None = None, result: str | None = None) -> FleetJob | None:
         """Write the attempt's end and release the claim; None when it could not be written."""
         record = settled(claim.record, state, now=self._clock(), counted_attempts=counted_attempts,
@@ -108,8 +98,3 @@ class FleetClaims:
             # The lease runs out; the next claim counts it as a death (at-least-once holds).
             log.error("job_record_not_written", job_id=record.job_id, state=state.value, error=str(exc))
         return None
-
-    def give_up(self, claim: Claim, state: FleetState, *, counted_attempts: int,
-                error: str | None) -> FleetJob | None:
-        """Release a claim that never ran (the ledger refused it)."""
-        return self.settle(claim, state, counted_attempts, error)

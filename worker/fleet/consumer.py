@@ -39,9 +39,9 @@ import structlog
 from worker.config import Settings
 from worker.errors import LedgerError, StorageError
 from worker.fleet.breaker import Breaker
-from worker.fleet.claims import Claim, FleetClaims
+from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
-from worker.fleet.record import ClaimKind, FleetState, JobRecords, RecordError
+from worker.fleet.record import ClaimKind, ClaimPlan, FleetState, JobRecords, RecordError
 from worker.fleet.results import ResultChecks
 from worker.fleet.workqueue import (
     MAX_BATCH,
@@ -105,7 +105,7 @@ class Held:
     body: str
     receive_count: int
     job_id: str
-    claim: Claim
+    claim: ClaimPlan
     #: time.monotonic() of the receive or the last visibility extension.
     extended_at: float
     #: Set once the message is deleted or released: no extension may follow
@@ -271,8 +271,8 @@ class QueueConsumer:
                                                           record.counted_attempts)
         except LedgerError as exc:
             bound.error("queue_claim_failed", error=str(exc))
-            self._claims.give_up(claim, FleetState.QUEUED, counted_attempts=record.counted_attempts,
-                                 error=f"ledger error on {self.holder}")
+            self._claims.settle(claim, FleetState.QUEUED, record.counted_attempts,
+                                f"ledger error on {self.holder}")
             self._messages.hand_back(message.receipt, message.message_id, message.body,
                                      LEDGER_TROUBLE_DELAY_S, "ledger error", record.job_id)
             return 0
@@ -307,7 +307,7 @@ class QueueConsumer:
         self._settle(held, final, Outcome.REQUEUE)
         return 0
 
-    def _ended(self, message: Received, claim: Claim) -> None:
+    def _ended(self, message: Received, claim: ClaimPlan) -> None:
         """A message for a job that has ended fleet-wide."""
         record = claim.record
         bound = log.bind(job_id=record.job_id, message_id=message.message_id, state=record.state.value)
@@ -407,7 +407,7 @@ class QueueConsumer:
             state = FleetState.WAITING if delay > 0 else FleetState.QUEUED
             self._claims.settle(claim, state, job.counted_attempts, job.error,
                                 waiting_until=now + delay if delay > 0 else None)
-            if outcome in (Outcome.WAIT_FOR_STORAGE,):
+            if outcome is Outcome.WAIT_FOR_STORAGE:
                 self.breaker.open("storage", job.error or "S3 unavailable")
             self._messages.hand_back(held.receipt, held.message_id, held.body, delay,
                                      job.error or "handed back", job.id)
