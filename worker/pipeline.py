@@ -97,10 +97,15 @@ class Pipeline:
 
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:
         """Take a job the ledger has marked RUNNING to its next state, and return it."""
+        return self.run_attempt(job, cancel)[0]
+
+    def run_attempt(self, job: Job, cancel: StopToken | None = None) -> tuple[Job, Outcome]:
+        """As ``run``, and how the attempt ended (the fleet consumer pauses on a storage wait)."""
         log = job_logger(job)
-        done = self.recorder.record(job, self.attempt(job, cancel, log), log)
+        attempt = self.attempt(job, cancel, log)
+        done = self.recorder.record(job, attempt, log)
         self.expire_job_logs()
-        return done
+        return done, attempt.outcome
 
     def expire_job_logs(self) -> list[str]:
         """Remove the logs of jobs that ended more than logging.job_log_retention_days ago

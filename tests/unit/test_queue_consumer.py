@@ -480,3 +480,18 @@ def test_a_lost_claim_stops_the_job_and_leaves_the_message_to_the_new_holder(sho
         assert r.records.items[job_id].holder == "i-other"
     assert [e for e in logs if e["event"] == "job_claim_lost"]
     assert [e for e in logs if e["event"] == "queue_message_left"]
+
+
+def test_a_queue_job_expires_old_job_logs_as_a_local_one_does(short_tmp: Path) -> None:
+    import os
+
+    with rig(short_tmp) as r:
+        old = r.daemon.settings.paths.job_log("j-00000000000000000000")
+        old.parent.mkdir(parents=True, exist_ok=True)
+        old.write_text("an old job's output\n")
+        forty_days_ago = time.time() - 40 * 86400  # past the default retention (30 days)
+        os.utime(old, (forty_days_ago, forty_days_ago))
+        etag = r.put("e.txt")
+        message = r.send("e.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the delete")
+        assert not old.exists()

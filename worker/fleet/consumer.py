@@ -56,7 +56,6 @@ from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome
 from worker.pipeline import Pipeline
 from worker.process import StopToken
-from worker.recorder import job_logger
 from worker.states import JobState
 from worker.storage.base import ObjectStore
 from worker.storage.layout import FAILED_NAME
@@ -349,10 +348,8 @@ class QueueConsumer:
                 final = self._pipeline.record(job, done)
                 log.info("job_already_processed", job_id=job.id, key=job.key, reason=ALREADY_PROCESSED)
             else:
-                jlog = job_logger(job)
-                attempt = self._pipeline.attempt(job, token, jlog)
-                outcome = attempt.outcome
-                final = self._pipeline.recorder.record(job, attempt, jlog)
+                # The same run as a local job's (job logs expired there too).
+                final, outcome = self._pipeline.run_attempt(job, token)
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
