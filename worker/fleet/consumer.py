@@ -42,7 +42,7 @@ from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
 from worker.fleet.record import ClaimKind, ClaimPlan, FleetState, JobRecords, RecordError
-from worker.fleet.results import ResultChecks
+from worker.fleet.results import ManifestCheck, ResultChecks
 from worker.fleet.workqueue import (
     MAX_BATCH,
     MalformedMessage,
@@ -51,6 +51,7 @@ from worker.fleet.workqueue import (
     WorkQueue,
     parse_message,
 )
+from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome
@@ -107,6 +108,8 @@ class Held:
     claim: ClaimPlan
     #: time.monotonic() of the receive or the last visibility extension.
     extended_at: float
+    #: The "already processed" check, started as the message arrived.
+    check: ManifestCheck | None = None
     #: Set once the message is deleted or released: no extension may follow
     #: (it would hide a released message again). Guarded by ``lock``.
     settled: bool = False
@@ -144,8 +147,9 @@ class QueueConsumer:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         #: Settles (record write, message delete) after the slot is freed, so the next
-        #: receive overlaps them; and the manifest check's second read.
-        self._io = ThreadPoolExecutor(max_workers=settings.processing.concurrency + 2,
+        #: receive overlaps them; and the manifest checks' reads (two per job), so they
+        #: overlap the claim.
+        self._io = ThreadPoolExecutor(max_workers=3 * settings.processing.concurrency + 2,
                                       thread_name_prefix="queue-io")
         self._results = ResultChecks(settings, self._store, pipeline.recorder, self._io)
 
@@ -241,6 +245,18 @@ class QueueConsumer:
             self._messages.hand_back(message.receipt, message.message_id, message.body, 0, why, None)
             return 0
         bound = log.bind(message_id=message.message_id, key=identity.key)
+        # Read while the claim is written; dropped (or never asked) unless the job runs here.
+        check = self._results.start_check(identity)
+        started = 0
+        try:
+            started = self._start(message, identity, check, bound)
+        finally:
+            if not started:
+                check.cancel()
+        return started
+
+    def _start(self, message: Received, identity: Identity, check: ManifestCheck, bound: Any) -> int:
+        """Claim the message's job and start it in a reserved slot (1), or end its message (0)."""
         try:
             claim = self._claims.claim(identity, message.message_id)
         except RecordError as exc:
@@ -276,7 +292,7 @@ class QueueConsumer:
                                      LEDGER_TROUBLE_DELAY_S, "ledger error", record.job_id)
             return 0
         held = Held(message.message_id, message.receipt, message.body, message.receive_count, job.id,
-                    claim, time.monotonic())
+                    claim, time.monotonic(), check)
         if not claimed:
             # This ledger holds the job as running (it cannot be: this process
             # holds no such claim) or succeeded (the fleet record was lost).
@@ -341,7 +357,7 @@ class QueueConsumer:
             if held.lost:
                 outcome = Outcome.REQUEUE
                 final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "the claim was lost"))
-            elif self._results.already_processed(job):
+            elif self._already_processed(held, job):
                 outcome = Outcome.SUCCEEDED
                 done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
                                result_prefix=self._pipeline.result_prefix(job))
@@ -360,6 +376,12 @@ class QueueConsumer:
             except RuntimeError:  # the consumer is closing: settle here
                 self._settle_quietly(held, final, outcome)
         return final
+
+    def _already_processed(self, held: Held, job: Job) -> bool:
+        check, held.check = held.check, None
+        if check is None:
+            return self._results.already_processed(job.identity)
+        return check.already_processed()
 
     def _settle_quietly(self, held: Held, job: Job, outcome: Outcome) -> None:
         try:
