@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from processor_layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 from worker import __version__
 from worker.config import Settings
 from worker.errors import StorageError
@@ -21,7 +22,6 @@ from worker.fleet.workqueue import manifest_matches
 from worker.job import Job
 from worker.recorder import Recorder
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 
 log = structlog.get_logger("processor.queue")
 
@@ -37,7 +37,7 @@ class ResultChecks:
     def already_processed(self, job: Job) -> bool:
         """Whether the output bucket holds a manifest of this very version (S3 trouble: no).
 
-        Looked for where the job's results land (worker.storage.layout): under the key, and
+        Looked for where the job's results land (processor_layout): under the key, and
         under ``_by-id/<job id>/``, where a success goes when one of its outputs'
         keys would not fit under the key.
         """
