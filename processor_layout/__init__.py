@@ -25,8 +25,11 @@ rule is one per job, so a result set is never split over two prefixes:
 * a success also needs every output's key to fit; when one does not, the whole
   job (outputs and manifest) moves to the fallback.
 
-Source keys ``_by-id`` and ``_by-id/...`` always use the fallback, so a
-source key can never name another job's fallback prefix.
+Source keys ``_by-id`` and ``_by-id/...`` always use the fallback, whatever the
+output prefix, so a source key can never name another job's fallback prefix
+(nor the parent of them all); ``_by-idx`` is an ordinary key. Reading a listing
+back (:func:`marker_source`, :func:`marker_job_id`) is the same rule inverted:
+a marker under ``<output prefix>_by-id/`` is a job's, never a source key's.
 """
 
 from __future__ import annotations
@@ -85,6 +88,15 @@ def fallback_prefix(output_prefix: str, job: str) -> str:
     return f"{output_prefix}{FALLBACK_DIR}{job}/"
 
 
+def names_fallback(key: str) -> bool:
+    """Whether ``key``'s normal prefix would lie in the fallback space (``_by-id`` or ``_by-id/...``).
+
+    Judged on the key, not on ``<output prefix><key>/``: both prefixes start with
+    the same output prefix, so only what follows it can collide.
+    """
+    return f"{key}/".startswith(FALLBACK_DIR)
+
+
 def fits(prefix: str, names: Iterable[str] = ()) -> bool:
     """Whether ``prefix`` + each reserved name and each of ``names`` is a legal S3 key."""
     base = key_bytes(prefix)
@@ -94,11 +106,11 @@ def fits(prefix: str, names: Iterable[str] = ()) -> bool:
 def result_prefix(output_prefix: str, key: str, job: str, outputs: Iterable[str] = ()) -> str:
     """The one prefix of job ``job``'s outcome; ``outputs`` are the relative output paths (if any).
 
-    The normal prefix when it and every name under it fit in S3's key limit,
-    else the fallback (module docstring).
+    The normal prefix when the key does not name the fallback space and every
+    name under the prefix fits in S3's key limit, else the fallback (module docstring).
     """
     normal = normal_prefix(output_prefix, key)
-    if not normal.startswith(FALLBACK_DIR) and fits(normal, outputs):
+    if not names_fallback(key) and fits(normal, outputs):
         return normal
     return fallback_prefix(output_prefix, job)
 
@@ -141,8 +153,15 @@ def _marker_base(output_prefix: str, listed_key: str) -> str | None:
 
 
 def marker_source(output_prefix: str, listed_key: str) -> str | None:
-    """The source key whose normal-location marker ``listed_key`` would be, else None."""
-    return _marker_base(output_prefix, listed_key)
+    """The source key whose normal-location marker ``listed_key`` is, else None.
+
+    None for every marker under ``<output prefix>_by-id/``: no source key's
+    results live there (:func:`names_fallback`).
+    """
+    base = _marker_base(output_prefix, listed_key)
+    if base is None or names_fallback(base):
+        return None
+    return base
 
 
 def marker_job_id(output_prefix: str, listed_key: str) -> str | None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from lambda_trigger import reconcile_plan
 from lambda_trigger.reconcile_plan import Results, Verdict, index_results, plan
-from processor_layout import job_id
+from processor_layout import job_id, result_prefix
 from worker.identity import Identity
 
 NOW = 1_000_000.0
@@ -22,6 +24,37 @@ class Obj:
     version_id: str | None = None
     etag: str | None = "e"
     last_modified: float = NOW - 3600
+
+
+@pytest.mark.parametrize("prefix", ["", "out/", "a/b/"])
+def test_a_key_that_looks_like_a_fallback_prefix_is_never_a_jobs_result(prefix: str) -> None:
+    """Results listed under <prefix>_by-id/<job id>/ are that job's; no source key is credited
+    with them, so an object named ``_by-id/<job id>`` is not taken for done by another job's result."""
+    other = job_id("in", "k" * 1100, None, "e")
+    listing = [f"{prefix}_by-id/{other}/_manifest.json", f"{prefix}_by-id/_manifest.json",
+               f"{prefix}_by-id/x/_failed.json", f"{prefix}_by-id/{other}/f/_manifest.json",
+               f"{prefix}_by-idx/_manifest.json"]
+
+    results = index_results(listing, prefix)
+
+    assert results.job_ids == {other, "x"}
+    assert results.keys == {"_by-idx"}
+    objects = [Obj(key) for key in ("_by-id", "_by-id/x", f"_by-id/{other}", f"_by-id/{other}/f", "_by-idx")]
+    verdicts = {d.listed.key: d.verdict for d in plan(objects, bucket="in", results=results, now=NOW,
+                                                       older_than_s=0)}
+    assert verdicts == {"_by-id": Verdict.SUBMIT, "_by-id/x": Verdict.SUBMIT,
+                        f"_by-id/{other}": Verdict.SUBMIT, f"_by-id/{other}/f": Verdict.SUBMIT,
+                        "_by-idx": Verdict.HAS_RESULT}
+
+
+def test_a_fallback_result_of_a_by_id_key_counts_for_it() -> None:
+    """Such a key's own results are at its own fallback, and the plan finds them there."""
+    for prefix in ("", "out/", "a/b/"):
+        key = "_by-id/x"
+        job = job_id("in", key, None, "e")
+        results = index_results([result_prefix(prefix, key, job) + "_manifest.json"], prefix)
+        (decision,) = plan([Obj(key)], bucket="in", results=results, now=NOW, older_than_s=0)
+        assert decision.verdict is Verdict.HAS_RESULT, prefix
 
 
 def test_index_finds_results_at_both_locations_and_ignores_other_files() -> None:
