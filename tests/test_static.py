@@ -23,7 +23,8 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff is in the test extra: pip install -e '.[test]'")
-    paths = [p for p in ("worker", "lambda_trigger", "tests", "bench") if (REPO / p).is_dir()]
+    paths = [p for p in ("worker", "lambda_trigger", "processor_layout", "tests", "bench")
+             if (REPO / p).is_dir()]
     done = subprocess.run([ruff, "check", *paths], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -27,6 +27,8 @@ from typing import Any
 
 import structlog
 
+from processor_layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
+from processor_layout import result_prefix as layout_result_prefix
 from worker import __version__
 from worker.cgroup import job_cgroups
 from worker.command_env import base_environment, job_environment
@@ -50,8 +52,6 @@ from worker.recorder import Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
 from worker.states import JobState, Phase
 from worker.storage.base import ObjectInfo, ObjectStore, verify_download
-from worker.storage.layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
-from worker.storage.layout import result_prefix as layout_result_prefix
 
 #: How often byte counters are written to the ledger during a transfer.
 PROGRESS_INTERVAL_S = 0.5
@@ -92,7 +92,7 @@ class Pipeline:
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
         """Where this job's outcome lands: ``<output prefix><source key>/``, or the
-        ``_by-id/<job id>/`` fallback when a key under it would not fit (worker.storage.layout)."""
+        ``_by-id/<job id>/`` fallback when a key under it would not fit (processor_layout)."""
         return layout_result_prefix(self.settings.s3.output_prefix, job.key, job.id, outputs or ())
 
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:

@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from processor_layout import FAILED_NAME
+from processor_layout import result_prefix as layout_result_prefix
 from worker import __version__
 from worker.config import Settings
 from worker.errors import StorageError
@@ -23,8 +25,6 @@ from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, decide
 from worker.states import TERMINAL, JobState, Phase
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME
-from worker.storage.layout import result_prefix as layout_result_prefix
 
 
 def job_logger(job: Job) -> Any:
@@ -95,11 +95,11 @@ class Recorder:
         return updated
 
     def result_prefix(self, job: Job) -> str:
-        """Where this job's outcome lands (worker.storage.layout)."""
+        """Where this job's outcome lands (processor_layout)."""
         return self.result_prefix_of(job.key, job.id)
 
     def result_prefix_of(self, key: str, job_id: str) -> str:
-        """Where the outcome of job ``job_id`` on ``key`` lands (worker.storage.layout)."""
+        """Where the outcome of job ``job_id`` on ``key`` lands (processor_layout)."""
         return layout_result_prefix(self.settings.s3.output_prefix, key, job_id)
 
     def write_failure_record(self, failed: Job, log: Any) -> bool:

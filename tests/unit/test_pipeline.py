@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import structlog
 
+from processor_layout import FAILED_NAME, MANIFEST_NAME
 from tests.support.pipeline import COPY_UPPER, OUT, claim, make, script
 from worker.errors import StorageError
 from worker.identity import Identity
 from worker.pipeline import OVERLAP_HASH_BYTES
 from worker.process import StopToken
 from worker.states import JobState
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME
 
 
 def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:

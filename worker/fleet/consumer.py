@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from processor_layout import FAILED_NAME
 from worker.config import Settings
 from worker.errors import LedgerError, StorageError
 from worker.fleet.breaker import Breaker
@@ -59,7 +60,6 @@ from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.states import JobState
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME
 
 #: First and longest wait after a failed receive (the endpoint down, throttling).
 RECEIVE_BACKOFF_S = (1.0, 30.0)

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from processor_layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 from worker import __version__
 from worker.config import Settings
 from worker.errors import StorageError
@@ -22,7 +23,6 @@ from worker.fleet.workqueue import manifest_matches
 from worker.identity import Identity
 from worker.recorder import Recorder
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 
 log = structlog.get_logger("processor.queue")
 
@@ -82,7 +82,7 @@ class ResultChecks:
 class ManifestCheck:
     """The manifest reads of one version, started by :meth:`ResultChecks.start_check`.
 
-    Looked for where the job's results land (worker.storage.layout): under the key, and
+    Looked for where the job's results land (processor_layout): under the key, and
     under ``_by-id/<job id>/``, where a success goes when one of its outputs' keys would
     not fit under the key.
     """
