@@ -235,7 +235,7 @@ def test_stderr_is_drained_even_when_the_log_cannot_be_written(tmp_path: Path) -
 def test_backoff_is_exponential_with_equal_jitter(
     attempt: int, base: float, cap: float, low: float, high: float
 ) -> None:
-    from worker.outcome import backoff_delay
+    from lambda_trigger.aws_edge import backoff_delay
 
     delays = [backoff_delay(attempt, base, cap) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
@@ -244,7 +244,7 @@ def test_backoff_is_exponential_with_equal_jitter(
 
 def test_backoff_survives_thousands_of_attempts() -> None:
     """A job waiting days for S3 or disk space keeps counting attempts: no OverflowError."""
-    from worker.outcome import backoff_delay
+    from lambda_trigger.aws_edge import backoff_delay
 
     assert 15 <= backoff_delay(5000, 5, 30) <= 30
 

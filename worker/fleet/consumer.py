@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from lambda_trigger.aws_edge import backoff_ceiling
 from processor_layout import FAILED_NAME
 from worker.config import Settings
 from worker.errors import LedgerError, StorageError
@@ -203,7 +204,7 @@ class QueueConsumer:
     # -- receiving ------------------------------------------------------------
 
     def _receive_loop(self) -> None:
-        delay = RECEIVE_BACKOFF_S[0]
+        failures = 0  # receives failed in a row: the backoff doubles with them, no jitter
         while not self._stopping.is_set():
             if not self.breaker.wait_and_probe(self._stopping):
                 continue
@@ -214,11 +215,12 @@ class QueueConsumer:
             used, failed = 0, False
             try:
                 messages = self._queue.receive(wanted, self._q.wait_s)
-                delay = RECEIVE_BACKOFF_S[0]
+                failures = 0
                 for message in messages:
                     used += self._take(message)
             except QueueError as exc:
-                log.warning("queue_receive_failed", error=str(exc), retry_in_s=delay)
+                log.warning("queue_receive_failed", error=str(exc),
+                            retry_in_s=backoff_ceiling(failures + 1, *RECEIVE_BACKOFF_S))
                 failed = True
             except Exception:
                 # Never let the receiver die: the daemon would hold its slots idle.
@@ -227,8 +229,8 @@ class QueueConsumer:
             finally:
                 self._host.end_poll(wanted - used)
             if failed:  # the backoff holds no slot: local jobs run meanwhile
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RECEIVE_BACKOFF_S[1])
+                failures += 1
+                self._stopping.wait(backoff_ceiling(failures, *RECEIVE_BACKOFF_S))
 
     def _take(self, message: Received) -> int:
         """Start the message's job in a reserved slot (1), or deal with it at once (0)."""

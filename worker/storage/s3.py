@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from tenacity import RetryCallState
 
-from worker.aws_errors import TRANSPORT_ERRORS, client_error
+from worker.aws_errors import BOTOCORE_ERRORS, TRANSPORT_ERRORS, error_reply, translated
 from worker.config import S3Settings
 from worker.errors import ObjectChanged, StorageError
 from worker.identity import normalise_etag
@@ -81,39 +81,46 @@ def _log_retry(state: RetryCallState) -> None:
 _retrying = S3_CALL.decorator(_is_retryable, _log_retry)
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Turn boto3/botocore errors into StorageError naming the operation and object."""
-    try:
-        yield
-    except botocore.exceptions.ClientError as exc:
-        code, message = client_error(exc)
+#: The connection failed: botocore's transport errors, a GET's body broken off
+#: mid-stream, and a download whose body kept breaking off (s3transfer's own retries).
+_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSPORT_ERRORS,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    RetriesExceededError,
+    s3transfer.exceptions.RetriesExceededError,
+)
+#: What S3 calls raise: botocore's errors and those of boto3's managed transfers.
+_S3_ERRORS: tuple[type[Exception], ...] = (
+    *BOTOCORE_ERRORS, *_CONNECTION_ERRORS,
+    s3transfer.exceptions.S3DownloadFailedError, S3UploadFailedError,
+)
+
+
+def _storage_error(what: str, exc: Exception) -> StorageError:
+    """The StorageError (ObjectChanged, when the object is not the job's any more) of one of _S3_ERRORS."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, message = error_reply(exc)
         if code in {"PreconditionFailed", "412"}:
-            raise ObjectChanged(f"{what}: object changed since the event ({message})") from exc
+            return ObjectChanged(f"{what}: object changed since the event ({message})")
         if code in {"NoSuchKey", "404", "NoSuchVersion", "NotFound"}:
-            raise StorageError(f"{what}: object not found ({code})", retryable=False, code=code) from exc
-        raise StorageError(
-            f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES, code=code
-        ) from exc
-    except (
-        *TRANSPORT_ERRORS,
-        # A GET's body broken off mid-stream: the connection again.
-        botocore.exceptions.ResponseStreamingError,
-        botocore.exceptions.IncompleteReadError,
-    ) as exc:
-        raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
-    except s3transfer.exceptions.S3DownloadFailedError as exc:
+            return StorageError(f"{what}: object not found ({code})", retryable=False, code=code)
+        return StorageError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES, code=code)
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport")
+    if isinstance(exc, s3transfer.exceptions.S3DownloadFailedError):
         # s3transfer's only use of it: a ranged GET's If-Match (the HEAD's ETag) failed.
-        raise ObjectChanged(f"{what}: object changed during the download ({exc})") from exc
-    except (RetriesExceededError, s3transfer.exceptions.RetriesExceededError) as exc:
-        # A download whose body kept breaking off mid-stream (s3transfer's own retries).
-        raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
-    except S3UploadFailedError as exc:
+        return ObjectChanged(f"{what}: object changed during the download ({exc})")
+    if isinstance(exc, S3UploadFailedError):
         text = str(exc)
         permanent = any(code in text for code in ("AccessDenied", "NoSuchBucket", "InvalidBucketName"))
-        raise StorageError(f"{what}: {text}", retryable=not permanent, code="UploadFailed") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
+        return StorageError(f"{what}: {text}", retryable=not permanent, code="UploadFailed")
+    return StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__)
+
+
+def _translated(what: str) -> AbstractContextManager[None]:
+    """Turn boto3/botocore errors into StorageError naming the operation and object."""
+    return translated(what, _storage_error, _S3_ERRORS)
 
 
 def _log_failed_attempt(
