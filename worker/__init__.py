@@ -19,8 +19,9 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 - ``job``             a job (one ledger row); ``states`` its states and transition table;
                       ``activity`` what it is doing now, in numbers and words;
                       ``identity`` what makes two deliveries one job, and its id
-- ``ledger``          the SQLite ledger (``ledger_schema``: tables, rows, the one checked state
-                      write; ``ledger_queue``: work-queue jobs; ``ledger_queries``: the read side)
+- ``ledger``          the SQLite ledger (``ledger_queries``: its read side, the base class;
+                      ``ledger_schema``: tables, rows, the one checked state write, a write
+                      transaction's operations; ``ledger_queue``: work-queue jobs, holding a Ledger)
 - ``config``          Settings: the TOML file plus ``PROCESSOR_*`` overrides, validated once
                       (``config_values``: one value's coercion, the overrides)
 - ``errors``          the exception tree, drawn; ``exitcodes``: the exit statuses

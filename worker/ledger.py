@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,9 +21,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from worker.dirs import make_dirs
 from worker.errors import InvalidTransition, LedgerError
 from worker.identity import Identity
-from worker.ledger_queries import JobQueries
-from worker.ledger_queue import QueueJobs
-from worker.ledger_schema import ORIGIN_LOCAL, SCHEMA_VERSION, job_from_row, migrate, move_row, update_row
+from worker.ledger_queries import LedgerReader
+from worker.ledger_schema import (
+    ORIGIN_LOCAL,
+    SCHEMA_VERSION,
+    Transaction,
+    connect,
+    job_from_row,
+    migrate,
+    update_row,
+)
 from worker.states import JobState, Phase
 
 if TYPE_CHECKING:
@@ -49,30 +56,28 @@ class Enqueued(NamedTuple):
     created: bool
 
 
-class Ledger(QueueJobs, JobQueries):
-    """Durable record of every job and every transition.
+class Ledger(LedgerReader):
+    """Durable record of every job and every transition: the read side
+    (``worker.ledger_queries.LedgerReader``) and the writes.
 
-    Jobs from a work queue (``origin`` 'queue', see worker.ledger_queue) are
-    never claimed by ``claim_next``: they run only while their message is held.
-    Queries are in worker.ledger_queries. Every state change goes through
-    ``_move`` (and so ``worker.ledger_schema.move_row``, which checks it).
+    Jobs from a work queue (``origin`` 'queue') are claimed and handed back by
+    ``worker.ledger_queue.QueueLedger``, which holds a Ledger, and never claimed
+    by ``claim_next``: they run only while their message is held. Every write
+    is one ``transaction``, and every state change in it goes through
+    ``Transaction.move`` (and so ``worker.ledger_schema.move_row``, which checks it).
     """
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+        super().__init__(path)
         self._clock = clock
         #: Guards the writing connection; held through each write transaction.
         self._lock = threading.RLock()
-        #: Queries use a connection of their own (WAL readers never wait for a
-        #: writer), opened on first use: processorctl submit never needs it.
-        self._reader: sqlite3.Connection | None = None
-        self._read_lock = threading.Lock()
         #: Progress waiting to be written: {job id: column values} (see set_progress).
         self._progress: dict[str, dict[str, Any]] = {}
         self._progress_lock = threading.Lock()
         try:
             make_dirs(path.parent)
-            self._db = self._connect()
+            self._db = connect(path)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before submit returns 0 or a step starts.
             self._db.execute("PRAGMA synchronous=FULL")
@@ -81,31 +86,11 @@ class Ledger(QueueJobs, JobQueries):
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer
-        # takes the lock up front instead of failing on upgrade mid-transaction.
-        db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        return db
-
     def close(self) -> None:
         with self._lock:
             self._flush_progress()
             self._db.close()
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._read_lock:
-            if self._reader is None:
-                try:
-                    self._reader = self._connect()
-                except sqlite3.Error as exc:
-                    raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
-            yield self._reader
+        super().close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -114,6 +99,16 @@ class Ledger(QueueJobs, JobQueries):
         self.close()
 
     # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[Transaction]:
+        """One write transaction (``_write``) and its checked row operations, all at one time.
+
+        The time is read before the write lock is taken, as every writer here did.
+        """
+        now = self._clock()
+        with self._write(durable=durable) as db:
+            yield Transaction(db, now)
 
     @contextmanager
     def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -185,22 +180,11 @@ class Ledger(QueueJobs, JobQueries):
         return Enqueued(row["id"], JobState(row["state"]), created)
 
     def _submit(self, identity: Identity) -> tuple[sqlite3.Row, bool]:
-        now = self._clock()
-        job_id = identity.job_id()
-        with self._write() as db:
-            row = self._row_by_identity(db, identity)
+        with self.transaction() as txn:
+            row = txn.row_by_identity(identity)
             if row is not None:
                 return row, False
-            db.execute(
-                "INSERT INTO jobs (id, bucket, key, version, version_id, etag, state,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id, identity.bucket, identity.key, identity.version,
-                    identity.version_id, identity.etag, JobState.QUEUED.value, now, now,
-                ),
-            )
-            self._log(db, job_id, None, JobState.QUEUED, now, 0, "submitted")
-            return self._row(db, job_id), True
+            return txn.row(txn.insert(identity, "submitted")), True
 
     def transition(
         self,
@@ -218,17 +202,16 @@ class Ledger(QueueJobs, JobQueries):
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        now = self._clock()
-        with self._write() as db:
-            row = self._row(db, job_id)
+        with self.transaction() as txn:
+            row = txn.row(job_id)
             attempts = row["attempts"] + (1 if target is JobState.RUNNING else 0)
             values: dict[str, Any] = {"attempts": attempts}
             if target is not JobState.RUNNING:
                 values.setdefault("phase", Phase.NONE.value)
             for name, value in fields.items():
                 values[name] = value.value if isinstance(value, Phase) else value
-            self._move(db, row, target, values, reason, now, expect=expect)
-            return job_from_row(self._row(db, job_id))
+            txn.move(row, target, values, reason, expect=expect)
+            return txn.job(job_id)
 
     def claim_next(self) -> Job | None:
         """Move the oldest due queued job to running (attempt counted) and return it.
@@ -240,27 +223,26 @@ class Ledger(QueueJobs, JobQueries):
         running job anyway (only that attempt goes uncounted). Every other
         transition, and every submit, is fsync'd.
         """
-        now = self._clock()
-        with self._write(durable=False) as db:
-            row = db.execute(
+        with self.transaction(durable=False) as txn:
+            row = txn.db.execute(
                 "SELECT id FROM jobs WHERE state = ? AND origin = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, created_at LIMIT 1",
-                (JobState.QUEUED.value, ORIGIN_LOCAL, now),
+                (JobState.QUEUED.value, ORIGIN_LOCAL, txn.now),
             ).fetchone()
             if row is None:
                 return None
             job_id = row["id"]
-            current = self._row(db, job_id)
-            self._move(
-                db, current, JobState.RUNNING,
+            current = txn.row(job_id)
+            txn.move(
+                current, JobState.RUNNING,
                 {
-                    "attempts": current["attempts"] + 1, "started_at": now, "finished_at": None,
+                    "attempts": current["attempts"] + 1, "started_at": txn.now, "finished_at": None,
                     "phase": Phase.NONE.value, "bytes_done": 0, "bytes_total": 0,
                     "bytes_in": 0, "bytes_out": 0, "phase_started_at": None,
                 },
-                "claimed", now,
+                "claimed",
             )
-            return job_from_row(self._row(db, job_id))
+            return txn.job(job_id)
 
     def retry(self, job_id: str, reason: str = "retry requested by an operator") -> Job:
         """Put a failed or cancelled job back in the queue with a fresh attempt budget.
@@ -268,45 +250,44 @@ class Ledger(QueueJobs, JobQueries):
         It becomes a local job (whatever its origin): no queue message stands
         for it any more, so this daemon's own dispatch runs it.
         """
-        now = self._clock()
-        with self._write() as db:
-            row = self._row(db, job_id)
+        with self.transaction() as txn:
+            row = txn.row(job_id)
             # Only an ended job: QUEUED -> QUEUED is no move, RUNNING -> QUEUED is the daemon's.
             if JobState(row["state"]) not in (JobState.FAILED, JobState.CANCELLED):
                 raise InvalidTransition(job_id, row["state"], JobState.QUEUED.value)
-            self._move(
-                db, row, JobState.QUEUED,
-                {"attempts": 0, "counted_attempts": 0, "next_attempt_at": now, "error": None,
+            txn.move(
+                row, JobState.QUEUED,
+                {"attempts": 0, "counted_attempts": 0, "next_attempt_at": txn.now, "error": None,
                  "exit_code": None, "stderr_tail": None, "finished_at": None, "phase": "",
                  "origin": ORIGIN_LOCAL},
-                reason, now, attempt=0,
+                reason, attempt=0,
             )
-            return job_from_row(self._row(db, job_id))
+            return txn.job(job_id)
 
     def requeue_interrupted(self, reason: str) -> list[Job]:
         """On start: every local job left running by a crash goes back to the queue.
 
-        Queue jobs are not requeued here but handed back (``hand_back_queue_jobs``).
+        Queue jobs are not requeued here but handed back (``QueueLedger.hand_back``).
 
         The interrupted attempt spends one of the job's retries: an input that
         kills the daemon every time (a poison object) must not loop for ever.
         """
-        now = self._clock()
-        with self._write() as db:
+        with self.transaction() as txn:
             ids = [
-                r["id"] for r in db.execute(
+                r["id"] for r in txn.db.execute(
                     "SELECT id FROM jobs WHERE state = ? AND origin = ?",
                     (JobState.RUNNING.value, ORIGIN_LOCAL),
                 )
             ]
             for job_id in ids:
-                row = self._row(db, job_id)
-                self._move(
-                    db, row, JobState.QUEUED,
-                    {"phase": "", "next_attempt_at": now, "counted_attempts": row["counted_attempts"] + 1},
-                    reason, now,
+                row = txn.row(job_id)
+                txn.move(
+                    row, JobState.QUEUED,
+                    {"phase": "", "next_attempt_at": txn.now,
+                     "counted_attempts": row["counted_attempts"] + 1},
+                    reason,
                 )
-            return [job_from_row(self._row(db, job_id)) for job_id in ids]
+            return [txn.job(job_id) for job_id in ids]
 
     def set_progress(
         self, job_id: str, *, phase: Phase | None = None,
@@ -371,34 +352,3 @@ class Ledger(QueueJobs, JobQueries):
 
             logging.getLogger("processor.ledger").warning(
                 "progress_not_recorded: %d job(s): %s", len(pending), exc)
-
-    # -- helpers ------------------------------------------------------------
-
-    def _move(
-        self, db: sqlite3.Connection, row: sqlite3.Row, target: JobState, values: Mapping[str, Any],
-        reason: str | None, at: float, *, attempt: int | None = None, expect: JobState | None = None,
-    ) -> None:
-        """Every state change of a job: checked against the table, written, and logged in ``transitions``.
-
-        ``row`` is the job as read in this transaction; ``expect`` guards against
-        races (the move only happens from that state); ``attempt`` is the number
-        the history records (default: ``attempts`` after the move).
-        """
-        current = JobState(row["state"])
-        if expect is not None and current is not expect:
-            raise InvalidTransition(row["id"], current.value, target.value)
-        move_row(db, row["id"], current, target, {"updated_at": at, **values})
-        if attempt is None:
-            attempt = values.get("attempts", row["attempts"])
-        self._log(db, row["id"], current, target, at, attempt, reason)
-
-    @staticmethod
-    def _log(
-        db: sqlite3.Connection, job_id: str, current: JobState | None, target: JobState,
-        at: float, attempt: int, reason: str | None,
-    ) -> None:
-        db.execute(
-            "INSERT INTO transitions (job_id, from_state, to_state, at, attempt, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, None if current is None else current.value, target.value, at, attempt, reason),
-        )

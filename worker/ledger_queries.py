@@ -1,38 +1,59 @@
-"""The ledger's read side: jobs, counts and histories (mixed into ``worker.ledger.Ledger``).
+"""The ledger's read side: jobs, counts and histories (``LedgerReader``, which
+``worker.ledger.Ledger`` extends with the writes).
 
-Queries use the ledger's reading connection (WAL readers never wait for a
-writer); the two row look-ups are shared with the write side.
+Queries use a reading connection of their own (WAL readers never wait for a
+writer), opened on first use: ``processorctl submit`` never needs it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Mapping
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import JobNotFound
+from worker.errors import LedgerError
 from worker.identity import Identity
-from worker.ledger_schema import ORIGIN_LOCAL, job_from_row
+from worker.ledger_schema import ORIGIN_LOCAL, connect, job_from_row, select_row, select_row_by_identity
 from worker.states import JobState
 
 if TYPE_CHECKING:
     from worker.job import Job
 
 
-class JobQueries:
+class LedgerReader:
     """Reading jobs back: one, by identity, by state, counts, what is due, histories."""
 
-    if TYPE_CHECKING:
-        def _reading(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            if self._reader is None:
+                try:
+                    self._reader = connect(self.path)
+                except sqlite3.Error as exc:
+                    raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+            yield self._reader
 
     def get(self, job_id: str) -> Job:
         with self._reading() as db:
-            return job_from_row(self._row(db, job_id))
+            return job_from_row(select_row(db, job_id))
 
     def find(self, identity: Identity) -> Job | None:
         with self._reading() as db:
-            row = self._row_by_identity(db, identity)
+            row = select_row_by_identity(db, identity)
             return None if row is None else job_from_row(row)
 
     def list_jobs(
@@ -127,27 +148,12 @@ class JobQueries:
 
     def history(self, job_id: str) -> list[Mapping[str, Any]]:
         with self._reading() as db:
-            self._row(db, job_id)
+            select_row(db, job_id)  # JobNotFound for an unknown id
             rows = db.execute(
                 "SELECT from_state, to_state, at, attempt, reason FROM transitions"
                 " WHERE job_id = ? ORDER BY seq", (job_id,),
             )
             return [dict(r) for r in rows]
-
-    @staticmethod
-    def _row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        return row
-
-    @staticmethod
-    def _row_by_identity(db: sqlite3.Connection, identity: Identity) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = db.execute(
-            "SELECT * FROM jobs WHERE bucket = ? AND key = ? AND version = ?",
-            (identity.bucket, identity.key, identity.version),
-        ).fetchone()
-        return row
 
 
 def _prefix_range(prefix: str) -> tuple[str, str | None]:

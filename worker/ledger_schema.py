@@ -1,6 +1,8 @@
 """The ledger's tables, the steps that bring an older ledger up to date, rows <-> jobs,
-and the only two writes of a job row: ``move_row`` (the checked state change)
-and ``update_row`` (every other column).
+the only two writes of a job row: ``move_row`` (the checked state change)
+and ``update_row`` (every other column), and ``Transaction``: what every
+writer of the ledger (``worker.ledger``, ``worker.ledger_queue``) does inside
+one write transaction.
 
 ``worker.ledger`` calls ``migrate`` inside a write transaction when a ledger's
 ``user_version`` is not ``SCHEMA_VERSION``: a new file gets the whole schema,
@@ -14,10 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import LedgerError
+from worker.errors import InvalidTransition, JobNotFound, LedgerError
 from worker.states import JobState, Phase, check_transition
 
 if TYPE_CHECKING:
+    from worker.identity import Identity
     from worker.job import Job
 
 #: Bumped whenever the schema changes; older ledgers are migrated on open.
@@ -131,7 +134,7 @@ def move_row(
     """
     check_transition(job_id, current, target)
     columns = ", ".join(f"{name} = ?" for name in ("state", *values))
-    # Column names come from worker.ledger and worker.ledger_queue, never from input.
+    # Column names come from the ledger's writers (Transaction.move's callers), never from input.
     cursor = db.execute(f"UPDATE jobs SET {columns} WHERE id = ? AND state = ?",  # noqa: S608
                         (target.value, *values.values(), job_id, current.value))
     if cursor.rowcount != 1:
@@ -172,3 +175,91 @@ def job_from_row(row: sqlite3.Row) -> Job:
         phase_started_at=row["phase_started_at"],
         cpu_s=row["cpu_s"], peak_memory_bytes=row["peak_memory_bytes"],
     )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the ledger file (the writer's, or a reader's)."""
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer
+    # takes the lock up front instead of failing on upgrade mid-transaction.
+    db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def select_row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+    """The job's row; JobNotFound when there is none."""
+    row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    return row
+
+
+def select_row_by_identity(db: sqlite3.Connection, identity: Identity) -> sqlite3.Row | None:
+    """The row of the identity's job (the ledger holds each identity once), if any."""
+    row: sqlite3.Row | None = db.execute(
+        "SELECT * FROM jobs WHERE bucket = ? AND key = ? AND version = ?",
+        (identity.bucket, identity.key, identity.version),
+    ).fetchone()
+    return row
+
+
+class Transaction:
+    """One write transaction of the ledger (``worker.ledger.Ledger.transaction``).
+
+    Every job it inserts or moves is logged in ``transitions`` at ``now``, and
+    every move is checked against the transition table (``move_row``).
+    """
+
+    def __init__(self, db: sqlite3.Connection, now: float) -> None:
+        #: The ledger's writing connection, inside ``BEGIN IMMEDIATE``.
+        self.db = db
+        #: When this transaction's changes happen (read once, before it began).
+        self.now = now
+
+    def row(self, job_id: str) -> sqlite3.Row:
+        return select_row(self.db, job_id)
+
+    def row_by_identity(self, identity: Identity) -> sqlite3.Row | None:
+        return select_row_by_identity(self.db, identity)
+
+    def job(self, job_id: str) -> Job:
+        """The job as this transaction leaves it."""
+        return job_from_row(self.row(job_id))
+
+    def insert(self, identity: Identity, reason: str, *, origin: str = ORIGIN_LOCAL) -> str:
+        """Record a new queued job for ``identity``; its id."""
+        job_id = identity.job_id()
+        self.db.execute(
+            "INSERT INTO jobs (id, bucket, key, version, version_id, etag, state,"
+            " created_at, updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, identity.bucket, identity.key, identity.version, identity.version_id,
+             identity.etag, JobState.QUEUED.value, self.now, self.now, origin),
+        )
+        self._log(job_id, None, JobState.QUEUED, 0, reason)
+        return job_id
+
+    def move(
+        self, row: sqlite3.Row, target: JobState, values: Mapping[str, Any], reason: str | None,
+        *, attempt: int | None = None, expect: JobState | None = None,
+    ) -> None:
+        """Every state change of a job: checked against the table, written, and logged in ``transitions``.
+
+        ``row`` is the job as read in this transaction; ``expect`` guards against
+        races (the move only happens from that state); ``attempt`` is the number
+        the history records (default: ``attempts`` after the move).
+        """
+        current = JobState(row["state"])
+        if expect is not None and current is not expect:
+            raise InvalidTransition(row["id"], current.value, target.value)
+        move_row(self.db, row["id"], current, target, {"updated_at": self.now, **values})
+        if attempt is None:
+            attempt = values.get("attempts", row["attempts"])
+        self._log(row["id"], current, target, attempt, reason)
+
+    def _log(self, job_id: str, current: JobState | None, target: JobState, attempt: int,
+             reason: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO transitions (job_id, from_state, to_state, at, attempt, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, None if current is None else current.value, target.value, self.now, attempt, reason),
+        )

@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from worker.ledger import Ledger
+from worker.ledger_queue import QueueLedger
 from worker.process import reap_orphans
 
 log = structlog.get_logger("processor.daemon")
@@ -28,7 +29,7 @@ def recover(work_dir: Path, ledger: Ledger) -> None:
     for job in ledger.requeue_interrupted("interrupted: daemon restarted"):
         log.warning("job_requeued", job_id=job.id, key=job.key, state=job.state.value,
                     attempt=job.attempts, reason="interrupted by a previous stop or crash")
-    for job in ledger.hand_back_queue_jobs(
+    for job in QueueLedger(ledger).hand_back(
             "handed back: daemon restarted; its message returns through the work queue"):
         log.warning("job_handed_back", job_id=job.id, key=job.key, attempt=job.attempts,
                     reason="a queue job is not re-run from the ledger after a restart")

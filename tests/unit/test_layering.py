@@ -60,7 +60,8 @@ ADAPTERS = frozenset({
 })
 
 #: The low layers and what they must never reach: they are used by the pipeline and the daemon.
-LOW_LAYERS = ("worker.storage", "worker.ledger", "worker.ledger_queue", "worker.ledger_schema")
+LOW_LAYERS = ("worker.storage", "worker.ledger", "worker.ledger_queue", "worker.ledger_queries",
+              "worker.ledger_schema")
 HIGH_LAYERS = frozenset({"worker.pipeline", "worker.daemon", "worker.fleet.consumer"})
 
 KINDS = ("module", "deferred", "typing")

@@ -19,6 +19,7 @@ from worker import states
 from worker.errors import InvalidTransition
 from worker.identity import Identity
 from worker.ledger import Ledger
+from worker.ledger_queue import QueueLedger
 from worker.ledger_schema import SCHEMA_VERSION, move_row, update_row
 from worker.states import JobState
 
@@ -53,7 +54,7 @@ def _failed(ledger: Ledger) -> None:
 
 
 def _running_from_queue(ledger: Ledger) -> None:
-    assert ledger.claim_for_message(IDENT, 1, 0)[1]
+    assert QueueLedger(ledger).claim_for_message(IDENT, 1, 0)[1]
 
 
 Operation = tuple[Callable[[Ledger], None], tuple[JobState, JobState], Callable[[Ledger], object]]
@@ -64,8 +65,8 @@ OPERATIONS: dict[str, Operation] = {
     "transition": (_running, (R, S), lambda led: led.transition(IDENT.job_id(), S, expect=R)),
     "retry": (_failed, (F, Q), lambda led: led.retry(IDENT.job_id())),
     "requeue_interrupted": (_running, (R, Q), lambda led: led.requeue_interrupted("restarted")),
-    "claim_for_message": (_queued, (Q, R), lambda led: led.claim_for_message(IDENT, 2, 1)),
-    "hand_back_queue_jobs": (_running_from_queue, (R, Q), lambda led: led.hand_back_queue_jobs("restarted")),
+    "claim_for_message": (_queued, (Q, R), lambda led: QueueLedger(led).claim_for_message(IDENT, 2, 1)),
+    "hand_back": (_running_from_queue, (R, Q), lambda led: QueueLedger(led).hand_back("restarted")),
 }
 
 
@@ -99,7 +100,7 @@ def test_a_message_for_a_new_object_is_not_recorded_when_its_claim_is_refused(
 ) -> None:
     monkeypatch.setitem(states._NEXT, Q, states._NEXT[Q] - {R})  # type: ignore[index]
     with pytest.raises(InvalidTransition):
-        ledger.claim_for_message(IDENT, 1, 0)
+        QueueLedger(ledger).claim_for_message(IDENT, 1, 0)
     assert ledger.find(IDENT) is None
 
 
@@ -184,7 +185,7 @@ def test_a_version_3_ledger_migrates_and_keeps_its_jobs(tmp_path: Path) -> None:
         assert (job.bytes_in, job.bytes_out) == (0, 0)
         assert [h["reason"] for h in ledger.history("j-old")] == ["submitted"]
         # The migrated ledger works: the old job runs and records its byte counts.
-        ledger.claim_for_message(Identity("b", "k", None, "x"), 5, 4)
+        QueueLedger(ledger).claim_for_message(Identity("b", "k", None, "x"), 5, 4)
         done = ledger.transition("j-old", S, expect=R, bytes_in=7, bytes_out=3)
         assert (done.bytes_in, done.bytes_out, done.counted_attempts) == (7, 3, 4)
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5

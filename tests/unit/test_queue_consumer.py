@@ -25,6 +25,7 @@ from worker.fleet.workqueue import QueueError
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.ledger_queue import QueueLedger
 from worker.pipeline import Pipeline
 from worker.states import JobState
 
@@ -295,7 +296,7 @@ def test_the_guards_interruption_notice_starts_the_drain(short_tmp: Path) -> Non
 def test_queue_jobs_left_running_are_handed_back_at_start_not_rerun(short_tmp: Path) -> None:
     conf = settings(short_tmp)
     with Ledger(conf.paths.ledger) as ledger:
-        job, claimed = ledger.claim_for_message(Identity(IN, "x.txt", None, "e"), 1, 0)
+        job, claimed = QueueLedger(ledger).claim_for_message(Identity(IN, "x.txt", None, "e"), 1, 0)
         assert claimed and job.state is JobState.RUNNING
     with rig(short_tmp) as r:
         until(lambda: r.ledger.get(job.id).state is JobState.QUEUED, "the hand-back")
@@ -320,7 +321,7 @@ def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(shor
             assert daemon.reserve_for_poll(10) == 0
             ledger.submit(Identity(IN, "local", None, "e"))
             assert daemon._claim() is None  # the slots are reserved for the receive in flight
-            job, claimed = ledger.claim_for_message(Identity(IN, "q", None, "e"), 1, 0)
+            job, claimed = QueueLedger(ledger).claim_for_message(Identity(IN, "q", None, "e"), 1, 0)
             assert claimed and daemon.start_queue_job(job, lambda j, _t: j)
             # The receive brought one message fewer than it could take: the freed
             # slot goes to the local job at once, before the next receive can reserve it.
@@ -330,7 +331,7 @@ def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(shor
             daemon.end_poll(1)
             daemon._start_drain("test")
             assert daemon.reserve_for_poll(10) == 0  # a drain receives nothing more
-            job2, _ = ledger.claim_for_message(Identity(IN, "q2", None, "e"), 1, 0)
+            job2, _ = QueueLedger(ledger).claim_for_message(Identity(IN, "q2", None, "e"), 1, 0)
             assert not daemon.start_queue_job(job2, lambda j, _t: j)
         finally:
             daemon._stop_slot_threads(timeout_s=1)

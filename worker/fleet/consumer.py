@@ -56,6 +56,7 @@ from worker.fleet.workqueue import (
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.ledger_queue import QueueLedger
 from worker.outcome import Attempt, Outcome
 from worker.pipeline import Pipeline
 from worker.process import StopToken
@@ -131,7 +132,7 @@ class QueueConsumer:
     ) -> None:
         self._settings = settings
         self._q = settings.queue
-        self._ledger = ledger
+        self._queue_ledger = QueueLedger(ledger)
         self._pipeline = pipeline
         self._store: ObjectStore = pipeline.store
         self._queue = queue
@@ -284,8 +285,8 @@ class QueueConsumer:
             self._ended(message, claim)
             return 0
         try:
-            job, claimed = self._ledger.claim_for_message(identity, record.attempts,
-                                                          record.counted_attempts)
+            job, claimed = self._queue_ledger.claim_for_message(identity, record.attempts,
+                                                                record.counted_attempts)
         except LedgerError as exc:
             bound.error("queue_claim_failed", error=str(exc))
             self._claims.settle(claim, FleetState.QUEUED, record.counted_attempts,
