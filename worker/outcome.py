@@ -3,11 +3,12 @@
 The pipeline ends every attempt with an ``Attempt`` (its ``Outcome`` and the
 details the ledger keeps); ``decide`` maps (job, outcome, settings, now) to a
 ``Move``: the target state, when a requeued job is due again (backoff
-included), the reason recorded, and whether the attempt is counted against
-``processing.max_attempts``. ``worker.recorder`` writes that move to the
-ledger; the daemon and the queue consumer record through it too (a crash of
-the pipeline itself is ``Outcome.RETRY``), so there is one policy, not one
-per caller.
+included), the reason recorded, whether the attempt is counted against
+``processing.max_attempts``, and where a success's or a failure's outcome
+lands. ``worker.recorder`` writes that move to the ledger and returns it (the
+fleet consumer settles the job's message from the move itself); the daemon
+and the queue consumer record through it too (a crash of the pipeline itself
+is ``Outcome.RETRY``), so there is one policy, not one per caller.
 
 What ``processing.max_attempts`` counts (``Job.counted_attempts``): attempts
 that ended because of the job itself (``RETRY``: exit 75, a damaged download,
@@ -23,7 +24,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lambda_trigger.aws_edge import backoff_delay
 from worker.config import ProcessingSettings
@@ -69,7 +70,8 @@ class Attempt:
     #: Set only when the command ran (otherwise the row keeps its earlier values).
     exit_code: int | None = None
     stderr_tail: str | None = None
-    #: Where the results landed (a success).
+    #: Where the results landed (a success), worked out once per attempt (when the
+    #: outputs are known) and carried from here to the ledger, the bucket and the fleet record.
     result_prefix: str | None = None
     #: Bytes downloaded and (a success) uploaded by this attempt.
     bytes_in: int = 0
@@ -99,6 +101,11 @@ class Move:
     delay_s: float = 0.0
     #: The job failed because its counted attempts reached max_attempts.
     gave_up: bool = False
+    #: The outcome this move follows from.
+    outcome: Outcome | None = None
+    #: Where the job's outcome lands: a success's from its attempt; a failure's, when
+    #: the attempt did not say, worked out once by worker.recorder. None otherwise.
+    result_prefix: str | None = None
 
 
 def decide(
@@ -109,6 +116,13 @@ def decide(
 
     ``jitter`` returns a number in [0, 1) (``random.random``); tests pass a constant.
     """
+    move = _next_move(job, attempt, settings, now, jitter)
+    return replace(move, outcome=attempt.outcome, result_prefix=attempt.result_prefix)
+
+
+def _next_move(
+    job: Job, attempt: Attempt, settings: ProcessingSettings, now: float, jitter: Callable[[], float],
+) -> Move:
     outcome, error = attempt.outcome, attempt.error
     used = job.counted_attempts
     if outcome is Outcome.SUCCEEDED:

@@ -48,7 +48,7 @@ from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, crashed, out_of_attempts
 from worker.outputs import check_name, escaped, fd_path, open_output, output_dir, sha256_fd
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
-from worker.recorder import Recorder, job_logger
+from worker.recorder import Recorded, Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
 from worker.states import JobState, Phase
 from worker.storage.base import ObjectInfo, ObjectStore, verify_download
@@ -97,15 +97,15 @@ class Pipeline:
 
     def run(self, job: Job, cancel: StopToken | None = None) -> Job:
         """Take a job the ledger has marked RUNNING to its next state, and return it."""
-        return self.run_attempt(job, cancel)[0]
+        return self.run_attempt(job, cancel).job
 
-    def run_attempt(self, job: Job, cancel: StopToken | None = None) -> tuple[Job, Outcome]:
-        """As ``run``, and how the attempt ended (the fleet consumer pauses on a storage wait)."""
+    def run_attempt(self, job: Job, cancel: StopToken | None = None) -> Recorded:
+        """As ``run``, answering the move recorded too (the fleet consumer settles its message from it)."""
         log = job_logger(job)
         attempt = self.attempt(job, cancel, log)
-        done = self.recorder.record(job, attempt, log)
+        ended = self.recorder.record(job, attempt, log)
         self.expire_job_logs()
-        return done, attempt.outcome
+        return ended
 
     def expire_job_logs(self) -> list[str]:
         """Remove the logs of jobs that ended more than logging.job_log_retention_days ago
@@ -129,16 +129,20 @@ class Pipeline:
                 "job_logs_expired", count=len(removed), retention_days=days)
         return removed
 
-    def record(self, job: Job, attempt: Attempt) -> Job:
+    def record(self, job: Job, attempt: Attempt) -> Recorded:
         """Record an attempt that ended outside ``run`` (the fleet's manifest check): see worker.recorder."""
         return self.recorder.record(job, attempt)
 
     def record_crash(self, job: Job, exc: Exception) -> Job:
+        """``crash``, answering only the job (the daemon's slot logs it)."""
+        return self.crash(job, exc).job
+
+    def crash(self, job: Job, exc: Exception) -> Recorded:
         """A runner raised (a bug, not the job's fault alone): log it, record a counted retry.
 
         The one place both slot paths (the daemon's, the queue consumer's) send a
-        crash; if even the ledger write fails, the job is returned as it stands
-        and start-up recovery requeues it.
+        crash; if even the ledger write fails, nothing is recorded (the move is
+        None, the job as it stands) and start-up recovery requeues it.
         """
         log = job_logger(job)
         log.error("job_crashed", exc_info=exc)
@@ -146,7 +150,7 @@ class Pipeline:
             return self.recorder.record(job, crashed(exc), log)
         except Exception:
             log.exception("job_not_recorded")
-            return job
+            return Recorded(job, None)
 
     def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
         """Run one attempt of a RUNNING job and say how it ended; no state is written."""
@@ -278,10 +282,9 @@ class Pipeline:
             return replace(ran, error=f"{error}; {note}" if note else error)
         _check(cancel)
         started = time.monotonic()
-        outputs = self._upload_outputs(job, work / "output", cancel, log)
+        prefix, outputs = self._upload_outputs(job, work / "output", cancel, log)
         timings["upload_s"] = time.monotonic() - started
-        prefix = self.result_prefix(job, [o["path"] for o in outputs])
-        # A success replaces an earlier failure record (only _fail writes one, and
+        # A success replaces an earlier failure record (only a failure writes one, and
         # the ledger remembers every failure), then the manifest goes last: its
         # presence is what tells consumers the result set is complete.
         if self.ledger.has_failed(job.bucket, job.key):
@@ -299,7 +302,9 @@ class Pipeline:
 
     def _upload_outputs(
         self, job: Job, out_dir: Path, cancel: StopToken | None, log: Any
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Upload every output; the attempt's result prefix (worked out here, once, from the
+        outputs' names: the fallback when one would not fit under the key) and the outputs."""
         files = collect_outputs(out_dir)
         total = sum(size for _, _, size in files)
         self.ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_total=total, bytes_done=0)
@@ -318,7 +323,7 @@ class Pipeline:
                 with open_output(root, relative) as (fd, size):
                     outputs.append(self._upload_one(job, fd, size, prefix + relative, relative, progress))
         log.info("upload_finished", files=len(outputs), bytes=total)
-        return outputs
+        return prefix, outputs
 
     def _upload_one(
         self, job: Job, fd: int, size: int, key: str, relative: str, progress: _Progress

@@ -70,7 +70,7 @@ def test_the_recorder_writes_what_a_requeued_job_waits_for(
 ) -> None:
     pipeline, ledger, store = make(tmp_path, COPY_UPPER)
     job = claim(ledger, store, "k")
-    queued = pipeline.record(job, Attempt(outcome, "S3 said 503"))
+    queued = pipeline.record(job, Attempt(outcome, "S3 said 503")).job
     assert queued.state is JobState.QUEUED and queued.phase is phase
     assert queued.next_attempt_at > pipeline.clock() and queued.phase_started_at is not None
     # The next claim clears it: the job is running, no longer waiting.
@@ -82,5 +82,5 @@ def test_the_recorder_writes_what_a_requeued_job_waits_for(
 def test_a_requeue_due_at_once_is_not_a_wait(tmp_path: Path) -> None:
     pipeline, ledger, store = make(tmp_path, COPY_UPPER)
     job = claim(ledger, store, "k")
-    queued = pipeline.record(job, Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown"))
+    queued = pipeline.record(job, Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown")).job
     assert queued.phase is Phase.NONE

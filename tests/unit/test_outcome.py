@@ -146,7 +146,7 @@ def test_a_crash_of_the_runner_is_a_counted_retry() -> None:
     move = decide(running(3, 2), attempt, SETTINGS, NOW)
     assert move == Move(JobState.FAILED, "internal error: KeyError: 'x'; gave up after 3 attempts",
                         "internal error: KeyError: 'x'; gave up after 3 attempts", 3,
-                        counted=True, gave_up=True)
+                        counted=True, gave_up=True, outcome=Outcome.RETRY)
 
 
 @pytest.mark.parametrize(("counted", "out"), [(0, False), (2, False), (3, True), (4, True)])

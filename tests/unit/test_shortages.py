@@ -47,7 +47,7 @@ def test_no_descriptors_left_requeues_the_job_uncounted_and_the_next_try_cleans_
         attempt = pipeline.attempt(job)
     assert attempt.outcome is Outcome.WAIT_FOR_RESOURCES, attempt
     assert attempt.error is not None and "Too many open files" in attempt.error
-    waited = pipeline.record(job, attempt)
+    waited = pipeline.record(job, attempt).job
     assert waited.state is JobState.QUEUED and waited.counted_attempts == 0
     # The shortage has passed: the next try starts from a clean work dir and succeeds.
     assert waited.next_attempt_at is not None

@@ -57,9 +57,10 @@ from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.ledger_queue import QueueLedger
-from worker.outcome import Attempt, Outcome
+from worker.outcome import Attempt, Move, Outcome
 from worker.pipeline import Pipeline
 from worker.process import StopToken
+from worker.recorder import Recorded
 from worker.states import JobState
 from worker.storage.base import ObjectStore
 
@@ -153,7 +154,7 @@ class QueueConsumer:
         #: overlap the claim.
         self._io = ThreadPoolExecutor(max_workers=3 * settings.processing.concurrency + 2,
                                       thread_name_prefix="queue-io")
-        self._results = ResultChecks(settings, self._store, pipeline.recorder, self._io)
+        self._results = ResultChecks(settings, self._store, self._io)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -300,13 +301,12 @@ class QueueConsumer:
             # This ledger holds the job as running (it cannot be: this process
             # holds no such claim) or succeeded (the fleet record was lost).
             bound.warning("queue_claim_refused_by_ledger", state=job.state.value)
-            self._settle(held, job, Outcome.SUCCEEDED)
+            self._settle(held, _as_found(job))
             return 0
         if claim.kind is ClaimKind.FAIL:
             # Its holders died max_attempts times: failed for good, without a run.
             bound.error("job_holder_deaths_exhausted", reason=claim.reason)
-            final = self._pipeline.record(job, Attempt(Outcome.FAILED, claim.reason))
-            self._settle(held, final, Outcome.FAILED)
+            self._settle(held, self._pipeline.record(job, Attempt(Outcome.FAILED, claim.reason)))
             return 0
         with self._lock:
             self._held[job.id] = held
@@ -318,11 +318,11 @@ class QueueConsumer:
         # A drain began between the claim and the start: hand it straight back
         # (through the one outcome policy, like every other end of an attempt).
         try:
-            final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "daemon draining"))
+            ended = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "daemon draining"))
         except (LedgerError, StorageError) as exc:
             log.error("job_not_recorded", job_id=job.id, error=str(exc))
-            final = job
-        self._settle(held, final, Outcome.REQUEUE)
+            ended = Recorded(job, None)
+        self._settle(held, ended)
         return 0
 
     def _ended(self, message: Received, claim: ClaimPlan) -> None:
@@ -334,9 +334,10 @@ class QueueConsumer:
             self._messages.delete(message.receipt, message.message_id, record.job_id)
             return
         # Failed for good: its message belongs in the DLQ once _failed.json is durable.
+        prefix = self._results.result_prefix(record.key, record.job_id)
         try:
-            existed = self._results.failure_written(record.job_id, record.key)
-            durable = existed or self._results.write_failure_from_record(record)
+            existed = self._results.failure_written(record.job_id, prefix)
+            durable = existed or self._results.write_failure_from_record(record, prefix)
         except StorageError as exc:
             bound.warning("queue_message_kept", error=str(exc))
             self._messages.hand_back(message.receipt, message.message_id, message.body,
@@ -354,31 +355,29 @@ class QueueConsumer:
 
     def _run(self, job: Job, token: StopToken, *, held: Held) -> Job:
         """The job in a slot thread: manifest check, the pipeline, then settle the message."""
-        final, outcome = job, Outcome.RETRY
+        ended = Recorded(job, None)  # nothing recorded (yet): the message is released
         held.token = token
         try:
             if held.lost:
-                outcome = Outcome.REQUEUE
-                final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "the claim was lost"))
+                ended = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "the claim was lost"))
             elif self._already_processed(held, job):
-                outcome = Outcome.SUCCEEDED
                 done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
                                result_prefix=self._pipeline.result_prefix(job))
-                final = self._pipeline.record(job, done)
+                ended = self._pipeline.record(job, done)
                 log.info("job_already_processed", job_id=job.id, key=job.key, reason=ALREADY_PROCESSED)
             else:
                 # The same run as a local job's (job logs expired there too).
-                final, outcome = self._pipeline.run_attempt(job, token)
-        except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
-            final = self._pipeline.record_crash(job, exc)
+                ended = self._pipeline.run_attempt(job, token)
+        except Exception as exc:  # noqa: BLE001 (Pipeline.crash logs it, traceback included)
+            ended = self._pipeline.crash(job, exc)
         finally:
             # The outcome is in the ledger: the slot may take the next job while the
             # record and the message are settled (the daemon's stop waits for them).
             try:
-                self._io.submit(self._settle_quietly, held, final, outcome)
+                self._io.submit(self._settle_quietly, held, ended)
             except RuntimeError:  # the consumer is closing: settle here
-                self._settle_quietly(held, final, outcome)
-        return final
+                self._settle_quietly(held, ended)
+        return ended.job
 
     def _already_processed(self, held: Held, job: Job) -> bool:
         check, held.check = held.check, None
@@ -386,14 +385,19 @@ class QueueConsumer:
             return self._results.already_processed(job.identity)
         return check.already_processed()
 
-    def _settle_quietly(self, held: Held, job: Job, outcome: Outcome) -> None:
+    def _settle_quietly(self, held: Held, ended: Recorded) -> None:
         try:
-            self._settle(held, job, outcome)
+            self._settle(held, ended)
         except Exception:  # a settle that crashed: the message comes back after its lease
             log.exception("queue_settle_crashed", job_id=held.job_id, message_id=held.message_id)
 
-    def _settle(self, held: Held, job: Job, outcome: Outcome) -> None:
-        """Write the attempt to the fleet record, then delete, dead-letter or hand back the message."""
+    def _settle(self, held: Held, ended: Recorded) -> None:
+        """Write the attempt to the fleet record, then delete, dead-letter or hand back the message.
+
+        Settled from the move the recorder wrote (its target, counted attempts, due time and
+        result prefix); of the job as it ended only its id, key and error are read.
+        """
+        job, move = ended.job, ended.move
         with self._lock:
             self._held.pop(held.job_id, None)
         with held.lock:  # waits for an extension in flight
@@ -403,17 +407,20 @@ class QueueConsumer:
             log.warning("queue_message_left", job_id=job.id, message_id=held.message_id,
                         reason="the claim was lost to another instance")
             return
-        claim, now = held.claim, self._clock()
-        result = f"s3://{self._settings.s3.output_bucket}/{job.result_prefix}" if job.result_prefix else None
-        if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
-            self._claims.settle(claim, FleetState(job.state.value), job.counted_attempts, job.error,
+        if move is None:  # still running: its outcome could not be recorded
+            self._messages.release(held.receipt, held.message_id, 0, "outcome not recorded", job.id)
+            return
+        claim, now, prefix = held.claim, self._clock(), move.result_prefix
+        result = f"s3://{self._settings.s3.output_bucket}/{prefix}" if prefix else None
+        if move.target in (JobState.SUCCEEDED, JobState.CANCELLED):
+            self._claims.settle(claim, FleetState(move.target.value), move.counted_attempts, job.error,
                                 result=result)
             self._messages.delete(held.receipt, held.message_id, job.id)
-        elif job.state is JobState.FAILED:
+        elif move.target is JobState.FAILED:
             failed_at = f"{result}{FAILED_NAME}" if result else None
-            self._claims.settle(claim, FleetState.FAILED, job.counted_attempts, job.error, result=failed_at)
+            self._claims.settle(claim, FleetState.FAILED, move.counted_attempts, job.error, result=failed_at)
             try:
-                durable = self._results.failure_written(job.id, job.key)
+                durable = prefix is not None and self._results.failure_written(job.id, prefix)
             except StorageError:
                 durable = False
             if durable:
@@ -424,17 +431,16 @@ class QueueConsumer:
                 self._messages.hand_back(held.receipt, held.message_id, held.body,
                                          int(self._settings.processing.retry_base_s),
                                          "_failed.json not written yet", job.id)
-        elif job.state is JobState.QUEUED:
-            delay = max(0, math.ceil(job.next_attempt_at - now))
+        else:  # queued again: back to the work queue, after the move's delay
+            due = now if move.next_attempt_at is None else move.next_attempt_at
+            delay = max(0, math.ceil(due - now))
             state = FleetState.WAITING if delay > 0 else FleetState.QUEUED
-            self._claims.settle(claim, state, job.counted_attempts, job.error,
+            self._claims.settle(claim, state, move.counted_attempts, job.error,
                                 waiting_until=now + delay if delay > 0 else None)
-            if outcome is Outcome.WAIT_FOR_STORAGE:
+            if move.outcome is Outcome.WAIT_FOR_STORAGE:
                 self.breaker.open("storage", job.error or "S3 unavailable")
             self._messages.hand_back(held.receipt, held.message_id, held.body, delay,
                                      job.error or "handed back", job.id)
-        else:  # still running: its outcome could not be recorded
-            self._messages.release(held.receipt, held.message_id, 0, "outcome not recorded", job.id)
 
     def _probe_storage(self) -> None:
         """Raises StorageError while the output bucket does not answer (a missing key is an answer)."""
@@ -475,3 +481,12 @@ class QueueConsumer:
         log.error("job_claim_lost", job_id=held.job_id, reason=why)
         if held.token is not None:
             held.token.stop(StopToken.SHUTDOWN)
+
+
+def _as_found(job: Job) -> Recorded:
+    """A job this ledger would not claim, settled on the ledger's own word: succeeded here
+    (the fleet record was lost) as that success; running (no move) released."""
+    if job.state is not JobState.SUCCEEDED:
+        return Recorded(job, None)
+    return Recorded(job, Move(JobState.SUCCEEDED, None, None, job.counted_attempts,
+                              outcome=Outcome.SUCCEEDED, result_prefix=job.result_prefix))

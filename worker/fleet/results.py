@@ -15,23 +15,22 @@ from typing import Any
 import structlog
 
 from processor_layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
+from processor_layout import result_prefix as layout_result_prefix
 from worker import __version__
 from worker.config import Settings
 from worker.errors import StorageError
 from worker.fleet.record import FleetJob
 from worker.fleet.workqueue import manifest_matches
 from worker.identity import Identity
-from worker.recorder import Recorder
 from worker.storage.base import ObjectStore
 
 log = structlog.get_logger("processor.queue")
 
 
 class ResultChecks:
-    def __init__(self, settings: Settings, store: ObjectStore, recorder: Recorder, io: Executor) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore, io: Executor) -> None:
         self._settings = settings
         self._store = store
-        self._recorder = recorder
         #: Runs the second manifest read beside the first.
         self._io = io
 
@@ -44,7 +43,7 @@ class ResultChecks:
         """
         job_id = identity.job_id()
         bucket = self._settings.s3.output_bucket
-        prefixes = list(dict.fromkeys([self._recorder.result_prefix_of(identity.key, job_id),
+        prefixes = list(dict.fromkeys([self.result_prefix(identity.key, job_id),
                                        fallback_prefix(self._settings.s3.output_prefix, job_id)]))
         reads: list[Future[dict[str, Any] | None]] = []
         for prefix in prefixes:
@@ -58,14 +57,18 @@ class ResultChecks:
         """Whether the output bucket holds a manifest of this very version (S3 trouble: no)."""
         return self.start_check(identity).already_processed()
 
-    def failure_written(self, job_id: str, key: str) -> bool:
-        prefix = self._recorder.result_prefix_of(key, job_id)
+    def result_prefix(self, key: str, job_id: str) -> str:
+        """Where job ``job_id`` on ``key`` lands when no outputs say otherwise (a failure's location)."""
+        return layout_result_prefix(self._settings.s3.output_prefix, key, job_id)
+
+    def failure_written(self, job_id: str, prefix: str) -> bool:
+        """Whether ``_failed.json`` of job ``job_id`` is under ``prefix`` (its result prefix)."""
         record = self._store.read_json(self._settings.s3.output_bucket, prefix + FAILED_NAME)
         return record is not None and record.get("job_id") == job_id
 
-    def write_failure_from_record(self, record: FleetJob) -> bool:
-        """Write ``_failed.json`` from the fleet record (the instance that failed it could not);
-        True once written, StorageError when S3 fails."""
+    def write_failure_from_record(self, record: FleetJob, prefix: str) -> bool:
+        """Write ``_failed.json`` under ``prefix`` from the fleet record (the instance that failed
+        it could not); True once written, StorageError when S3 fails."""
         document = {
             "job_id": record.job_id,
             "source": {"bucket": record.bucket, "key": record.key, "version_id": record.version_id,
@@ -74,7 +77,6 @@ class ResultChecks:
             "attempts": record.attempts, "failed_at": record.finished_at,
             "processor_version": __version__,
         }
-        prefix = self._recorder.result_prefix_of(record.key, record.job_id)
         self._store.put_json(self._settings.s3.output_bucket, prefix + FAILED_NAME, document)
         return True
 
