@@ -2,7 +2,8 @@
 
 - ``workqueue``    messages, their parsing and the queue protocol the daemon sees (pure)
 - ``sqs``          that protocol on SQS (the only boto3 user for SQS)
-- ``consumer``     pulls messages into free slots, claims, extends leases, settles on a durable outcome
+- ``consumer``     pulls messages into free slots, claims, runs, extends leases
+- ``settle``       how a held message ends, from the move its attempt recorded (on a durable outcome)
 - ``record``       the fleet's job record and the claim rule (pure)
 - ``claims``       claims on the records: read, plan, conditional write, renew, settle
 - ``dynamo``       the records on DynamoDB (the only boto3 user for DynamoDB)

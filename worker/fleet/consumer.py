@@ -8,15 +8,12 @@ claim's winner runs the job, as a ledger job (the same id ``processorctl
 submit`` gives) in a slot thread. A heartbeat thread renews the claim and the
 message's visibility every ``visibility_s / 3`` while the job runs.
 
-How a message ends (docs/ARCHITECTURE.md "The fleet"):
-- success or cancel: the message is deleted once the outcome is durable;
-- failed for good: once ``_failed.json`` is written the message goes to the
-  dead-letter queue with the reason as a message attribute;
-- a wait (exit 75's backoff, S3 or disk space away, a drain): handed back as a
-  **fresh message** (delayed by the backoff) and the old one deleted, so no
-  wait spends a receive and nothing drifts toward the DLQ; attempts are
-  counted in the fleet record by the one outcome policy;
-- malformed: straight to the dead-letter queue with its reason.
+How a message ends (docs/ARCHITECTURE.md "The fleet"): from the move its
+job's attempt recorded, by ``worker.fleet.settle.Settler`` (deleted, to the
+dead-letter queue once ``_failed.json`` is durable, or handed back as a fresh
+message after a wait; attempts are counted in the fleet record by the one
+outcome policy); a malformed one goes straight to the dead-letter queue with
+its reason.
 
 Before running, an existing ``_manifest.json`` of the same version means the
 job was already processed: it ends succeeded and the command does not run.
@@ -31,20 +28,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from lambda_trigger.aws_edge import backoff_ceiling
-from processor_layout import FAILED_NAME
 from worker.config import Settings
 from worker.errors import LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
-from worker.fleet.record import ClaimKind, ClaimPlan, FleetState, JobRecords, RecordError
+from worker.fleet.record import ClaimKind, FleetState, JobRecords, RecordError
 from worker.fleet.results import ManifestCheck, ResultChecks
+from worker.fleet.settle import Held, Settler, as_found
 from worker.fleet.workqueue import (
     MAX_BATCH,
     MalformedMessage,
@@ -57,11 +53,10 @@ from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.ledger_queue import QueueLedger
-from worker.outcome import Attempt, Move, Outcome
+from worker.outcome import Attempt, Outcome
 from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.recorder import Recorded
-from worker.states import JobState
 from worker.storage.base import ObjectStore
 
 #: First and longest wait after a failed receive (the endpoint down, throttling).
@@ -99,33 +94,6 @@ class SlotHost(Protocol):
         """Return when a slot may have freed, at most ``timeout`` seconds later."""
 
 
-@dataclass
-class Held:
-    """A message this daemon holds while its job runs."""
-
-    message_id: str
-    receipt: str
-    body: str
-    receive_count: int
-    job_id: str
-    claim: ClaimPlan
-    #: time.monotonic() of the receive or the last visibility extension.
-    extended_at: float
-    #: The "already processed" check, started as the message arrived.
-    check: ManifestCheck | None = None
-    #: Set once the message is deleted or released: no extension may follow
-    #: (it would hide a released message again). Guarded by ``lock``.
-    settled: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: The running job's stop token (set by ``_run``): a lost claim stops the job.
-    token: StopToken | None = None
-    #: time.monotonic() of the claim or its last renewal.
-    renewed_at: float = field(default_factory=time.monotonic)
-    #: The claim went to another instance: this one neither writes the record
-    #: nor touches the message any more.
-    lost: bool = False
-
-
 class QueueConsumer:
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline, queue: WorkQueue,
@@ -155,6 +123,7 @@ class QueueConsumer:
         self._io = ThreadPoolExecutor(max_workers=3 * settings.processing.concurrency + 2,
                                       thread_name_prefix="queue-io")
         self._results = ResultChecks(settings, self._store, self._io)
+        self._settler = Settler(settings, self._claims, self._messages, self._results, self.breaker, clock)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -283,7 +252,7 @@ class QueueConsumer:
                                    record.job_id)
             return 0
         if claim.kind is ClaimKind.ENDED:
-            self._ended(message, claim)
+            self._settler.ended(message, claim)
             return 0
         try:
             job, claimed = self._queue_ledger.claim_for_message(identity, record.attempts,
@@ -301,7 +270,7 @@ class QueueConsumer:
             # This ledger holds the job as running (it cannot be: this process
             # holds no such claim) or succeeded (the fleet record was lost).
             bound.warning("queue_claim_refused_by_ledger", state=job.state.value)
-            self._settle(held, _as_found(job))
+            self._settle(held, as_found(job))
             return 0
         if claim.kind is ClaimKind.FAIL:
             # Its holders died max_attempts times: failed for good, without a run.
@@ -324,32 +293,6 @@ class QueueConsumer:
             ended = Recorded(job, None)
         self._settle(held, ended)
         return 0
-
-    def _ended(self, message: Received, claim: ClaimPlan) -> None:
-        """A message for a job that has ended fleet-wide."""
-        record = claim.record
-        bound = log.bind(job_id=record.job_id, message_id=message.message_id, state=record.state.value)
-        if record.state is not FleetState.FAILED:
-            bound.info("queue_duplicate_dropped", reason=claim.reason)
-            self._messages.delete(message.receipt, message.message_id, record.job_id)
-            return
-        # Failed for good: its message belongs in the DLQ once _failed.json is durable.
-        prefix = self._results.result_prefix(record.key, record.job_id)
-        try:
-            existed = self._results.failure_written(record.job_id, prefix)
-            durable = existed or self._results.write_failure_from_record(record, prefix)
-        except StorageError as exc:
-            bound.warning("queue_message_kept", error=str(exc))
-            self._messages.hand_back(message.receipt, message.message_id, message.body,
-                                     int(self._settings.processing.retry_max_s),
-                                     "_failed.json not durable yet", record.job_id)
-            return
-        if existed:
-            bound.info("queue_duplicate_dropped", reason=claim.reason)
-            self._messages.delete(message.receipt, message.message_id, record.job_id)
-        elif durable:
-            self._messages.dead_letter(message.receipt, message.message_id, message.body,
-                                       record.error or "failed", record.job_id)
 
     # -- running --------------------------------------------------------------
 
@@ -392,55 +335,17 @@ class QueueConsumer:
             log.exception("queue_settle_crashed", job_id=held.job_id, message_id=held.message_id)
 
     def _settle(self, held: Held, ended: Recorded) -> None:
-        """Write the attempt to the fleet record, then delete, dead-letter or hand back the message.
-
-        Settled from the move the recorder wrote (its target, counted attempts, due time and
-        result prefix); of the job as it ended only its id, key and error are read.
-        """
-        job, move = ended.job, ended.move
+        """The message is no longer held: the settler ends it (and the fleet claim) from the move."""
         with self._lock:
             self._held.pop(held.job_id, None)
         with held.lock:  # waits for an extension in flight
             held.settled = True
         if held.lost:
             # Another instance holds the job now (and its message): leave both alone.
-            log.warning("queue_message_left", job_id=job.id, message_id=held.message_id,
+            log.warning("queue_message_left", job_id=ended.job.id, message_id=held.message_id,
                         reason="the claim was lost to another instance")
             return
-        if move is None:  # still running: its outcome could not be recorded
-            self._messages.release(held.receipt, held.message_id, 0, "outcome not recorded", job.id)
-            return
-        claim, now, prefix = held.claim, self._clock(), move.result_prefix
-        result = f"s3://{self._settings.s3.output_bucket}/{prefix}" if prefix else None
-        if move.target in (JobState.SUCCEEDED, JobState.CANCELLED):
-            self._claims.settle(claim, FleetState(move.target.value), move.counted_attempts, job.error,
-                                result=result)
-            self._messages.delete(held.receipt, held.message_id, job.id)
-        elif move.target is JobState.FAILED:
-            failed_at = f"{result}{FAILED_NAME}" if result else None
-            self._claims.settle(claim, FleetState.FAILED, move.counted_attempts, job.error, result=failed_at)
-            try:
-                durable = prefix is not None and self._results.failure_written(job.id, prefix)
-            except StorageError:
-                durable = False
-            if durable:
-                self._messages.dead_letter(held.receipt, held.message_id, held.body,
-                                           job.error or "failed", job.id)
-            else:
-                # Back after the backoff; the next receive writes _failed.json, then dead-letters it.
-                self._messages.hand_back(held.receipt, held.message_id, held.body,
-                                         int(self._settings.processing.retry_base_s),
-                                         "_failed.json not written yet", job.id)
-        else:  # queued again: back to the work queue, after the move's delay
-            due = now if move.next_attempt_at is None else move.next_attempt_at
-            delay = max(0, math.ceil(due - now))
-            state = FleetState.WAITING if delay > 0 else FleetState.QUEUED
-            self._claims.settle(claim, state, move.counted_attempts, job.error,
-                                waiting_until=now + delay if delay > 0 else None)
-            if move.outcome is Outcome.WAIT_FOR_STORAGE:
-                self.breaker.open("storage", job.error or "S3 unavailable")
-            self._messages.hand_back(held.receipt, held.message_id, held.body, delay,
-                                     job.error or "handed back", job.id)
+        self._settler.settle(held, ended)
 
     def _probe_storage(self) -> None:
         """Raises StorageError while the output bucket does not answer (a missing key is an answer)."""
@@ -482,11 +387,3 @@ class QueueConsumer:
         if held.token is not None:
             held.token.stop(StopToken.SHUTDOWN)
 
-
-def _as_found(job: Job) -> Recorded:
-    """A job this ledger would not claim, settled on the ledger's own word: succeeded here
-    (the fleet record was lost) as that success; running (no move) released."""
-    if job.state is not JobState.SUCCEEDED:
-        return Recorded(job, None)
-    return Recorded(job, Move(JobState.SUCCEEDED, None, None, job.counted_attempts,
-                              outcome=Outcome.SUCCEEDED, result_prefix=job.result_prefix))
