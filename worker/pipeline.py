@@ -134,8 +134,7 @@ class Pipeline:
         return self.recorder.record(job, attempt)
 
     def record_crash(self, job: Job, exc: Exception) -> Job:
-        """``crash``, answering only the job (the daemon's slot logs it)."""
-        return self.crash(job, exc).job
+        return self.crash(job, exc).job  # the daemon's slot needs only the job
 
     def crash(self, job: Job, exc: Exception) -> Recorded:
         """A runner raised (a bug, not the job's fault alone): log it, record a counted retry.
@@ -303,8 +302,7 @@ class Pipeline:
     def _upload_outputs(
         self, job: Job, out_dir: Path, cancel: StopToken | None, log: Any
     ) -> tuple[str, list[dict[str, Any]]]:
-        """Upload every output; the attempt's result prefix (worked out here, once, from the
-        outputs' names: the fallback when one would not fit under the key) and the outputs."""
+        """Upload every output; the attempt's one result prefix (from the outputs' names) and them."""
         files = collect_outputs(out_dir)
         total = sum(size for _, _, size in files)
         self.ledger.set_progress(job.id, phase=Phase.UPLOADING, bytes_total=total, bytes_done=0)
