@@ -18,6 +18,7 @@ Fixtures stay in the conftest.py files (which import from here). One module per 
     servers           loopback HTTP stubs: a recorder, IMDSv2, a black hole, a dead endpoint
     faultproxy        a fault-injecting HTTP proxy in front of the emulator
     template          the CloudFormation template as CloudFormation evaluates it in one mode
+    tools             the static gates' tools (mypy, ruff, cfn-lint, checkov, ...): skip, fail under CI=true
     systemd_backends  choosing the sd_notify/journald backend (fail, not skip, under CI=true)
     journal_scenarios what the journald tests log, in the test process or in a child
     logstate          restoring the process-wide logging set-up after a test

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.tools import require_module
 from worker.local import cfn
 from worker.local.patterns import pattern_matches
 
@@ -374,6 +375,6 @@ def test_create_documents_sends_content_in_its_format(
 
 
 def test_cfn_lint_passes() -> None:
-    api = pytest.importorskip("cfnlint.api", reason="cfn-lint is not installed")
+    api = require_module("cfnlint.api", hint="it is in the test extra: pip install -e '.[test]'")
     matches = api.lint_file(TEMPLATE)
     assert [str(m) for m in matches] == []
