@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import black_hole, dead_endpoint
 
@@ -24,10 +25,7 @@ LOGS_ENDPOINT_VAR = "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"
 
 @pytest.fixture
 def buckets(aws: Callable[[str], Any]) -> Any:
-    client = aws("s3")
-    client.create_bucket(Bucket=IN)
-    client.create_bucket(Bucket=OUT)
-    return client
+    return with_buckets(aws("s3"), IN, OUT)
 
 
 def cloudwatch_config(directory: Path, endpoint: str, **keys: object) -> Path:
@@ -43,9 +41,7 @@ def run_one_job(config: Path, socket: Path, s3: Any, key: str, body: bytes) -> t
     """Process one object with the real daemon, stop it with SIGTERM; (job id, seconds to stop)."""
     etag = s3.put_object(Bucket=IN, Key=key, Body=body)["ETag"]
     with daemon(config, socket) as proc:
-        done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        job_id = done.stdout.strip()
+        job_id = submit(config, IN, key, etag)
         assert wait_state(config, job_id, {"succeeded", "failed"}, stall_s=20)["state"] == "succeeded"
         stopping = time.monotonic()
         proc.send_signal(signal.SIGTERM)

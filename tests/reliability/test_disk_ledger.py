@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.probes import integrity
 from tests.support.report import REPORT
 from worker import exitcodes
@@ -53,9 +54,7 @@ def _fill(path: Path) -> int:
 def test_full_volume_keeps_the_ledger_intact_and_loses_no_committed_job(
     small_volume: Path, short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c", FILLER, "{input}", "{output_dir}"])
     config.write_text(config.read_text().replace("[logging]", "min_free_mb = 1\n[logging]"))

@@ -5,8 +5,8 @@ Fixtures stay in the conftest.py files (which import from here). One module per 
     waiting           wait_until: liveness-bounded waits (no progress for stall_s), cpu_seconds
     paths             REPO, the repository root
     report            REPORT: facts printed at the end of the run (tests/conftest.py prints them)
-    emulator          CREDENTIALS for the moto server on loopback
-    daemon            the real daemon and processorctl as child processes; config files; wait_state
+    emulator          CREDENTIALS for the moto server on loopback; with_buckets
+    daemon            the real daemon and processorctl as child processes; config files; submit; wait_state
     daemon_thread     the daemon in a thread of the test process, with a fake pipeline
     local             `processor local` as a child process (the whole stack)
     probes            the daemon's pid and memory, the ledger's integrity, S3 listings

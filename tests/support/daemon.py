@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,32 @@ def processorctl(config: Path, *args: str, env: dict[str, str] | None = None,
     )
 
 
+def submit(config: Path, bucket: str, key: str, etag: str | None = None) -> str:
+    """``processorctl submit`` of s3://bucket/key, as the SSM agent runs it (exit 0 asserted); the job id."""
+    done = processorctl(config, "submit", "--bucket", bucket, f"--key={key}",
+                        *([f"--etag={etag}"] if etag is not None else []))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def upload_and_submit(s3: Any, config: Path, bucket: str, key: str, body: bytes) -> str:
+    """Upload ``body`` as s3://bucket/key and submit it with its ETag, as its S3 event would; the job id."""
+    etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+    return submit(config, bucket, key, etag)
+
+
 @contextmanager
-def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
+def daemon(
+    config: Path, socket: Path, stall_s: float = 60, preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `processor run` (``preexec_fn`` runs in the child before exec: limits, say); always
+    stopped (SIGKILL as a last resort) when the block ends."""
     # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
     # then blocks the daemon's next log write.
     err = (config.parent / "daemon.stderr").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
+        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn,
     )
 
     def answers() -> bool:

@@ -13,6 +13,7 @@ from tests.support.fakes import FakeStore
 from tests.support.waiting import wait_until
 from worker import statelock
 from worker.config import Settings, settings_from_mapping
+from worker.daemon import Daemon
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
@@ -71,25 +72,34 @@ def settings(tmp: Path, **processing: Any) -> Settings:
 
 
 @contextmanager
-def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> Iterator[Any]:
-    from worker.daemon import Daemon
-
-    conf = settings(tmp, **processing)
-    ledger = Ledger(conf.paths.ledger)
-    fake = FakePipeline(conf, ledger)
-    daemon = Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s)
+def started(daemon: Daemon, conf: Settings) -> Iterator[Daemon]:
+    """``daemon`` started on its state dir's lock (returns once the socket answers and READY=1
+    is sent); stopped, and the lock released, when the block ends."""
     lock = statelock.acquire(conf.paths.state_dir)
-    daemon.start(lock)  # returns once the socket answers and READY=1 is sent
+    daemon.start(lock)
     try:
-        yield daemon, ledger, fake, conf
+        yield daemon
     finally:
-        fake.release.set()
         daemon.stop(reason="test over")
         try:
             assert daemon.wait(WAIT_S) is not None, "the daemon did not stop"
         finally:
             lock.release()
-            ledger.close()
+
+
+@contextmanager
+def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> Iterator[Any]:
+    conf = settings(tmp, **processing)
+    ledger = Ledger(conf.paths.ledger)
+    fake = FakePipeline(conf, ledger)
+    try:
+        with started(Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s), conf) as daemon:
+            try:
+                yield daemon, ledger, fake, conf
+            finally:
+                fake.release.set()
+    finally:
+        ledger.close()
 
 
 def until(predicate: Any, what: str) -> None:

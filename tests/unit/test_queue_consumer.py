@@ -14,9 +14,10 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from tests.support.daemon_thread import WAIT_S, started
 from tests.support.fakes import FakeQueue, FakeRecords, FakeStore
 from tests.support.waiting import wait_until
-from worker import exitcodes, statelock
+from worker import exitcodes
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.fleet.consumer import ALREADY_PROCESSED, QueueConsumer
@@ -28,7 +29,6 @@ from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.states import JobState
 
-WAIT_S = 20
 IN, OUT = "in", "out"
 
 
@@ -92,17 +92,11 @@ def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
     records = FakeRecords()
     daemon = Daemon(conf, ledger, Pipeline(conf, store, ledger), idle_wake_s=0.05,
                     work_queue=queue, job_records=records, holder="test-1", guard=guard)
-    lock = statelock.acquire(conf.paths.state_dir)
-    daemon.start(lock)
     try:
-        yield Rig(daemon, ledger, store, queue, guard, records)
+        with started(daemon, conf):
+            yield Rig(daemon, ledger, store, queue, guard, records)
     finally:
-        daemon.stop(reason="test over")
-        try:
-            assert daemon.wait(WAIT_S) is not None, "the daemon did not stop"
-        finally:
-            lock.release()
-            ledger.close()
+        ledger.close()
 
 
 def until(check: Callable[[], Any], what: str) -> Any:
