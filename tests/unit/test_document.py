@@ -24,11 +24,6 @@ TEMPLATE = cfn.default_template_path()
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn.load_template(TEMPLATE)
-
-
-@pytest.fixture(scope="module")
 def documents(template: dict[str, Any]) -> dict[str, cfn.DocumentSpec]:
     return {spec.logical_id: spec for spec in cfn.ssm_documents(template, "processor")}
 

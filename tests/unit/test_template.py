@@ -98,28 +98,9 @@ FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup", "WorkQueue", "DeadLetterQueue
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn.load_template(TEMPLATE)
-
-
-@pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
     """The template's resources as written (both modes, Fn::If unresolved)."""
     res: dict[str, Any] = template["Resources"]
-    return res
-
-
-@pytest.fixture(scope="module")
-def single(template: dict[str, Any]) -> dict[str, Any]:
-    """The resources of a one-instance stack (FleetSize 1, the default)."""
-    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["single"])["Resources"]
-    return res
-
-
-@pytest.fixture(scope="module")
-def fleet(template: dict[str, Any]) -> dict[str, Any]:
-    """The resources of a fleet stack (FleetSize 3)."""
-    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["fleet"])["Resources"]
     return res
 
 
