@@ -108,3 +108,12 @@ def until(predicate: Any, what: str) -> None:
 
 def submit(ledger: Ledger, key: str) -> Job:
     return ledger.submit(Identity("in-bucket", key, None, "e"))[0]
+
+
+def started_job(daemon: Daemon, ledger: Ledger, fake: FakePipeline, key: str) -> Job:
+    """Submit ``key``, wake the daemon, and return the job once its attempt has begun (the
+    only one begun so far)."""
+    job = submit(ledger, key)
+    daemon.wake()
+    until(lambda: fake.started == [key], f"{key} started")
+    return job

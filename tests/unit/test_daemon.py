@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon_thread import WAIT_S, FakePipeline, running_daemon, settings, submit, until
+from tests.support.daemon_thread import (
+    WAIT_S,
+    FakePipeline,
+    running_daemon,
+    settings,
+    started_job,
+    submit,
+    until,
+)
 from worker import exitcodes, statelock
 from worker.config import settings_from_mapping
 from worker.ctl.control_client import request
@@ -59,9 +67,7 @@ def test_finishing_job_frees_its_slot_for_the_next_at_once(short_tmp: Path) -> N
 
 def test_drain_lets_running_jobs_finish_takes_no_new_ones_and_exits_ok(short_tmp: Path) -> None:
     with running_daemon(short_tmp, concurrency=1, drain_timeout_s=30) as (daemon, ledger, fake, _):
-        running = submit(ledger, "running")
-        daemon.wake()
-        until(lambda: fake.started == ["running"], "started")
+        running = started_job(daemon, ledger, fake, "running")
         waiting = submit(ledger, "waiting")
         daemon.drain()
         assert daemon.draining
@@ -75,9 +81,7 @@ def test_drain_lets_running_jobs_finish_takes_no_new_ones_and_exits_ok(short_tmp
 
 def test_drain_timeout_stops_jobs_leaves_them_queued_and_exits_interrupted(short_tmp: Path) -> None:
     with running_daemon(short_tmp, drain_timeout_s=0) as (daemon, ledger, fake, _):
-        job = submit(ledger, "long")
-        daemon.wake()
-        until(lambda: fake.started == ["long"], "started")
+        job = started_job(daemon, ledger, fake, "long")
         daemon.drain()
         assert daemon.wait(WAIT_S) == exitcodes.INTERRUPTED
         stopped = ledger.get(job.id)
@@ -89,9 +93,7 @@ def test_drain_timeout_stops_jobs_leaves_them_queued_and_exits_interrupted(short
 
 def test_drain_takes_its_timeout_over_the_configured_one(short_tmp: Path) -> None:
     with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, ledger, fake, _):
-        job = submit(ledger, "long")
-        daemon.wake()
-        until(lambda: fake.started == ["long"], "started")
+        job = started_job(daemon, ledger, fake, "long")
         daemon.drain(0.1)
         assert daemon.wait(WAIT_S) == exitcodes.INTERRUPTED
         assert ledger.get(job.id).state is JobState.QUEUED
@@ -99,9 +101,7 @@ def test_drain_takes_its_timeout_over_the_configured_one(short_tmp: Path) -> Non
 
 def test_stop_during_a_drain_is_a_fast_stop(short_tmp: Path) -> None:
     with running_daemon(short_tmp, drain_timeout_s=600) as (daemon, ledger, fake, _):
-        job = submit(ledger, "long")
-        daemon.wake()
-        until(lambda: fake.started == ["long"], "started")
+        job = started_job(daemon, ledger, fake, "long")
         daemon.drain()
         assert daemon.wait(0.2) is None
         daemon.stop()
@@ -119,9 +119,7 @@ def test_stop_with_nothing_running_exits_ok(short_tmp: Path) -> None:
 
 def test_cancel_stops_a_running_job(short_tmp: Path) -> None:
     with running_daemon(short_tmp) as (daemon, ledger, fake, conf):
-        job = submit(ledger, "cancel-me")
-        daemon.wake()
-        until(lambda: fake.started == ["cancel-me"], "started")
+        job = started_job(daemon, ledger, fake, "cancel-me")
         assert request(conf.paths.socket, "cancel", job_id=job.id)["running"] is True
         until(lambda: ledger.get(job.id).state is JobState.CANCELLED, "cancelled")
         assert ledger.get(job.id).error == "cancelled by an operator"

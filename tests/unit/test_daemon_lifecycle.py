@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon_thread import WAIT_S, FakePipeline, settings, submit, until
+from tests.support.daemon_thread import WAIT_S, FakePipeline, settings, started_job, submit, until
 from worker import exitcodes, statelock
 from worker.cli import StopSignals
 from worker.ctl.control_client import request
@@ -135,9 +135,7 @@ def test_stopping_is_sent_when_the_drain_begins_and_watchdog_comes_from_the_loop
         daemon = Daemon(conf, ledger, fake, notifier=recorder)  # type: ignore[arg-type]
         daemon.start(lock)
         try:
-            submit(ledger, "long")
-            daemon.wake()
-            until(lambda: fake.started == ["long"], "started")
+            started_job(daemon, ledger, fake, "long")
             assert recorder.stopping_texts == []
             daemon.drain(reason="test")
             until(lambda: recorder.stopping_texts, "STOPPING=1")
@@ -213,9 +211,7 @@ def test_the_status_line_names_each_running_jobs_phase_in_show_and_status_words(
         daemon = Daemon(conf, ledger, fake, notifier=recorder)  # type: ignore[arg-type]
         daemon.start(lock)
         try:
-            job = submit(ledger, "big")
-            daemon.wake()
-            until(lambda: fake.started == ["big"], "started")
+            job = started_job(daemon, ledger, fake, "big")
             ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=10, bytes_done=4)
 
             def published() -> bool:
