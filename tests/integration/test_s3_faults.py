@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import daemon, processorctl, submit, wait_state, write_config
+from tests.support.daemon import daemon, submit, wait_state, write_config
 from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.waiting import wait_until
@@ -51,8 +51,7 @@ def test_s3_outage_requeues_and_jobs_complete_when_it_returns(
         config = write_config(short_tmp, output_bucket=OUT, endpoint=proxy.endpoint,
                               retry_base_s=1, retry_max_s=1, max_attempts=20)
         proxy.outage.set()
-        job_id = processorctl(config, "submit", "--bucket", IN, "--key=outage.txt",
-                              f"--etag={etag}").stdout.strip()
+        job_id = submit(config, IN, "outage.txt", etag)
         with daemon(config, short_tmp / "p.sock"):
             # Back in the queue after a failed attempt (waiting for "queued" alone
             # would return at once: the job starts queued).
