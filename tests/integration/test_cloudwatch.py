@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, submit, wait_state, write_config
+from tests.support.daemon import daemon, log_events, submit, wait_state, write_config
 from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import black_hole, dead_endpoint
@@ -54,11 +54,6 @@ def stream_events(logs: Any, stream: str) -> list[dict[str, Any]]:
     return [json.loads(e["message"]) for e in events]
 
 
-def file_events(directory: Path) -> list[dict[str, Any]]:
-    text = (directory / "state" / "logs" / "processor.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines()]
-
-
 def test_job_events_and_emf_metrics_reach_cloudwatch(
     buckets: Any, aws: Callable[[str], Any], moto_endpoint: str, short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -84,7 +79,7 @@ def test_job_events_and_emf_metrics_reach_cloudwatch(
     assert emf["BytesOut"] == finished["bytes_out"]
     # EMF documents go to their stream only: not the events stream, not the file.
     assert not any("_aws" in e for e in events)
-    assert not any("_aws" in e for e in file_events(short_tmp))
+    assert not any("_aws" in e for e in log_events(config))
 
 
 def test_put_log_events_of_the_metrics_stream_carry_the_emf_header(
@@ -122,7 +117,7 @@ def test_an_unreachable_cloudwatch_neither_slows_jobs_nor_holds_the_stop(
         _, stop_s = run_one_job(config, short_tmp / "p.sock", buckets, "cw/down.txt", b"x y z")
     assert time.monotonic() - started < 30
     assert stop_s < flush_timeout_s + 5
-    events = file_events(short_tmp)
+    events = log_events(config)
     assert [e["state"] for e in events if e["event"] == "job_finished"] == ["succeeded"]
     if endpoint == "dead":
         assert any(e["event"] == "cloudwatch_group_not_created" for e in events)

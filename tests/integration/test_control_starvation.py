@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, upload_and_submit, wait_state, write_config
+from tests.support.daemon import daemon, log_events, processorctl, upload_and_submit, wait_state, write_config
 from tests.support.emulator import with_buckets
 from tests.support.waiting import wait_until
 from worker.ctl.control_client import request
@@ -74,8 +74,7 @@ def test_idle_connections_neither_starve_status_nor_fail_jobs(
                 sock.close()
         proc.terminate()  # a clean stop (the block's end would kill it): no traceback on the way out
         proc.wait(timeout=30)
-    events = [json.loads(line)["event"] for line in
-              (short_tmp / "state" / "logs" / "processor.jsonl").read_text().splitlines()]
+    events = [line["event"] for line in log_events(config)]
     # The idle clients were evicted to serve newcomers (and said so, one line each).
     assert "control_connection_evicted" in events and "control_request_dropped" in events
     assert "Traceback" not in (short_tmp / "daemon.stderr").read_text()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, submit, wait_state, write_config
+from tests.support.daemon import daemon, log_events, processorctl, submit, wait_state, write_config
 from tests.support.emulator import CREDENTIALS, with_buckets
 from tests.support.waiting import wait_until
 from worker import exitcodes
@@ -46,8 +46,7 @@ def test_submitted_job_is_processed_and_listed(s3: Any, moto_endpoint: str, shor
         assert status["daemon"]["pid"] == proc.pid and status["counts"]["succeeded"] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    log_lines = (short_tmp / "state" / "logs" / "processor.jsonl").read_text().splitlines()
-    finished = [json.loads(line) for line in log_lines if '"job_finished"' in line]
+    finished = log_events(config, "job_finished")
     assert finished and finished[0]["job_id"] == job_id and finished[0]["state"] == "succeeded"
 
 
@@ -177,25 +176,20 @@ def test_signals_through_processor_run_hup_ignored_term_drains_a_second_stops_at
                           command=[sys.executable, "-c", HOLD, "{input}", "{output_dir}", str(short_tmp)])
     etag = s3.put_object(Bucket=IN, Key="held.txt", Body=b"x")["ETag"]
     job_id = submit(config, IN, "held.txt", etag)
-    log_file = short_tmp / "state" / "logs" / "processor.jsonl"
-
-    def logged(event: str) -> list[dict[str, Any]]:
-        lines = log_file.read_text().splitlines() if log_file.exists() else []
-        return [e for e in map(json.loads, lines) if e["event"] == event]
-
     with daemon(config, short_tmp / "p.sock") as proc:
         wait_state(config, job_id, {"running"})
         wait_until((short_tmp / "attempts").exists, stall_s=60, describe="the command never started")
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: logged("signal_ignored"), stall_s=60, describe="SIGHUP not acted on")
-        assert proc.poll() is None and not logged("drain_started")
+        wait_until(lambda: log_events(config, "signal_ignored"), stall_s=60, describe="SIGHUP not acted on")
+        assert proc.poll() is None and not log_events(config, "drain_started")
         proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: logged("drain_started"), stall_s=60, describe="SIGTERM did not start a drain")
+        wait_until(lambda: log_events(config, "drain_started"), stall_s=60,
+                   describe="SIGTERM did not start a drain")
         assert proc.poll() is None  # draining: the job has drain_timeout_s (60) to finish
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == exitcodes.INTERRUPTED
-    assert logged("drain_started")[0]["reason"] == "signal SIGTERM"
-    assert logged("fast_stop")[0]["reason"] == "second stop signal (SIGINT)"
-    assert logged("daemon_stopped")[0]["exit_status"] == exitcodes.INTERRUPTED
+    assert log_events(config, "drain_started")[0]["reason"] == "signal SIGTERM"
+    assert log_events(config, "fast_stop")[0]["reason"] == "second stop signal (SIGINT)"
+    assert log_events(config, "daemon_stopped")[0]["exit_status"] == exitcodes.INTERRUPTED
     shown = json.loads(processorctl(config, "show", job_id, "--json").stdout)
     assert shown["state"] == "queued" and (short_tmp / "attempts").read_text() == "x"

@@ -26,6 +26,7 @@ import pytest
 
 from tests.support import waiting
 from tests.support.daemon import daemon as support_daemon
+from tests.support.daemon import log_events as events
 from tests.support.daemon import processorctl, submit, write_config
 from tests.support.report import REPORT
 from worker.ctl.control_client import request
@@ -151,12 +152,6 @@ def wait_until(what: str, check: Callable[[], Any], progress: Callable[[], Any] 
     """Poll ``check`` until truthy; fail when ``progress()`` has not changed for ``stall_s``."""
     return waiting.wait_until(check, stall_s=stall_s, progress=progress, interval=0.1,
                               describe=f"waiting for {what}")
-
-
-def events(config: Path, name: str) -> list[dict[str, Any]]:
-    path = config.parent / "state" / "logs" / "processor.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [e for e in map(json.loads, lines) if e.get("event") == name]
 
 
 def greedy_makespan(durations: list[float], slots: int) -> float:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import daemon, submit, wait_state, write_config
+from tests.support.daemon import daemon, log_events, submit, wait_state, write_config
 from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.waiting import wait_until
@@ -37,8 +37,7 @@ def test_jobs_succeed_through_a_flaky_s3_and_the_retries_are_logged(
     for key, body in bodies.items():
         summary = json.loads(s3.get_object(Bucket=OUT, Key=f"{key}/summary.json")["Body"].read())
         assert summary["words"] == len(body.split())
-    events = [json.loads(line)["event"]
-              for line in (short_tmp / "state/logs/processor.jsonl").read_text().splitlines()]
+    events = [line["event"] for line in log_events(config)]
     assert events.count("s3_request_failed") + events.count("s3_call_retry") >= injected // 2
 
 

@@ -102,6 +102,14 @@ def daemon(
         reap_orphans(load_settings(config, environ={}).paths.work)
 
 
+def log_events(config: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The daemon's log file (state/logs/processor.jsonl beside ``config``), one dict a line;
+    only the ``event`` lines if given; none while there is no file yet."""
+    path = config.parent / "state" / "logs" / "processor.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if event is None or e.get("event") == event]
+
+
 def wait_state(config: Path, job_id: str, states: set[str], stall_s: float = 60) -> dict[str, Any]:
     """The job once it is in one of ``states``; fails when its state and phase stop moving."""
     seen: dict[str, Any] = {}
