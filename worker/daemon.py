@@ -32,7 +32,7 @@ from worker import __version__, exitcodes
 from worker.config import Settings
 from worker.control_server import ControlServer
 from worker.daemon_status import DaemonStatus, Notifier
-from worker.errors import LedgerError
+from worker.errors import Interrupted, LedgerError
 from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
 from worker.job import Job
 from worker.ledger import Ledger
@@ -377,6 +377,8 @@ class Daemon(FleetSlots, DaemonStatus):
         final = job
         try:
             final = run(job, token)
+        except Interrupted as exc:  # a BaseException: the catch-all below never sees a stop
+            final = self.pipeline.record_stopped(job, exc)
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self.pipeline.record_crash(job, exc)
         finally:

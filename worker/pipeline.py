@@ -148,6 +148,17 @@ class Pipeline:
             log.exception("job_not_recorded")
             return job
 
+    def record_stopped(self, job: Job, stop: Interrupted) -> Job:
+        """A stop request that got past the attempt (``_attempt`` turns it into the outcome):
+        recorded as that outcome would be, never as a crash (the slot paths' other catch)."""
+        log = job_logger(job)
+        log.warning("job_stop_escaped_attempt", reason=stop.reason)
+        try:
+            return self.recorder.record(job, _stopped(stop.reason), log)
+        except Exception:
+            log.exception("job_not_recorded")
+            return job
+
     def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
         """Run one attempt of a RUNNING job and say how it ended; no state is written."""
         log = job_logger(job) if log is None else log

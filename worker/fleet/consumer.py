@@ -39,7 +39,7 @@ import structlog
 from lambda_trigger.aws_edge import backoff_ceiling
 from processor_layout import FAILED_NAME
 from worker.config import Settings
-from worker.errors import LedgerError, StorageError
+from worker.errors import Interrupted, LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
@@ -368,6 +368,8 @@ class QueueConsumer:
             else:
                 # The same run as a local job's (job logs expired there too).
                 final, outcome = self._pipeline.run_attempt(job, token)
+        except Interrupted as exc:  # a BaseException: a stop hands the message back, never a crash
+            final, outcome = self._pipeline.record_stopped(job, exc), Outcome.REQUEUE
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
