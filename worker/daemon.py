@@ -322,7 +322,7 @@ class Daemon(FleetSlots, DaemonStatus):
                 self._reserved -= 1
                 if job is not None:
                     token = StopToken()
-                    self._slots[job.id] = _Slot(job, token, time.monotonic())
+                    self._slots[job.id] = _Slot(job, token, self._clock())
                 else:
                     # The reservation is gone: a receiver waiting for a free slot
                     # (wait_for_slot) must hear of it, or it sleeps its full wait.
@@ -348,6 +348,7 @@ class Daemon(FleetSlots, DaemonStatus):
     def _stop_slot_threads(self, timeout_s: float = 5.0) -> None:
         for _ in self._slot_threads:
             self._work.put(None)
+        # Real time, not self._clock: this bounds a real wait on threads.
         deadline = time.monotonic() + timeout_s
         for thread in self._slot_threads:
             # A job stuck past the drain's deadline keeps its thread; it is a
@@ -373,7 +374,7 @@ class Daemon(FleetSlots, DaemonStatus):
 
     def _run_job(self, job: Job, token: StopToken, run: Runner) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id)
-        started = time.monotonic()
+        started = self._clock()
         final = job
         try:
             final = run(job, token)
@@ -382,7 +383,8 @@ class Daemon(FleetSlots, DaemonStatus):
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self.pipeline.record_crash(job, exc)
         finally:
-            duration_s = time.monotonic() - started
+            # The injected clock is wall time (the ledger's): a step back is no negative duration.
+            duration_s = max(0.0, self._clock() - started)
             log.info(
                 "job_finished", job_id=final.id, bucket=final.bucket, key=final.key,
                 state=final.state.value, attempt=final.attempts, duration_s=round(duration_s, 3),
@@ -442,7 +444,8 @@ class Daemon(FleetSlots, DaemonStatus):
             self._interrupted = True
 
     def _join_all(self, timeout: float) -> None:
-        """Wait until every running job has ended and freed its slot, at most ``timeout``."""
+        """Wait until every running job has ended and freed its slot, at most ``timeout``
+        seconds of real time (a bound on a real wait, so not on self._clock)."""
         deadline = time.monotonic() + timeout
         with self._slot_freed:
             while self._slots and (left := deadline - time.monotonic()) > 0:

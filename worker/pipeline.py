@@ -87,7 +87,7 @@ class Pipeline:
         self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
         self.recorder = Recorder(self.settings, self.store, self.ledger, self.clock)
         self._expiry_lock = threading.Lock()
-        self._next_expiry = 0.0  # monotonic time of the next look at old job logs
+        self._next_expiry = 0.0  # self.clock() of the next look at old job logs
         self.limits, self.cgroups = job_cgroups(self.settings.processing, daemon_env)
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
@@ -111,9 +111,10 @@ class Pipeline:
         """Remove the logs of jobs that ended more than logging.job_log_retention_days ago
         (at most once per worker.joblog.EXPIRE_EVERY_S; never a queued or running job's)."""
         days = self.settings.logging.job_log_retention_days
-        now = time.monotonic()
+        now = self.clock()
         with self._expiry_lock:
-            if not days or now < self._next_expiry:
+            # (a clock stepped back by more than the interval looks at once)
+            if not days or 0.0 < self._next_expiry - now <= EXPIRE_EVERY_S:
                 return []
             self._next_expiry = now + EXPIRE_EVERY_S
 
@@ -215,7 +216,7 @@ class Pipeline:
     def _download(
         self, job: Job, dest: Path, timings: dict[str, float], cancel: StopToken | None, log: Any
     ) -> Downloaded:
-        started = time.monotonic()
+        started = self.clock()
         info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
         # Raises InsufficientSpace: never fits (fail) or not now (wait); see worker.space.
         self.space.reserve(job.id, info.size)
@@ -234,7 +235,7 @@ class Pipeline:
         finally:
             self.space.release(job.id)
         digests, method = verify_download(dest, info, f"download of s3://{job.bucket}/{job.key}")
-        timings["download_s"] = time.monotonic() - started
+        timings["download_s"] = max(0.0, self.clock() - started)  # wall time may step back
         log.info("download_finished", size=info.size, verified_by=method,
                  duration_s=round(timings["download_s"], 3))
         return Downloaded(info, digests.sha256, method)
@@ -288,9 +289,9 @@ class Pipeline:
             note = self.space.nearly_full_note()
             return replace(ran, error=f"{error}; {note}" if note else error)
         _check(cancel)
-        started = time.monotonic()
+        started = self.clock()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
-        timings["upload_s"] = time.monotonic() - started
+        timings["upload_s"] = max(0.0, self.clock() - started)
         prefix = self.result_prefix(job, [o["path"] for o in outputs])
         # A success replaces an earlier failure record (only _fail writes one, and
         # the ledger remembers every failure), then the manifest goes last: its
