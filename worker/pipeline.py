@@ -1,8 +1,9 @@
 """Run one job: download -> run the processing command -> upload -> record.
 
-An attempt ends in a ``worker.outcome.Attempt`` (``Pipeline.attempt``, no state
-written); ``worker.recorder`` turns it into the job's next state through the
-one outcome policy, ``worker.outcome.decide``.
+An attempt ends in a ``worker.outcome.Attempt`` (``Pipeline.attempt``, which
+writes the job's progress and its results but never its state);
+``worker.recorder`` turns it into the job's next state through the one outcome
+policy, ``worker.outcome.decide``.
 
 The pipeline sees the object store through the small ``ObjectStore`` protocol
 (``worker.storage.s3.S3Store`` in production, an in-memory fake in tests) and never
@@ -161,7 +162,13 @@ class Pipeline:
             return job
 
     def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
-        """Run one attempt of a RUNNING job and say how it ended; no state is written."""
+        """Run one attempt of a RUNNING job and say how it ended.
+
+        The job's state is not written (``worker.recorder`` does that, from the
+        returned Attempt). What is: its progress in the ledger (phase and byte
+        counters), and in the output bucket its outputs, then, on success, the
+        deletion of an earlier ``_failed.json`` and the manifest.
+        """
         log = job_logger(job) if log is None else log
         work = self.settings.paths.work / job.id
         try:
@@ -293,9 +300,12 @@ class Pipeline:
         outputs = self._upload_outputs(job, work / "output", cancel, log)
         timings["upload_s"] = max(0.0, self.clock() - started)
         prefix = self.result_prefix(job, [o["path"] for o in outputs])
-        # A success replaces an earlier failure record (only _fail writes one, and
-        # the ledger remembers every failure), then the manifest goes last: its
-        # presence is what tells consumers the result set is complete.
+        # A success replaces an earlier failure record, then the manifest goes last: its
+        # presence is what tells consumers the result set is complete. A record is written
+        # only for a failed job (Recorder.write_failure_record; in a fleet also
+        # worker.fleet.results from the fleet record) and this ledger remembers the
+        # failures it recorded, so a key that never failed here costs no DELETE; a
+        # failure recorded by another fleet instance is not in this ledger.
         if self.ledger.has_failed(job.bucket, job.key):
             for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
                 self.store.delete(self.settings.s3.output_bucket, failed_key)
@@ -452,7 +462,8 @@ class _Progress:
         self._last = time.monotonic()
 
     def __call__(self, amount: int) -> None:
-        # Raising here aborts the managed transfer: how a cancel reaches a download.
+        # Raising here aborts the transfer (worker.storage.s3 carries the Interrupted
+        # through s3transfer's threads): how a cancel or a drain reaches a download or upload.
         _check(self._cancel)
         with self._lock:
             self._done += amount
