@@ -63,7 +63,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 ## Static checks only (they also run inside `make test`).
 lint: $(STAMP)
 	$(BIN)/python -m mypy
-	$(BIN)/ruff check worker lambda_trigger tests $(wildcard bench)
+	$(BIN)/ruff check worker lambda_trigger processor_layout tests $(wildcard bench)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .processor-local build *.egg-info

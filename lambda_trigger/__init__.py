@@ -8,7 +8,10 @@
 - ``reconciler``      the reconcile mode: re-queue lost objects (``s3`` lists the bucket)
 - ``reconcile_plan``  the decision "is this object lost?", shared with ``processorctl reconcile``
 - ``loglines``    its log lines, one JSON object each
+- ``aws_edge``    stdlib only, shared with the worker: the backoff, the reading of an
+                  AWS error, the clients' retries and timeouts
 
-The deployment package holds only this package, so nothing here imports ``worker``
+The deployment package holds this package and ``processor_layout`` (job ids and
+the result layout, shared with the worker), so nothing here imports ``worker``
 (tests/unit/test_layering.py checks it); boto3 comes from the Lambda runtime.
 """

@@ -1,16 +1,10 @@
 """The reconciler's decision, shared by the Lambda's reconcile mode and `processorctl reconcile`.
 
-Pure and stdlib only: the Lambda package holds only ``lambda_trigger/``, so
-the two rules it needs from the worker are restated here, and a test keeps
-them equal to the worker's (tests/unit/test_reconcile_plan.py):
-
-- the job id, a function of ``(bucket, key, version id, ETag)``
-  (worker/identity.py ``Identity.job_id``);
-- where a job's results live: ``<output prefix><key>/``, except for keys so
-  long that ``<output prefix><key>/_manifest.json`` would pass S3's
-  1,024-byte key limit, whose results live under
-  ``<output prefix>_by-id/<job id>/`` instead (worker/storage/layout.py, which also
-  sends there a success whose outputs would not fit).
+Pure and stdlib only. The two rules it needs -- the job id, and where a job's
+results live (``<output prefix><key>/``, or ``<output prefix>_by-id/<job id>/``
+for keys too long for it, keys that name the fallback space, and successes
+whose outputs would not fit) -- are processor_layout's, the module the Lambda
+package ships beside ``lambda_trigger/``.
 
 An input object is lost -- it gets (re)submitted -- when it is older than
 ``older_than_s`` (its event may still be on its way otherwise), is not a
@@ -24,19 +18,11 @@ per version because the job id is.
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-#: The result files that mean "this object's job has an outcome" (worker/pipeline.py).
-MANIFEST_NAME = "_manifest.json"
-FAILED_NAME = "_failed.json"
-#: Under the output prefix: results of keys too long for the normal location.
-BY_ID_DIR = "_by-id/"
-#: S3's limit on an object key, in UTF-8 bytes.
-S3_KEY_MAX_BYTES = 1024
+from processor_layout import job_id, marker_job_id, marker_source
 
 
 class Verdict(str, enum.Enum):
@@ -89,70 +75,17 @@ class Results:
         return key in self.keys or job_id in self.job_ids
 
 
-def job_id(bucket: str, key: str, version_id: str | None, etag: str | None) -> str:
-    """The job id ``processorctl submit`` and the daemon give this object version.
-
-    sha256 of the JSON framing ``[bucket, key, version]`` (version ``v:<id>``,
-    else ``e:<etag>``, else empty), as worker/identity.py computes it.
-    """
-    if version_id:
-        version = f"v:{version_id}"
-    elif etag:
-        version = f"e:{etag}"
-    else:
-        version = ""
-    framed = json.dumps([bucket, key, version], ensure_ascii=True)
-    return f"j-{hashlib.sha256(framed.encode('ascii')).hexdigest()[:20]}"
-
-
-def uses_by_id(output_prefix: str, key: str) -> bool:
-    """True when ``key``'s results cannot live at ``<prefix><key>/``.
-
-    That is when ``<prefix><key>/_manifest.json`` (the longer reserved name)
-    would pass S3's key limit, or when the normal prefix would itself read as
-    a ``_by-id/`` one. A success whose *outputs* do not fit goes to ``_by-id/``
-    as well (worker/storage/layout.py); the Lambda cannot know the outputs, which is
-    why Results.has looks at both places.
-    """
-    normal = f"{output_prefix}{key}/"
-    if normal.startswith(BY_ID_DIR):
-        return True
-    longest = normal + MANIFEST_NAME
-    # surrogatepass: counts bytes as the worker does, whatever the string holds.
-    return len(longest.encode("utf-8", "surrogatepass")) > S3_KEY_MAX_BYTES
-
-
-def result_prefix(output_prefix: str, key: str, job: str) -> str:
-    """Where the results of job ``job`` (for source ``key``) are written."""
-    if uses_by_id(output_prefix, key):
-        return f"{output_prefix}{BY_ID_DIR}{job}/"
-    return f"{output_prefix}{key}/"
-
-
-def marker_keys(output_prefix: str, key: str) -> tuple[str, str]:
-    """The keys of ``key``'s result markers at the normal location ``<prefix><key>/``."""
-    base = f"{output_prefix}{key}/"
-    return base + MANIFEST_NAME, base + FAILED_NAME
-
-
 def index_results(result_keys: Iterable[str], output_prefix: str) -> Results:
     """The Results in a listing of the output bucket under ``output_prefix``."""
     keys: set[str] = set()
     job_ids: set[str] = set()
-    by_id = output_prefix + BY_ID_DIR
     for listed_key in result_keys:
-        if not listed_key.startswith(output_prefix):
-            continue
-        for marker in (MANIFEST_NAME, FAILED_NAME):
-            suffix = "/" + marker
-            if not listed_key.endswith(suffix):
-                continue
-            source = listed_key[len(output_prefix): -len(suffix)]
+        job = marker_job_id(output_prefix, listed_key)
+        if job is not None:
+            job_ids.add(job)
+        source = marker_source(output_prefix, listed_key)
+        if source is not None:
             keys.add(source)
-            if listed_key.startswith(by_id):
-                job = listed_key[len(by_id): -len(suffix)]
-                if "/" not in job:
-                    job_ids.add(job)
     return Results(frozenset(keys), frozenset(job_ids))
 
 

@@ -35,15 +35,9 @@ from lambda_trigger import s3, sqs
 from lambda_trigger.config import ReconcileConfig, load_reconcile_config
 from lambda_trigger.events import JobRequest
 from lambda_trigger.loglines import log_counts, log_line
-from lambda_trigger.reconcile_plan import (
-    BY_ID_DIR,
-    Results,
-    Verdict,
-    index_results,
-    marker_keys,
-    plan,
-)
+from lambda_trigger.reconcile_plan import Results, Verdict, index_results, plan
 from lambda_trigger.ssm import DeliveryError, FailedRecord
+from processor_layout import FALLBACK_DIR, marker_keys
 
 #: The event field and value that select this mode.
 RECONCILE_MODE = ("processor", "reconcile")
@@ -91,7 +85,7 @@ def reconcile(
     queue_client: sqs.SqsClient | None = None
     try:
         by_id = index_results(
-            s3.list_keys(client, config.output_bucket, config.output_prefix + BY_ID_DIR),
+            s3.list_keys(client, config.output_bucket, config.output_prefix + FALLBACK_DIR),
             config.output_prefix).job_ids
         for chunk in _chunks(s3.list_objects(client, config.input_bucket, config.prefix), CHUNK_OBJECTS):
             results = _chunk_results(client, config, chunk, by_id)

@@ -19,12 +19,10 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     ClientError,
 )
 
-#: Listings are idempotent: the standard retries and bounded timeouts.
-CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 8},
-    connect_timeout=5,
-    read_timeout=30,
-)
+from lambda_trigger.aws_edge import LIST_CLIENT, error_reply
+
+#: Listings are idempotent: the standard retries and bounded timeouts (aws_edge.LIST_CLIENT).
+CLIENT_CONFIG = Config(**LIST_CLIENT.config())
 #: Version ids that mean "no version" (unversioned buckets list "null").
 _NO_VERSION = frozenset({"", "null"})
 
@@ -70,12 +68,8 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[ListedO
                     etag=etag or None,
                     last_modified=version["LastModified"].timestamp(),
                 )
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise ListingError(bucket, prefix, str(error.get("Code") or "ClientError"),
-                           str(error.get("Message") or exc)) from exc
-    except BotoCoreError as exc:
-        raise ListingError(bucket, prefix, type(exc).__name__, str(exc)) from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise ListingError(bucket, prefix, *error_reply(exc)) from exc
 
 
 def list_keys_between(client: Any, bucket: str, prefix: str, start_after: str, last: str) -> Iterator[str]:
@@ -93,12 +87,8 @@ def list_keys_between(client: Any, bucket: str, prefix: str, start_after: str, l
                 if key > last:
                     return
                 yield key
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise ListingError(bucket, prefix, str(error.get("Code") or "ClientError"),
-                           str(error.get("Message") or exc)) from exc
-    except BotoCoreError as exc:
-        raise ListingError(bucket, prefix, type(exc).__name__, str(exc)) from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise ListingError(bucket, prefix, *error_reply(exc)) from exc
 
 
 def list_keys(client: Any, bucket: str, prefix: str = "") -> Iterator[str]:
@@ -108,9 +98,5 @@ def list_keys(client: Any, bucket: str, prefix: str = "") -> Iterator[str]:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents") or []:
                 yield str(item["Key"])
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise ListingError(bucket, prefix, str(error.get("Code") or "ClientError"),
-                           str(error.get("Message") or exc)) from exc
-    except BotoCoreError as exc:
-        raise ListingError(bucket, prefix, type(exc).__name__, str(exc)) from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise ListingError(bucket, prefix, *error_reply(exc)) from exc

@@ -17,7 +17,6 @@ it would fail the same way again).
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     ClientError,
 )
 
+from lambda_trigger.aws_edge import SEND_CLIENT, backoff_delay, error_reply
 from lambda_trigger.events import JobRequest
 
 #: SendMessageBatch takes at most 10 entries (API reference).
@@ -39,13 +39,8 @@ ENTRY_ATTEMPTS = 4
 ENTRY_BACKOFF_BASE_S = 0.25
 ENTRY_BACKOFF_CAP_S = 2.0
 
-#: As ssm.CLIENT_CONFIG: botocore's standard retries (9 attempts in all) and
-#: bounded timeouts.
-CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 8},
-    connect_timeout=5,
-    read_timeout=15,
-)
+#: As ssm.CLIENT_CONFIG: botocore's standard retries and bounded timeouts (aws_edge.SEND_CLIENT).
+CLIENT_CONFIG = Config(**SEND_CLIENT.config())
 
 
 class SqsClient(Protocol):
@@ -125,12 +120,9 @@ def _send_chunk(
                    for index, request in pending.items()]
         try:
             response = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        except ClientError as exc:
-            _fail_all(pending, failed, _error_code(exc), _error_message(exc))
-            return
-        except BotoCoreError as exc:
-            # Connection/timeout errors left over after botocore's own retries.
-            _fail_all(pending, failed, type(exc).__name__, str(exc))
+        except (ClientError, BotoCoreError) as exc:
+            # What is left after botocore's own retries (a BotoCoreError: connection, timeout).
+            _fail_all(pending, failed, *error_reply(exc))
             return
         retry: dict[int, QueueSendFailure] = {}
         for entry in response.get("Successful") or []:
@@ -159,7 +151,7 @@ def _send_chunk(
             failed.update(retry)
             return
         pending = {index: pending[index] for index in retry}
-        sleep(_backoff(attempt))
+        sleep(backoff_delay(attempt, ENTRY_BACKOFF_BASE_S, ENTRY_BACKOFF_CAP_S))
         attempt += 1
 
 
@@ -174,17 +166,3 @@ def _fail_all(pending: Mapping[int, JobRequest], failed: dict[int, QueueSendFail
               code: str, message: str) -> None:
     for index, request in pending.items():
         failed[index] = QueueSendFailure(request, code, message)
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with "equal jitter": never zero, never in lockstep."""
-    ceiling = min(ENTRY_BACKOFF_CAP_S, ENTRY_BACKOFF_BASE_S * 2.0 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def _error_code(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Code") or "ClientError")
-
-
-def _error_message(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Message") or exc)

@@ -17,7 +17,6 @@ Exceptions::
 from __future__ import annotations
 
 import base64
-import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     ClientError,
 )
 
+from lambda_trigger.aws_edge import SEND_CLIENT, backoff_delay, error_reply
 from lambda_trigger.events import JobRequest
 
 #: SendCommand rejects a Comment longer than this (API reference); moto does not.
@@ -44,14 +44,8 @@ _PLAIN_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,1024}\Z")
 
 #: botocore "standard" mode retries ThrottlingException (and the other
 #: throttling codes, 5xx and connection errors) with exponential backoff and
-#: jitter. Note botocore reads ``max_attempts`` here as *retries*: it becomes
-#: total_max_attempts 9 (one call + 8 retries), enough to ride out a burst of
-#: S3 events; the timeouts bound a hung connection.
-CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 8},
-    connect_timeout=5,
-    read_timeout=15,
-)
+#: jitter; its tries and timeouts: aws_edge.SEND_CLIENT.
+CLIENT_CONFIG = Config(**SEND_CLIENT.config())
 
 #: Not in botocore's standard-mode retryable codes (checked against botocore
 #: 1.44 retries/standard.py and the SSM model, which marks nothing retryable),
@@ -188,25 +182,16 @@ def send_submit(
     while True:
         try:
             response = client.send_command(**kwargs)
-        except ClientError as exc:
-            code = _error_code(exc)
+        except (ClientError, BotoCoreError) as exc:
+            # A BotoCoreError (connection, timeout) is left over after botocore's own
+            # retries; its code is its class name, never TOO_MANY_UPDATES.
+            code, message = error_reply(exc)
             if code != TOO_MANY_UPDATES or attempt >= UPDATE_ATTEMPTS:
-                raise SendError(request, code, _error_message(exc),
-                                instance_id=instance_id) from exc
-        except BotoCoreError as exc:
-            # Connection/timeout errors left over after botocore's own retries.
-            raise SendError(request, type(exc).__name__, str(exc),
-                            instance_id=instance_id) from exc
+                raise SendError(request, code, message, instance_id=instance_id) from exc
         else:
             return _command_id(response, request, instance_id)
-        sleep(_backoff(attempt))
+        sleep(backoff_delay(attempt, UPDATE_BACKOFF_BASE_S, UPDATE_BACKOFF_CAP_S))
         attempt += 1
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with "equal jitter": never zero, never in lockstep."""
-    ceiling = min(UPDATE_BACKOFF_CAP_S, UPDATE_BACKOFF_BASE_S * 2.0 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def _command_id(response: Mapping[str, Any], request: JobRequest, instance_id: str) -> str:
@@ -216,13 +201,3 @@ def _command_id(response: Mapping[str, Any], request: JobRequest, instance_id: s
         raise SendError(request, "InvalidResponse", "SendCommand returned no Command.CommandId",
                         instance_id=instance_id)
     return command_id
-
-
-def _error_code(exc: Any) -> str:
-    error = exc.response.get("Error", {})
-    return str(error.get("Code") or "ClientError")
-
-
-def _error_message(exc: Any) -> str:
-    error = exc.response.get("Error", {})
-    return str(error.get("Message") or exc)

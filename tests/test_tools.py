@@ -64,18 +64,12 @@ def test_a_broken_module_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch,
         require_module("brokentool")
 
 
-#: Still calls importorskip on its own module; being rewritten elsewhere (issue 22).
-_PENDING = {"tests/unit/test_reconcile_plan.py"}
-
-
 def test_no_test_skips_on_a_missing_tool_by_itself() -> None:
     """Every tool and module check goes through tests/support/tools.py (so CI=true fails it):
     no ``pytest.importorskip`` anywhere, and our own modules are imported, never skipped."""
     calls = []
     for path in sorted((REPO / "tests").rglob("*.py")):
         name = str(path.relative_to(REPO))
-        if name in _PENDING:
-            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr == "importorskip":
                 calls.append(f"{name}:{node.lineno}")

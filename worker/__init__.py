@@ -27,7 +27,8 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
 - ``statelock``       one daemon per state dir; ``dirs``: state-volume directories, mode 0750
 - ``control_server``  the daemon's control socket (its client is ``ctl.control_client``)
 - ``retry``           the retry budget of every AWS client; ``imds``: the one IMDSv2 client
-- ``aws_errors``      how the adapters read botocore's errors (the one shared adapter helper)
+- ``aws_errors``      how the adapters read botocore's errors and turn them into ours (``translated``);
+                      the backoff and the error reader they share with the Lambda: ``lambda_trigger.aws_edge``
 - ``reconcile``       which input objects are lost (``processorctl reconcile`` submits them)
 - ``ctl/``            processorctl;  ``storage/``: the object store and S3;  ``telemetry/``: logs,
                       metrics, systemd;  ``fleet/``: the shared SQS work queue;  ``local/``:

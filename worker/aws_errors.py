@@ -1,19 +1,26 @@
-"""botocore's errors, read one way by every worker adapter (S3, SQS, Auto Scaling).
+"""botocore's errors, read one way by every worker adapter (S3, SQS, DynamoDB, Auto Scaling).
 
 Each adapter still decides what an error means for it (its retryable codes,
-``ObjectChanged`` for S3); what they share is how a service's error reply is
-read and which failures are the connection's rather than the request's. An
-adapter itself: it imports botocore, so tests/unit/test_layering.py lists it.
+``ObjectChanged`` for S3) in a translation of its own; what they share is how
+a service's error reply is read (``error_reply``, the Lambda's reader too:
+lambda_trigger/aws_edge.py), which failures are the connection's rather than
+the request's, and ``translated``, the one block that turns an SDK error into
+the adapter's error, chained. An adapter itself: it imports botocore, so
+tests/unit/test_layering.py lists it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import botocore.exceptions
 
-__all__ = ["BOTOCORE_ERRORS", "TRANSPORT_ERRORS", "Failure", "client_error", "failure"]
+from lambda_trigger.aws_edge import error_reply
+
+__all__ = ["BOTOCORE_ERRORS", "TRANSPORT_ERRORS", "Failure", "Translation", "error_reply", "failure",
+           "translated"]
 
 #: The connection failed, not the request: always worth another try.
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
@@ -22,13 +29,6 @@ TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectTimeoutError,
 )
-
-
-def client_error(exc: botocore.exceptions.ClientError) -> tuple[str, str]:
-    """(code, message) of a service's error reply; the HTTP status stands in for a missing code."""
-    err = exc.response.get("Error", {})
-    code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    return code, str(err.get("Message") or exc)
 
 
 #: What ``failure`` reads: every error botocore raises.
@@ -52,8 +52,23 @@ class Failure:
 def failure(exc: Exception) -> Failure:
     """Read any of ``BOTOCORE_ERRORS`` one way (the SQS and DynamoDB adapters raise their own from it)."""
     if isinstance(exc, botocore.exceptions.ClientError):
-        code, message = client_error(exc)
+        code, message = error_reply(exc)
         return Failure(code, f"{code}: {message}")
     if isinstance(exc, TRANSPORT_ERRORS):
         return Failure("Transport", f"transport error: {exc}", transport=True)
     return Failure(type(exc).__name__, str(exc))
+
+
+#: An adapter's translation: (what was being done, the SDK error) -> its own error.
+Translation = Callable[[str, Exception], Exception]
+
+
+@contextmanager
+def translated(
+    what: str, translation: Translation, catch: tuple[type[Exception], ...] = BOTOCORE_ERRORS
+) -> Iterator[None]:
+    """Run the block; an error of ``catch`` leaves it as ``translation(what, exc)``, chained from it."""
+    try:
+        yield
+    except catch as exc:
+        raise translation(what, exc) from exc

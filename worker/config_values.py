@@ -134,18 +134,13 @@ def _parse_env(key: str, kind: object, text: str, where: str) -> Any:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{where}: {key} must be true or false, got {text!r}", key=key)
-    if kind == ARGV or kind is EnvironmentNames:
+    if kind == ARGV or kind is EnvironmentNames or kind is Environment:
+        # Parsed here, checked like the file's value by _coerce.
+        shape = "object" if kind is Environment else "array"
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             raise ConfigError(
-                f"{where}: {key} must be a JSON array of strings, got {text!r}", key=key
-            ) from None
-    if kind is Environment:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            raise ConfigError(
-                f"{where}: {key} must be a JSON object of strings, got {text!r}", key=key
+                f"{where}: {key} must be a JSON {shape} of strings, got {text!r}", key=key
             ) from None
     return text

@@ -4,7 +4,9 @@ A job is identified by ``(bucket, key, version)`` where *version* is the S3
 version id when the bucket is versioned, else the object's ETag. The same
 identity is processed once however often S3, Lambda or SSM deliver it; a new
 version of the same key is a new job. The job id is derived from the identity
-so every delivery of one object version maps to the same id.
+so every delivery of one object version maps to the same id; the rule itself
+lives in processor_layout (``job_id``), which the Lambda's reconcile mode
+shares.
 
 Stdlib only and no ``dataclasses``: ``processorctl submit`` imports this.
 """
@@ -12,10 +14,10 @@ Stdlib only and no ``dataclasses``: ``processorctl submit`` imports this.
 from __future__ import annotations
 
 import binascii
-import hashlib
-import json
 import re
 from typing import NamedTuple
+
+import processor_layout
 
 
 class Identity(NamedTuple):
@@ -29,24 +31,11 @@ class Identity(NamedTuple):
     @property
     def version(self) -> str:
         """The version part of the identity: version id, else ETag, else empty."""
-        if self.version_id:
-            return f"v:{self.version_id}"
-        if self.etag:
-            return f"e:{self.etag}"
-        return ""
-
-    def framed(self) -> str:
-        """The identity as one string; JSON framing, so no field can shift into another.
-
-        lambda_trigger.targeting.identity_of frames a request the same way, so
-        the Lambda's rendezvous hashing and the ledger agree on "same job".
-        """
-        return json.dumps([self.bucket, self.key, self.version], ensure_ascii=True)
+        return processor_layout.version_of(self.version_id, self.etag)
 
     def job_id(self) -> str:
-        """A stable, path-safe id: the same identity always yields the same id."""
-        digest = hashlib.sha256(self.framed().encode("ascii")).hexdigest()
-        return f"j-{digest[:20]}"
+        """A stable, path-safe id: the same identity always yields the same id (processor_layout.job_id)."""
+        return processor_layout.job_id(self.bucket, self.key, self.version_id, self.etag)
 
 
 #: base64url's alphabet; ``=`` padding is optional (the SSM document sends none).

@@ -25,6 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lambda_trigger.aws_edge import backoff_delay
 from worker.config import ProcessingSettings
 from worker.job import Job
 from worker.space import space_retry_bounds
@@ -148,16 +149,6 @@ def out_of_attempts(job: Job, settings: ProcessingSettings) -> bool:
     at the limit): the daemon died during each of its last attempts.
     """
     return job.counted_attempts >= settings.max_attempts
-
-
-def backoff_delay(
-    attempt: int, base_s: float, max_s: float, jitter: Callable[[], float] = random.random
-) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random."""
-    # The exponent is clamped: a long wait for S3 or disk space counts past 1,024
-    # attempts, where 2.0 ** n overflows (2 ** 62 is past any sane cap anyway).
-    ceiling = min(max_s, base_s * 2.0 ** min(max(attempt - 1, 0), 62))
-    return ceiling / 2 + jitter() * ceiling / 2
 
 
 def _handed_back(job: Job, reason: str) -> str:

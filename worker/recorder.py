@@ -1,7 +1,10 @@
 """Record how an attempt ended: the move ``worker.outcome.decide`` picks, written to the ledger.
 
 The pipeline, the daemon (a crash of the pipeline itself) and the queue
-consumer all end a running job here, so one policy decides every outcome.
+consumer all end a running job here, so one policy decides every outcome of an
+attempt. (A local job a dead daemon left running is requeued at the next
+start by ``Ledger.requeue_interrupted``, which counts the death itself; a queue
+job is handed back by ``Ledger.hand_back_queue_jobs``.)
 A failure is also written to the output bucket as ``_failed.json``, so
 downstream consumers see it without host access.
 """
@@ -15,6 +18,8 @@ from typing import Any
 
 import structlog
 
+from processor_layout import FAILED_NAME
+from processor_layout import result_prefix as layout_result_prefix
 from worker import __version__
 from worker.config import Settings
 from worker.errors import StorageError
@@ -23,8 +28,6 @@ from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, decide
 from worker.states import TERMINAL, JobState, Phase
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME
-from worker.storage.layout import result_prefix as layout_result_prefix
 
 
 def job_logger(job: Job) -> Any:
@@ -95,18 +98,19 @@ class Recorder:
         return updated
 
     def result_prefix(self, job: Job) -> str:
-        """Where this job's outcome lands (worker.storage.layout)."""
+        """Where this job's outcome lands (processor_layout)."""
         return self.result_prefix_of(job.key, job.id)
 
     def result_prefix_of(self, key: str, job_id: str) -> str:
-        """Where the outcome of job ``job_id`` on ``key`` lands (worker.storage.layout)."""
+        """Where the outcome of job ``job_id`` on ``key`` lands (processor_layout)."""
         return layout_result_prefix(self.settings.s3.output_prefix, key, job_id)
 
     def write_failure_record(self, failed: Job, log: Any) -> bool:
         """Write ``_failed.json`` for a failed job; False when S3 would not take it.
 
         For a local job the ledger holds the failure and the bucket copy is a
-        courtesy; a queue job's message is deleted only once it is written.
+        courtesy; a queue job's message goes to the dead-letter queue only once
+        it is written.
         """
         record = {
             "job_id": failed.id,

@@ -20,7 +20,12 @@ SQS, Auto Scaling and CloudWatch Logs clients have level 1 only; their callers
 their own schedule. ``s3_operation()``, ``job()`` and ``ClientRetries.worst()``
 compute the worst cases the README's table shows; every adapter builds its
 botocore ``Config`` from ``ClientRetries.config()`` and S3's tenacity policy
-from ``S3_CALL``, so this module is the one place to change a number.
+from ``S3_CALL``, so this module is the one place to change a daemon's number.
+The Lambda's two clients are written in the same terms in
+lambda_trigger/aws_edge.py (the Lambda ships without worker/) and listed here
+as ``LAMBDA_SEND_CLIENT`` and ``LAMBDA_LIST_CLIENT``; that stdlib-only module
+also holds what this budget is built on: ``ClientRetries``, ``Cost`` and the
+one backoff (``backoff_ceiling``; ``backoff_delay`` draws below it).
 
 No botocore here (only adapters import it): ``config()`` returns the keyword
 arguments of ``botocore.config.Config``.
@@ -30,59 +35,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from lambda_trigger.aws_edge import LIST_CLIENT, SEND_CLIENT, ClientRetries, Cost, backoff_ceiling
 from worker.config import ProcessingSettings
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-#: botocore standard mode: retry n waits rand(0, 1) x min(2 ** (n - 1), 20) s (recent
-#: botocore scales the window by 0.05 for errors other than throttling: the ceiling holds).
-BOTOCORE_MAX_BACKOFF_S = 20.0
-#: Recent botocore stretches a wait to an ``x-amz-retry-after`` header, by at most this much.
-BOTOCORE_RETRY_AFTER_EXTRA_S = 5.0
-
-
-@dataclass(frozen=True)
-class Cost:
-    """The worst case of one retried operation: HTTP requests sent, and seconds spent
-    in timeouts and backoff waits (time moving data is on top)."""
-
-    requests: int
-    wall_s: float
-
-
-@dataclass(frozen=True)
-class ClientRetries:
-    """Retries and timeouts of one boto3 client (level 1)."""
-
-    #: Tries of one HTTP request, the first included (botocore's ``total_max_attempts``;
-    #: its ``max_attempts`` key would count retries only).
-    attempts: int
-    connect_timeout_s: float
-    #: Per socket read: a server that stops answering costs this much per try.
-    read_timeout_s: float
-
-    def config(self) -> dict[str, Any]:
-        """Keyword arguments for ``botocore.config.Config``."""
-        return {
-            "retries": {"mode": "standard", "total_max_attempts": self.attempts},
-            "connect_timeout": self.connect_timeout_s,
-            "read_timeout": self.read_timeout_s,
-        }
-
-    def worst(self) -> Cost:
-        """Every try timing out (connect, then read), with the longest backoff between tries."""
-        waits = sum(botocore_wait_ceiling(n) for n in range(1, self.attempts))
-        return Cost(self.attempts, self.attempts * (self.connect_timeout_s + self.read_timeout_s) + waits)
-
-
-def botocore_wait_ceiling(retry_number: int) -> float:
-    """The longest wait botocore's standard mode makes before retry ``retry_number`` (1-based)."""
-    return min(2.0 ** (retry_number - 1), BOTOCORE_MAX_BACKOFF_S) + BOTOCORE_RETRY_AFTER_EXTRA_S
 
 
 @dataclass(frozen=True)
@@ -96,7 +57,7 @@ class CallRetries:
 
     def wait_ceiling(self, failures: int) -> float:
         """The longest wait after ``failures`` failed tries (tenacity's wait_random_exponential)."""
-        return min(self.first_wait_s * 2.0 ** (failures - 1), self.max_wait_s)
+        return backoff_ceiling(failures, self.first_wait_s, self.max_wait_s)
 
     def worst_waits_s(self) -> float:
         return sum(self.wait_ceiling(n) for n in range(1, self.attempts))
@@ -138,6 +99,11 @@ DYNAMODB_CLIENT = ClientRetries(attempts=4, connect_timeout_s=5, read_timeout_s=
 #: Auto Scaling: short, so one call ends within the instance guard's bounded close;
 #: the guard retries failures with its own backoff.
 AUTOSCALING_CLIENT = ClientRetries(attempts=2, connect_timeout_s=2, read_timeout_s=5)
+#: The Lambda's clients: SendCommand and SendMessageBatch, and the reconcile mode's
+#: listings. Defined in lambda_trigger/aws_edge.py, which the Lambda ships without worker/.
+LAMBDA_SEND_CLIENT = SEND_CLIENT
+LAMBDA_LIST_CLIENT = LIST_CLIENT
+
 #: CloudWatch Logs: short, so a slow endpoint never holds the shutdown flush.
 LOGS_CLIENT = ClientRetries(attempts=2, connect_timeout_s=2, read_timeout_s=5)
 #: watchtower's own tries of each PutLogEvents batch (its ``_submit_batch``
@@ -183,7 +149,7 @@ def s3_calls_per_attempt(outputs: int) -> int:
 def job_wait_ceiling(attempt: int, processing: ProcessingSettings) -> float:
     """The longest wait before the job's attempt ``attempt + 1`` (the pipeline's backoff:
     ``retry_base_s`` doubling per attempt up to ``retry_max_s``, equal jitter below it)."""
-    return float(min(processing.retry_max_s, processing.retry_base_s * 2.0 ** min(attempt - 1, 62)))
+    return float(backoff_ceiling(attempt, processing.retry_base_s, processing.retry_max_s))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+import processor_layout as layout
 from lambda_trigger.events import MalformedEvent, parse_event
 from lambda_trigger.handler import handle
 from lambda_trigger.ssm import DeliveryError, FailedRecord, encode_key_base64
@@ -45,7 +46,6 @@ from worker.ledger import Ledger
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters
 from worker.states import JobState
-from worker.storage import layout
 
 #: ``{c}`` is replaced by the canary dir: every key that could run a command touches a file there.
 PLAIN = [

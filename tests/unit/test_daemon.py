@@ -236,3 +236,28 @@ def test_claims_are_reserved_and_stop_when_a_drain_begins(short_tmp: Path) -> No
         daemon._slots.clear()
         daemon._draining = True
         assert daemon._claim() is None and ledger.counts()["queued"] == 1
+
+
+def test_slot_times_and_job_durations_are_on_the_injected_clock(short_tmp: Path) -> None:
+    """The clock the daemon is given is the one it reads: a slot's running_s and the
+    job_finished duration move with it, not with time.monotonic()."""
+    from structlog.testing import capture_logs
+
+    from worker.daemon import Daemon
+
+    now = [1_000_000.0]
+    conf = settings(short_tmp, concurrency=1)
+    with Ledger(conf.paths.ledger) as ledger:
+        fake = FakePipeline(conf, ledger)
+        daemon = Daemon(conf, ledger, fake, clock=lambda: now[0])
+        submit(ledger, "a")
+        claimed = daemon._claim()
+        assert claimed is not None
+        now[0] += 3600.0  # an hour on the daemon's clock, none in real time
+        assert [job["running_s"] for job in daemon._running()] == [3600.0]
+        fake.release.set()
+        with capture_logs() as logs:
+            daemon._run_job(*claimed)
+        finished = [e for e in logs if e["event"] == "job_finished"]
+        assert [e["duration_s"] for e in finished] == [0.0]  # the clock stood still meanwhile
+        daemon._close_wake_pipe()

@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,29 @@ def test_a_given_wheel_is_deployed_as_it_is(checkout: Path, tmp_path: Path) -> N
     assert (run.uploads / values["WheelKey"]).read_bytes() == _wheel(checkout).read_bytes()
     bad = _deploy(checkout, tmp_path / "bad", _account(), "--wheel", str(tmp_path / "nothing.whl"))
     assert bad.returncode == 2 and "--wheel: no such file" in bad.stderr and bad.deployed() is None
+
+
+def test_the_lambda_package_holds_the_trigger_and_the_shared_layout_and_imports_alone(
+    checkout: Path, tmp_path: Path,
+) -> None:
+    """The zip is lambda_trigger/ plus processor_layout/ (the job id and result layout the
+    reconcile mode shares with the worker), and its modules import with no worker/ at hand."""
+    run = _deploy(checkout, tmp_path, _account())
+    assert run.returncode == 0, run.stderr
+    values = dict(p.split("=", 1) for p in run.deployed() or [])
+    package = run.uploads / values["LambdaCodeKey"]
+    with zipfile.ZipFile(package) as archive:
+        names = set(archive.namelist())
+    assert {"lambda_trigger/handler.py", "lambda_trigger/reconciler.py",
+            "processor_layout/__init__.py"} <= names
+    assert {name.split("/")[0] for name in names} == {"lambda_trigger", "processor_layout"}
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); sys.modules['worker'] = None\n"
+             "import lambda_trigger.handler, lambda_trigger.reconciler, processor_layout\n"
+             "for module in (lambda_trigger.handler, lambda_trigger.reconciler, processor_layout):\n"
+             "    assert module.__file__.startswith(sys.argv[1]), module.__file__\n")
+    done = subprocess.run([sys.executable, "-I", "-c", probe, str(package)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_reservation_the_account_cannot_give_stops_before_deploying(

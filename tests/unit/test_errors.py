@@ -78,16 +78,22 @@ def defined_exceptions() -> dict[str, tuple[str, str]]:
 
 
 def raised_names(sources: Iterable[str]) -> set[str]:
-    """Names in ``raise X`` / ``raise X(...)`` / ``raise mod.X(...)`` statements of the sources."""
+    """Names in ``raise X`` / ``raise X(...)`` / ``raise mod.X(...)`` statements of the sources,
+    and in ``return X(...)``: an adapter's translation returns the error ``aws_errors.translated``
+    raises."""
     names = set()
     for source in sources:
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.Raise) and node.exc is not None:
+            if isinstance(node, ast.Return) and isinstance(node.value, ast.Call):
+                target = node.value.func
+            elif isinstance(node, ast.Raise) and node.exc is not None:
                 target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
-                if isinstance(target, ast.Name):
-                    names.add(target.id)
-                elif isinstance(target, ast.Attribute):
-                    names.add(target.attr)
+            else:
+                continue
+            if isinstance(target, ast.Name):
+                names.add(target.id)
+            elif isinstance(target, ast.Attribute):
+                names.add(target.attr)
     return names
 
 
@@ -166,6 +172,7 @@ def test_a_class_nothing_raises_is_found() -> None:
                            "def h():\n    raise\n"])
     assert raised == {"Used", "Other"}
     assert never_raised(defined, raised) == ["Dead"]
+    assert raised_names(["def translate(what, exc):\n    return Dead(what)\n"]) == {"Dead"}
 
 
 def test_every_exception_class_is_raised_or_is_a_base_of_one_that_is() -> None:

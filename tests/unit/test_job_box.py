@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from processor_layout import MANIFEST_NAME
 from tests.support.escapees import ESCAPE, alive, kill_listed
 from tests.support.pipeline import OUT, claim, make
 from tests.support.waiting import wait_until
 from worker.identity import Identity
 from worker.process import StopToken, sweep
 from worker.states import JobState
-from worker.storage.layout import MANIFEST_NAME
 
 
 def _command(pids: Path, mode: str) -> list[str]:

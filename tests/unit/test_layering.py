@@ -1,4 +1,4 @@
-"""The layering contract: which modules of worker/ and lambda_trigger/ may import which.
+"""The layering contract: which modules of worker/, lambda_trigger/ and processor_layout/ may import which.
 
 The import graph is read from the source with ``ast`` (nothing is imported, so
 no rule depends on what happens to be installed). Each import is an edge of
@@ -14,8 +14,9 @@ one of three kinds:
 Import-time rules (no cycle, the submit path) follow ``module`` edges only: a
 deferred or typing-only import can neither form an import-time cycle nor load
 anything on start. Direction rules (storage and ledger below the pipeline,
-boto3 only in adapters, the Lambda apart from the worker) follow every edge:
-a wrong-way dependency is wrong even when it is deferred or only for mypy.
+boto3 only in adapters, the Lambda apart from the worker, the shared
+``processor_layout`` stdlib only) follow every edge: a wrong-way dependency is
+wrong even when it is deferred or only for mypy.
 
 Every rule is a function over a ``Graph`` and is first shown to fail on a
 small synthetic graph built by the same parser, then run on the real one.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,10 @@ import pytest
 from tests.support.submit_path import SUBMIT_MUST_NOT_IMPORT
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("worker", "lambda_trigger")
+PACKAGES = ("worker", "lambda_trigger", "processor_layout")
+
+#: Shipped in both the wheel and the Lambda package, imported by both sides: stdlib only.
+SHARED = ("processor_layout",)
 
 
 #: The AWS SDK: only the adapters below may import it.
@@ -258,10 +263,19 @@ def importers_of(graph: Graph, names: Iterable[str], among: Iterable[str] = PACK
             and any(_names(t, wanted) for t in graph.targets(m))}
 
 
-def leaving(graph: Graph, package: str) -> list[str]:
-    """Imports from modules in ``package`` of our modules outside it, by any kind of edge."""
-    return sorted(f"{m} imports {t}" for m in graph.edges if _names(m, [package])
-                  for t in graph.targets(m) if _ours(graph, t) and not _names(t, [package]))
+def leaving(graph: Graph, *packages: str) -> list[str]:
+    """Imports from modules in ``packages`` of our modules outside them all, by any kind of edge."""
+    return sorted(f"{m} imports {t}" for m in graph.edges if _names(m, packages)
+                  for t in graph.targets(m) if _ours(graph, t) and not _names(t, packages))
+
+
+def beyond_stdlib(graph: Graph, packages: Iterable[str]) -> list[str]:
+    """Imports from modules in ``packages`` of anything but the standard library and themselves."""
+    own = list(packages)
+    return sorted(f"{m} imports {t}" for m in graph.edges if _names(m, own)
+                  for t in graph.targets(m)
+                  if not _names(t, own)
+                  and (_ours(graph, t) or t.split(".")[0] not in sys.stdlib_module_names))
 
 
 # -- the rules fail on broken graphs ----------------------------------------------------------------
@@ -322,6 +336,16 @@ def test_an_import_leaving_a_package_is_found() -> None:
     assert leaving(graph, "pkg.lam") == ["pkg.lam.b imports pkg.core"]
 
 
+def test_the_shared_package_may_be_imported_but_imports_only_the_stdlib() -> None:
+    graph = build_graph({"lam": "", "lam.a": "import shared\nimport json\n", "shared": "import hashlib\n",
+                         "core": "", "core.b": "import shared\n"}, ["lam", "shared", "core"])
+    assert leaving(graph, "lam", "shared") == [] and leaving(graph, "lam") == ["lam.a imports shared"]
+    assert beyond_stdlib(graph, ["shared"]) == []
+    broken = build_graph({"shared": "import yaml\ndef f():\n    from core import b\n", "core": "",
+                          "core.b": ""}, ["shared", "core"])
+    assert beyond_stdlib(broken, ["shared"]) == ["shared imports core.b", "shared imports yaml"]
+
+
 def test_an_sdk_import_outside_the_adapters_is_found() -> None:
     graph = _toy(s3="import boto3\n", util="def f():\n    from botocore.config import Config\n",
                  pure="import json\n")
@@ -336,7 +360,10 @@ RULES: dict[str, Callable[[Graph], Sequence[object]]] = {
     "wrong way": lambda g: wrong_way(g, LOW_LAYERS, HIGH_LAYERS),
     # Equal, not a subset: a module that stops being an adapter must leave the list too.
     "adapters": lambda g: sorted(importers_of(g, AWS_SDK) ^ ADAPTERS),
-    "lambda apart": lambda g: leaving(g, "lambda_trigger"),
+    # The Lambda zip holds lambda_trigger/ and the shared package, nothing of worker/.
+    "lambda apart": lambda g: leaving(g, "lambda_trigger", *SHARED),
+    # Both sides import it, so it imports neither (nor anything outside the stdlib).
+    "shared stdlib only": lambda g: beyond_stdlib(g, SHARED),
     # The example processing command runs as the daemon's child, from any directory: stdlib only.
     "examples apart": lambda g: leaving(g, "worker.examples"),
 }
@@ -349,7 +376,8 @@ def sources() -> tuple[dict[str, str], list[str]]:
 
 def test_the_graph_is_complete(sources: tuple[dict[str, str], list[str]]) -> None:
     graph = build_graph(*sources)
-    assert {"worker.ctl.cli", "worker.storage.s3", "lambda_trigger.handler"} <= graph.edges.keys()
+    assert {"worker.ctl.cli", "worker.storage.s3", "lambda_trigger.handler",
+            "processor_layout"} <= graph.edges.keys()
     assert "worker.ledger" in loaded_by(graph, "worker.ctl.cli")  # the submit path is followed
     assert unresolved(graph) == []
 
@@ -362,13 +390,18 @@ def test_the_real_graph_keeps_the_rule(rule: str, sources: tuple[dict[str, str],
 @pytest.mark.parametrize(("rule", "module", "added"), [
     ("cycle", "worker.errors", "import worker.ctl.cli"),
     ("submit path", "worker.identity", "import dataclasses"),
-    ("submit path", "worker.storage", "import worker.storage.s3"),
-    ("wrong way", "worker.storage.layout", "def f():\n    from worker.fleet import consumer"),
+    ("submit path", "worker.identity", "import worker.storage.s3"),
+    ("submit path", "processor_layout", "import dataclasses"),
+    ("wrong way", "worker.storage.base", "def f():\n    from worker.fleet import consumer"),
     ("wrong way", "worker.ledger_schema", "if TYPE_CHECKING:\n    import worker.pipeline"),
     ("adapters", "worker.reconcile", "import botocore.exceptions"),
     ("lambda apart", "lambda_trigger.events", "from worker.identity import Identity"),
     ("lambda apart", "lambda_trigger.handler", "def f():\n    import worker.fleet.workqueue"),
-    ("examples apart", "worker.examples.stats", "from worker.storage import layout"),
+    ("lambda apart", "processor_layout", "def f():\n    from worker.identity import Identity"),
+    ("shared stdlib only", "processor_layout", "import structlog"),
+    ("shared stdlib only", "processor_layout", "if TYPE_CHECKING:\n    from worker.job import Job"),
+    ("shared stdlib only", "processor_layout", "def f():\n    from lambda_trigger import events"),
+    ("examples apart", "worker.examples.stats", "import processor_layout"),
 ])
 def test_the_rule_catches_a_break_in_the_real_code(
     rule: str, module: str, added: str, sources: tuple[dict[str, str], list[str]],

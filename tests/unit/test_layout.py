@@ -1,22 +1,27 @@
-"""The result layout: <output prefix><key>/, or _by-id/<job id>/ when that cannot hold the results;
-and the pipeline and the reconciler following it (issue 13 item 2)."""
+"""The result layout (processor_layout): <output prefix><key>/, or _by-id/<job id>/ when that cannot
+hold the results; and the pipeline and the reconciler following it (issue 13 item 2)."""
 
 from __future__ import annotations
 
-import ast
+import random
 from pathlib import Path
 
 import pytest
 
+import processor_layout as layout
 from lambda_trigger.reconcile_plan import Verdict
 from tests.support.pipeline import COPY_UPPER, OUT, claim, make, script
 from worker.identity import Identity
 from worker.reconcile import plan, result_index
 from worker.states import JobState
-from worker.storage import layout
 from worker.storage.base import Listed
 
+REPO = Path(__file__).resolve().parents[2]
 ROOM = 1024 - len("/_manifest.json")  # the longest <prefix><key> whose results fit
+#: Output prefixes the layout is tried with: none, one level, two levels.
+PREFIXES = ["", "out/", "a/b/"]
+#: A real job id (of a key too long for its results: one that does live at the fallback).
+JOB = Identity("in", "k" * 1100, None, "e").job_id()
 
 
 @pytest.mark.parametrize("key,fallback", [
@@ -38,6 +43,55 @@ def test_result_prefix_falls_back_when_the_reserved_names_would_not_fit(key: str
     assert all(len((prefix + name).encode()) <= 1024 for name in layout.RESERVED_NAMES)
 
 
+@pytest.mark.parametrize("output_prefix", PREFIXES)
+@pytest.mark.parametrize("key", ["_by-id", "_by-id/x", f"_by-id/{JOB}", f"_by-id/{JOB}/f", "_by-idx"])
+def test_a_by_id_key_never_lands_on_a_jobs_fallback_whatever_the_output_prefix(
+    output_prefix: str, key: str,
+) -> None:
+    """The guard was checked on <output prefix><key>/, so with any output prefix a key
+    ``_by-id/<job id>/...`` landed in that job's fallback (and ``_by-id`` on the parent of all)."""
+    own = Identity("in", key, None, "e").job_id()
+    prefix = layout.result_prefix(output_prefix, key, own)
+    every_fallback = output_prefix + layout.FALLBACK_DIR
+    if key == "_by-idx":  # an ordinary key
+        assert prefix == f"{output_prefix}_by-idx/" and not layout.is_fallback(output_prefix, prefix)
+        assert layout.marker_source(output_prefix, prefix + layout.MANIFEST_NAME) == key
+        assert layout.marker_job_id(output_prefix, prefix + layout.MANIFEST_NAME) is None
+        return
+    # Its own fallback, never another job's nor a place under one: read back, it is its own job's.
+    assert prefix == layout.fallback_prefix(output_prefix, own) and layout.is_fallback(output_prefix, prefix)
+    assert not prefix.startswith(layout.fallback_prefix(output_prefix, JOB))
+    assert prefix != every_fallback
+    for marker in layout.RESERVED_NAMES:
+        assert layout.marker_job_id(output_prefix, prefix + marker) == own
+        assert layout.marker_source(output_prefix, prefix + marker) is None
+    # With outputs too, and its failure records: all at its own fallback.
+    assert layout.result_prefix(output_prefix, key, own, ["o.txt", "d/p.bin"]) == prefix
+    assert layout.failure_record_keys(output_prefix, key, own) == [prefix + layout.FAILED_NAME]
+
+
+@pytest.mark.parametrize("output_prefix", PREFIXES)
+def test_no_normal_prefix_lies_in_the_fallback_space(output_prefix: str) -> None:
+    """Against the rule written independently of the module: ``<prefix><key>/_manifest.json``
+    over 1,024 bytes, or a key ``_by-id`` / ``_by-id/...``: results under ``<prefix>_by-id/<job id>/``."""
+    rng = random.Random(12)
+    alphabet = "abc/._-+%\t\n\u00e9\u65e5\U0001f600_by-id"
+    room = 1024 - len(f"{output_prefix}/_manifest.json".encode())
+    keys = ["x" * room, "x" * (room + 1), "x" * (room - 2) + "\u00e9", "x" * (room - 1) + "\u00e9",
+            "_by-id", "_by-id/", "_by-id/x", "_by-idx", "_by-id_", "a/_by-id/b", "/_by-id", "_BY-ID/x"]
+    keys += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(300)]
+    keys += ["_by-id" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))) for _ in range(300)]
+    for key in keys:
+        job = Identity("b", key, None, "e").job_id()
+        normal = f"{output_prefix}{key}/"
+        too_long = len(f"{normal}_manifest.json".encode()) > 1024
+        names_fallback = key == "_by-id" or key.startswith("_by-id/")
+        expected = f"{output_prefix}_by-id/{job}/" if too_long or names_fallback else normal
+        assert layout.result_prefix(output_prefix, key, job) == expected, key
+        got = layout.result_prefix(output_prefix, key, job)
+        assert layout.is_fallback(output_prefix, got) is (got != normal), key
+
+
 def test_the_output_prefix_counts() -> None:
     key = "k" * (ROOM - 4)
     assert layout.result_prefix("", key, "j-1") == key + "/"
@@ -57,16 +111,14 @@ def test_failure_records_are_looked_for_at_both_places_only_when_they_differ() -
     assert layout.failure_record_keys("r/", "k" * 1024, "j-1") == ["r/_by-id/j-1/_failed.json"]
 
 
-def test_layout_is_stdlib_only_and_the_one_home_of_the_reserved_names() -> None:
-    root = Path(layout.__file__).parent
-    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(Path(layout.__file__).read_text()))
-                if isinstance(node, ast.Import | ast.ImportFrom)
-                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
-    assert imported <= {"__future__", "collections"}, imported
-    for module in root.rglob("*.py"):
-        if module.name != "layout.py" and module.parent.name != "examples":
-            text = module.read_text()
-            assert '"_manifest.json"' not in text and '"_failed.json"' not in text, module
+def test_the_layout_is_the_one_home_of_the_reserved_names() -> None:
+    """No other module of the worker or the Lambda spells them (the example command may: it is a consumer)."""
+    for package in ("worker", "lambda_trigger"):
+        for module in (REPO / package).rglob("*.py"):
+            if module.parent.name != "examples":
+                text = module.read_text()
+                assert '"_manifest.json"' not in text and '"_failed.json"' not in text, module
+                assert '"_by-id/"' not in text, module
 
 
 # -- the pipeline ----------------------------------------------------------------------
@@ -94,6 +146,16 @@ def test_a_key_too_long_for_its_results_fails_at_the_fallback(tmp_path: Path) ->
     assert done.state is JobState.FAILED and done.result_prefix == prefix
     failed = store.json(OUT, prefix + layout.FAILED_NAME)
     assert failed["source"]["key"] == key and failed["exit_code"] == 3
+
+
+def test_a_key_naming_another_jobs_fallback_succeeds_at_its_own(tmp_path: Path) -> None:
+    pipeline, ledger, store = make(tmp_path, COPY_UPPER)  # output prefix "results/"
+    job = claim(ledger, store, f"_by-id/{JOB}")
+    done = pipeline.run(job)
+    prefix = f"results/_by-id/{job.id}/"
+    assert done.state is JobState.SUCCEEDED and done.result_prefix == prefix
+    assert store.json(OUT, prefix + layout.MANIFEST_NAME)["source"]["key"] == f"_by-id/{JOB}"
+    assert [k for _, k in store.objects if k.startswith(f"results/_by-id/{JOB}")] == []
 
 
 def test_an_output_that_does_not_fit_moves_the_whole_job_to_the_fallback(tmp_path: Path) -> None:

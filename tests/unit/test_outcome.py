@@ -10,9 +10,10 @@ import itertools
 
 import pytest
 
+from lambda_trigger.aws_edge import backoff_delay
 from worker.config import ProcessingSettings
 from worker.job import Job
-from worker.outcome import Attempt, Move, Outcome, backoff_delay, crashed, decide, out_of_attempts
+from worker.outcome import Attempt, Move, Outcome, crashed, decide, out_of_attempts
 from worker.states import JobState
 
 SETTINGS = ProcessingSettings(max_attempts=3, retry_base_s=30, retry_max_s=900)

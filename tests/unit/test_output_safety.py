@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from processor_layout import MANIFEST_NAME
 from tests.support.fakes import FakeStore
 from tests.support.pipeline import OUT, claim, make, script
 from worker.states import JobState
-from worker.storage.layout import MANIFEST_NAME
 
 SECRET = b"outside the job: must never be uploaded\n"
 

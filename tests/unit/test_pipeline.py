@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import structlog
 
+from processor_layout import FAILED_NAME, MANIFEST_NAME
 from tests.support.pipeline import COPY_UPPER, OUT, claim, make, script
 from worker.errors import StorageError
 from worker.identity import Identity
 from worker.pipeline import OVERLAP_HASH_BYTES
 from worker.process import StopToken
 from worker.states import JobState
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME
 
 
 def test_success_uploads_outputs_then_the_manifest_last(tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ def test_stderr_is_drained_even_when_the_log_cannot_be_written(tmp_path: Path) -
 def test_backoff_is_exponential_with_equal_jitter(
     attempt: int, base: float, cap: float, low: float, high: float
 ) -> None:
-    from worker.outcome import backoff_delay
+    from lambda_trigger.aws_edge import backoff_delay
 
     delays = [backoff_delay(attempt, base, cap) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
@@ -244,7 +244,7 @@ def test_backoff_is_exponential_with_equal_jitter(
 
 def test_backoff_survives_thousands_of_attempts() -> None:
     """A job waiting days for S3 or disk space keeps counting attempts: no OverflowError."""
-    from worker.outcome import backoff_delay
+    from lambda_trigger.aws_edge import backoff_delay
 
     assert 15 <= backoff_delay(5000, 5, 30) <= 30
 

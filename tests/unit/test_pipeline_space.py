@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from processor_layout import FAILED_NAME
 from tests.support.fakes import FakeDisk
 from tests.support.pipeline import COPY_UPPER, OUT, claim, make, script
 from worker.errors import InsufficientSpace
 from worker.space import SPACE_RETRY_MAX_S, DiskSpace
 from worker.states import JobState
-from worker.storage.layout import FAILED_NAME
 
 MIB = 1024 * 1024
 #: paths.min_free_mb's default, in bytes.

@@ -489,3 +489,38 @@ def test_a_queue_job_expires_old_job_logs_as_a_local_one_does(short_tmp: Path) -
         message = r.send("e.txt", etag)
         until(lambda: ("delete", message) in r.queue.calls, "the delete")
         assert not old.exists()
+
+
+def test_a_stop_that_escapes_the_attempt_hands_the_message_back_uncounted(short_tmp: Path) -> None:
+    """Interrupted is a BaseException: should one get past Pipeline._attempt, the consumer's
+    slot path takes it as the stop it is (handed back, nothing counted), never as a crash."""
+    from worker.errors import Interrupted
+    from worker.outcome import Attempt
+    from worker.process import StopToken
+
+    with capture_logs() as logs, rig(short_tmp) as r:
+        pipeline = r.daemon.pipeline
+        real, escaped = pipeline.attempt, []
+
+        def attempt(job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
+            if not escaped:
+                escaped.append(job.id)
+                raise Interrupted(StopToken.SHUTDOWN)
+            return real(job, cancel, log)
+
+        pipeline.attempt = attempt  # type: ignore[method-assign]
+        etag = r.put("stop.txt")
+        message = r.send("stop.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the hand-back")
+        fresh, delay = _sent(r.queue)[1]
+        assert fresh != message and delay == 0  # visible at once, like a drain's hand-back
+        job_id = Identity(IN, "stop.txt", None, etag).job_id()
+        # The fresh message runs the job (the stop escaped once): nothing was counted.
+        until(lambda: ("delete", fresh) in r.queue.calls, "the fresh message's delete")
+        requeued = [h["reason"] for h in r.ledger.history(job_id) if h["to_state"] == "queued"]
+        assert requeued[-1].startswith("interrupted by daemon shutdown")
+        assert r.job("stop.txt", etag).state is JobState.SUCCEEDED
+        assert r.records.items[job_id].counted_attempts == 0
+    assert escaped == [job_id]
+    assert not [e for e in logs if e["event"] == "job_crashed"]
+    assert [e["reason"] for e in logs if e["event"] == "job_stop_escaped_attempt"] == [StopToken.SHUTDOWN]

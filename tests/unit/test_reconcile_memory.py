@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, overload
 
 from lambda_trigger import reconciler
-from lambda_trigger.reconcile_plan import BY_ID_DIR, MANIFEST_NAME
+from processor_layout import FALLBACK_DIR, MANIFEST_NAME
 
 #: Input objects; all but the lost ones have a _manifest.json.
 OBJECTS = 200_000
@@ -104,7 +104,7 @@ class LazyS3:
 
     def _results(self, *, Bucket: str, Prefix: str, StartAfter: str = "") -> Iterator[Mapping[str, Any]]:
         assert Bucket == ENV["OUTPUT_BUCKET"]
-        if Prefix == BY_ID_DIR:
+        if Prefix == FALLBACK_DIR:
             return  # no _by-id results
         assert Prefix == ""
         position = bisect.bisect_right(self.output_keys, StartAfter)

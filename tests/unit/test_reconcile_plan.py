@@ -1,23 +1,19 @@
-"""lambda_trigger.reconcile_plan: the reconciler's shared decision, and its agreement with worker/.
+"""lambda_trigger.reconcile_plan: the reconciler's shared decision (the Lambda's and processorctl's).
 
-The Lambda cannot import worker/, so the job id and the result-location rule
-are restated in lambda_trigger/reconcile_plan.py; these tests hold the copies to
-the worker's (the job id to worker/identity.py for many keys, the layout to
-the rule "``<prefix><key>/_manifest.json`` over 1,024 bytes: results under
-``<prefix>_by-id/<job id>/``").
+The job id and the result layout it judges by are processor_layout's, the one
+module both sides ship (tests/unit/test_layout.py holds the layout itself).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import pytest
 
 from lambda_trigger import reconcile_plan
-from lambda_trigger.reconcile_plan import Results, Verdict, index_results, job_id, plan, result_prefix
+from lambda_trigger.reconcile_plan import Results, Verdict, index_results, plan
+from processor_layout import job_id, result_prefix
 from worker.identity import Identity
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME
 
 NOW = 1_000_000.0
 
@@ -30,63 +26,35 @@ class Obj:
     last_modified: float = NOW - 3600
 
 
-def _keys(count: int) -> list[str]:
-    """Keys of every shape S3 allows: unicode, controls, JSON-hostile characters, long ones."""
-    rng = random.Random(12)
-    alphabet = ("abcXYZ019 /._-+%=&?#\"\\'$`;|<>*~\t\n\x01\x7f\u00e9\u65e5\u0130\ufeff\uffff"
-                "\U0001f600\u2028")
-    keys = ["", "/", "a", "a/", "\"", "\\", "null", "[]", "%2525", "k" * 1024]
-    while len(keys) < count:
-        keys.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))))
-    return keys
+@pytest.mark.parametrize("prefix", ["", "out/", "a/b/"])
+def test_a_key_that_looks_like_a_fallback_prefix_is_never_a_jobs_result(prefix: str) -> None:
+    """Results listed under <prefix>_by-id/<job id>/ are that job's; no source key is credited
+    with them, so an object named ``_by-id/<job id>`` is not taken for done by another job's result."""
+    other = job_id("in", "k" * 1100, None, "e")
+    listing = [f"{prefix}_by-id/{other}/_manifest.json", f"{prefix}_by-id/_manifest.json",
+               f"{prefix}_by-id/x/_failed.json", f"{prefix}_by-id/{other}/f/_manifest.json",
+               f"{prefix}_by-idx/_manifest.json"]
+
+    results = index_results(listing, prefix)
+
+    assert results.job_ids == {other, "x"}
+    assert results.keys == {"_by-idx"}
+    objects = [Obj(key) for key in ("_by-id", "_by-id/x", f"_by-id/{other}", f"_by-id/{other}/f", "_by-idx")]
+    verdicts = {d.listed.key: d.verdict for d in plan(objects, bucket="in", results=results, now=NOW,
+                                                       older_than_s=0)}
+    assert verdicts == {"_by-id": Verdict.SUBMIT, "_by-id/x": Verdict.SUBMIT,
+                        f"_by-id/{other}": Verdict.SUBMIT, f"_by-id/{other}/f": Verdict.SUBMIT,
+                        "_by-idx": Verdict.HAS_RESULT}
 
 
-@pytest.mark.parametrize("version", [(None, None), ("3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY", None),
-                                     (None, "0f343b0931126a20f133d67c2b018a3b-3"),
-                                     ("null-ish", "etag"), ("", "etag"), (None, "")])
-def test_job_id_is_the_workers_for_many_keys(version: tuple[str | None, str | None]) -> None:
-    version_id, etag = version
-    for key in _keys(400):
-        for bucket in ("processor-input", "b.with.dots"):
-            expected = Identity(bucket, key, version_id, etag).job_id()
-            assert job_id(bucket, key, version_id, etag) == expected, (bucket, key)
-
-
-def test_result_names_are_the_pipelines() -> None:
-    assert (reconcile_plan.MANIFEST_NAME, reconcile_plan.FAILED_NAME) == (MANIFEST_NAME, FAILED_NAME)
-
-
-def _layout_rule(output_prefix: str, key: str, job: str) -> str:
-    """The fallback rule as the issue states it, written independently of the module
-    (plus: a normal prefix that would read as a ``_by-id/`` one is not used)."""
-    normal = f"{output_prefix}{key}/"
-    if len(f"{normal}_manifest.json".encode()) > 1024 or normal.startswith("_by-id/"):
-        return f"{output_prefix}_by-id/{job}/"
-    return normal
-
-
-@pytest.mark.parametrize("prefix", ["", "results/", "r\u00e9sultats/\u65e5/"])
-def test_result_prefix_follows_the_by_id_rule(prefix: str) -> None:
-    keys = _keys(200)
-    # The boundary, byte-exact: 1024 bytes fit, 1025 do not; a multi-byte
-    # character is what makes bytes and characters differ.
-    room = 1024 - len(f"{prefix}/_manifest.json".encode())
-    keys += ["x" * room, "x" * (room + 1), "x" * (room - 2) + "\u00e9", "x" * (room - 1) + "\u00e9",
-             "_by-id", "_by-id/j-0123", "_by-idx", "a/_by-id/b"]
-    for key in keys:
-        job = job_id("b", key, None, "e")
-        assert result_prefix(prefix, key, job) == _layout_rule(prefix, key, job), key
-    assert result_prefix(prefix, "x" * room, "j-1") == f"{prefix}{'x' * room}/"
-    assert result_prefix(prefix, "x" * (room + 1), "j-1") == f"{prefix}_by-id/j-1/"
-
-
-@pytest.mark.parametrize("prefix", ["", "results/"])
-def test_result_prefix_is_worker_layouts_for_a_result_without_long_outputs(prefix: str) -> None:
-    """Against the worker's own rule, where this branch has it (worker/storage/layout.py)."""
-    layout = pytest.importorskip("worker.storage.layout")
-    for key in [*_keys(300), "_by-id", "_by-id/j-0123", "y" * 1009, "y" * 1010]:
-        job = job_id("b", key, None, "e")
-        assert result_prefix(prefix, key, job) == layout.result_prefix(prefix, key, job), key
+def test_a_fallback_result_of_a_by_id_key_counts_for_it() -> None:
+    """Such a key's own results are at its own fallback, and the plan finds them there."""
+    for prefix in ("", "out/", "a/b/"):
+        key = "_by-id/x"
+        job = job_id("in", key, None, "e")
+        results = index_results([result_prefix(prefix, key, job) + "_manifest.json"], prefix)
+        (decision,) = plan([Obj(key)], bucket="in", results=results, now=NOW, older_than_s=0)
+        assert decision.verdict is Verdict.HAS_RESULT, prefix
 
 
 def test_index_finds_results_at_both_locations_and_ignores_other_files() -> None:

@@ -14,13 +14,17 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff, RetryContext
 
+from lambda_trigger import aws_edge
+from lambda_trigger import s3 as lambda_s3
+from lambda_trigger import sqs as lambda_sqs
+from lambda_trigger import ssm as lambda_ssm
+from lambda_trigger.aws_edge import backoff_delay
 from tests.support.emulator import CREDENTIALS
 from tests.support.servers import dead_endpoint
 from worker import retry
 from worker.config import ProcessingSettings, S3Settings, settings_from_mapping
 from worker.fleet.autoscaling import AutoScaling
 from worker.fleet.sqs import SQSQueue
-from worker.outcome import backoff_delay
 from worker.retry import Cost
 from worker.storage.s3 import TRANSFER_CONFIG, S3Store
 from worker.telemetry.cloudwatch import logs_client
@@ -37,6 +41,9 @@ def test_the_figures_of_each_level() -> None:
     assert retry.AUTOSCALING_CLIENT.worst() == Cost(2, 2 * 7 + 1 + 5)
     assert retry.logs_batch() == Cost(10, 5 * (2 * 7 + 1 + 5))
     assert retry.sqs_client(20).worst() == Cost(5, 5 * (5 + 35) + (1 + 2 + 4 + 8) + 4 * 5)
+    # The Lambda's clients (lambda_trigger/aws_edge.py): 9 tries, waits of at most 1 ... 16, 20, 20, 20 s.
+    assert retry.LAMBDA_SEND_CLIENT.worst() == Cost(9, 9 * (5 + 15) + (1 + 2 + 4 + 8 + 16 + 60) + 8 * 5)
+    assert retry.LAMBDA_LIST_CLIENT.worst() == Cost(9, 9 * (5 + 30) + (1 + 2 + 4 + 8 + 16 + 60) + 8 * 5)
 
 
 def test_the_job_budget_with_the_default_settings() -> None:
@@ -83,7 +90,7 @@ def test_botocore_never_waits_longer_than_the_ceiling(retry_number: int) -> None
     backoff = ExponentialBackoff(random=lambda: 1.0, throttling_detector=_Throttled())
     reply = SimpleNamespace(headers={"x-amz-retry-after": "600000"})
     context = RetryContext(attempt_number=retry_number, http_response=reply)
-    assert backoff.delay_amount(context) == retry.botocore_wait_ceiling(retry_number)
+    assert backoff.delay_amount(context) == aws_edge.botocore_wait_ceiling(retry_number)
 
 
 class _Flaky(Exception):
@@ -146,3 +153,7 @@ def test_every_adapter_builds_its_client_from_the_budget() -> None:
     for adapter in (sqs, scaling):
         adapter.close()
     store.close()
+    # The Lambda's, from the same terms (it ships without worker/: lambda_trigger/aws_edge.py).
+    assert _client_policy(lambda_ssm.make_client()) == retry.LAMBDA_SEND_CLIENT
+    assert _client_policy(lambda_sqs.make_client()) == retry.LAMBDA_SEND_CLIENT
+    assert _client_policy(lambda_s3.make_client()) == retry.LAMBDA_LIST_CLIENT

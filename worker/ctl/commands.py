@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from processor_layout import MANIFEST_NAME
 from worker import exitcodes
 from worker.activity import activity, duration
 from worker.config import Settings
@@ -133,7 +134,7 @@ def _outputs(job: Job, settings: Settings) -> list[dict[str, Any]] | str | None:
     """
     if job.state is not JobState.SUCCEEDED or not job.result_prefix:
         return None
-    key = job.result_prefix + "_manifest.json"
+    key = job.result_prefix + MANIFEST_NAME
     found: list[list[dict[str, Any]] | str] = []
 
     def read() -> None:

@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+import processor_layout as layout
 from worker.states import JobState
-from worker.storage import layout
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -91,7 +91,7 @@ def result_location(job: Job, settings: Settings) -> dict[str, Any]:
     """Where the job's outcome is (``final``: the ledger recorded it) or is expected to land.
 
     ``fallback`` marks the ``_by-id/<job id>/`` location of keys too long for
-    their results (worker.storage.layout). Until the job ends the expectation is the
+    their results (processor_layout). Until the job ends the expectation is the
     key-only rule; a success whose outputs do not fit still moves to the fallback.
     """
     output_prefix = settings.s3.output_prefix

@@ -20,7 +20,7 @@ import botocore.exceptions
 import botocore.parsers
 from botocore.config import Config
 
-from worker.aws_errors import client_error
+from worker.aws_errors import error_reply
 from worker.errors import ScalingError
 from worker.retry import AUTOSCALING_CLIENT
 
@@ -65,7 +65,7 @@ class AutoScaling:
                 InstanceIds=[instance_id], AutoScalingGroupName=group, ProtectedFromScaleIn=protected
             )
         except botocore.exceptions.ClientError as exc:
-            code, message = client_error(exc)
+            code, message = error_reply(exc)
             raise ScalingError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES,
                                code=code) from exc
         except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError) as exc:

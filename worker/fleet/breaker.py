@@ -4,7 +4,7 @@ When an attempt ends waiting for S3 (or the fleet record cannot be written),
 the consumer ``open``s the breaker: it stops receiving new messages (which
 would only be handed back) and says so (``processorctl status``, the
 sd_notify STATUS line, a ``ReceivingPaused`` metric). Every probe interval
-(``retry_base_s`` doubling up to ``retry_max_s``) it tries the probe, a cheap
+(``retry_base_s`` doubling up to ``retry_max_s``: ``backoff_ceiling``, no jitter) it tries the probe, a cheap
 read of the output bucket; the first probe that answers closes the breaker, so
 receiving resumes within ``retry_max_s`` of S3 answering. Thread-safe; time
 injected.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from lambda_trigger.aws_edge import backoff_ceiling
 from worker.telemetry import metrics
 
 log = structlog.get_logger("processor.queue")
@@ -45,7 +46,12 @@ class Breaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._pause: Pause | None = None
-        self._interval = self._first_s
+        #: Probes failed since the breaker opened.
+        self._failed_probes = 0
+
+    def _interval(self) -> float:
+        """The wait before the next probe (the caller holds the lock)."""
+        return backoff_ceiling(self._failed_probes + 1, self._first_s, self._max_s)
 
     @property
     def pause(self) -> Pause | None:
@@ -57,7 +63,7 @@ class Breaker:
             if self._pause is not None:
                 return
             self._pause = Pause(what, self._clock(), error)
-            self._interval = self._first_s
+            self._failed_probes = 0
         log.warning("queue_receiving_paused", reason=f"{what} unavailable", error=error)
         metrics.receiving_paused(True, what)
 
@@ -66,15 +72,16 @@ class Breaker:
         with self._lock:
             if self._pause is None:
                 return True
-            interval = self._interval
+            interval = self._interval()
         if stop.wait(interval):
             return False
         try:
             self._probe()
         except Exception as exc:  # noqa: BLE001 - any failure of the probe keeps it open
             with self._lock:
-                self._interval = min(self._interval * 2, self._max_s)
-            log.info("storage_probe_failed", error=str(exc), next_probe_in_s=round(self._interval, 1))
+                self._failed_probes += 1
+                interval = self._interval()
+            log.info("storage_probe_failed", error=str(exc), next_probe_in_s=round(interval, 1))
             return False
         with self._lock:
             pause, self._pause = self._pause, None

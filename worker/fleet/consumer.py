@@ -36,13 +36,15 @@ from typing import Any, Protocol
 
 import structlog
 
+from lambda_trigger.aws_edge import backoff_ceiling
+from processor_layout import FAILED_NAME
 from worker.config import Settings
-from worker.errors import LedgerError, StorageError
+from worker.errors import Interrupted, LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
 from worker.fleet.record import ClaimKind, ClaimPlan, FleetState, JobRecords, RecordError
-from worker.fleet.results import ResultChecks
+from worker.fleet.results import ManifestCheck, ResultChecks
 from worker.fleet.workqueue import (
     MAX_BATCH,
     MalformedMessage,
@@ -51,6 +53,7 @@ from worker.fleet.workqueue import (
     WorkQueue,
     parse_message,
 )
+from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome
@@ -58,7 +61,6 @@ from worker.pipeline import Pipeline
 from worker.process import StopToken
 from worker.states import JobState
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME
 
 #: First and longest wait after a failed receive (the endpoint down, throttling).
 RECEIVE_BACKOFF_S = (1.0, 30.0)
@@ -105,19 +107,24 @@ class Held:
     receive_count: int
     job_id: str
     claim: ClaimPlan
-    #: time.monotonic() of the receive or the last visibility extension.
+    #: The consumer's clock at the receive or the last visibility extension.
     extended_at: float
+    #: The "already processed" check, started as the message arrived.
+    check: ManifestCheck | None = None
     #: Set once the message is deleted or released: no extension may follow
     #: (it would hide a released message again). Guarded by ``lock``.
     settled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The running job's stop token (set by ``_run``): a lost claim stops the job.
     token: StopToken | None = None
-    #: time.monotonic() of the claim or its last renewal.
-    renewed_at: float = field(default_factory=time.monotonic)
+    #: The consumer's clock (the claims' too) at the claim, made at the receive, or its last renewal.
+    renewed_at: float = field(init=False)
     #: The claim went to another instance: this one neither writes the record
     #: nor touches the message any more.
     lost: bool = False
+
+    def __post_init__(self) -> None:
+        self.renewed_at = self.extended_at
 
 
 class QueueConsumer:
@@ -144,8 +151,9 @@ class QueueConsumer:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         #: Settles (record write, message delete) after the slot is freed, so the next
-        #: receive overlaps them; and the manifest check's second read.
-        self._io = ThreadPoolExecutor(max_workers=settings.processing.concurrency + 2,
+        #: receive overlaps them; and the manifest checks' reads (two per job), so they
+        #: overlap the claim.
+        self._io = ThreadPoolExecutor(max_workers=3 * settings.processing.concurrency + 2,
                                       thread_name_prefix="queue-io")
         self._results = ResultChecks(settings, self._store, pipeline.recorder, self._io)
 
@@ -199,7 +207,7 @@ class QueueConsumer:
     # -- receiving ------------------------------------------------------------
 
     def _receive_loop(self) -> None:
-        delay = RECEIVE_BACKOFF_S[0]
+        failures = 0  # receives failed in a row: the backoff doubles with them, no jitter
         while not self._stopping.is_set():
             if not self.breaker.wait_and_probe(self._stopping):
                 continue
@@ -210,11 +218,12 @@ class QueueConsumer:
             used, failed = 0, False
             try:
                 messages = self._queue.receive(wanted, self._q.wait_s)
-                delay = RECEIVE_BACKOFF_S[0]
+                failures = 0
                 for message in messages:
                     used += self._take(message)
             except QueueError as exc:
-                log.warning("queue_receive_failed", error=str(exc), retry_in_s=delay)
+                log.warning("queue_receive_failed", error=str(exc),
+                            retry_in_s=backoff_ceiling(failures + 1, *RECEIVE_BACKOFF_S))
                 failed = True
             except Exception:
                 # Never let the receiver die: the daemon would hold its slots idle.
@@ -223,8 +232,8 @@ class QueueConsumer:
             finally:
                 self._host.end_poll(wanted - used)
             if failed:  # the backoff holds no slot: local jobs run meanwhile
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RECEIVE_BACKOFF_S[1])
+                failures += 1
+                self._stopping.wait(backoff_ceiling(failures, *RECEIVE_BACKOFF_S))
 
     def _take(self, message: Received) -> int:
         """Start the message's job in a reserved slot (1), or deal with it at once (0)."""
@@ -241,6 +250,18 @@ class QueueConsumer:
             self._messages.hand_back(message.receipt, message.message_id, message.body, 0, why, None)
             return 0
         bound = log.bind(message_id=message.message_id, key=identity.key)
+        # Read while the claim is written; dropped (or never asked) unless the job runs here.
+        check = self._results.start_check(identity)
+        started = 0
+        try:
+            started = self._start(message, identity, check, bound)
+        finally:
+            if not started:
+                check.cancel()
+        return started
+
+    def _start(self, message: Received, identity: Identity, check: ManifestCheck, bound: Any) -> int:
+        """Claim the message's job and start it in a reserved slot (1), or end its message (0)."""
         try:
             claim = self._claims.claim(identity, message.message_id)
         except RecordError as exc:
@@ -276,7 +297,7 @@ class QueueConsumer:
                                      LEDGER_TROUBLE_DELAY_S, "ledger error", record.job_id)
             return 0
         held = Held(message.message_id, message.receipt, message.body, message.receive_count, job.id,
-                    claim, time.monotonic())
+                    claim, self._clock(), check)
         if not claimed:
             # This ledger holds the job as running (it cannot be: this process
             # holds no such claim) or succeeded (the fleet record was lost).
@@ -341,7 +362,7 @@ class QueueConsumer:
             if held.lost:
                 outcome = Outcome.REQUEUE
                 final = self._pipeline.record(job, Attempt(Outcome.REQUEUE, "the claim was lost"))
-            elif self._results.already_processed(job):
+            elif self._already_processed(held, job):
                 outcome = Outcome.SUCCEEDED
                 done = Attempt(Outcome.SUCCEEDED, note=ALREADY_PROCESSED,
                                result_prefix=self._pipeline.result_prefix(job))
@@ -350,6 +371,8 @@ class QueueConsumer:
             else:
                 # The same run as a local job's (job logs expired there too).
                 final, outcome = self._pipeline.run_attempt(job, token)
+        except Interrupted as exc:  # a BaseException: a stop hands the message back, never a crash
+            final, outcome = self._pipeline.record_stopped(job, exc), Outcome.REQUEUE
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
@@ -360,6 +383,12 @@ class QueueConsumer:
             except RuntimeError:  # the consumer is closing: settle here
                 self._settle_quietly(held, final, outcome)
         return final
+
+    def _already_processed(self, held: Held, job: Job) -> bool:
+        check, held.check = held.check, None
+        if check is None:
+            return self._results.already_processed(job.identity)
+        return check.already_processed()
 
     def _settle_quietly(self, held: Held, job: Job, outcome: Outcome) -> None:
         try:
@@ -418,9 +447,9 @@ class QueueConsumer:
     def _heartbeat_loop(self) -> None:
         every = max(1.0, self._q.visibility_s / 3)
         while not self._closed.wait(min(1.0, every / 4)):
-            now = time.monotonic()
-            with self._lock:
-                due = [h for h in self._held.values() if now - h.extended_at >= every]
+            now = self._clock()
+            with self._lock:  # a clock stepped back makes a message due: extended, never left to lapse
+                due = [h for h in self._held.values() if not 0.0 <= now - h.extended_at < every]
             for held in due:
                 self._extend(held, now, every)
 

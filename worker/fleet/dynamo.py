@@ -11,8 +11,7 @@ Finished records carry ``expires_at`` (the table's TTL attribute).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +19,7 @@ import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
-from worker.aws_errors import BOTOCORE_ERRORS, failure
+from worker.aws_errors import failure, translated
 from worker.config import Settings, queue_region
 from worker.fleet.record import (
     FINAL_STATES,
@@ -48,16 +47,17 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except BOTOCORE_ERRORS as exc:
-        found = failure(exc)
-        if found.code == "ConditionalCheckFailedException":
-            raise RecordConflict(f"{what}: the record changed meanwhile") from exc
-        raise RecordError(f"{what}: {found.text}", retryable=found.retryable(_RETRYABLE_CODES),
-                          code=found.code) from exc
+def _record_error(what: str, exc: Exception) -> RecordError | RecordConflict:
+    found = failure(exc)
+    if found.code == "ConditionalCheckFailedException":
+        return RecordConflict(f"{what}: the record changed meanwhile")
+    return RecordError(f"{what}: {found.text}", retryable=found.retryable(_RETRYABLE_CODES),
+                       code=found.code)
+
+
+def _translated(what: str) -> AbstractContextManager[None]:
+    """botocore's errors in the block leave it as RecordError (RecordConflict: a lost condition)."""
+    return translated(what, _record_error)
 
 
 def to_item(record: FleetJob) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The instance guard: Spot interruption and lifecycle watch, and scale-in protection.
 
-The daemon calls three methods (fleetd's ``InstanceGuard`` protocol):
+The daemon calls three methods (the ``InstanceGuard`` protocol, worker.fleet.slots):
 ``set_busy(busy)`` whenever "holds at least one job" changes, ``interruption()``
 on every turn of its loop, and ``close()`` at exit. None of them blocks: one
 background thread does all the I/O.
@@ -33,6 +33,7 @@ from typing import Protocol
 
 import structlog
 
+from lambda_trigger.aws_edge import backoff_delay
 from worker.config import Settings
 from worker.errors import MetadataError
 from worker.imds import INSTANCE_ID_PATH, MetadataClient
@@ -89,8 +90,8 @@ def lifecycle_reason(state: str) -> str | None:
 
 
 class Backoff:
-    """Delays between failed calls: doubling from ``base_s`` up to ``max_s``, half of
-    each drawn at random so a fleet whose endpoint fails at once does not retry in step."""
+    """Delays between failed calls (``backoff_delay``): doubling from ``base_s`` up to ``max_s``,
+    half of each drawn at random so a fleet whose endpoint fails at once does not retry in step."""
 
     def __init__(self, base_s: float = 1.0, max_s: float = 60.0, rng: random.Random | None = None) -> None:
         self.base_s = base_s
@@ -98,8 +99,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def delay(self, failures: int) -> float:
-        ceiling = min(self.max_s, self.base_s * 2.0 ** min(failures - 1, 30))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return backoff_delay(failures, self.base_s, self.max_s, self._rng.random)
 
 
 class _Target:

@@ -8,20 +8,21 @@ if the instance that failed it could not).
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import structlog
 
+from processor_layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 from worker import __version__
 from worker.config import Settings
 from worker.errors import StorageError
 from worker.fleet.record import FleetJob
 from worker.fleet.workqueue import manifest_matches
-from worker.job import Job
+from worker.identity import Identity
 from worker.recorder import Recorder
 from worker.storage.base import ObjectStore
-from worker.storage.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
 
 log = structlog.get_logger("processor.queue")
 
@@ -34,41 +35,28 @@ class ResultChecks:
         #: Runs the second manifest read beside the first.
         self._io = io
 
-    def already_processed(self, job: Job) -> bool:
-        """Whether the output bucket holds a manifest of this very version (S3 trouble: no).
+    def start_check(self, identity: Identity) -> ManifestCheck:
+        """Start reading this version's manifests now (both at once, on the I/O pool); the
+        answer is :meth:`ManifestCheck.already_processed`, asked once the job may run.
 
-        Looked for where the job's results land (worker.storage.layout): under the key, and
-        under ``_by-id/<job id>/``, where a success goes when one of its outputs'
-        keys would not fit under the key.
+        Started as the message arrives, the reads overlap the claim and the slot's start
+        instead of delaying the job's download by a round trip.
         """
+        job_id = identity.job_id()
         bucket = self._settings.s3.output_bucket
-        prefixes = list(dict.fromkeys([self._recorder.result_prefix(job),
-                                       fallback_prefix(self._settings.s3.output_prefix, job.id)]))
-        try:
-            # Both reads at once: each is a round trip, and nearly always both are misses.
-            found = self._read_manifests(bucket, prefixes)
-            for manifest in found:
-                if manifest is None:
-                    continue
-                current = None
-                if not job.version_id and not job.etag:
-                    info = self._store.head(job.bucket, job.key)
-                    current = (info.version_id, info.etag)
-                if manifest_matches(manifest, job.identity, current):
-                    return True
-        except StorageError as exc:
-            # The pipeline meets the same trouble and retries as it always does.
-            log.warning("manifest_check_failed", job_id=job.id, error=str(exc))
-            return False
-        return False
+        prefixes = list(dict.fromkeys([self._recorder.result_prefix_of(identity.key, job_id),
+                                       fallback_prefix(self._settings.s3.output_prefix, job_id)]))
+        reads: list[Future[dict[str, Any] | None]] = []
+        for prefix in prefixes:
+            try:
+                reads.append(self._io.submit(self._store.read_json, bucket, prefix + MANIFEST_NAME))
+            except RuntimeError:  # the pool is closing: read here, one after the other
+                reads.append(_done(self._store.read_json, bucket, prefix + MANIFEST_NAME))
+        return ManifestCheck(identity, job_id, reads, self._store)
 
-    def _read_manifests(self, bucket: str, prefixes: list[str]) -> list[dict[str, Any] | None]:
-        try:
-            later = [self._io.submit(self._store.read_json, bucket, p + MANIFEST_NAME) for p in prefixes[1:]]
-        except RuntimeError:  # closing: one after the other
-            return [self._store.read_json(bucket, p + MANIFEST_NAME) for p in prefixes]
-        return [self._store.read_json(bucket, prefixes[0] + MANIFEST_NAME),
-                *(future.result() for future in later)]
+    def already_processed(self, identity: Identity) -> bool:
+        """Whether the output bucket holds a manifest of this very version (S3 trouble: no)."""
+        return self.start_check(identity).already_processed()
 
     def failure_written(self, job_id: str, key: str) -> bool:
         prefix = self._recorder.result_prefix_of(key, job_id)
@@ -89,3 +77,54 @@ class ResultChecks:
         prefix = self._recorder.result_prefix_of(record.key, record.job_id)
         self._store.put_json(self._settings.s3.output_bucket, prefix + FAILED_NAME, document)
         return True
+
+
+class ManifestCheck:
+    """The manifest reads of one version, started by :meth:`ResultChecks.start_check`.
+
+    Looked for where the job's results land (processor_layout): under the key, and
+    under ``_by-id/<job id>/``, where a success goes when one of its outputs' keys would
+    not fit under the key.
+    """
+
+    def __init__(self, identity: Identity, job_id: str, reads: list[Future[dict[str, Any] | None]],
+                 store: ObjectStore) -> None:
+        self._identity = identity
+        self._job_id = job_id
+        self._reads = reads
+        self._store = store
+
+    def cancel(self) -> None:
+        """Not needed after all (the claim went elsewhere): reads not yet begun are dropped."""
+        for read in self._reads:
+            read.cancel()
+
+    def already_processed(self) -> bool:
+        """True when a manifest of this very version exists; S3 trouble: False (the
+        pipeline meets the same trouble and retries as it always does)."""
+        identity = self._identity
+        try:
+            for read in self._reads:
+                manifest = read.result()
+                if manifest is None:
+                    continue
+                current = None
+                if not identity.version_id and not identity.etag:
+                    info = self._store.head(identity.bucket, identity.key)
+                    current = (info.version_id, info.etag)
+                if manifest_matches(manifest, identity, current):
+                    return True
+        except StorageError as exc:
+            log.warning("manifest_check_failed", job_id=self._job_id, error=str(exc))
+            return False
+        return False
+
+
+def _done(read: Callable[..., dict[str, Any] | None], *args: Any) -> Future[dict[str, Any] | None]:
+    """``read(*args)`` made here, as a finished future (its error kept for ``result()``)."""
+    future: Future[dict[str, Any] | None] = Future()
+    try:
+        future.set_result(read(*args))
+    except Exception as exc:  # noqa: BLE001 (handed to the caller through result())
+        future.set_exception(exc)
+    return future

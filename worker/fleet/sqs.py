@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from worker.aws_errors import BOTOCORE_ERRORS, failure
+from worker.aws_errors import failure, translated
 from worker.config import Settings, queue_region
 from worker.fleet.workqueue import MAX_BATCH, MAX_DELAY_S, QueueError, Received
 from worker.retry import sqs_client
@@ -33,14 +32,15 @@ _RETRYABLE_CODES = frozenset(
 )
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except BOTOCORE_ERRORS as exc:
-        found = failure(exc)
-        raise QueueError(f"{what}: {found.text}", retryable=found.retryable(_RETRYABLE_CODES),
-                         code=found.code) from exc
+def _queue_error(what: str, exc: Exception) -> QueueError:
+    found = failure(exc)
+    return QueueError(f"{what}: {found.text}", retryable=found.retryable(_RETRYABLE_CODES),
+                      code=found.code)
+
+
+def _translated(what: str) -> AbstractContextManager[None]:
+    """botocore's errors in the block leave it as QueueError."""
+    return translated(what, _queue_error)
 
 
 class SQSQueue:

@@ -2,8 +2,7 @@
 
 - ``base``    the ``ObjectStore`` protocol, listing/metadata records, download verification
 - ``s3``      the S3 adapter (the only boto3 user for S3; errors become ``StorageError``)
-- ``layout``  where a job's outcome lands in the output bucket (``_manifest.json``,
-              ``_failed.json``, the result prefix and its ``_by-id/`` fallback)
 
-Nothing here imports the pipeline, the daemon or the ledger.
+Where a job's outcome lands in the output bucket is processor_layout (shared
+with the Lambda). Nothing here imports the pipeline, the daemon or the ledger.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from tenacity import RetryCallState
 
-from worker.aws_errors import TRANSPORT_ERRORS, client_error
+from worker.aws_errors import BOTOCORE_ERRORS, TRANSPORT_ERRORS, error_reply, translated
 from worker.config import S3Settings
-from worker.errors import ObjectChanged, StorageError
+from worker.errors import Interrupted, ObjectChanged, StorageError
 from worker.identity import normalise_etag
 from worker.retry import S3_CALL, S3_CLIENT, S3_DOWNLOAD_GET_ATTEMPTS
 from worker.storage.base import Listed, ObjectInfo
@@ -81,39 +81,78 @@ def _log_retry(state: RetryCallState) -> None:
 _retrying = S3_CALL.decorator(_is_retryable, _log_retry)
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Turn boto3/botocore errors into StorageError naming the operation and object."""
-    try:
-        yield
-    except botocore.exceptions.ClientError as exc:
-        code, message = client_error(exc)
+#: The connection failed: botocore's transport errors, a GET's body broken off
+#: mid-stream, and a download whose body kept breaking off (s3transfer's own retries).
+_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSPORT_ERRORS,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    RetriesExceededError,
+    s3transfer.exceptions.RetriesExceededError,
+)
+#: What S3 calls raise: botocore's errors and those of boto3's managed transfers.
+_S3_ERRORS: tuple[type[Exception], ...] = (
+    *BOTOCORE_ERRORS, *_CONNECTION_ERRORS,
+    s3transfer.exceptions.S3DownloadFailedError, S3UploadFailedError,
+)
+
+
+def _storage_error(what: str, exc: Exception) -> StorageError:
+    """The StorageError (ObjectChanged, when the object is not the job's any more) of one of _S3_ERRORS."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, message = error_reply(exc)
         if code in {"PreconditionFailed", "412"}:
-            raise ObjectChanged(f"{what}: object changed since the event ({message})") from exc
+            return ObjectChanged(f"{what}: object changed since the event ({message})")
         if code in {"NoSuchKey", "404", "NoSuchVersion", "NotFound"}:
-            raise StorageError(f"{what}: object not found ({code})", retryable=False, code=code) from exc
-        raise StorageError(
-            f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES, code=code
-        ) from exc
-    except (
-        *TRANSPORT_ERRORS,
-        # A GET's body broken off mid-stream: the connection again.
-        botocore.exceptions.ResponseStreamingError,
-        botocore.exceptions.IncompleteReadError,
-    ) as exc:
-        raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
-    except s3transfer.exceptions.S3DownloadFailedError as exc:
+            return StorageError(f"{what}: object not found ({code})", retryable=False, code=code)
+        return StorageError(f"{what}: {code}: {message}", retryable=code in _RETRYABLE_CODES, code=code)
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport")
+    if isinstance(exc, s3transfer.exceptions.S3DownloadFailedError):
         # s3transfer's only use of it: a ranged GET's If-Match (the HEAD's ETag) failed.
-        raise ObjectChanged(f"{what}: object changed during the download ({exc})") from exc
-    except (RetriesExceededError, s3transfer.exceptions.RetriesExceededError) as exc:
-        # A download whose body kept breaking off mid-stream (s3transfer's own retries).
-        raise StorageError(f"{what}: transport error: {exc}", retryable=True, code="Transport") from exc
-    except S3UploadFailedError as exc:
+        return ObjectChanged(f"{what}: object changed during the download ({exc})")
+    if isinstance(exc, S3UploadFailedError):
         text = str(exc)
         permanent = any(code in text for code in ("AccessDenied", "NoSuchBucket", "InvalidBucketName"))
-        raise StorageError(f"{what}: {text}", retryable=not permanent, code="UploadFailed") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__) from exc
+        return StorageError(f"{what}: {text}", retryable=not permanent, code="UploadFailed")
+    return StorageError(f"{what}: {exc}", retryable=False, code=type(exc).__name__)
+
+
+def _translated(what: str) -> AbstractContextManager[None]:
+    """Turn boto3/botocore errors into StorageError naming the operation and object."""
+    return translated(what, _storage_error, _S3_ERRORS)
+
+
+class TransferStopped(Exception):
+    """Carries an ``Interrupted`` from a progress callback out of s3transfer's threads.
+
+    s3transfer fails a transfer only on an ``Exception``: a ``BaseException``
+    raised in one of its threads bypasses it, and the transfer then returns as
+    if it had succeeded (a download cut short, an upload never completed).
+    """
+
+    def __init__(self, interrupted: Interrupted) -> None:
+        super().__init__(str(interrupted))
+        self.interrupted = interrupted
+
+
+def _carried(progress: Callable[[int], None]) -> Callable[[int], None]:
+    """``progress`` for a managed transfer: a stop request crosses its threads as TransferStopped."""
+    def invoke(amount: int) -> None:
+        try:
+            progress(amount)
+        except Interrupted as exc:
+            raise TransferStopped(exc) from exc
+    return invoke
+
+
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """Around a managed transfer's ``result()``: the stop request comes out as raised."""
+    try:
+        yield
+    except TransferStopped as exc:
+        raise exc.interrupted from None
 
 
 def _log_failed_attempt(
@@ -268,8 +307,8 @@ class S3Store:
         if size is not None:
             subscribers.append(_KnownObject(size, etag))
         if progress is not None:
-            subscribers.append(ProgressCallbackInvoker(progress))
-        with _translated(what), self._manager() as manager:
+            subscribers.append(ProgressCallbackInvoker(_carried(progress)))
+        with _stoppable(), _translated(what), self._manager() as manager:
             manager.download(bucket, key, str(dest), extra_args=extra, subscribers=subscribers).result()
 
     def _get_whole(
@@ -313,8 +352,8 @@ class S3Store:
             if progress is not None:
                 progress(size)
             return
-        subscribers = [ProgressCallbackInvoker(progress)] if progress is not None else []
-        with _translated(what), self._manager() as manager:
+        subscribers = [ProgressCallbackInvoker(_carried(progress))] if progress is not None else []
+        with _stoppable(), _translated(what), self._manager() as manager:
             manager.upload(str(src), bucket, key, extra_args=extra, subscribers=subscribers).result()
 
     @_retrying
