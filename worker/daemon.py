@@ -5,8 +5,14 @@
 timeout, then are stopped and left queued); ``stop()`` the fast stop;
 ``wait()`` the exit status (worker.exitcodes). Signals are the CLI's business
 (worker.cli maps them onto these calls). Requests and wake-ups reach the main
-loop through a queue and a self-pipe; the loop, in its own thread, does all the
-work (dispatch, sd_notify, watchdog) and never sleeps past the next due job.
+loop through a queue and a self-pipe. The loop, in its own thread, carries out
+drains and stops, dispatches due jobs to the slot threads and sends sd_notify's
+status and watchdog, and never sleeps past the next due job. It is not the only
+one to claim: a slot thread that finishes a job claims the next due one itself,
+and the queue consumer's receiver takes slots for messages (and, after each
+receive, claims due local jobs: ``FleetSlots.end_poll``). ``_claim`` reserves
+the slot before asking the ledger, so together they never run more than
+``processing.concurrency``.
 
 With a work queue (``[queue] url``) a ``QueueConsumer`` fills free slots from
 it; a drain then stops receiving at once and stops running queue jobs at once,
@@ -32,7 +38,7 @@ from worker import __version__, exitcodes
 from worker.config import Settings
 from worker.control_server import ControlServer
 from worker.daemon_status import DaemonStatus, Notifier
-from worker.errors import LedgerError
+from worker.errors import Interrupted, LedgerError
 from worker.fleet.slots import FleetSlots, InstanceGuard, _Slot
 from worker.job import Job
 from worker.ledger import Ledger
@@ -322,7 +328,7 @@ class Daemon(FleetSlots, DaemonStatus):
                 self._reserved -= 1
                 if job is not None:
                     token = StopToken()
-                    self._slots[job.id] = _Slot(job, token, time.monotonic())
+                    self._slots[job.id] = _Slot(job, token, self._clock())
                 else:
                     # The reservation is gone: a receiver waiting for a free slot
                     # (wait_for_slot) must hear of it, or it sleeps its full wait.
@@ -348,6 +354,7 @@ class Daemon(FleetSlots, DaemonStatus):
     def _stop_slot_threads(self, timeout_s: float = 5.0) -> None:
         for _ in self._slot_threads:
             self._work.put(None)
+        # Real time, not self._clock: this bounds a real wait on threads.
         deadline = time.monotonic() + timeout_s
         for thread in self._slot_threads:
             # A job stuck past the drain's deadline keeps its thread; it is a
@@ -373,14 +380,17 @@ class Daemon(FleetSlots, DaemonStatus):
 
     def _run_job(self, job: Job, token: StopToken, run: Runner) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id)
-        started = time.monotonic()
+        started = self._clock()
         final = job
         try:
             final = run(job, token)
+        except Interrupted as exc:  # a BaseException: the catch-all below never sees a stop
+            final = self.pipeline.record_stopped(job, exc)
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self.pipeline.record_crash(job, exc)
         finally:
-            duration_s = time.monotonic() - started
+            # The injected clock is wall time (the ledger's): a step back is no negative duration.
+            duration_s = max(0.0, self._clock() - started)
             log.info(
                 "job_finished", job_id=final.id, bucket=final.bucket, key=final.key,
                 state=final.state.value, attempt=final.attempts, duration_s=round(duration_s, 3),
@@ -440,7 +450,8 @@ class Daemon(FleetSlots, DaemonStatus):
             self._interrupted = True
 
     def _join_all(self, timeout: float) -> None:
-        """Wait until every running job has ended and freed its slot, at most ``timeout``."""
+        """Wait until every running job has ended and freed its slot, at most ``timeout``
+        seconds of real time (a bound on a real wait, so not on self._clock)."""
         deadline = time.monotonic() + timeout
         with self._slot_freed:
             while self._slots and (left := deadline - time.monotonic()) > 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,7 +85,7 @@ class DaemonStatus:
         running = []
         for job_id, key, attempt, started in slots:
             entry: dict[str, Any] = {"job_id": job_id, "key": key, "attempt": attempt,
-                                     "running_s": round(time.monotonic() - started, 1), "phase": ""}
+                                     "running_s": round(max(0.0, now - started), 1), "phase": ""}
             try:
                 job = self.ledger.get(job_id)
             except LedgerError:
@@ -102,11 +101,11 @@ class DaemonStatus:
         """Seconds until a skipped recount is due; None when none was skipped."""
         if not self._status_stale:
             return None
-        return self._status_at + STATUS_INTERVAL_S - time.monotonic()
+        return self._status_at + STATUS_INTERVAL_S - self._clock()
 
     def _publish_status(self) -> None:
-        now = time.monotonic()
-        if now - self._status_at < STATUS_INTERVAL_S:
+        now = self._clock()
+        if 0.0 <= now - self._status_at < STATUS_INTERVAL_S:  # a clock stepped back: recount now
             self._status_stale = True  # _sleep_for wakes the loop when it is due
             return
         self._status_at, self._status_stale = now, False

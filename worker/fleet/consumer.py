@@ -34,7 +34,7 @@ import structlog
 
 from lambda_trigger.aws_edge import backoff_ceiling
 from worker.config import Settings
-from worker.errors import LedgerError, StorageError
+from worker.errors import Interrupted, LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
@@ -265,7 +265,7 @@ class QueueConsumer:
                                      LEDGER_TROUBLE_DELAY_S, "ledger error", record.job_id)
             return 0
         held = Held(message.message_id, message.receipt, message.body, message.receive_count, job.id,
-                    claim, time.monotonic(), check)
+                    claim, self._clock(), check)
         if not claimed:
             # This ledger holds the job as running (it cannot be: this process
             # holds no such claim) or succeeded (the fleet record was lost).
@@ -311,6 +311,8 @@ class QueueConsumer:
             else:
                 # The same run as a local job's (job logs expired there too).
                 ended = self._pipeline.run_attempt(job, token)
+        except Interrupted as exc:  # a BaseException: a stop hands the message back, never a crash
+            ended = self._pipeline.stopped(job, exc)
         except Exception as exc:  # noqa: BLE001 (Pipeline.crash logs it, traceback included)
             ended = self._pipeline.crash(job, exc)
         finally:
@@ -354,9 +356,9 @@ class QueueConsumer:
     def _heartbeat_loop(self) -> None:
         every = max(1.0, self._q.visibility_s / 3)
         while not self._closed.wait(min(1.0, every / 4)):
-            now = time.monotonic()
-            with self._lock:
-                due = [h for h in self._held.values() if now - h.extended_at >= every]
+            now = self._clock()
+            with self._lock:  # a clock stepped back makes a message due: extended, never left to lapse
+                due = [h for h in self._held.values() if not 0.0 <= now - h.extended_at < every]
             for held in due:
                 self._extend(held, now, every)
 

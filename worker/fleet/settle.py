@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,7 +51,7 @@ class Held:
     receive_count: int
     job_id: str
     claim: ClaimPlan
-    #: time.monotonic() of the receive or the last visibility extension.
+    #: The consumer's clock at the receive or the last visibility extension.
     extended_at: float
     #: The "already processed" check, started as the message arrived.
     check: ManifestCheck | None = None
@@ -62,11 +61,14 @@ class Held:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The running job's stop token (set by the consumer's ``_run``): a lost claim stops the job.
     token: StopToken | None = None
-    #: time.monotonic() of the claim or its last renewal.
-    renewed_at: float = field(default_factory=time.monotonic)
+    #: The consumer's clock (the claims' too) at the claim, made at the receive, or its last renewal.
+    renewed_at: float = field(init=False)
     #: The claim went to another instance: this one neither writes the record
     #: nor touches the message any more.
     lost: bool = False
+
+    def __post_init__(self) -> None:
+        self.renewed_at = self.extended_at
 
 
 class Settler:

@@ -10,7 +10,6 @@ per message; local claims count the same reservations.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +20,7 @@ from worker.process import StopToken
 
 if TYPE_CHECKING:
     import queue
+    from collections.abc import Callable
 
     from worker.config import Settings
     from worker.fleet.consumer import Runner
@@ -44,6 +44,7 @@ class InstanceGuard(Protocol):
 class _Slot:
     job: Job
     token: StopToken
+    #: When the slot was taken, on the daemon's clock.
     started: float
     #: A work-queue job: a drain stops it at once so its message goes back.
     queued_from_queue: bool = False
@@ -54,6 +55,7 @@ class FleetSlots:
 
     if TYPE_CHECKING:
         settings: Settings
+        _clock: Callable[[], float]
         _slots: dict[str, _Slot]
         _slots_lock: threading.Lock
         _slot_freed: threading.Condition
@@ -105,7 +107,7 @@ class FleetSlots:
                 return False
             self._polling -= 1
             token = StopToken()
-            self._slots[job.id] = _Slot(job, token, time.monotonic(), queued_from_queue=True)
+            self._slots[job.id] = _Slot(job, token, self._clock(), queued_from_queue=True)
         log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
                  state=job.state.value, attempt=job.attempts, origin="queue")
         self._work.put((job, token, run))
