@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from processor_layout import RESERVED_NAMES
 from worker.errors import OutputError
 
 #: Read size when hashing an output.
@@ -126,3 +127,33 @@ def fd_path(fd: int) -> Path:
     if not path.exists():
         raise OSError(f"{path} is missing: /proc is needed to upload outputs safely")
     return path
+
+
+def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
+    """Every regular file under ``out_dir`` as (path, relative key part, size).
+
+    Symlinks are refused (a link to /etc/shadow must not be uploaded), the
+    output dir itself included; a name that is not UTF-8 fails the job naming
+    it (``check_name``); the reserved names may not appear at the
+    top level. The listing only names the files: the upload opens each one
+    again without following links (``open_output``).
+    """
+    found: list[tuple[Path, str, int]] = []
+    with output_dir(out_dir):
+        pass  # refuses a link or a non-directory before anything is walked
+    for root, dirs, names in os.walk(out_dir, followlinks=False):
+        for name in sorted(dirs):
+            if (Path(root) / name).is_symlink():
+                relative_dir = str(Path(root, name).relative_to(out_dir))
+                raise OutputError(f"output {escaped(relative_dir)} is a symlink")
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            relative = path.relative_to(out_dir).as_posix()
+            check_name(relative)
+            if relative in RESERVED_NAMES:
+                raise OutputError(f"the command wrote {relative}, a name reserved for the pipeline")
+            if path.is_symlink() or not path.is_file():
+                raise OutputError(f"output {relative} is not a regular file")
+            found.append((path, relative, path.stat().st_size))
+    return found

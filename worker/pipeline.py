@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from processor_layout import MANIFEST_NAME, RESERVED_NAMES, failure_record_keys, fits
+from processor_layout import MANIFEST_NAME, failure_record_keys, fits
 from processor_layout import result_prefix as layout_result_prefix
 from worker import __version__
 from worker.cgroup import job_cgroups
@@ -47,7 +47,7 @@ from worker.joblog import EXPIRE_EVERY_S
 from worker.joblog import expire as expire_logs
 from worker.ledger import Ledger
 from worker.outcome import Attempt, Outcome, crashed, out_of_attempts
-from worker.outputs import check_name, escaped, fd_path, open_output, output_dir, sha256_fd
+from worker.outputs import collect_outputs, fd_path, open_output, output_dir, sha256_fd
 from worker.process import EX_TEMPFAIL, StopToken, render_argv, run_command
 from worker.recorder import Recorded, Recorder, job_logger
 from worker.space import DiskSpace, Usage, is_no_space
@@ -422,36 +422,6 @@ def _input_size(work: Path) -> int:
         return (work / "input").stat().st_size
     except OSError:
         return 0
-
-
-def collect_outputs(out_dir: Path) -> list[tuple[Path, str, int]]:
-    """Every regular file under ``out_dir`` as (path, relative key part, size).
-
-    Symlinks are refused (a link to /etc/shadow must not be uploaded), the
-    output dir itself included; a name that is not UTF-8 fails the job naming
-    it (worker.outputs.check_name); the reserved names may not appear at the
-    top level. The listing only names the files: the upload opens each one
-    again without following links (worker.outputs.open_output).
-    """
-    found: list[tuple[Path, str, int]] = []
-    with output_dir(out_dir):
-        pass  # refuses a link or a non-directory before anything is walked
-    for root, dirs, names in os.walk(out_dir, followlinks=False):
-        for name in sorted(dirs):
-            if (Path(root) / name).is_symlink():
-                relative_dir = str(Path(root, name).relative_to(out_dir))
-                raise OutputError(f"output {escaped(relative_dir)} is a symlink")
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(root) / name
-            relative = path.relative_to(out_dir).as_posix()
-            check_name(relative)
-            if relative in RESERVED_NAMES:
-                raise OutputError(f"the command wrote {relative}, a name reserved for the pipeline")
-            if path.is_symlink() or not path.is_file():
-                raise OutputError(f"output {relative} is not a regular file")
-            found.append((path, relative, path.stat().st_size))
-    return found
 
 
 class _Progress:
