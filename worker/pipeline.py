@@ -306,19 +306,21 @@ class Pipeline:
         prefix, outputs = self._upload_outputs(job, work / "output", cancel, log)
         timings["upload_s"] = max(0.0, self.clock() - started)
         # A success replaces an earlier failure record, then the manifest goes last: its
-        # presence is what tells consumers the result set is complete. A record is written
-        # only for a failed job (Recorder.write_failure_record; in a fleet also
-        # worker.fleet.results from the fleet record) and this ledger remembers the
-        # failures it recorded, so a key that never failed here costs no DELETE; a
-        # failure recorded by another fleet instance is not in this ledger.
-        if self.ledger.has_failed(job.bucket, job.key):
-            for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
-                self.store.delete(self.settings.s3.output_bucket, failed_key)
+        # presence is what tells consumers the result set is complete.
+        self._remove_failure_records(job)
         manifest = self._manifest(job, got, outputs, timings)
         manifest["resources"] = {"cpu_s": ran.cpu_s, "peak_memory_bytes": ran.peak_memory_bytes}
         self.store.put_json(self.settings.s3.output_bucket, prefix + MANIFEST_NAME, manifest)
         return replace(ran, outcome=Outcome.SUCCEEDED, result_prefix=prefix,
                        bytes_out=sum(o["size"] for o in outputs))
+
+    def _remove_failure_records(self, job: Job) -> None:
+        """Delete an earlier ``_failed.json`` of the job wherever it may be: only if this ledger
+        recorded a failure of the key (a key that never failed here costs no DELETE; a failure
+        recorded by another fleet instance is not in this ledger)."""
+        if self.ledger.has_failed(job.bucket, job.key):
+            for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
+                self.store.delete(self.settings.s3.output_bucket, failed_key)
 
     def _progress_sink(self, job_id: str) -> Callable[[int], None]:
         # Never raises for a busy or full ledger: progress is for display (Ledger.set_progress).
