@@ -197,14 +197,14 @@ def test_claims_are_reserved_and_stop_when_a_drain_begins(short_tmp: Path) -> No
         real_claim = ledger.claim_next
 
         def claim_next() -> Job | None:
-            seen_busy.append(daemon._busy())  # what a drain would see mid-claim
+            seen_busy.append(daemon.slots.busy())  # what a drain would see mid-claim
             return real_claim()
 
         ledger.claim_next = claim_next  # type: ignore[method-assign]
-        first = daemon._claim()
+        first = daemon.slots.claim()
         assert first is not None and seen_busy == [1]
-        assert daemon._claim() is None  # the one slot is taken: the ledger is not even asked
+        assert daemon.slots.claim() is None  # the one slot is taken: the ledger is not even asked
         assert seen_busy == [1] and ledger.counts()["queued"] == 1
-        daemon._slots.clear()
-        daemon._draining = True
-        assert daemon._claim() is None and ledger.counts()["queued"] == 1
+        daemon.slots._table.clear()
+        daemon.slots.begin_drain()
+        assert daemon.slots.claim() is None and ledger.counts()["queued"] == 1
