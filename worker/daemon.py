@@ -5,8 +5,14 @@
 timeout, then are stopped and left queued); ``stop()`` the fast stop;
 ``wait()`` the exit status (worker.exitcodes). Signals are the CLI's business
 (worker.cli maps them onto these calls). Requests and wake-ups reach the main
-loop through a queue and a self-pipe; the loop, in its own thread, does all the
-work (dispatch, sd_notify, watchdog) and never sleeps past the next due job.
+loop through a queue and a self-pipe. The loop, in its own thread, carries out
+drains and stops, dispatches due jobs to the slot threads and sends sd_notify's
+status and watchdog, and never sleeps past the next due job. It is not the only
+one to claim: a slot thread that finishes a job claims the next due one itself,
+and the queue consumer's receiver takes slots for messages (and, after each
+receive, claims due local jobs: ``Slots.end_poll``). ``Slots.claim`` reserves
+the slot before asking the ledger, so together they never run more than
+``processing.concurrency``.
 
 With a work queue (``[queue] url``) a ``QueueConsumer`` fills free slots from
 it; a drain then stops receiving at once and stops running queue jobs at once,
@@ -96,7 +102,7 @@ class Daemon:
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: The job slots, shared by local jobs and the work queue's messages.
-        self.slots = Slots(settings.processing.concurrency, ledger, pipeline, self.wake)
+        self.slots = Slots(settings.processing.concurrency, ledger, pipeline, self.wake, clock=clock)
         self._guard = guard
         self._guard_busy: bool | None = None
         self._consumer: QueueConsumer | None = None

@@ -79,7 +79,7 @@ class StatusReport:
         running = []
         for job_id, key, attempt, started in slots:
             entry: dict[str, Any] = {"job_id": job_id, "key": key, "attempt": attempt,
-                                     "running_s": round(time.monotonic() - started, 1), "phase": ""}
+                                     "running_s": round(max(0.0, now - started), 1), "phase": ""}
             try:
                 job = self._ledger.get(job_id)
             except LedgerError:
@@ -95,12 +95,12 @@ class StatusReport:
         """Seconds until a skipped recount is due; None when none was skipped."""
         if not self._status_stale:
             return None
-        return self._status_at + STATUS_INTERVAL_S - time.monotonic()
+        return self._status_at + STATUS_INTERVAL_S - self._clock()
 
     def publish(self) -> None:
         """Send the STATUS line if it changed, at most every STATUS_INTERVAL_S."""
-        now = time.monotonic()
-        if now - self._status_at < STATUS_INTERVAL_S:
+        now = self._clock()
+        if 0.0 <= now - self._status_at < STATUS_INTERVAL_S:  # a clock stepped back: recount now
             self._status_stale = True  # the loop's sleep ends when it is due (due_in)
             return
         self._status_at, self._status_stale = now, False

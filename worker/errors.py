@@ -22,7 +22,6 @@ raised somewhere or is the base of one that is.
     │   ├── OutputError             the command's outputs break the contract
     │   ├── InsufficientSpace       the state volume cannot hold the job's input: now
     │   │                           (.retryable: wait for space) or ever
-    │   ├── Interrupted             a job was asked to stop mid-transfer (.reason)
     │   ├── ControlError            the control socket could not be reached or answered an error
     │   ├── UsageError              a processorctl command-line value is unusable; names the option
     │   ├── MetadataError           the instance metadata service (IMDS) failed or said no (.status)
@@ -33,9 +32,13 @@ raised somewhere or is the base of one that is.
     │   ├── RecordConflict          [fleet.record] a conditional write lost: the record changed
     │   ├── StateDirLocked          [statelock] another daemon holds the state dir (.holder_pid)
     │   └── StateDirInUse           [local.statedir] another `processor local` uses its state dir
+    ├── TransferStopped             [storage.s3] carries an Interrupted out of s3transfer's threads
     └── ValueError
         ├── InvalidParameters       [local.params] a command's parameters break its document (.name)
         └── InvalidDocument         [local.params] a document the local SSM agent cannot run
+    BaseException                   Exception's base too: no ``except Exception`` catches these
+    └── Interrupted                 a stop request (cancel or shutdown) raised mid-attempt (.reason);
+                                    turned into the attempt's outcome by Pipeline._attempt
 
 A processing command that fails is not an exception: its exit status and
 stderr tail are the attempt's outcome, which the pipeline records.
@@ -125,8 +128,9 @@ class InsufficientSpace(ProcessorError):
         self.retryable = retryable
 
 
-class Interrupted(ProcessorError):
-    """A job was asked to stop (cancel or shutdown) while it was transferring."""
+class Interrupted(BaseException):
+    """A job was asked to stop (cancel or shutdown) mid-attempt; a BaseException, so that
+    no ``except Exception`` on the way takes the request for a failure."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"interrupted ({reason})")

@@ -1,8 +1,9 @@
 """Run one job: download -> run the processing command -> upload -> record.
 
-An attempt ends in a ``worker.outcome.Attempt`` (``Pipeline.attempt``, no state
-written); ``worker.recorder`` turns it into the job's next state through the
-one outcome policy, ``worker.outcome.decide``.
+An attempt ends in a ``worker.outcome.Attempt`` (``Pipeline.attempt``, which
+writes the job's progress and its results but never its state);
+``worker.recorder`` turns it into the job's next state through the one outcome
+policy, ``worker.outcome.decide``.
 
 The pipeline sees the object store through the small ``ObjectStore`` protocol
 (``worker.storage.s3.S3Store`` in production, an in-memory fake in tests) and never
@@ -87,7 +88,7 @@ class Pipeline:
         self.space = DiskSpace(paths.work, paths.min_free_mb * 1024 * 1024, self.disk_usage)
         self.recorder = Recorder(self.settings, self.store, self.ledger, self.clock)
         self._expiry_lock = threading.Lock()
-        self._next_expiry = 0.0  # monotonic time of the next look at old job logs
+        self._next_expiry = 0.0  # self.clock() of the next look at old job logs
         self.limits, self.cgroups = job_cgroups(self.settings.processing, daemon_env)
 
     def result_prefix(self, job: Job, outputs: list[str] | None = None) -> str:
@@ -111,9 +112,10 @@ class Pipeline:
         """Remove the logs of jobs that ended more than logging.job_log_retention_days ago
         (at most once per worker.joblog.EXPIRE_EVERY_S; never a queued or running job's)."""
         days = self.settings.logging.job_log_retention_days
-        now = time.monotonic()
+        now = self.clock()
         with self._expiry_lock:
-            if not days or now < self._next_expiry:
+            # (a clock stepped back by more than the interval looks at once)
+            if not days or 0.0 < self._next_expiry - now <= EXPIRE_EVERY_S:
                 return []
             self._next_expiry = now + EXPIRE_EVERY_S
 
@@ -148,8 +150,25 @@ class Pipeline:
             log.exception("job_not_recorded")
             return job
 
+    def record_stopped(self, job: Job, stop: Interrupted) -> Job:
+        """A stop request that got past the attempt (``_attempt`` turns it into the outcome):
+        recorded as that outcome would be, never as a crash (the slot paths' other catch)."""
+        log = job_logger(job)
+        log.warning("job_stop_escaped_attempt", reason=stop.reason)
+        try:
+            return self.recorder.record(job, _stopped(stop.reason), log)
+        except Exception:
+            log.exception("job_not_recorded")
+            return job
+
     def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
-        """Run one attempt of a RUNNING job and say how it ended; no state is written."""
+        """Run one attempt of a RUNNING job and say how it ended.
+
+        The job's state is not written (``worker.recorder`` does that, from the
+        returned Attempt). What is: its progress in the ledger (phase and byte
+        counters), and in the output bucket its outputs, then, on success, the
+        deletion of an earlier ``_failed.json`` and the manifest.
+        """
         log = job_logger(job) if log is None else log
         work = self.settings.paths.work / job.id
         try:
@@ -204,7 +223,7 @@ class Pipeline:
     def _download(
         self, job: Job, dest: Path, timings: dict[str, float], cancel: StopToken | None, log: Any
     ) -> Downloaded:
-        started = time.monotonic()
+        started = self.clock()
         info = self.store.head(job.bucket, job.key, version_id=job.version_id, etag=job.etag)
         # Raises InsufficientSpace: never fits (fail) or not now (wait); see worker.space.
         self.space.reserve(job.id, info.size)
@@ -223,7 +242,7 @@ class Pipeline:
         finally:
             self.space.release(job.id)
         digests, method = verify_download(dest, info, f"download of s3://{job.bucket}/{job.key}")
-        timings["download_s"] = time.monotonic() - started
+        timings["download_s"] = max(0.0, self.clock() - started)  # wall time may step back
         log.info("download_finished", size=info.size, verified_by=method,
                  duration_s=round(timings["download_s"], 3))
         return Downloaded(info, digests.sha256, method)
@@ -277,13 +296,16 @@ class Pipeline:
             note = self.space.nearly_full_note()
             return replace(ran, error=f"{error}; {note}" if note else error)
         _check(cancel)
-        started = time.monotonic()
+        started = self.clock()
         outputs = self._upload_outputs(job, work / "output", cancel, log)
-        timings["upload_s"] = time.monotonic() - started
+        timings["upload_s"] = max(0.0, self.clock() - started)
         prefix = self.result_prefix(job, [o["path"] for o in outputs])
-        # A success replaces an earlier failure record (only _fail writes one, and
-        # the ledger remembers every failure), then the manifest goes last: its
-        # presence is what tells consumers the result set is complete.
+        # A success replaces an earlier failure record, then the manifest goes last: its
+        # presence is what tells consumers the result set is complete. A record is written
+        # only for a failed job (Recorder.write_failure_record; in a fleet also
+        # worker.fleet.results from the fleet record) and this ledger remembers the
+        # failures it recorded, so a key that never failed here costs no DELETE; a
+        # failure recorded by another fleet instance is not in this ledger.
         if self.ledger.has_failed(job.bucket, job.key):
             for failed_key in failure_record_keys(self.settings.s3.output_prefix, job.key, job.id):
                 self.store.delete(self.settings.s3.output_bucket, failed_key)
@@ -440,7 +462,8 @@ class _Progress:
         self._last = time.monotonic()
 
     def __call__(self, amount: int) -> None:
-        # Raising here aborts the managed transfer: how a cancel reaches a download.
+        # Raising here aborts the transfer (worker.storage.s3 carries the Interrupted
+        # through s3transfer's threads): how a cancel or a drain reaches a download or upload.
         _check(self._cancel)
         with self._lock:
             self._done += amount

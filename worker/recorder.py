@@ -1,7 +1,10 @@
 """Record how an attempt ended: the move ``worker.outcome.decide`` picks, written to the ledger.
 
 The pipeline, the daemon (a crash of the pipeline itself) and the queue
-consumer all end a running job here, so one policy decides every outcome.
+consumer all end a running job here, so one policy decides every outcome of an
+attempt. (A local job a dead daemon left running is requeued at the next
+start by ``Ledger.requeue_interrupted``, which counts the death itself; a queue
+job is handed back by ``Ledger.hand_back_queue_jobs``.)
 A failure is also written to the output bucket as ``_failed.json``, so
 downstream consumers see it without host access.
 """
@@ -106,7 +109,8 @@ class Recorder:
         """Write ``_failed.json`` for a failed job; False when S3 would not take it.
 
         For a local job the ledger holds the failure and the bucket copy is a
-        courtesy; a queue job's message is deleted only once it is written.
+        courtesy; a queue job's message goes to the dead-letter queue only once
+        it is written.
         """
         record = {
             "job_id": failed.id,

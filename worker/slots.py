@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from worker.errors import LedgerError
+from worker.errors import Interrupted, LedgerError
 from worker.job import Job
 from worker.process import StopToken
 from worker.telemetry import metrics
@@ -45,10 +45,11 @@ log = structlog.get_logger("processor.daemon")
 
 @dataclass
 class Slot:
-    """One running job: what it is, how to stop it, since when (time.monotonic())."""
+    """One running job: what it is, how to stop it, since when."""
 
     job: Job
     token: StopToken
+    #: When the slot was taken, on the daemon's clock.
     started: float
     #: A work-queue job: a drain stops it at once so its message goes back.
     queued_from_queue: bool = False
@@ -58,10 +59,12 @@ class Slots:
     """``concurrency`` slots over the ledger's local jobs and a work queue's messages (module docstring)."""
 
     def __init__(self, concurrency: int, ledger: Ledger, pipeline: Pipeline,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], *, clock: Callable[[], float] = time.time) -> None:
         self.concurrency = concurrency
         self._ledger = ledger
         self._pipeline = pipeline
+        #: The daemon's clock: slot start times and job durations.
+        self._clock = clock
         #: Wakes the daemon's main loop: a job started or ended, a drain may be over.
         self._wake = wake
         self._table: dict[str, Slot] = {}
@@ -128,7 +131,8 @@ class Slots:
         return len(slots)
 
     def wait_empty(self, timeout: float) -> None:
-        """Wait until every running job has ended and freed its slot, at most ``timeout``."""
+        """Wait until every running job has ended and freed its slot, at most ``timeout``
+        seconds of real time (a bound on a real wait, so not on self._clock)."""
         deadline = time.monotonic() + timeout
         with self._freed:
             while self._table and (left := deadline - time.monotonic()) > 0:
@@ -162,7 +166,7 @@ class Slots:
                 self._reserved -= 1
                 if job is not None:
                     token = StopToken()
-                    self._table[job.id] = Slot(job, token, time.monotonic())
+                    self._table[job.id] = Slot(job, token, self._clock())
                 else:
                     # The reservation is gone: a receiver waiting for a free slot
                     # (wait_for_slot) must hear of it, or it sleeps its full wait.
@@ -210,7 +214,7 @@ class Slots:
                 return False
             self._polling -= 1
             token = StopToken()
-            self._table[job.id] = Slot(job, token, time.monotonic(), queued_from_queue=True)
+            self._table[job.id] = Slot(job, token, self._clock(), queued_from_queue=True)
         log.info("job_started", job_id=job.id, bucket=job.bucket, key=job.key,
                  state=job.state.value, attempt=job.attempts, origin="queue")
         self._work.put((job, token, run))
@@ -233,6 +237,7 @@ class Slots:
     def stop_threads(self, timeout_s: float = 5.0) -> None:
         for _ in self._threads:
             self._work.put(None)
+        # Real time, not self._clock: this bounds a real wait on threads.
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             # A job stuck past the drain's deadline keeps its thread; it is a
@@ -250,14 +255,17 @@ class Slots:
 
     def _run_job(self, job: Job, token: StopToken, run: Runner) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id)
-        started = time.monotonic()
+        started = self._clock()
         final = job
         try:
             final = run(job, token)
+        except Interrupted as exc:  # a BaseException: the catch-all below never sees a stop
+            final = self._pipeline.record_stopped(job, exc)
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
-            duration_s = time.monotonic() - started
+            # The injected clock is wall time (the ledger's): a step back is no negative duration.
+            duration_s = max(0.0, self._clock() - started)
             log.info(
                 "job_finished", job_id=final.id, bucket=final.bucket, key=final.key,
                 state=final.state.value, attempt=final.attempts, duration_s=round(duration_s, 3),

@@ -45,7 +45,9 @@ class Phase(str, enum.Enum):
 #: The only legal moves. RUNNING -> QUEUED is a retryable failure or an
 #: interrupted run; QUEUED -> FAILED is a job that can never run (its object
 #: is gone before the first attempt, or an operator gives up on it).
-#: FAILED and CANCELLED go back to QUEUED only through `processorctl retry`.
+#: FAILED and CANCELLED go back to QUEUED only through `processorctl retry`
+#: (Ledger.retry) or, for a queue job the fleet record says runs again, a new
+#: claim of its message (Ledger.claim_for_message).
 _NEXT: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
     JobState.RUNNING: frozenset(

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.daemon import daemon, processorctl, write_config
+from tests.support.emulator import with_buckets
 from tests.support.report import REPORT
 from tests.support.waiting import wait_until
 from worker.ctl import cli
@@ -52,9 +53,7 @@ def test_repeated_kill_9_loses_nothing_and_duplicates_nothing(
 ) -> None:
     rng = random.Random(20261129)
     marker = f"chaos-command-{short_tmp.name}"  # pgrep must find this run's commands only
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c",
                                    COMMAND.replace("chaos-command", marker),

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, log_events, submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import black_hole, dead_endpoint
 
@@ -24,10 +25,7 @@ LOGS_ENDPOINT_VAR = "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"
 
 @pytest.fixture
 def buckets(aws: Callable[[str], Any]) -> Any:
-    client = aws("s3")
-    client.create_bucket(Bucket=IN)
-    client.create_bucket(Bucket=OUT)
-    return client
+    return with_buckets(aws("s3"), IN, OUT)
 
 
 def cloudwatch_config(directory: Path, endpoint: str, **keys: object) -> Path:
@@ -43,9 +41,7 @@ def run_one_job(config: Path, socket: Path, s3: Any, key: str, body: bytes) -> t
     """Process one object with the real daemon, stop it with SIGTERM; (job id, seconds to stop)."""
     etag = s3.put_object(Bucket=IN, Key=key, Body=body)["ETag"]
     with daemon(config, socket) as proc:
-        done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        job_id = done.stdout.strip()
+        job_id = submit(config, IN, key, etag)
         assert wait_state(config, job_id, {"succeeded", "failed"}, stall_s=20)["state"] == "succeeded"
         stopping = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -56,11 +52,6 @@ def run_one_job(config: Path, socket: Path, s3: Any, key: str, body: bytes) -> t
 def stream_events(logs: Any, stream: str) -> list[dict[str, Any]]:
     events = logs.get_log_events(logGroupName=GROUP, logStreamName=stream, startFromHead=True)["events"]
     return [json.loads(e["message"]) for e in events]
-
-
-def file_events(directory: Path) -> list[dict[str, Any]]:
-    text = (directory / "state" / "logs" / "processor.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_job_events_and_emf_metrics_reach_cloudwatch(
@@ -88,7 +79,7 @@ def test_job_events_and_emf_metrics_reach_cloudwatch(
     assert emf["BytesOut"] == finished["bytes_out"]
     # EMF documents go to their stream only: not the events stream, not the file.
     assert not any("_aws" in e for e in events)
-    assert not any("_aws" in e for e in file_events(short_tmp))
+    assert not any("_aws" in e for e in log_events(config))
 
 
 def test_put_log_events_of_the_metrics_stream_carry_the_emf_header(
@@ -126,7 +117,7 @@ def test_an_unreachable_cloudwatch_neither_slows_jobs_nor_holds_the_stop(
         _, stop_s = run_one_job(config, short_tmp / "p.sock", buckets, "cw/down.txt", b"x y z")
     assert time.monotonic() - started < 30
     assert stop_s < flush_timeout_s + 5
-    events = file_events(short_tmp)
+    events = log_events(config)
     assert [e["state"] for e in events if e["event"] == "job_finished"] == ["succeeded"]
     if endpoint == "dead":
         assert any(e["event"] == "cloudwatch_group_not_created" for e in events)

@@ -8,19 +8,16 @@ import json
 import os
 import resource
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.daemon import processorctl, wait_state, write_config
-from tests.support.emulator import CREDENTIALS
+from tests.support.daemon import daemon, log_events, processorctl, upload_and_submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.waiting import wait_until
 from worker.ctl.control_client import request
-from worker.errors import ControlError
 
 IN, OUT = "starve-in", "starve-out"
 IDLE_CLIENTS = 1100
@@ -28,10 +25,7 @@ IDLE_CLIENTS = 1100
 
 @pytest.fixture
 def s3(aws: Callable[[str], Any]) -> Any:
-    client = aws("s3")
-    client.create_bucket(Bucket=IN)
-    client.create_bucket(Bucket=OUT)
-    return client
+    return with_buckets(aws("s3"), IN, OUT)
 
 
 def _limit_descriptors() -> None:  # in the daemon's child, before exec: systemd's default soft limit
@@ -59,53 +53,28 @@ def test_idle_connections_neither_starve_status_nor_fail_jobs(
     if hard < IDLE_CLIENTS + 200:
         pytest.skip(f"this test needs {IDLE_CLIENTS + 200} descriptors; the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, IDLE_CLIENTS + 200), hard))
-    err = (short_tmp / "daemon.stderr").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
-        preexec_fn=_limit_descriptors,
-    )
     clients: list[socket.socket] = []
-    try:
-        def answers() -> bool:
-            assert proc.poll() is None, (short_tmp / "daemon.stderr").read_text()[-3000:]
-            try:
-                request(path, "ping", timeout=1)
-                return True
-            except ControlError:
-                return False
-
-        wait_until(answers, stall_s=60, describe="daemon did not answer on its socket")
-        for n in range(IDLE_CLIENTS):
-            clients.append(_idle_client(path))
-            if n == IDLE_CLIENTS // 2:  # jobs keep flowing while the clients pile up
-                etag = s3.put_object(Bucket=IN, Key="during.txt", Body=b"a,b\n1,2\n")["ETag"]
-                done = processorctl(config, "submit", "--bucket", IN, "--key=during.txt", f"--etag={etag}")
-                assert done.returncode == 0, done.stderr
-                during = done.stdout.strip()
-        # All of them still connected (from this side): status answers, jobs run.
-        status = processorctl(config, "status", "--json")
-        assert status.returncode == 0, status.stderr
-        assert json.loads(status.stdout)["daemon"]["pid"] == proc.pid
-        etag = s3.put_object(Bucket=IN, Key="after.txt", Body=b"a,b\n3,4\n")["ETag"]
-        done = processorctl(config, "submit", "--bucket", IN, "--key=after.txt", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        for job_id in (during, done.stdout.strip()):
-            assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"
-        descriptors = len(os.listdir(f"/proc/{proc.pid}/fd"))
-        assert descriptors < 512, f"the daemon holds {descriptors} descriptors"
-    finally:
-        for sock in clients:
-            sock.close()
-        proc.terminate()
+    with daemon(config, path, preexec_fn=_limit_descriptors) as proc:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        err.close()
-    events = [json.loads(line)["event"] for line in
-              (short_tmp / "state" / "logs" / "processor.jsonl").read_text().splitlines()]
+            for n in range(IDLE_CLIENTS):
+                clients.append(_idle_client(path))
+                if n == IDLE_CLIENTS // 2:  # jobs keep flowing while the clients pile up
+                    during = upload_and_submit(s3, config, IN, "during.txt", b"a,b\n1,2\n")
+            # All of them still connected (from this side): status answers, jobs run.
+            status = processorctl(config, "status", "--json")
+            assert status.returncode == 0, status.stderr
+            assert json.loads(status.stdout)["daemon"]["pid"] == proc.pid
+            after = upload_and_submit(s3, config, IN, "after.txt", b"a,b\n3,4\n")
+            for job_id in (during, after):
+                assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"
+            descriptors = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            assert descriptors < 512, f"the daemon holds {descriptors} descriptors"
+        finally:
+            for sock in clients:
+                sock.close()
+        proc.terminate()  # a clean stop (the block's end would kill it): no traceback on the way out
+        proc.wait(timeout=30)
+    events = [line["event"] for line in log_events(config)]
     # The idle clients were evicted to serve newcomers (and said so, one line each).
     assert "control_connection_evicted" in events and "control_request_dropped" in events
     assert "Traceback" not in (short_tmp / "daemon.stderr").read_text()

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
-from tests.support.emulator import CREDENTIALS
+from tests.support.daemon import daemon, log_events, processorctl, submit, wait_state, write_config
+from tests.support.emulator import CREDENTIALS, with_buckets
 from tests.support.waiting import wait_until
 from worker import exitcodes
 from worker.ledger import Ledger
@@ -24,23 +24,14 @@ IN, OUT = "daemon-in", "daemon-out"
 
 @pytest.fixture
 def s3(aws: Callable[[str], Any]) -> Any:
-    client = aws("s3")
-    client.create_bucket(Bucket=IN)
-    client.create_bucket(Bucket=OUT)
-    return client
-
-
-def submit(config: Path, key: str, etag: str) -> str:
-    done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return with_buckets(aws("s3"), IN, OUT)
 
 
 def test_submitted_job_is_processed_and_listed(s3: Any, moto_endpoint: str, short_tmp: Path) -> None:
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint)
     etag = s3.put_object(Bucket=IN, Key="reports/q3.csv", Body=b"a,b\n1,2\n3,4\n")["ETag"]
     with daemon(config, short_tmp / "p.sock") as proc:
-        job_id = submit(config, "reports/q3.csv", etag)
+        job_id = submit(config, IN, "reports/q3.csv", etag)
         job = wait_state(config, job_id, {"succeeded", "failed"})
         assert job["state"] == "succeeded", job
         manifest = json.loads(s3.get_object(Bucket=OUT, Key="reports/q3.csv/_manifest.json")["Body"].read())
@@ -55,8 +46,7 @@ def test_submitted_job_is_processed_and_listed(s3: Any, moto_endpoint: str, shor
         assert status["daemon"]["pid"] == proc.pid and status["counts"]["succeeded"] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    log_lines = (short_tmp / "state" / "logs" / "processor.jsonl").read_text().splitlines()
-    finished = [json.loads(line) for line in log_lines if '"job_finished"' in line]
+    finished = log_events(config, "job_finished")
     assert finished and finished[0]["job_id"] == job_id and finished[0]["state"] == "succeeded"
 
 
@@ -67,7 +57,7 @@ def test_jobs_submitted_while_down_run_when_the_daemon_starts(
     ids = []
     for n in range(3):
         etag = s3.put_object(Bucket=IN, Key=f"while-down/{n}.txt", Body=b"word " * n)["ETag"]
-        ids.append(submit(config, f"while-down/{n}.txt", etag))
+        ids.append(submit(config, IN, f"while-down/{n}.txt", etag))
     with daemon(config, short_tmp / "p.sock"):
         for job_id in ids:
             assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"
@@ -85,7 +75,7 @@ def test_kill_9_mid_job_is_requeued_and_completes(s3: Any, moto_endpoint: str, s
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c", body, "{input}", "{output_dir}"])
     etag = s3.put_object(Bucket=IN, Key="crash.txt", Body=b"x")["ETag"]
-    job_id = submit(config, "crash.txt", etag)
+    job_id = submit(config, IN, "crash.txt", etag)
     with daemon(config, short_tmp / "p.sock") as proc:
         wait_state(config, job_id, {"running"})
         wait_until(marker.exists, stall_s=60, describe="the command never started")
@@ -139,7 +129,7 @@ def test_a_second_daemon_on_a_live_state_dir_exits_and_touches_nothing(
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c", HOLD, "{input}", "{output_dir}", str(short_tmp)])
     etag = s3.put_object(Bucket=IN, Key="live.txt", Body=b"x")["ETag"]
-    job_id = submit(config, "live.txt", etag)
+    job_id = submit(config, IN, "live.txt", etag)
     with daemon(config, short_tmp / "p.sock") as first:
         wait_state(config, job_id, {"running"})
         wait_until((short_tmp / "attempts").exists, stall_s=60, describe="the command never started")
@@ -172,7 +162,7 @@ def test_processorctl_submits_while_the_daemon_holds_the_lock(
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint)
     with daemon(config, short_tmp / "p.sock"):
         etag = s3.put_object(Bucket=IN, Key="ctl.txt", Body=b"one two")["ETag"]
-        job_id = submit(config, "ctl.txt", etag)  # must not wait for, or take, the daemon's lock
+        job_id = submit(config, IN, "ctl.txt", etag)  # must not wait for, or take, the daemon's lock
         assert wait_state(config, job_id, {"succeeded", "failed"})["state"] == "succeeded"
 
 
@@ -185,26 +175,21 @@ def test_signals_through_processor_run_hup_ignored_term_drains_a_second_stops_at
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c", HOLD, "{input}", "{output_dir}", str(short_tmp)])
     etag = s3.put_object(Bucket=IN, Key="held.txt", Body=b"x")["ETag"]
-    job_id = submit(config, "held.txt", etag)
-    log_file = short_tmp / "state" / "logs" / "processor.jsonl"
-
-    def logged(event: str) -> list[dict[str, Any]]:
-        lines = log_file.read_text().splitlines() if log_file.exists() else []
-        return [e for e in map(json.loads, lines) if e["event"] == event]
-
+    job_id = submit(config, IN, "held.txt", etag)
     with daemon(config, short_tmp / "p.sock") as proc:
         wait_state(config, job_id, {"running"})
         wait_until((short_tmp / "attempts").exists, stall_s=60, describe="the command never started")
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: logged("signal_ignored"), stall_s=60, describe="SIGHUP not acted on")
-        assert proc.poll() is None and not logged("drain_started")
+        wait_until(lambda: log_events(config, "signal_ignored"), stall_s=60, describe="SIGHUP not acted on")
+        assert proc.poll() is None and not log_events(config, "drain_started")
         proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: logged("drain_started"), stall_s=60, describe="SIGTERM did not start a drain")
+        wait_until(lambda: log_events(config, "drain_started"), stall_s=60,
+                   describe="SIGTERM did not start a drain")
         assert proc.poll() is None  # draining: the job has drain_timeout_s (60) to finish
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == exitcodes.INTERRUPTED
-    assert logged("drain_started")[0]["reason"] == "signal SIGTERM"
-    assert logged("fast_stop")[0]["reason"] == "second stop signal (SIGINT)"
-    assert logged("daemon_stopped")[0]["exit_status"] == exitcodes.INTERRUPTED
+    assert log_events(config, "drain_started")[0]["reason"] == "signal SIGTERM"
+    assert log_events(config, "fast_stop")[0]["reason"] == "second stop signal (SIGINT)"
+    assert log_events(config, "daemon_stopped")[0]["exit_status"] == exitcodes.INTERRUPTED
     shown = json.loads(processorctl(config, "show", job_id, "--json").stdout)
     assert shown["state"] == "queued" and (short_tmp / "attempts").read_text() == "x"

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, upload_and_submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.waiting import wait_until
 
 IN, OUT = "disk-in", "disk-out"
@@ -55,19 +56,14 @@ def _config(short_tmp: Path, moto_endpoint: str, **processing: Any) -> Path:
 
 def _submitter(s3: Any, config: Path) -> Callable[[str, bytes], str]:
     def submit(key: str, body: bytes) -> str:
-        etag = s3.put_object(Bucket=IN, Key=key, Body=body)["ETag"]
-        done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return upload_and_submit(s3, config, IN, key, body)
     return submit
 
 
 def test_full_disk_fails_jobs_cleanly_and_the_daemon_keeps_serving(
     small_volume: Path, short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     config = _config(short_tmp, moto_endpoint)
     submit = _submitter(s3, config)
 
@@ -98,9 +94,7 @@ def test_a_job_that_does_not_fit_beside_another_runs_after_it(
     """The first job holds 16 MiB of the 24 MiB volume; an 8 MiB input (+1 MiB reserve)
     cannot fit beside it, waits for space without spending attempts (max_attempts = 1),
     and runs once the first job has finished and its work dir is gone."""
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     config = _config(short_tmp, moto_endpoint, concurrency=2, max_attempts=1)
     submit = _submitter(s3, config)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.escapees import ESCAPE, alive, kill_listed
 from tests.support.waiting import wait_until
 from worker import exitcodes
@@ -22,10 +23,7 @@ IN, OUT = "box-in", "box-out"
 
 @pytest.fixture
 def s3(aws: Callable[[str], Any]) -> Any:
-    client = aws("s3")
-    client.create_bucket(Bucket=IN)
-    client.create_bucket(Bucket=OUT)
-    return client
+    return with_buckets(aws("s3"), IN, OUT)
 
 
 def test_a_drain_past_its_timeout_leaves_no_process_of_the_job(
@@ -45,9 +43,7 @@ def test_a_drain_past_its_timeout_leaves_no_process_of_the_job(
 
 def _drain(config: Path, short_tmp: Path, pids: Path, etag: str) -> None:
     with daemon(config, short_tmp / "p.sock") as proc:
-        done = processorctl(config, "submit", "--bucket", IN, "--key=escape.txt", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        job_id = done.stdout.strip()
+        job_id = submit(config, IN, "escape.txt", etag)
         wait_until(lambda: len(pids.read_text().split()) >= 3, stall_s=60, describe="no escapees")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == exitcodes.INTERRUPTED  # stopped with a job interrupted

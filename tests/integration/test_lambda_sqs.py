@@ -24,6 +24,7 @@ from lambda_trigger.handler import lambda_handler
 from lambda_trigger.s3 import ListingError
 from lambda_trigger.ssm import DeliveryError
 from processor_layout import job_id
+from tests.support.emulator import aim_at_emulator
 from tests.support.events import EXPECTED_PARAMETERS, load_event
 
 #: Liveness bound of a receive loop: no new message for this long ends it.
@@ -38,17 +39,9 @@ def _clear_clients() -> None:
 @pytest.fixture
 def queue_url(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A work queue in a fresh account; the Lambda's environment aimed at it."""
-    for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-                 "AWS_REGION", "DOCUMENT_NAME", "TARGET_INSTANCE_ID", "DOCUMENT_VERSION",
-                 "OUTPUT_PREFIX"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("MOTO_ACCOUNT_ID", f"{uuid.uuid4().int % 10**12:012d}")
+    aim_at_emulator(monkeypatch, moto_endpoint, tmp_path, unset=(
+        "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3", "DOCUMENT_NAME", "TARGET_INSTANCE_ID",
+        "DOCUMENT_VERSION", "OUTPUT_PREFIX"))
     url = boto3.client("sqs").create_queue(QueueName="processor-work")["QueueUrl"]
     monkeypatch.setenv("QUEUE_URL", url)
     _clear_clients()

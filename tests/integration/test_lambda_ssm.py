@@ -31,6 +31,7 @@ import pytest
 
 from lambda_trigger.handler import cached_client, lambda_handler
 from lambda_trigger.ssm import DeliveryError
+from tests.support.emulator import aim_at_emulator
 from tests.support.events import EXPECTED_PARAMETERS, SHELL_KEY, load_event
 
 #: A minimal Command document with the submit document's parameter names.
@@ -70,19 +71,9 @@ def moto_server(moto_endpoint: str) -> str:
 @pytest.fixture
 def endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """The standard AWS environment pointing at the emulator, in a fresh account."""
-    for name in ("AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_IAM",
-                 "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION",
-                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "QUEUE_URL", "DOCUMENT_VERSION"):
-        monkeypatch.delenv(name, raising=False)
-    # Keep a developer's ~/.aws out of it.
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # A fresh account per test: moto's state outlives tests and servers.
-    monkeypatch.setenv("MOTO_ACCOUNT_ID", f"{uuid.uuid4().int % 10**12:012d}")
+    aim_at_emulator(monkeypatch, moto_server, tmp_path, unset=(
+        "AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_IAM",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "QUEUE_URL", "DOCUMENT_VERSION"))
     # The cached client may point at another server or carry other credentials.
     cached_client.cache_clear()
     try:

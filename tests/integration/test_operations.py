@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, processorctl, upload_and_submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 
 IN, OUT = "ops-in", "ops-out"
 
@@ -31,19 +32,14 @@ COMMAND = (
 
 @pytest.fixture
 def ops(short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str) -> Any:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     flag = short_tmp / "fixed"
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,
                           command=[sys.executable, "-c", COMMAND, "{input}", "{output_dir}", str(flag)],
                           timeout_s=3, kill_grace_s=1, drain_timeout_s=20, concurrency=2)
 
     def submit(key: str, body: str) -> str:
-        etag = s3.put_object(Bucket=IN, Key=key, Body=body.encode())["ETag"]
-        done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return upload_and_submit(s3, config, IN, key, body.encode())
 
     return s3, config, submit, flag
 

@@ -15,10 +15,9 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from typing import Any
 import pytest
 
 from tests.support import waiting
-from tests.support.daemon import processorctl, write_config
-from tests.support.emulator import CREDENTIALS
+from tests.support.daemon import daemon as support_daemon
+from tests.support.daemon import log_events as events
+from tests.support.daemon import processorctl, submit, write_config
 from tests.support.report import REPORT
 from worker.ctl.control_client import request
-from worker.errors import ControlError
 from worker.fleet.dynamo import table_definition
 from worker.process import reap_orphans
 
@@ -143,33 +142,9 @@ def fleet(aws: Callable[[str], Any], moto_endpoint: str, short_tmp: Path) -> Fle
     return Fleet(s3, sqs, queue, dlq, moto_endpoint, short_tmp, runs, script, dynamodb)
 
 
-@contextmanager
-def daemon(config: Path, timeout: float = 30) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `processor run`; always stopped (SIGKILL, and its commands reaped) when the block ends."""
-    err = (config.parent / "daemon.stderr").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
-    )
-    try:
-        def answering() -> bool:
-            assert proc.poll() is None, (config.parent / "daemon.stderr").read_text()[-3000:]
-            try:
-                request(config.parent / "p.sock", "ping", timeout=1)
-            except ControlError:
-                return False
-            return True
-
-        # A start-up that keeps using CPU is slow, not stuck (a loaded machine).
-        waiting.wait_until(answering, stall_s=timeout, progress=lambda: waiting.cpu_seconds(proc.pid),
-                           describe="daemon did not answer on its socket")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        reap_orphans(config.parent / "state" / "work")
-        err.close()
+def daemon(config: Path, timeout: float = 30) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`processor run` on ``config`` (its socket beside it): tests/support/daemon.py's."""
+    return support_daemon(config, config.parent / "p.sock", stall_s=timeout)
 
 
 def wait_until(what: str, check: Callable[[], Any], progress: Callable[[], Any] = lambda: None,
@@ -177,12 +152,6 @@ def wait_until(what: str, check: Callable[[], Any], progress: Callable[[], Any] 
     """Poll ``check`` until truthy; fail when ``progress()`` has not changed for ``stall_s``."""
     return waiting.wait_until(check, stall_s=stall_s, progress=progress, interval=0.1,
                               describe=f"waiting for {what}")
-
-
-def events(config: Path, name: str) -> list[dict[str, Any]]:
-    path = config.parent / "state" / "logs" / "processor.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [e for e in map(json.loads, lines) if e.get("event") == name]
 
 
 def greedy_makespan(durations: list[float], slots: int) -> float:
@@ -446,8 +415,7 @@ def test_an_unreachable_queue_never_stops_the_daemon_or_its_local_jobs(fleet: Fl
     config = fleet.config("d0", url=f"{dead}/123456789012/gone", endpoint_url=dead)
     etag = fleet.put("local/x", 0)
     with daemon(config) as proc:
-        done = processorctl(config, "submit", "--bucket", IN, "--key=local/x", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
+        submit(config, IN, "local/x", etag)
         wait_until("the local job", lambda: "local/x" in fleet.done(), lambda: len(fleet.run_lines()))
         wait_until("a failed receive logged", lambda: events(config, "queue_receive_failed"), lambda: 0)
         assert proc.poll() is None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.daemon import daemon, processorctl, wait_state, write_config
-from tests.support.emulator import CREDENTIALS
+from tests.support.emulator import CREDENTIALS, with_buckets
 from worker.identity import Identity
 from worker.ledger import Ledger
 
@@ -18,9 +18,7 @@ IN, OUT = "recon-in", "recon-out"
 def test_reconcile_submits_only_what_has_neither_job_nor_result(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     s3.put_bucket_versioning(Bucket=IN, VersioningConfiguration={"Status": "Enabled"})
     # No notification on the bucket: these uploads' events are "lost".
     lost = {f"lost/{n}.txt": f"lost words {n}" for n in range(3)}
@@ -77,9 +75,7 @@ def test_every_instance_reconciles_globally_and_long_keys_count_their_by_id_resu
     """No ownership: each instance's pass submits every lost object into its own ledger
     (overlap is harmless: the daemon's manifest check), and a key too long for
     ``<key>/_manifest.json`` counts as done by its result under ``_by-id/<job id>/``."""
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     keys = [f"fleet/{n:02d}.txt" for n in range(6)]
     for key in keys:
         s3.put_object(Bucket=IN, Key=key, Body=key.encode())

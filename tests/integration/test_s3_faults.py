@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, log_events, submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.waiting import wait_until
 
@@ -17,9 +18,7 @@ IN, OUT = "faults-in", "faults-out"
 def test_jobs_succeed_through_a_flaky_s3_and_the_retries_are_logged(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     bodies = {f"flaky/{n:02d}.txt": f"word{n} " * (n + 1) for n in range(12)}
     etags = {key: s3.put_object(Bucket=IN, Key=key, Body=body.encode())["ETag"]
              for key, body in bodies.items()}
@@ -28,9 +27,7 @@ def test_jobs_succeed_through_a_flaky_s3_and_the_retries_are_logged(
                               retry_base_s=1, retry_max_s=2, max_attempts=5)
         ids = {}
         for key, etag in etags.items():
-            done = processorctl(config, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-            assert done.returncode == 0, done.stderr
-            ids[key] = done.stdout.strip()
+            ids[key] = submit(config, IN, key, etag)
         with daemon(config, short_tmp / "p.sock"):
             for job_id in ids.values():
                 job = wait_state(config, job_id, {"succeeded", "failed"}, stall_s=120)
@@ -40,24 +37,20 @@ def test_jobs_succeed_through_a_flaky_s3_and_the_retries_are_logged(
     for key, body in bodies.items():
         summary = json.loads(s3.get_object(Bucket=OUT, Key=f"{key}/summary.json")["Body"].read())
         assert summary["words"] == len(body.split())
-    events = [json.loads(line)["event"]
-              for line in (short_tmp / "state/logs/processor.jsonl").read_text().splitlines()]
+    events = [line["event"] for line in log_events(config)]
     assert events.count("s3_request_failed") + events.count("s3_call_retry") >= injected // 2
 
 
 def test_s3_outage_requeues_and_jobs_complete_when_it_returns(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     etag = s3.put_object(Bucket=IN, Key="outage.txt", Body=b"during an outage")["ETag"]
     with FaultProxy(moto_endpoint, rate=0.0) as proxy:
         config = write_config(short_tmp, output_bucket=OUT, endpoint=proxy.endpoint,
                               retry_base_s=1, retry_max_s=1, max_attempts=20)
         proxy.outage.set()
-        job_id = processorctl(config, "submit", "--bucket", IN, "--key=outage.txt",
-                              f"--etag={etag}").stdout.strip()
+        job_id = submit(config, IN, "outage.txt", etag)
         with daemon(config, short_tmp / "p.sock"):
             # Back in the queue after a failed attempt (waiting for "queued" alone
             # would return at once: the job starts queued).

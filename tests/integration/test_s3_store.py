@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy
 from worker.config import S3Settings
-from worker.errors import ObjectChanged, StorageError
+from worker.errors import Interrupted, ObjectChanged, StorageError
 from worker.storage.s3 import TRANSFER_CONFIG, S3Store
 
 
@@ -154,6 +154,34 @@ def test_small_and_multipart_uploads_and_their_progress(
         got = aws("s3").get_object(Bucket="out-bucket", Key=name)
         assert got["Body"].read() == path.read_bytes()
         assert got["ContentType"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize("transfer", ["download", "upload"])
+def test_a_stop_during_a_managed_transfer_is_raised_not_taken_for_its_end(
+    store: S3Store, aws: Callable[[str], Any], tmp_path: Path, transfer: str
+) -> None:
+    """Interrupted is a BaseException, which s3transfer's threads do not catch: raised from
+    a progress callback in one of them, it must still fail the transfer (without the
+    adapter carrying it, a download returned cut short and an upload never completed)."""
+    big = tmp_path / "big"
+    big.write_bytes(b"s" * (TRANSFER_CONFIG.multipart_threshold + 5))
+    aws("s3").put_object(Bucket="in-bucket", Key="big", Body=big.read_bytes())
+    calls: list[int] = []
+
+    def stop_soon(amount: int) -> None:
+        calls.append(amount)
+        if len(calls) >= 3:  # from then on, like the pipeline's progress once its token is set
+            raise Interrupted("shutdown")
+
+    with pytest.raises(Interrupted, match="shutdown"):
+        if transfer == "download":
+            info = store.head("in-bucket", "big")
+            store.download("in-bucket", "big", tmp_path / "in", size=info.size, etag=info.etag,
+                           progress=stop_soon)
+        else:
+            store.upload_file(big, "out-bucket", "big", progress=stop_soon)
+    if transfer == "upload":
+        assert "Contents" not in aws("s3").list_objects_v2(Bucket="out-bucket")
 
 
 def test_a_ranged_download_of_a_replaced_object_is_object_changed(

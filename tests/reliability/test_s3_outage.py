@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import daemon, processorctl, wait_state, write_config
+from tests.support.daemon import daemon, processorctl, submit, wait_state, write_config
+from tests.support.emulator import with_buckets
 from tests.support.faultproxy import FaultProxy
 from tests.support.report import REPORT
 from tests.support.waiting import wait_until
@@ -38,17 +39,13 @@ def _attempts_hit(config: Path, job_id: str) -> tuple[int, str]:
 def test_outage_longer_than_the_attempt_budget_leaves_jobs_queued_until_s3_returns(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     etag = s3.put_object(Bucket=IN, Key="long-outage.txt", Body=b"waits for S3\n")["ETag"]
     with FaultProxy(moto_endpoint, rate=0.0) as proxy:
         config = write_config(short_tmp, output_bucket=OUT, endpoint=proxy.endpoint,
                               retry_base_s=1, retry_max_s=1, max_attempts=MAX_ATTEMPTS)
         proxy.outage.set()
-        done = processorctl(config, "submit", "--bucket", IN, "--key=long-outage.txt", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
-        job_id = done.stdout.strip()
+        job_id = submit(config, IN, "long-outage.txt", etag)
         started = time.monotonic()
         with daemon(config, short_tmp / "p.sock"):
             seen: dict[str, Any] = {"hit": 0, "state": "queued"}

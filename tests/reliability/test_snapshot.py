@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import daemon, processorctl, write_config
+from tests.support.daemon import daemon, submit, write_config
+from tests.support.emulator import with_buckets
 from tests.support.probes import integrity
 from tests.support.report import REPORT
 from tests.support.waiting import wait_until
@@ -46,9 +47,7 @@ def test_daemon_on_a_snapshot_copy_requeues_in_flight_jobs_and_finishes_all(
     short_tmp: Path, aws: Callable[[str], Any], moto_endpoint: str
 ) -> None:
     rng = random.Random(7)
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=IN)
-    s3.create_bucket(Bucket=OUT)
+    s3 = with_buckets(aws("s3"), IN, OUT)
     command = [sys.executable, "-c", COMMAND, "{input}", "{output_dir}"]
     original, restored = short_tmp / "a", short_tmp / "b"
     original.mkdir()
@@ -58,8 +57,7 @@ def test_daemon_on_a_snapshot_copy_requeues_in_flight_jobs_and_finishes_all(
     bodies = {f"snap/{n:02d}.bin": rng.randbytes(rng.randint(1, 2048)) for n in range(JOBS)}
     etags = {k: s3.put_object(Bucket=IN, Key=k, Body=b)["ETag"] for k, b in bodies.items()}
     for key, etag in etags.items():
-        done = processorctl(config_a, "submit", "--bucket", IN, f"--key={key}", f"--etag={etag}")
-        assert done.returncode == 0, done.stderr
+        submit(config_a, IN, key, etag)
 
     ledger_a = original / "state" / "ledger" / "ledger.db"
     try:

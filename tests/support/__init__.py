@@ -5,8 +5,8 @@ Fixtures stay in the conftest.py files (which import from here). One module per 
     waiting           wait_until: liveness-bounded waits (no progress for stall_s), cpu_seconds
     paths             REPO, the repository root
     report            REPORT: facts printed at the end of the run (tests/conftest.py prints them)
-    emulator          CREDENTIALS for the moto server on loopback
-    daemon            the real daemon and processorctl as child processes; config files; wait_state
+    emulator          CREDENTIALS for the moto server on loopback; with_buckets
+    daemon            the real daemon and processorctl as child processes; config files; submit; wait_state
     daemon_thread     the daemon in a thread of the test process, with a fake pipeline
     local             `processor local` as a child process (the whole stack)
     probes            the daemon's pid and memory, the ledger's integrity, S3 listings
@@ -18,6 +18,7 @@ Fixtures stay in the conftest.py files (which import from here). One module per 
     servers           loopback HTTP stubs: a recorder, IMDSv2, a black hole, a dead endpoint
     faultproxy        a fault-injecting HTTP proxy in front of the emulator
     template          the CloudFormation template as CloudFormation evaluates it in one mode
+    tools             the static gates' tools (mypy, ruff, cfn-lint, checkov, ...): skip, fail under CI=true
     systemd_backends  choosing the sd_notify/journald backend (fail, not skip, under CI=true)
     journal_scenarios what the journald tests log, in the test process or in a child
     logstate          restoring the process-wide logging set-up after a test

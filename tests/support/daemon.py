@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,32 @@ def processorctl(config: Path, *args: str, env: dict[str, str] | None = None,
     )
 
 
+def submit(config: Path, bucket: str, key: str, etag: str | None = None) -> str:
+    """``processorctl submit`` of s3://bucket/key, as the SSM agent runs it (exit 0 asserted); the job id."""
+    done = processorctl(config, "submit", "--bucket", bucket, f"--key={key}",
+                        *([f"--etag={etag}"] if etag is not None else []))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def upload_and_submit(s3: Any, config: Path, bucket: str, key: str, body: bytes) -> str:
+    """Upload ``body`` as s3://bucket/key and submit it with its ETag, as its S3 event would; the job id."""
+    etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+    return submit(config, bucket, key, etag)
+
+
 @contextmanager
-def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `processor run`; always stopped (SIGKILL as a last resort) when the block ends."""
+def daemon(
+    config: Path, socket: Path, stall_s: float = 60, preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `processor run` (``preexec_fn`` runs in the child before exec: limits, say); always
+    stopped (SIGKILL as a last resort) when the block ends."""
     # stderr to a file: a pipe nobody reads fills after ~64 KiB of log lines and
     # then blocks the daemon's next log write.
     err = (config.parent / "daemon.stderr").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err,
+        env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn,
     )
 
     def answers() -> bool:
@@ -83,6 +100,14 @@ def daemon(config: Path, socket: Path, stall_s: float = 60) -> Iterator[subproce
         # A daemon killed with jobs running leaves their commands (own sessions) behind:
         # stop them too, as every process a test starts is stopped by it.
         reap_orphans(load_settings(config, environ={}).paths.work)
+
+
+def log_events(config: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The daemon's log file (state/logs/processor.jsonl beside ``config``), one dict a line;
+    only the ``event`` lines if given; none while there is no file yet."""
+    path = config.parent / "state" / "logs" / "processor.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if event is None or e.get("event") == event]
 
 
 def wait_state(config: Path, job_id: str, states: set[str], stall_s: float = 60) -> dict[str, Any]:

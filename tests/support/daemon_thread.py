@@ -1,4 +1,4 @@
-"""The daemon in a thread of the test process (signals off), with a fake pipeline and a real ledger."""
+"""The daemon in a thread of the test process (signals off), with a faked attempt and a real ledger."""
 
 from __future__ import annotations
 
@@ -9,32 +9,41 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.support.fakes import FakeStore
 from tests.support.waiting import wait_until
 from worker import statelock
 from worker.config import Settings, settings_from_mapping
+from worker.daemon import Daemon
 from worker.identity import Identity
 from worker.job import Job
 from worker.ledger import Ledger
+from worker.outcome import Attempt, Outcome
+from worker.pipeline import Pipeline
 from worker.process import StopToken
-from worker.states import JobState
 
 #: The liveness bound of every wait on the in-thread daemon.
 WAIT_S = 20
 
 
-class FakePipeline:
-    """Runs a job by waiting until the test releases it, or until asked to stop."""
+class FakePipeline(Pipeline):
+    """The real Pipeline with its attempt faked: the attempt waits until the test releases it,
+    or until asked to stop; how it ended goes through the real ``Pipeline.run`` and
+    ``record_crash``, so ``worker.recorder`` writes what ``worker.outcome.decide`` picks.
 
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
+    Nothing is downloaded or run; the store is an in-memory one nobody reads.
+    """
+
+    def __init__(self, settings: Settings, ledger: Ledger) -> None:
+        super().__init__(settings, FakeStore(), ledger, environ={})
         self.release = threading.Event()
         self.running: set[str] = set()
         self.peak = 0
         self.started: list[str] = []
+        #: Keys whose attempt raises, as a bug in the pipeline would.
         self.crash_keys: set[str] = set()
         self._lock = threading.Lock()
 
-    def run(self, job: Job, token: StopToken | None = None) -> Job:
+    def attempt(self, job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
         with self._lock:
             self.running.add(job.id)
             self.started.append(job.key)
@@ -43,18 +52,15 @@ class FakePipeline:
             if job.key in self.crash_keys:
                 raise RuntimeError("bug in the pipeline")
             while not self.release.is_set():
-                if token is not None and token.is_set():
-                    if token.reason == StopToken.SHUTDOWN:
-                        return self.ledger.transition(job.id, JobState.QUEUED, reason="shutdown")
-                    return self.ledger.transition(job.id, JobState.CANCELLED, reason="cancel")
+                if cancel is not None and cancel.is_set():
+                    if cancel.reason == StopToken.SHUTDOWN:
+                        return Attempt(Outcome.REQUEUE, "interrupted by daemon shutdown")
+                    return Attempt(Outcome.CANCELLED, "cancelled by an operator")
                 time.sleep(0.01)
-            return self.ledger.transition(job.id, JobState.SUCCEEDED, finished_at=time.time())
+            return Attempt(Outcome.SUCCEEDED, result_prefix=self.result_prefix(job))
         finally:
             with self._lock:
                 self.running.discard(job.id)
-
-    def record_crash(self, job: Job, exc: Exception) -> Job:
-        return self.ledger.transition(job.id, JobState.FAILED, error=f"internal error: {exc}")
 
 
 def settings(tmp: Path, **processing: Any) -> Settings:
@@ -66,25 +72,34 @@ def settings(tmp: Path, **processing: Any) -> Settings:
 
 
 @contextmanager
-def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> Iterator[Any]:
-    from worker.daemon import Daemon
-
-    conf = settings(tmp, **processing)
-    ledger = Ledger(conf.paths.ledger)
-    fake = FakePipeline(ledger)
-    daemon = Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s)  # type: ignore[arg-type]
+def started(daemon: Daemon, conf: Settings) -> Iterator[Daemon]:
+    """``daemon`` started on its state dir's lock (returns once the socket answers and READY=1
+    is sent); stopped, and the lock released, when the block ends."""
     lock = statelock.acquire(conf.paths.state_dir)
-    daemon.start(lock)  # returns once the socket answers and READY=1 is sent
+    daemon.start(lock)
     try:
-        yield daemon, ledger, fake, conf
+        yield daemon
     finally:
-        fake.release.set()
         daemon.stop(reason="test over")
         try:
             assert daemon.wait(WAIT_S) is not None, "the daemon did not stop"
         finally:
             lock.release()
-            ledger.close()
+
+
+@contextmanager
+def running_daemon(tmp: Path, idle_wake_s: float = 60.0, **processing: Any) -> Iterator[Any]:
+    conf = settings(tmp, **processing)
+    ledger = Ledger(conf.paths.ledger)
+    fake = FakePipeline(conf, ledger)
+    try:
+        with started(Daemon(conf, ledger, fake, idle_wake_s=idle_wake_s), conf) as daemon:
+            try:
+                yield daemon, ledger, fake, conf
+            finally:
+                fake.release.set()
+    finally:
+        ledger.close()
 
 
 def until(predicate: Any, what: str) -> None:
@@ -93,3 +108,12 @@ def until(predicate: Any, what: str) -> None:
 
 def submit(ledger: Ledger, key: str) -> Job:
     return ledger.submit(Identity("in-bucket", key, None, "e"))[0]
+
+
+def started_job(daemon: Daemon, ledger: Ledger, fake: FakePipeline, key: str) -> Job:
+    """Submit ``key``, wake the daemon, and return the job once its attempt has begun (the
+    only one begun so far)."""
+    job = submit(ledger, key)
+    daemon.wake()
+    until(lambda: fake.started == [key], f"{key} started")
+    return job

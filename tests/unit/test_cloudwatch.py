@@ -10,13 +10,11 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
-from tests.support.emulator import CREDENTIALS
 from tests.support.logstate import restored_logging
 from tests.support.servers import Recorder, Seen, black_hole, dead_endpoint
 from worker.config import settings_from_mapping
@@ -51,17 +49,6 @@ def test_target_from_settings() -> None:
     assert (target.group, target.stream, target.metrics_stream) == (
         "/processor/daemon", "i-0abc", "i-0abc-metrics")
     assert (target.create_group, target.region) == (False, "eu-west-1")
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    # Safety nets: a test that forgets its endpoint fails on loopback, never reaches AWS.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", dead_endpoint())
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    yield monkeypatch
 
 
 def logs_reply(_seen: Seen) -> tuple[int, str, bytes]:

@@ -265,10 +265,12 @@ def test_environment_keys_are_overridden_by_json_in_the_environment() -> None:
 def test_bad_environment_overrides_name_the_variable(variable: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         settings_from_mapping(MINIMAL, {variable: value})
-    # A bad type names the variable; a bad name (checked after merging) names the key.
+    # A bad value names the variable it came from; a bad name (checked after merging, the
+    # fragments quoting it) names only the key, like one from the file would.
     key = "processing." + variable.removeprefix("PROCESSOR_PROCESSING_").lower()
-    assert variable in str(info.value) or key in str(info.value)
-    assert fragment in str(info.value) and info.value.key == key
+    bad_name = fragment.startswith("'")
+    assert str(info.value).startswith("config: " if bad_name else f"{variable}: "), str(info.value)
+    assert key in str(info.value) and fragment in str(info.value) and info.value.key == key
 
 
 @pytest.mark.parametrize("key,value,fragment", [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon_thread import WAIT_S, FakePipeline, settings, submit, until
+from tests.support.daemon_thread import WAIT_S, FakePipeline, settings, started_job, submit, until
 from worker import exitcodes, statelock
 from worker.cli import StopSignals
 from worker.ctl.control_client import request
@@ -90,7 +90,7 @@ def test_start_up_is_lock_then_recover_then_serve_and_ready_once_the_socket_answ
     recorder = Recorder(conf.paths.socket, conf.paths.state_dir)
     with RecordingLedger(conf.paths.ledger) as ledger, statelock.acquire(conf.paths.state_dir) as lock:
         ledger.recorder = recorder
-        fake = FakePipeline(ledger)
+        fake = FakePipeline(conf, ledger)
         daemon = Daemon(conf, ledger, fake, notifier=recorder)  # type: ignore[arg-type]
         daemon.start(lock)
         try:
@@ -113,7 +113,7 @@ def test_start_refuses_without_the_state_dirs_lock_and_touches_nothing(short_tmp
     with Ledger(conf.paths.ledger) as ledger:
         job = submit(ledger, "interrupted")
         ledger.claim_next()
-        daemon = Daemon(conf, ledger, FakePipeline(ledger))  # type: ignore[arg-type]
+        daemon = Daemon(conf, ledger, FakePipeline(conf, ledger))
         other = conf.paths.state_dir if which == "released" else short_tmp / "elsewhere"
         lock = statelock.acquire(other)
         if which == "released":
@@ -131,13 +131,11 @@ def test_stopping_is_sent_when_the_drain_begins_and_watchdog_comes_from_the_loop
     conf = settings(short_tmp, drain_timeout_s=600)
     recorder = Recorder(conf.paths.socket, conf.paths.state_dir)
     with Ledger(conf.paths.ledger) as ledger, statelock.acquire(conf.paths.state_dir) as lock:
-        fake = FakePipeline(ledger)
+        fake = FakePipeline(conf, ledger)
         daemon = Daemon(conf, ledger, fake, notifier=recorder)  # type: ignore[arg-type]
         daemon.start(lock)
         try:
-            submit(ledger, "long")
-            daemon.wake()
-            until(lambda: fake.started == ["long"], "started")
+            started_job(daemon, ledger, fake, "long")
             assert recorder.stopping_texts == []
             daemon.drain(reason="test")
             until(lambda: recorder.stopping_texts, "STOPPING=1")
@@ -209,13 +207,11 @@ def test_the_status_line_names_each_running_jobs_phase_in_show_and_status_words(
 
     recorder = StatusRecorder(conf.paths.socket, conf.paths.state_dir)
     with Ledger(conf.paths.ledger) as ledger, statelock.acquire(conf.paths.state_dir) as lock:
-        fake = FakePipeline(ledger)
+        fake = FakePipeline(conf, ledger)
         daemon = Daemon(conf, ledger, fake, notifier=recorder)  # type: ignore[arg-type]
         daemon.start(lock)
         try:
-            job = submit(ledger, "big")
-            daemon.wake()
-            until(lambda: fake.started == ["big"], "started")
+            job = started_job(daemon, ledger, fake, "big")
             ledger.set_progress(job.id, phase=Phase.DOWNLOADING, bytes_total=10, bytes_done=4)
 
             def published() -> bool:

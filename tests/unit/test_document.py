@@ -16,15 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.tools import require_module
 from worker.local import cfn
 from worker.local.patterns import pattern_matches
 
 TEMPLATE = cfn.default_template_path()
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn.load_template(TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -374,6 +370,6 @@ def test_create_documents_sends_content_in_its_format(
 
 
 def test_cfn_lint_passes() -> None:
-    api = pytest.importorskip("cfnlint.api", reason="cfn-lint is not installed")
+    api = require_module("cfnlint.api", hint="it is in the test extra: pip install -e '.[test]'")
     matches = api.lint_file(TEMPLATE)
     assert [str(m) for m in matches] == []

@@ -14,9 +14,10 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from tests.support.daemon_thread import WAIT_S, started
 from tests.support.fakes import FakeQueue, FakeRecords, FakeStore
 from tests.support.waiting import wait_until
-from worker import exitcodes, statelock
+from worker import exitcodes
 from worker.config import Settings, settings_from_mapping
 from worker.daemon import Daemon
 from worker.fleet.consumer import ALREADY_PROCESSED, QueueConsumer
@@ -28,7 +29,6 @@ from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.states import JobState
 
-WAIT_S = 20
 IN, OUT = "in", "out"
 
 
@@ -92,17 +92,11 @@ def rig(tmp: Path, **kwargs: Any) -> Iterator[Rig]:
     records = FakeRecords()
     daemon = Daemon(conf, ledger, Pipeline(conf, store, ledger), idle_wake_s=0.05,
                     work_queue=queue, job_records=records, holder="test-1", guard=guard)
-    lock = statelock.acquire(conf.paths.state_dir)
-    daemon.start(lock)
     try:
-        yield Rig(daemon, ledger, store, queue, guard, records)
+        with started(daemon, conf):
+            yield Rig(daemon, ledger, store, queue, guard, records)
     finally:
-        daemon.stop(reason="test over")
-        try:
-            assert daemon.wait(WAIT_S) is not None, "the daemon did not stop"
-        finally:
-            lock.release()
-            ledger.close()
+        ledger.close()
 
 
 def until(check: Callable[[], Any], what: str) -> Any:
@@ -496,3 +490,38 @@ def test_a_queue_job_expires_old_job_logs_as_a_local_one_does(short_tmp: Path) -
         message = r.send("e.txt", etag)
         until(lambda: ("delete", message) in r.queue.calls, "the delete")
         assert not old.exists()
+
+
+def test_a_stop_that_escapes_the_attempt_hands_the_message_back_uncounted(short_tmp: Path) -> None:
+    """Interrupted is a BaseException: should one get past Pipeline._attempt, the consumer's
+    slot path takes it as the stop it is (handed back, nothing counted), never as a crash."""
+    from worker.errors import Interrupted
+    from worker.outcome import Attempt
+    from worker.process import StopToken
+
+    with capture_logs() as logs, rig(short_tmp) as r:
+        pipeline = r.daemon.pipeline
+        real, escaped = pipeline.attempt, []
+
+        def attempt(job: Job, cancel: StopToken | None = None, log: Any = None) -> Attempt:
+            if not escaped:
+                escaped.append(job.id)
+                raise Interrupted(StopToken.SHUTDOWN)
+            return real(job, cancel, log)
+
+        pipeline.attempt = attempt  # type: ignore[method-assign]
+        etag = r.put("stop.txt")
+        message = r.send("stop.txt", etag)
+        until(lambda: ("delete", message) in r.queue.calls, "the hand-back")
+        fresh, delay = _sent(r.queue)[1]
+        assert fresh != message and delay == 0  # visible at once, like a drain's hand-back
+        job_id = Identity(IN, "stop.txt", None, etag).job_id()
+        # The fresh message runs the job (the stop escaped once): nothing was counted.
+        until(lambda: ("delete", fresh) in r.queue.calls, "the fresh message's delete")
+        requeued = [h["reason"] for h in r.ledger.history(job_id) if h["to_state"] == "queued"]
+        assert requeued[-1].startswith("interrupted by daemon shutdown")
+        assert r.job("stop.txt", etag).state is JobState.SUCCEEDED
+        assert r.records.items[job_id].counted_attempts == 0
+    assert escaped == [job_id]
+    assert not [e for e in logs if e["event"] == "job_crashed"]
+    assert [e["reason"] for e in logs if e["event"] == "job_stop_escaped_attempt"] == [StopToken.SHUTDOWN]

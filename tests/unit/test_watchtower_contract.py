@@ -18,7 +18,6 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ import watchtower
 from botocore.config import Config
 from packaging.requirements import Requirement
 
-from tests.support.emulator import CREDENTIALS
-from tests.support.servers import Recorder, Seen, black_hole, dead_endpoint
+from tests.support.servers import Recorder, Seen, black_hole
 from worker import retry
 from worker.telemetry.cloudwatch import CloudWatchHandler, logs_client
 
@@ -42,16 +40,6 @@ STREAM = "i-contract"
 #: Liveness bound of every wait here: each step is a loopback round trip or a
 #: timeout of a few seconds, so nothing for this long is a hang.
 PATIENCE_S = 30.0
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    # A client that forgets its endpoint fails on loopback, never reaches AWS.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", dead_endpoint())
-    yield monkeypatch
 
 
 def stock(client: Any, **options: Any) -> watchtower.CloudWatchLogHandler:

@@ -39,7 +39,7 @@ import structlog
 from lambda_trigger.aws_edge import backoff_ceiling
 from processor_layout import FAILED_NAME
 from worker.config import Settings
-from worker.errors import LedgerError, StorageError
+from worker.errors import Interrupted, LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
@@ -107,7 +107,7 @@ class Held:
     receive_count: int
     job_id: str
     claim: ClaimPlan
-    #: time.monotonic() of the receive or the last visibility extension.
+    #: The consumer's clock at the receive or the last visibility extension.
     extended_at: float
     #: The "already processed" check, started as the message arrived.
     check: ManifestCheck | None = None
@@ -117,11 +117,14 @@ class Held:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The running job's stop token (set by ``_run``): a lost claim stops the job.
     token: StopToken | None = None
-    #: time.monotonic() of the claim or its last renewal.
-    renewed_at: float = field(default_factory=time.monotonic)
+    #: The consumer's clock (the claims' too) at the claim, made at the receive, or its last renewal.
+    renewed_at: float = field(init=False)
     #: The claim went to another instance: this one neither writes the record
     #: nor touches the message any more.
     lost: bool = False
+
+    def __post_init__(self) -> None:
+        self.renewed_at = self.extended_at
 
 
 class QueueConsumer:
@@ -294,7 +297,7 @@ class QueueConsumer:
                                      LEDGER_TROUBLE_DELAY_S, "ledger error", record.job_id)
             return 0
         held = Held(message.message_id, message.receipt, message.body, message.receive_count, job.id,
-                    claim, time.monotonic(), check)
+                    claim, self._clock(), check)
         if not claimed:
             # This ledger holds the job as running (it cannot be: this process
             # holds no such claim) or succeeded (the fleet record was lost).
@@ -368,6 +371,8 @@ class QueueConsumer:
             else:
                 # The same run as a local job's (job logs expired there too).
                 final, outcome = self._pipeline.run_attempt(job, token)
+        except Interrupted as exc:  # a BaseException: a stop hands the message back, never a crash
+            final, outcome = self._pipeline.record_stopped(job, exc), Outcome.REQUEUE
         except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
             final = self._pipeline.record_crash(job, exc)
         finally:
@@ -442,9 +447,9 @@ class QueueConsumer:
     def _heartbeat_loop(self) -> None:
         every = max(1.0, self._q.visibility_s / 3)
         while not self._closed.wait(min(1.0, every / 4)):
-            now = time.monotonic()
-            with self._lock:
-                due = [h for h in self._held.values() if now - h.extended_at >= every]
+            now = self._clock()
+            with self._lock:  # a clock stepped back makes a message due: extended, never left to lapse
+                due = [h for h in self._held.values() if not 0.0 <= now - h.extended_at < every]
             for held in due:
                 self._extend(held, now, every)
 

@@ -52,7 +52,8 @@ class Listed:
 
 
 class ObjectStore(Protocol):
-    """The calls the pipeline makes; implementations raise StorageError only."""
+    """The calls the pipeline makes; implementations raise StorageError only, and let an
+    ``Interrupted`` raised by a ``progress`` callback (a stop request) out as it is."""
 
     def head(
         self, bucket: str, key: str, *, version_id: str | None = None, etag: str | None = None

@@ -28,7 +28,7 @@ from tenacity import RetryCallState
 
 from worker.aws_errors import BOTOCORE_ERRORS, TRANSPORT_ERRORS, error_reply, translated
 from worker.config import S3Settings
-from worker.errors import ObjectChanged, StorageError
+from worker.errors import Interrupted, ObjectChanged, StorageError
 from worker.identity import normalise_etag
 from worker.retry import S3_CALL, S3_CLIENT, S3_DOWNLOAD_GET_ATTEMPTS
 from worker.storage.base import Listed, ObjectInfo
@@ -121,6 +121,38 @@ def _storage_error(what: str, exc: Exception) -> StorageError:
 def _translated(what: str) -> AbstractContextManager[None]:
     """Turn boto3/botocore errors into StorageError naming the operation and object."""
     return translated(what, _storage_error, _S3_ERRORS)
+
+
+class TransferStopped(Exception):
+    """Carries an ``Interrupted`` from a progress callback out of s3transfer's threads.
+
+    s3transfer fails a transfer only on an ``Exception``: a ``BaseException``
+    raised in one of its threads bypasses it, and the transfer then returns as
+    if it had succeeded (a download cut short, an upload never completed).
+    """
+
+    def __init__(self, interrupted: Interrupted) -> None:
+        super().__init__(str(interrupted))
+        self.interrupted = interrupted
+
+
+def _carried(progress: Callable[[int], None]) -> Callable[[int], None]:
+    """``progress`` for a managed transfer: a stop request crosses its threads as TransferStopped."""
+    def invoke(amount: int) -> None:
+        try:
+            progress(amount)
+        except Interrupted as exc:
+            raise TransferStopped(exc) from exc
+    return invoke
+
+
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """Around a managed transfer's ``result()``: the stop request comes out as raised."""
+    try:
+        yield
+    except TransferStopped as exc:
+        raise exc.interrupted from None
 
 
 def _log_failed_attempt(
@@ -275,8 +307,8 @@ class S3Store:
         if size is not None:
             subscribers.append(_KnownObject(size, etag))
         if progress is not None:
-            subscribers.append(ProgressCallbackInvoker(progress))
-        with _translated(what), self._manager() as manager:
+            subscribers.append(ProgressCallbackInvoker(_carried(progress)))
+        with _stoppable(), _translated(what), self._manager() as manager:
             manager.download(bucket, key, str(dest), extra_args=extra, subscribers=subscribers).result()
 
     def _get_whole(
@@ -320,8 +352,8 @@ class S3Store:
             if progress is not None:
                 progress(size)
             return
-        subscribers = [ProgressCallbackInvoker(progress)] if progress is not None else []
-        with _translated(what), self._manager() as manager:
+        subscribers = [ProgressCallbackInvoker(_carried(progress))] if progress is not None else []
+        with _stoppable(), _translated(what), self._manager() as manager:
             manager.upload(str(src), bucket, key, extra_args=extra, subscribers=subscribers).result()
 
     @_retrying
