@@ -176,7 +176,7 @@ def run_command(
     )
 
 
-def _usage(watch: _ExitWatch, cgroup: JobCgroup | None) -> tuple[float | None, int | None, bool]:
+def _usage(watch: _ExitWatch, cgroup: JobCgroup | None) -> tuple[float, int, bool]:
     """(CPU seconds, peak memory, OOM-killed) of the command: the whole cgroup's counters when
     it had one (every process the job had), else the command's own from ``wait4``."""
     if cgroup is None:
