@@ -3,7 +3,7 @@
 py-spy attaches to ``processor run`` (``--idle``: waits count, so the figures
 are wall time, not only CPU) while it drains N queued jobs, and writes the
 collapsed stacks. Samples of the job threads (stacks through
-``Daemon._run_job``) are put in buckets by the step they are in; samples of
+``Slots._run_job``) are put in buckets by the step they are in; samples of
 the ``daemon-loop`` thread (``Daemon._loop``) that are not idle in ``select`` show the
 dispatch loop's own cost. pyinstrument is not used for this: it profiles only
 the thread that started it, and the daemon does its work in job threads.
@@ -135,13 +135,13 @@ def summarize(path: Path, jobs: int) -> list[tuple[str, float]]:
             continue
         samples = int(count)
         fleet = next((label for label, needles in FLEET_BUCKETS if any(n in stack for n in needles)), None)
-        if fleet is not None and "FleetSlots.wait_for_slot " not in stack:
+        if fleet is not None and "Slots.wait_for_slot " not in stack:
             per_bucket[fleet] += samples
-        elif "Daemon._run_job " in stack:
+        elif "Slots._run_job " in stack:
             name = next((label for label, needles in BUCKETS if any(n in stack for n in needles)),
                         "other pipeline steps")
             per_bucket[name] += samples
-        elif "Daemon._claim " in stack and "Daemon._slot_thread " in stack:
+        elif "Slots.claim " in stack and "Slots._thread " in stack:
             per_bucket[CLAIM] += samples
         elif "Daemon._loop " in stack:
             if stack.rsplit(";", 1)[-1].startswith("Daemon._sleep "):  # in select()

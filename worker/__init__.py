@@ -6,8 +6,9 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
                       its lifecycle), ``check`` and ``local``; ``signals``: handlers that only
                       enqueue; ``command_check``: is processing.command runnable
 - ``daemon``          the lifecycle API: start (recover, then serve), dispatch jobs to slots,
-                      drain, stop, wait; ``recovery``: start-up recovery; ``daemon_status``:
-                      STATUS line, ``status()``, control handlers
+                      drain, stop, wait; ``slots``: the slot table, its reservations and
+                      threads (local jobs and the work queue's); ``recovery``: start-up
+                      recovery; ``daemon_status``: STATUS line, ``status()``
 - ``pipeline``        one attempt: download -> run the processing command -> upload
 - ``outcome``         how an attempt ended and the one policy (``decide``) for the job's next
                       move; ``recorder``: writes that move to the ledger, ``_failed.json``
@@ -26,7 +27,8 @@ Where each concern lives (docs/ARCHITECTURE.md tells the whole story):
                       (``config_values``: one value's coercion, the overrides)
 - ``errors``          the exception tree, drawn; ``exitcodes``: the exit statuses
 - ``statelock``       one daemon per state dir; ``dirs``: state-volume directories, mode 0750
-- ``control_server``  the daemon's control socket (its client is ``ctl.control_client``)
+- ``control_server``  the daemon's control socket (its client is ``ctl.control_client``);
+                      ``control_handlers``: the daemon's ops on it
 - ``retry``           the retry budget of every AWS client; ``imds``: the one IMDSv2 client
 - ``aws_errors``      how the adapters read botocore's errors and turn them into ours (``translated``);
                       the backoff and the error reader they share with the Lambda: ``lambda_trigger.aws_edge``

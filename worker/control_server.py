@@ -2,9 +2,8 @@
 
 Requests are ``{"op": NAME, ...}`` on one line; replies are ``{"ok": true, ...}``
 or ``{"ok": false, "error": "..."}``. The socket is created mode 0660 so only
-root and the service's group reach it. Ops (the daemon's handlers,
-worker.daemon_status): ``ping``, ``wake`` (a job was submitted), ``status``,
-``cancel`` (a running job).
+root and the service's group reach it. The daemon's ops (``ping``, ``wake``,
+``status``, ``cancel``) are in worker.control_handlers.
 
 It cannot be starved: a connection has ``READ_TIMEOUT_S`` to send its line,
 and at most ``MAX_CONNECTIONS`` are served at once (one thread each). When

@@ -137,8 +137,62 @@ def run_command(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail = _TailBuffer(STDERR_TAIL_BYTES)
     log = JobLog(log_path, log_max_bytes)
+    proc = _start(argv, cwd, env, cgroup, log)
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=_pump, args=(proc.stderr, log, tail), daemon=True,
+                         name=f"stderr-{proc.pid}"),
+        threading.Thread(target=_pump, args=(proc.stdout, log, None), daemon=True,
+                         name=f"stdout-{proc.pid}"),
+    ]
+    for reader in readers:
+        reader.start()
+    leftovers = 0
     try:
-        proc = subprocess.Popen(
+        with _ExitWatch(proc) as watch:
+            timed_out, cancelled = _wait(proc, watch, started + timeout_s, cancel, kill_grace_s)
+    finally:
+        # Whatever ended it, nothing of the job may run on: its cgroup, or its group and marker.
+        _kill_group(proc.pid)
+        if cgroup is not None:
+            leftovers = cgroup.kill()
+        elif marker is not None:
+            leftovers = len(sweep(marker))
+        for reader in readers:
+            reader.join(timeout=5)
+        log.close()
+    cpu_s, peak, oom = _usage(watch, cgroup)
+    return CommandResult(
+        returncode=proc.returncode,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        stderr_tail=tail.text(),
+        duration_s=time.monotonic() - started,
+        cpu_s=cpu_s,
+        peak_memory_bytes=peak,
+        leftovers=leftovers,
+        log_cut=log.cut,
+        oom_killed=oom,
+    )
+
+
+def _usage(watch: _ExitWatch, cgroup: JobCgroup | None) -> tuple[float, int, bool]:
+    """(CPU seconds, peak memory, OOM-killed) of the command: the whole cgroup's counters when
+    it had one (every process the job had), else the command's own from ``wait4``."""
+    if cgroup is None:
+        return watch.cpu_s, watch.peak_memory_bytes, False
+    used = cgroup.usage()
+    return (used.cpu_s if used.cpu_s is not None else watch.cpu_s,
+            used.peak_memory_bytes if used.peak_memory_bytes is not None else watch.peak_memory_bytes,
+            used.oom_kills > 0)
+
+
+def _start(argv: Sequence[str], cwd: Path, env: Mapping[str, str], cgroup: JobCgroup | None,
+           log: JobLog) -> subprocess.Popen[bytes]:
+    """The command in a session of its own (and its cgroup), both outputs piped; the log is
+    closed if it cannot start."""
+    try:
+        return subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
@@ -153,58 +207,19 @@ def run_command(
     except BaseException:
         log.close()
         raise
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        threading.Thread(target=_pump, args=(proc.stderr, log, tail), daemon=True,
-                         name=f"stderr-{proc.pid}"),
-        threading.Thread(target=_pump, args=(proc.stdout, log, None), daemon=True,
-                         name=f"stdout-{proc.pid}"),
-    ]
-    for reader in readers:
-        reader.start()
-    timed_out = cancelled = False
-    deadline = started + timeout_s
-    leftovers = 0
-    try:
-        with _ExitWatch(proc) as watch:
-            while True:
-                if watch.exited(CHECK_INTERVAL_S):
-                    break
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                elif time.monotonic() >= deadline:
-                    timed_out = True
-                if timed_out or cancelled:
-                    _stop_group(proc, watch, kill_grace_s)
-                    break
-    finally:
-        # Whatever ended it, nothing of the job may run on: its cgroup, or its group and marker.
-        _kill_group(proc.pid)
-        if cgroup is not None:
-            leftovers = cgroup.kill()
-        elif marker is not None:
-            leftovers = len(sweep(marker))
-        for reader in readers:
-            reader.join(timeout=5)
-        log.close()
-    cpu_s, peak, oom = watch.cpu_s, watch.peak_memory_bytes, False
-    if cgroup is not None:  # the whole group's counters: every process the job had
-        used = cgroup.usage()
-        cpu_s = used.cpu_s if used.cpu_s is not None else cpu_s
-        peak = used.peak_memory_bytes if used.peak_memory_bytes is not None else peak
-        oom = used.oom_kills > 0
-    return CommandResult(
-        returncode=proc.returncode,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        stderr_tail=tail.text(),
-        duration_s=time.monotonic() - started,
-        cpu_s=cpu_s,
-        peak_memory_bytes=peak,
-        leftovers=leftovers,
-        log_cut=log.cut,
-        oom_killed=oom,
-    )
+
+
+def _wait(proc: subprocess.Popen[bytes], watch: _ExitWatch, deadline: float,
+          cancel: StopToken | None, kill_grace_s: float) -> tuple[bool, bool]:
+    """Until the command exits, or its group is stopped at the deadline or on a cancel:
+    ``(timed_out, cancelled)``."""
+    while not watch.exited(CHECK_INTERVAL_S):
+        cancelled = cancel is not None and cancel.is_set()
+        timed_out = not cancelled and time.monotonic() >= deadline
+        if timed_out or cancelled:
+            _stop_group(proc, watch, kill_grace_s)
+            return timed_out, cancelled
+    return False, False
 
 
 class _ExitWatch:

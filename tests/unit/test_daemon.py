@@ -225,17 +225,17 @@ def test_claims_are_reserved_and_stop_when_a_drain_begins(short_tmp: Path) -> No
         real_claim = ledger.claim_next
 
         def claim_next() -> Job | None:
-            seen_busy.append(daemon._busy())  # what a drain would see mid-claim
+            seen_busy.append(daemon.slots.busy())  # what a drain would see mid-claim
             return real_claim()
 
         ledger.claim_next = claim_next  # type: ignore[method-assign]
-        first = daemon._claim()
+        first = daemon.slots.claim()
         assert first is not None and seen_busy == [1]
-        assert daemon._claim() is None  # the one slot is taken: the ledger is not even asked
+        assert daemon.slots.claim() is None  # the one slot is taken: the ledger is not even asked
         assert seen_busy == [1] and ledger.counts()["queued"] == 1
-        daemon._slots.clear()
-        daemon._draining = True
-        assert daemon._claim() is None and ledger.counts()["queued"] == 1
+        daemon.slots._table.clear()
+        daemon.slots.begin_drain()
+        assert daemon.slots.claim() is None and ledger.counts()["queued"] == 1
 
 
 def test_slot_times_and_job_durations_are_on_the_injected_clock(short_tmp: Path) -> None:
@@ -251,13 +251,14 @@ def test_slot_times_and_job_durations_are_on_the_injected_clock(short_tmp: Path)
         fake = FakePipeline(conf, ledger)
         daemon = Daemon(conf, ledger, fake, clock=lambda: now[0])
         submit(ledger, "a")
-        claimed = daemon._claim()
+        claimed = daemon.slots.claim()
         assert claimed is not None
         now[0] += 3600.0  # an hour on the daemon's clock, none in real time
-        assert [job["running_s"] for job in daemon._running()] == [3600.0]
+        assert [job["running_s"] for job in daemon._report.running()] == [3600.0]
         fake.release.set()
         with capture_logs() as logs:
-            daemon._run_job(*claimed)
+            daemon.slots._run_job(*claimed)
         finished = [e for e in logs if e["event"] == "job_finished"]
         assert [e["duration_s"] for e in finished] == [0.0]  # the clock stood still meanwhile
         daemon._close_wake_pipe()
+

@@ -124,7 +124,7 @@ def test_a_stop_that_escapes_the_attempt_is_requeued_and_the_slot_thread_lives_o
             # slot thread survived the stop request.
             wait_until(lambda: ledger.counts()["succeeded"] == 2, stall_s=20, interval=0.01,
                        describe="both jobs to succeed in the one slot")
-            assert all(thread.is_alive() for thread in daemon._slot_threads)
+            assert all(thread.is_alive() for thread in daemon.slots._threads)
         finally:
             daemon.stop(reason="test over")
             assert daemon.wait(20) is not None

@@ -311,27 +311,28 @@ def test_slot_accounting_shares_the_slots_between_receives_and_local_claims(shor
         daemon = Daemon(conf, ledger, Pipeline(conf, FakeStore(), ledger),
                         work_queue=FakeQueue(), job_records=FakeRecords(), holder="h")
         try:
-            assert daemon.reserve_for_poll(10) == 3  # every free slot, never more
-            assert daemon.reserve_for_poll(10) == 0
+            slots = daemon.slots
+            assert slots.reserve_for_poll(10) == 3  # every free slot, never more
+            assert slots.reserve_for_poll(10) == 0
             ledger.submit(Identity(IN, "local", None, "e"))
-            assert daemon._claim() is None  # the slots are reserved for the receive in flight
+            assert slots.claim() is None  # the slots are reserved for the receive in flight
             job, claimed = QueueLedger(ledger).claim_for_message(Identity(IN, "q", None, "e"), 1, 0)
-            assert claimed and daemon.start_queue_job(job, lambda j, _t: j)
+            assert claimed and slots.start_queue_job(job, lambda j, _t: j)
             # The receive brought one message fewer than it could take: the freed
             # slot goes to the local job at once, before the next receive can reserve it.
-            daemon.end_poll(1)
+            slots.end_poll(1)
             assert ledger.find(Identity(IN, "local", None, "e")).state is JobState.RUNNING  # type: ignore[union-attr]
-            assert daemon._free_slots() == 0 and daemon.reserve_for_poll(10) == 0
-            daemon.end_poll(1)
+            assert slots.free() == 0 and slots.reserve_for_poll(10) == 0
+            slots.end_poll(1)
             daemon._start_drain("test")
-            assert daemon.reserve_for_poll(10) == 0  # a drain receives nothing more
+            assert slots.reserve_for_poll(10) == 0  # a drain receives nothing more
             job2, _ = QueueLedger(ledger).claim_for_message(Identity(IN, "q2", None, "e"), 1, 0)
-            assert not daemon.start_queue_job(job2, lambda j, _t: j)
+            assert not slots.start_queue_job(job2, lambda j, _t: j)
         finally:
-            daemon._stop_slot_threads(timeout_s=1)
+            daemon.slots.stop_threads(timeout_s=1)
 
 
-class _DrainingHost:
+class _DrainingSlots:
     """A daemon that reserved a slot for the receive, then began a drain before the start."""
 
     def reserve_for_poll(self, wanted: int) -> int:
@@ -354,7 +355,7 @@ def test_a_drain_between_claim_and_start_hands_the_job_back_through_the_outcome_
     store, queue = FakeStore(), FakeQueue()
     with Ledger(conf.paths.ledger) as ledger, capture_logs() as logs:
         records = FakeRecords()
-        consumer = QueueConsumer(conf, ledger, Pipeline(conf, store, ledger), queue, _DrainingHost(),
+        consumer = QueueConsumer(conf, ledger, Pipeline(conf, store, ledger), queue, _DrainingSlots(),
                                  records, holder="h")
         etag = store.put(IN, "late.txt", b"0 0\n")
         message_id = queue.send(json.dumps({"bucket": IN, "key": "late.txt", "etag": etag}))
@@ -425,7 +426,7 @@ def test_while_s3_is_down_the_daemon_stops_receiving_then_resumes(short_tmp: Pat
         until(lambda: ("delete", first) in r.queue.calls, "the hand-back")
         until(lambda: r.daemon.status()["queue"]["paused"], "the pause")
         assert "storage unavailable since" in r.daemon.status()["queue"]["paused"]
-        assert "receiving paused" in r.daemon._status_text()
+        assert "receiving paused" in r.daemon._report.text()
         receives = len([c for c in r.queue.calls if c[0] == "receive"])
         time.sleep(2.5)  # two probe intervals: probes, but no receive
         assert len([c for c in r.queue.calls if c[0] == "receive"]) == receives

@@ -73,6 +73,7 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise error
 
 
+# Long on purpose: one declaration per subcommand, read top to bottom as --help prints them.
 def _parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="processorctl",

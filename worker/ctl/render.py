@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from worker.job import Job
 
 
+# Long on purpose: `show`'s screen, one block per section, in the order it prints.
 def describe(
     out: TextIO, job: Job, settings: Settings, *, facts: Mapping[str, Any] | None = None,
     now: float | None = None, outputs: list[dict[str, Any]] | str | None = None,

@@ -10,7 +10,6 @@
 - ``messages``     delete, hand back (a fresh message), dead-letter, release
 - ``results``      what the output bucket already says: a manifest of this version, a failure record
 - ``breaker``      pause receiving while storage is down
-- ``slots``        the daemon's side: queue slots and the ``InstanceGuard`` protocol
 - ``instance``     the instance guard: Spot notice, lifecycle watch, scale-in protection
 - ``autoscaling``  the Auto Scaling calls the guard makes (boto3)
 """

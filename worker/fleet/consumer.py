@@ -78,8 +78,8 @@ Runner = Callable[[Job, StopToken], Job]
 log = structlog.get_logger("processor.queue")
 
 
-class SlotHost(Protocol):
-    """What the consumer needs from the daemon: its slots (``worker.daemon.Daemon``)."""
+class QueueSlots(Protocol):
+    """The daemon's slots as the consumer uses them (``worker.slots.Slots``)."""
 
     def reserve_for_poll(self, wanted: int) -> int:
         """Reserve up to ``wanted`` free slots for one receive; how many were reserved."""
@@ -97,7 +97,7 @@ class SlotHost(Protocol):
 class QueueConsumer:
     def __init__(
         self, settings: Settings, ledger: Ledger, pipeline: Pipeline, queue: WorkQueue,
-        host: SlotHost, records: JobRecords, *, holder: str, clock: Callable[[], float] = time.time,
+        slots: QueueSlots, records: JobRecords, *, holder: str, clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._q = settings.queue
@@ -106,7 +106,7 @@ class QueueConsumer:
         self._store: ObjectStore = pipeline.store
         self._queue = queue
         self._messages = Messages(queue)
-        self._host = host
+        self._slots = slots
         self._clock = clock
         self._claims = FleetClaims(records, holder, lease_s=self._q.visibility_s,
                                    max_attempts=settings.processing.max_attempts, clock=clock)
@@ -179,9 +179,9 @@ class QueueConsumer:
         while not self._stopping.is_set():
             if not self.breaker.wait_and_probe(self._stopping):
                 continue
-            wanted = self._host.reserve_for_poll(MAX_BATCH)
+            wanted = self._slots.reserve_for_poll(MAX_BATCH)
             if wanted == 0:
-                self._host.wait_for_slot(SLOT_WAIT_S)
+                self._slots.wait_for_slot(SLOT_WAIT_S)
                 continue
             used, failed = 0, False
             try:
@@ -198,7 +198,7 @@ class QueueConsumer:
                 log.exception("queue_receive_crashed")
                 failed = True
             finally:
-                self._host.end_poll(wanted - used)
+                self._slots.end_poll(wanted - used)
             if failed:  # the backoff holds no slot: local jobs run meanwhile
                 failures += 1
                 self._stopping.wait(backoff_ceiling(failures, *RECEIVE_BACKOFF_S))
@@ -282,7 +282,7 @@ class QueueConsumer:
         bound.info("queue_message_received", attempt=record.attempts,
                    counted_attempts=record.counted_attempts, receive_count=message.receive_count,
                    takeover=claim.death or None)
-        if self._host.start_queue_job(job, functools.partial(self._run, held=held)):
+        if self._slots.start_queue_job(job, functools.partial(self._run, held=held)):
             return 1
         # A drain began between the claim and the start: hand it straight back
         # (through the one outcome policy, like every other end of an attempt).

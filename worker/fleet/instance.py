@@ -1,6 +1,6 @@
 """The instance guard: Spot interruption and lifecycle watch, and scale-in protection.
 
-The daemon calls three methods (the ``InstanceGuard`` protocol, worker.fleet.slots):
+The daemon calls three methods (``worker.daemon.InstanceGuard``):
 ``set_busy(busy)`` whenever "holds at least one job" changes, ``interruption()``
 on every turn of its loop, and ``close()`` at exit. None of them blocks: one
 background thread does all the I/O.

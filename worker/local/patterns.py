@@ -27,6 +27,7 @@ _UNSUPPORTED_ESCAPES = {
 }
 
 
+# Long on purpose: one scanner over the pattern; its cases share the position and the class state.
 @functools.lru_cache(maxsize=128)
 def _compile_allowed_pattern(pattern: str) -> re.Pattern[str]:
     """Compile an RE2 ``allowedPattern`` into a Python regex with the same meaning.
