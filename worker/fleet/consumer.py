@@ -38,7 +38,7 @@ from worker.errors import Interrupted, LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
 from worker.fleet.messages import Messages
-from worker.fleet.record import ClaimKind, FleetState, JobRecords, RecordError
+from worker.fleet.record import ClaimKind, ClaimPlan, FleetState, JobRecords, RecordError
 from worker.fleet.results import ManifestCheck, ResultChecks
 from worker.fleet.settle import Held, Settler, as_found
 from worker.fleet.workqueue import (
@@ -254,6 +254,12 @@ class QueueConsumer:
         if claim.kind is ClaimKind.ENDED:
             self._settler.ended(message, claim)
             return 0
+        return self._start_claimed(message, identity, claim, check, bound)
+
+    def _start_claimed(self, message: Received, identity: Identity, claim: ClaimPlan,
+                       check: ManifestCheck, bound: Any) -> int:
+        """The claim is this daemon's: the job into the ledger and a slot (1), or its message ended (0)."""
+        record = claim.record
         try:
             job, claimed = self._queue_ledger.claim_for_message(identity, record.attempts,
                                                                 record.counted_attempts)
