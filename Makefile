@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# checkov lints the CloudFormation template (tests/unit/test_template.py). It lives
+# checkov lints the CloudFormation template (tests/unit/deploy/test_template.py). It lives
 # in a virtualenv of its own: its pins clash with moto's. Pinned, so that a new
 # release's new checks do not fail an unchanged tree.
 CHECKOV_VERSION ?= 3.3.30
@@ -63,7 +63,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 ## Static checks only (they also run inside `make test`).
 lint: $(STAMP)
 	$(BIN)/python -m mypy
-	$(BIN)/ruff check worker lambda_trigger processor_layout tests $(wildcard bench)
+	$(BIN)/ruff check worker lambda_trigger processor_shared tests $(wildcard bench)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .processor-local build *.egg-info

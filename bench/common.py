@@ -53,7 +53,7 @@ def byte_compile() -> None:
     """
     import compileall
 
-    for package in ("worker", "lambda_trigger", "processor_layout"):
+    for package in ("worker", "lambda_trigger", "processor_shared"):
         compileall.compile_dir(REPO / package, quiet=1)
 
 

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from bench.common import BIN, ENV, REPO, Figure, byte_compile, median
-from worker.identity import Identity
-from worker.ledger import Ledger
+from worker.jobs.identity import Identity
+from worker.state.ledger import Ledger
 
 JOBS = 100_000
 RUNS = 7
@@ -58,7 +58,7 @@ def fill(path: Path, jobs: int, seed: int = 7) -> tuple[str, str]:
     db.close()
     if not rows:
         return "", ""
-    # Ids are hashes like real ones (worker.identity): 12 characters are unique among 100,000.
+    # Ids are hashes like real ones (worker.jobs.identity): 12 characters are unique among 100,000.
     return _job_id(jobs // 2)[:12], f"{BUCKET}/{rows[jobs // 2][2]}"
 
 

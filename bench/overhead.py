@@ -58,9 +58,9 @@ class Run:
 
 def prefill(config: Path, objects: Sequence[tuple[str, str]]) -> None:
     """Queue every object in the daemon's ledger, as processorctl submit does (same code path)."""
-    from worker.config import load_settings
-    from worker.identity import Identity
-    from worker.ledger import Ledger
+    from worker.config.settings import load_settings
+    from worker.jobs.identity import Identity
+    from worker.state.ledger import Ledger
 
     settings = load_settings(config, {})
     with Ledger(settings.paths.ledger) as ledger:

@@ -47,7 +47,7 @@ RATE = 250
 
 #: Job-thread buckets, first match wins; a needle is a substring of the collapsed stack.
 BUCKETS: Sequence[tuple[str, Sequence[str]]] = (
-    ("ledger writes (set_progress, transitions; BEGIN IMMEDIATE + fsync)", ("(worker/ledger.py",)),
+    ("ledger writes (set_progress, transitions; BEGIN IMMEDIATE + fsync)", ("(worker/state/ledger.py",)),
     ("logging (structlog -> JSON -> file + stderr)", ("structlog/", "logging/__init__.py")),
     ("HEAD before the download (S3Store.head)", ("S3Store.head ",)),
     ("download (one GET below 32 MiB, else ranged GETs)", ("S3Store.download ",)),

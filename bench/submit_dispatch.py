@@ -64,8 +64,8 @@ def fill_not_due(ledger_file: Path, depth: int, *, prefix: str = "queued/") -> N
     The fill commits without fsync (the same rows, written faster); the
     daemon reopens the ledger with its own settings.
     """
-    from worker.identity import Identity
-    from worker.ledger import Ledger
+    from worker.jobs.identity import Identity
+    from worker.state.ledger import Ledger
 
     with Ledger(ledger_file) as ledger:
         ledger._db.execute("PRAGMA synchronous=OFF")
@@ -77,9 +77,9 @@ def fill_not_due(ledger_file: Path, depth: int, *, prefix: str = "queued/") -> N
 
 def claim_next_cost(tmp: Path, depth: int, trials: int) -> tuple[list[float], list[float]]:
     """Seconds per Ledger.claim_next of one due job: empty ledger vs ``depth`` not-due jobs."""
-    from worker.identity import Identity
-    from worker.ledger import Ledger
-    from worker.states import JobState
+    from worker.jobs.identity import Identity
+    from worker.jobs.states import JobState
+    from worker.state.ledger import Ledger
 
     empty_file, deep_file = tmp / "claim-empty" / "l.db", tmp / "claim-deep" / "l.db"
     fill_not_due(deep_file, depth)
@@ -98,7 +98,7 @@ def claim_next_cost(tmp: Path, depth: int, trials: int) -> tuple[list[float], li
 
 def counts_cost(tmp: Path, trials: int = 50) -> tuple[float, float]:
     """Median seconds of Ledger.counts() (run by the daemon's loop on every wake): empty vs deep."""
-    from worker.ledger import Ledger
+    from worker.state.ledger import Ledger
 
     out = []
     for name in ("claim-empty", "claim-deep"):

@@ -386,7 +386,7 @@ fi
 WHEEL_PATH=$(find "$BUILD" -maxdepth 1 -name 'processor-*.whl' -print -quit)
 [ -n "$WHEEL_PATH" ] || { say "pip wheel produced no processor wheel"; exit 1; }
 
-# The Lambda package holds lambda_trigger/ and processor_layout/ (the job id and result
+# The Lambda package holds lambda_trigger/ and processor_shared/ (the job id and result
 # layout it shares with the worker; boto3 comes with the runtime), with fixed
 # timestamps so that the same sources give the same zip and the same key.
 LAMBDA_ZIP=$BUILD/lambda_trigger.zip
@@ -397,7 +397,7 @@ from pathlib import Path
 
 repo, target = Path(sys.argv[1]), Path(sys.argv[2])
 with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-    for package in ("lambda_trigger", "processor_layout"):
+    for package in ("lambda_trigger", "processor_shared"):
         for path in sorted((repo / package).glob("*.py")):
             info = zipfile.ZipInfo(f"{package}/{path.name}", date_time=(2020, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16

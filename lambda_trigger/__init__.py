@@ -11,7 +11,7 @@
 - ``aws_edge``    stdlib only, shared with the worker: the backoff, the reading of an
                   AWS error, the clients' retries and timeouts
 
-The deployment package holds this package and ``processor_layout`` (job ids and
+The deployment package holds this package and ``processor_shared.layout`` (job ids and
 the result layout, shared with the worker), so nothing here imports ``worker``
 (tests/unit/test_layering.py checks it); boto3 comes from the Lambda runtime.
 """

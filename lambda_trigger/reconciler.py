@@ -35,9 +35,9 @@ from lambda_trigger import s3, sqs
 from lambda_trigger.config import ReconcileConfig, load_reconcile_config
 from lambda_trigger.events import JobRequest
 from lambda_trigger.loglines import log_counts, log_line
-from lambda_trigger.reconcile_plan import Results, Verdict, index_results, plan
 from lambda_trigger.ssm import DeliveryError, FailedRecord
-from processor_layout import FALLBACK_DIR, marker_keys
+from processor_shared.layout import FALLBACK_DIR, marker_keys
+from processor_shared.lost import Results, Verdict, index_results, plan
 
 #: The event field and value that select this mode.
 RECONCILE_MODE = ("processor", "reconcile")

@@ -19,7 +19,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     ClientError,
 )
 
-from lambda_trigger.aws_edge import LIST_CLIENT, error_reply
+from processor_shared.aws_edge import LIST_CLIENT, error_reply
 
 #: Listings are idempotent: the standard retries and bounded timeouts (aws_edge.LIST_CLIENT).
 CLIENT_CONFIG = Config(**LIST_CLIENT.config())

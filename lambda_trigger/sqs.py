@@ -29,8 +29,8 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     ClientError,
 )
 
-from lambda_trigger.aws_edge import SEND_CLIENT, backoff_delay, error_reply
 from lambda_trigger.events import JobRequest
+from processor_shared.aws_edge import SEND_CLIENT, backoff_delay, error_reply
 
 #: SendMessageBatch takes at most 10 entries (API reference).
 BATCH_MAX = 10

@@ -30,8 +30,8 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     ClientError,
 )
 
-from lambda_trigger.aws_edge import SEND_CLIENT, backoff_delay, error_reply
 from lambda_trigger.events import JobRequest
+from processor_shared.aws_edge import SEND_CLIENT, backoff_delay, error_reply
 
 #: SendCommand rejects a Comment longer than this (API reference); moto does not.
 COMMENT_MAX_CHARS = 100
@@ -39,7 +39,7 @@ COMMENT_MAX_CHARS = 100
 #: The submit document's ``Key`` pattern (deploy/cloudformation/processor.yaml)
 #: in Python: 1..1024 characters, none a control character. A key it refuses
 #: (a tab, a newline, DEL...) travels as ``KeyBase64`` instead, which takes any
-#: key (tests/unit/test_ssm_keys.py holds the two to the document).
+#: key (tests/unit/local/test_ssm_keys.py holds the two to the document).
 _PLAIN_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,1024}\Z")
 
 #: botocore "standard" mode retries ThrottlingException (and the other

@@ -103,8 +103,9 @@ def test_the_symbol_scan_finds_a_missing_name() -> None:
     tree = ast.parse("X = 1\nclass C:\n    y: int = 2\n    def m(self): ...\ndef f(): ...\n")
     assert all(_defines(tree, d) for d in ("X", "C", "C.y", "C.m", "f"))
     assert not any(_defines(tree, d) for d in ("g", "C.n", "f.x", "X.y"))
-    assert _SYMBOL.findall("see worker/ledger.py::Ledger.enqueue and tests/unit/test_job.py::test_x[a]") == [
-        ("worker/ledger.py", "Ledger.enqueue"), ("tests/unit/test_job.py", "test_x")]
+    text = "see worker/state/ledger.py::Ledger.enqueue and tests/unit/jobs/test_job.py::test_x[a]"
+    assert _SYMBOL.findall(text) == [
+        ("worker/state/ledger.py", "Ledger.enqueue"), ("tests/unit/jobs/test_job.py", "test_x")]
 
 
 def test_every_symbol_in_the_docs_is_defined() -> None:

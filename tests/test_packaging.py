@@ -30,7 +30,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 def test_wheel_has_packages_samples_and_the_template(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
     assert {"worker/ctl/cli.py", "worker/local/stack.py", "lambda_trigger/handler.py",
-            "worker/examples/summarize.py", "processor_layout/__init__.py"} <= names
+            "worker/examples/summarize.py", "processor_shared/layout.py"} <= names
     samples = [n for n in names if n.startswith("worker/local/samples/")]
     assert len(samples) >= 3
     assert any(n.endswith("data/share/processor/cloudformation/processor.yaml") for n in names)

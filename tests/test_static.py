@@ -24,7 +24,7 @@ def test_mypy_strict_is_clean() -> None:
 
 def test_ruff_is_clean() -> None:
     ruff = require_tool("ruff", hint=TEST_EXTRA)
-    paths = [p for p in ("worker", "lambda_trigger", "processor_layout", "tests", "bench")
+    paths = [p for p in ("worker", "lambda_trigger", "processor_shared", "tests", "bench")
              if (REPO / p).is_dir()]
     done = subprocess.run([ruff, "check", *paths], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

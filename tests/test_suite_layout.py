@@ -59,10 +59,10 @@ def test_the_scan_finds_an_import_of_another_test_module() -> None:
         "def helper():\n"
         "    from tests.integration.test_daemon import daemon\n"
         "from tests import waiting\n"
-        "import tests.unit.test_pipeline\n"
+        "import tests.unit.runner.test_pipeline\n"
     )
     bad = sorted(m for _, m in imported_modules(source) if forbidden(m))
-    assert bad == ["tests.integration.test_daemon", "tests.unit.test_pipeline", "tests.waiting"]
+    assert bad == ["tests.integration.test_daemon", "tests.unit.runner.test_pipeline", "tests.waiting"]
 
 
 def test_no_test_module_imports_another_test_module() -> None:

@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from worker import __version__, exitcodes
-from worker.config import CONFIG_HELP, Settings, config_path, load_settings
-from worker.dirs import make_dirs
+from worker.config.settings import CONFIG_HELP, Settings, config_path, load_settings
 from worker.errors import ConfigError, LedgerError, ProcessorError
+from worker.state.dirs import make_dirs
 
 if TYPE_CHECKING:
-    from worker.daemon import Daemon
-    from worker.statelock import StateLock
+    from worker.daemon.lifecycle import Daemon
+    from worker.state.statelock import StateLock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,8 +75,8 @@ def check_config(config: str | None) -> int:
     except ConfigError as exc:
         print(f"processor: configuration error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
-    from worker.command_check import check_command
     from worker.errors import CommandUnusable
+    from worker.runner.command_check import check_command
 
     try:
         program = check_command(settings.processing, os.environ)
@@ -97,8 +97,8 @@ def run_daemon(config: str | None) -> int:
     except ConfigError as exc:
         print(f"processor: configuration error: {exc}", file=sys.stderr)
         return exitcodes.USAGE
-    from worker.command_check import check_command
     from worker.errors import CommandUnusable
+    from worker.runner.command_check import check_command
 
     # Before anything starts: a missing program would fail every job, one by one.
     try:
@@ -107,7 +107,7 @@ def run_daemon(config: str | None) -> int:
         print(f"processor: refusing to start: {exc}", file=sys.stderr)
         return exitcodes.COMMAND_UNUSABLE
 
-    from worker import statelock
+    from worker.state import statelock
 
     # First, before logs, ledger, recovery or the socket touch the state dir: a
     # second daemon would requeue the first one's running jobs and kill their
@@ -126,10 +126,10 @@ def run_daemon(config: str | None) -> int:
 
 def _run_locked(settings: Settings, lock: StateLock) -> int:
     """Lock held: set up logging and the ledger, then recover and serve (`serve`)."""
-    from worker.daemon import Daemon
+    from worker.daemon.lifecycle import Daemon
     from worker.fleet.instance import guard_from_settings
-    from worker.ledger import Ledger
-    from worker.pipeline import Pipeline
+    from worker.runner.pipeline import Pipeline
+    from worker.state.ledger import Ledger
     from worker.storage.s3 import S3Store
     from worker.telemetry import logsetup
 
@@ -184,7 +184,7 @@ def _holder_name(settings: Settings) -> str:
     """This daemon's name in fleet claims: ``[queue] holder``, the EC2 instance id, or host:state dir."""
     if settings.queue.holder:
         return settings.queue.holder
-    from worker.imds import instance_id
+    from worker.aws.imds import instance_id
 
     found = instance_id(settings.instance.imds_url)
     if found:
@@ -196,7 +196,7 @@ def _holder_name(settings: Settings) -> str:
 
 def serve(daemon: Daemon, lock: StateLock) -> int:
     """Start ``daemon`` (recover, then serve), act on signals until it stops; its exit status."""
-    from worker.signals import SignalQueue
+    from worker.daemon.signals import SignalQueue
 
     signals = StopSignals(daemon)
     # Installed before the start, so a SIGTERM during recovery is queued, not fatal.

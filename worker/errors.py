@@ -30,7 +30,7 @@ raised somewhere or is the base of one that is.
     │   ├── MalformedMessage        [fleet.workqueue] a queue message is no job request (.field)
     │   ├── RecordError             [fleet.record] a fleet job-record call failed (.retryable, .code)
     │   ├── RecordConflict          [fleet.record] a conditional write lost: the record changed
-    │   ├── StateDirLocked          [statelock] another daemon holds the state dir (.holder_pid)
+    │   ├── StateDirLocked          [state.statelock] another daemon holds the state dir (.holder_pid)
     │   └── StateDirInUse           [local.statedir] another `processor local` uses its state dir
     ├── TransferStopped             [storage.s3] carries an Interrupted out of s3transfer's threads
     └── ValueError

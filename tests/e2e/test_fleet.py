@@ -25,8 +25,8 @@ import pytest
 
 from tests.support.local import Running, running_local
 from tests.support.waiting import wait_until
-from worker.ledger import Ledger
-from worker.states import JobState
+from worker.jobs.states import JobState
+from worker.state.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

@@ -65,7 +65,7 @@ def test_upload_produces_results_and_manifest(local_stack: Running) -> None:
 def test_hostile_key_is_processed_without_running_anything(local_stack: Running, tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
     # moto's server normalises pure ".." path segments (real S3 does not), so the
-    # traversal here is ".. /"; tests/unit/test_pipeline.py covers "../../" itself.
+    # traversal here is ".. /"; tests/unit/runner/test_pipeline.py covers "../../" itself.
     key = (f"-rf --help .. /.. /$(touch {canary}); `touch {canary}` | touch {canary} & "
            f"'\"$HOME\" > {canary} * ~ résumé 日本.txt")
     s3 = local_stack.client("s3")

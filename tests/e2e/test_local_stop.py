@@ -15,7 +15,7 @@ import pytest
 from tests.support.emulator import CREDENTIALS
 from tests.support.local import PROCESSOR, Running, free_port, running_local
 from tests.support.waiting import wait_until
-from worker.ledger import Ledger
+from worker.state.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

@@ -28,8 +28,8 @@ from tests.support.emulator import with_buckets
 from tests.support.report import REPORT
 from tests.support.waiting import wait_until
 from worker.ctl import cli
-from worker.ledger import Ledger
-from worker.states import JobState
+from worker.jobs.states import JobState
+from worker.state.ledger import Ledger
 
 IN, OUT = "chaos-in", "chaos-out"
 JOBS = 300

@@ -81,7 +81,7 @@ def test_idle_connections_neither_starve_status_nor_fail_jobs(
 
 
 def test_a_malformed_request_gets_an_error_reply_and_one_log_line(short_tmp: Path) -> None:
-    from worker.control_server import ControlServer
+    from worker.daemon.control import ControlServer
 
     lines: list[tuple[str, dict[str, Any]]] = []
 
@@ -114,7 +114,7 @@ def test_an_overloaded_server_is_retried_and_a_busy_field_is_just_data(short_tmp
     field (status: busy slots) is an answer, not a reason to retry."""
     import threading
 
-    from worker.control_server import ControlServer
+    from worker.daemon.control import ControlServer
 
     release = threading.Event()
 

@@ -17,7 +17,7 @@ from tests.support.daemon import daemon, log_events, processorctl, submit, wait_
 from tests.support.emulator import CREDENTIALS, with_buckets
 from tests.support.waiting import wait_until
 from worker import exitcodes
-from worker.ledger import Ledger
+from worker.state.ledger import Ledger
 
 IN, OUT = "daemon-in", "daemon-out"
 
@@ -169,7 +169,7 @@ def test_processorctl_submits_while_the_daemon_holds_the_lock(
 def test_signals_through_processor_run_hup_ignored_term_drains_a_second_stops_at_once(
     s3: Any, moto_endpoint: str, short_tmp: Path
 ) -> None:
-    """The real signal path (worker.cli + worker.signals): SIGHUP is ignored, SIGTERM
+    """The real signal path (worker.cli + worker.daemon.signals): SIGHUP is ignored, SIGTERM
     starts the drain (the job may finish), SIGINT during it stops at once; the exit
     status says jobs were interrupted, and the job is left queued for the next start."""
     config = write_config(short_tmp, output_bucket=OUT, endpoint=moto_endpoint,

@@ -16,7 +16,7 @@ import structlog
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import Imds, Recorder, dead_endpoint
 from tests.support.waiting import wait_until
-from worker.config import settings_from_mapping
+from worker.config.settings import settings_from_mapping
 from worker.errors import ScalingError
 from worker.fleet.autoscaling import AutoScaling
 from worker.fleet.instance import GROUP_TAG_PATH, Guard, guard_from_settings

@@ -23,7 +23,7 @@ from lambda_trigger.config import ConfigError
 from lambda_trigger.handler import lambda_handler
 from lambda_trigger.s3 import ListingError
 from lambda_trigger.ssm import DeliveryError
-from processor_layout import job_id
+from processor_shared.layout import job_id
 from tests.support.emulator import aim_at_emulator
 from tests.support.events import EXPECTED_PARAMETERS, load_event
 

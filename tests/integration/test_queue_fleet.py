@@ -31,7 +31,7 @@ from tests.support.daemon import processorctl, submit, write_config
 from tests.support.report import REPORT
 from worker.ctl.control_client import request
 from worker.fleet.dynamo import table_definition
-from worker.process import reap_orphans
+from worker.runner.process import reap_orphans
 
 IN, OUT = "fleet-in", "fleet-out"
 #: The fleet's job record table (DynamoDB on the emulator).
@@ -473,7 +473,7 @@ OUTAGE_S = float(os.environ.get("PROCESSOR_TEST_OUTAGE_S", "60"))
 
 def _record(fleet: Fleet, key: str, etag: str) -> dict[str, Any]:
     from worker.fleet.dynamo import from_item
-    from worker.identity import Identity
+    from worker.jobs.identity import Identity
 
     job_id = Identity(IN, key, None, etag).job_id()
     item = fleet.dynamodb.get_item(TableName=fleet.table, Key={"job_id": {"S": job_id}}).get("Item")

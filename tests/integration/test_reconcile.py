@@ -9,8 +9,8 @@ from typing import Any
 
 from tests.support.daemon import daemon, processorctl, wait_state, write_config
 from tests.support.emulator import CREDENTIALS, with_buckets
-from worker.identity import Identity
-from worker.ledger import Ledger
+from worker.jobs.identity import Identity
+from worker.state.ledger import Ledger
 
 IN, OUT = "recon-in", "recon-out"
 

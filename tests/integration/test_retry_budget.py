@@ -1,5 +1,5 @@
 """The retry budget against the emulator: one S3 call sends exactly the requests
-worker.retry says, through a fault-injecting proxy on loopback.
+worker.aws.retry says, through a fault-injecting proxy on loopback.
 
 The proxy answers 500 InternalError (retryable at every level, and botocore's
 short non-throttling backoff keeps each case to a few seconds) to the first N
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from worker import retry
-from worker.config import S3Settings
+from worker.aws import retry
+from worker.config.settings import S3Settings
 from worker.errors import StorageError
 from worker.storage.s3 import S3Store
 

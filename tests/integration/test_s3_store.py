@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from worker.config import S3Settings
+from worker.config.settings import S3Settings
 from worker.errors import Interrupted, ObjectChanged, StorageError
 from worker.storage.s3 import TRANSFER_CONFIG, S3Store
 

@@ -23,7 +23,7 @@ from tests.support.probes import integrity
 from tests.support.report import REPORT
 from worker import exitcodes
 from worker.ctl.control_client import request
-from worker.ledger import Ledger
+from worker.state.ledger import Ledger
 
 IN, OUT = "full-in", "full-out"
 MIB = 1024 * 1024

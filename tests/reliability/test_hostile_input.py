@@ -11,8 +11,8 @@ writes outside the state dir.
 
 moto's server 404s a PutObject whose key holds a newline and normalises pure
 ``..`` segments, so those keys are covered below the pipeline (the document
-and script here and in tests/unit/test_agent.py and test_ssm_keys.py, the
-pipeline in tests/unit/test_layout.py).
+and script here and in tests/unit/local/test_agent.py and test_ssm_keys.py, the
+pipeline in tests/unit/processor_shared/test_layout.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-import processor_layout as layout
+import processor_shared.layout as layout
 from lambda_trigger.events import MalformedEvent, parse_event
 from lambda_trigger.handler import handle
 from lambda_trigger.ssm import DeliveryError, FailedRecord, encode_key_base64
@@ -40,12 +40,12 @@ from tests.support.report import REPORT
 from tests.support.trigger import ENV, Factory, FakeSsm
 from tests.support.waiting import wait_until
 from worker import exitcodes
-from worker.identity import decode_key_base64
-from worker.job import Job
-from worker.ledger import Ledger
+from worker.jobs.identity import decode_key_base64
+from worker.jobs.job import Job
+from worker.jobs.states import JobState
 from worker.local import cfn
 from worker.local.params import InvalidParameters, validate_parameters
-from worker.states import JobState
+from worker.state.ledger import Ledger
 
 #: ``{c}`` is replaced by the canary dir: every key that could run a command touches a file there.
 PLAIN = [
@@ -230,7 +230,7 @@ def test_key_longer_than_any_s3_key_is_refused_naming_key(
 @pytest.mark.parametrize("key", ["../../etc/passwd", "a/../../b", "./.", "..", "../"], ids=repr)
 def test_submit_document_passes_dot_segments_as_data(submit_document: Mapping[str, Any], key: str) -> None:
     # Real S3 keeps ".." segments (moto's server normalises them, so they are tested here and in
-    # tests/unit/test_pipeline.py): the key is data, and no local path is ever built from it.
+    # tests/unit/runner/test_pipeline.py): the key is data, and no local path is ever built from it.
     assert validate_parameters(submit_document, _params(key))["Key"] == key
 
 

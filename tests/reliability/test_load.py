@@ -20,8 +20,8 @@ from tests.support.local import running_local
 from tests.support.probes import daemon_pid, memory_kib, object_keys
 from tests.support.report import REPORT
 from tests.support.waiting import wait_until
-from worker.ledger import Ledger
-from worker.states import JobState
+from worker.jobs.states import JobState
+from worker.state.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

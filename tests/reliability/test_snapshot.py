@@ -29,9 +29,9 @@ from tests.support.emulator import with_buckets
 from tests.support.probes import integrity
 from tests.support.report import REPORT
 from tests.support.waiting import wait_until
-from worker.ledger import Ledger
-from worker.process import reap_orphans
-from worker.states import JobState
+from worker.jobs.states import JobState
+from worker.runner.process import reap_orphans
+from worker.state.ledger import Ledger
 
 IN, OUT = "snap-in", "snap-out"
 JOBS = 40

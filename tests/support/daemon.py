@@ -13,10 +13,10 @@ from typing import Any
 
 from tests.support.emulator import CREDENTIALS
 from tests.support.waiting import cpu_seconds, wait_until
-from worker.config import load_settings
+from worker.config.settings import load_settings
 from worker.ctl.control_client import request
 from worker.errors import ControlError
-from worker.process import reap_orphans
+from worker.runner.process import reap_orphans
 
 #: The bundled summariser, as the processing command of test daemons.
 DEFAULT_COMMAND = [sys.executable, "-m", "worker.examples.summarize", "{input}", "{output_dir}"]

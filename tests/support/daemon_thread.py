@@ -11,15 +11,15 @@ from typing import Any
 
 from tests.support.fakes import FakeStore
 from tests.support.waiting import wait_until
-from worker import statelock
-from worker.config import Settings, settings_from_mapping
-from worker.daemon import Daemon
-from worker.identity import Identity
-from worker.job import Job
-from worker.ledger import Ledger
-from worker.outcome import Attempt, Outcome
-from worker.pipeline import Pipeline
-from worker.process import StopToken
+from worker.config.settings import Settings, settings_from_mapping
+from worker.daemon.lifecycle import Daemon
+from worker.jobs.identity import Identity
+from worker.jobs.job import Job
+from worker.jobs.outcome import Attempt, Outcome
+from worker.runner.pipeline import Pipeline
+from worker.runner.process import StopToken
+from worker.state import statelock
+from worker.state.ledger import Ledger
 
 #: The liveness bound of every wait on the in-thread daemon.
 WAIT_S = 20
@@ -28,7 +28,7 @@ WAIT_S = 20
 class FakePipeline(Pipeline):
     """The real Pipeline with its attempt faked: the attempt waits until the test releases it,
     or until asked to stop; how it ended goes through the real ``Pipeline.run`` and
-    ``record_crash``, so ``worker.recorder`` writes what ``worker.outcome.decide`` picks.
+    ``record_crash``, so ``worker.runner.recorder`` writes what ``worker.jobs.outcome.decide`` picks.
 
     Nothing is downloaded or run; the store is an in-memory one nobody reads.
     """

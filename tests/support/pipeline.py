@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from tests.support.fakes import FakeDisk, FakeStore
-from worker.config import settings_from_mapping
-from worker.identity import Identity
-from worker.job import Job
-from worker.ledger import Ledger
-from worker.pipeline import Pipeline
+from worker.config.settings import settings_from_mapping
+from worker.jobs.identity import Identity
+from worker.jobs.job import Job
+from worker.runner.pipeline import Pipeline
+from worker.state.ledger import Ledger
 
 #: The output bucket of these pipelines.
 OUT = "out"

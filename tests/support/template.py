@@ -12,7 +12,7 @@ from worker.local import cfn
 TEMPLATE = REPO / cfn.TEMPLATE_RELPATH
 #: FleetSize for each mode: 1 is one instance, anything above a fleet.
 MODES = {"single": 1, "fleet": 3}
-#: The daemons' max_attempts default (worker/config.py): the DLQ's maxReceiveCount stays above it.
+#: The daemons' max_attempts default (worker/config/settings.py): the DLQ's maxReceiveCount stays above it.
 DAEMON_MAX_ATTEMPTS = 3
 #: The input bucket's name as the template builds it.
 INPUT_BUCKET_NAME = "${BucketNamePrefix}-input-${AWS::AccountId}-${AWS::Region}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from worker.identity import decode_key_base64
+from worker.jobs.identity import decode_key_base64
 
 #: The instance the trigger targets in SSM mode.
 INSTANCE = "i-0123456789abcdef0"

@@ -91,7 +91,7 @@ def install_venv(box: Machine) -> None:
     subprocess.run([str(system_python), "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=120)
     site = venv / f"lib/python{version}/site-packages"
-    for package in ("worker", "lambda_trigger", "processor_layout"):
+    for package in ("worker", "lambda_trigger", "processor_shared"):
         shutil.copytree(REPO / package, site / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     for dist in _runtime_closure():

@@ -1,4 +1,4 @@
-"""The layering contract: which modules of worker/, lambda_trigger/ and processor_layout/ may import which.
+"""The layering contract: which modules of worker/, lambda_trigger/ and processor_shared/ may import which.
 
 The import graph is read from the source with ``ast`` (nothing is imported, so
 no rule depends on what happens to be installed). Each import is an edge of
@@ -15,7 +15,7 @@ Import-time rules (no cycle, the submit path) follow ``module`` edges only: a
 deferred or typing-only import can neither form an import-time cycle nor load
 anything on start. Direction rules (storage and ledger below the pipeline,
 boto3 only in adapters, the Lambda apart from the worker, the shared
-``processor_layout`` stdlib only) follow every edge: a wrong-way dependency is
+``processor_shared.layout`` stdlib only) follow every edge: a wrong-way dependency is
 wrong even when it is deferred or only for mypy.
 
 Every rule is a function over a ``Graph`` and is first shown to fail on a
@@ -36,10 +36,10 @@ import pytest
 from tests.support.submit_path import SUBMIT_MUST_NOT_IMPORT
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("worker", "lambda_trigger", "processor_layout")
+PACKAGES = ("worker", "lambda_trigger", "processor_shared")
 
 #: Shipped in both the wheel and the Lambda package, imported by both sides: stdlib only.
-SHARED = ("processor_layout",)
+SHARED = ("processor_shared",)
 
 
 #: The AWS SDK: only the adapters below may import it.
@@ -48,7 +48,7 @@ AWS_SDK = frozenset({"boto3", "botocore", "s3transfer"})
 #: The adapters: each turns the SDK's errors into ours at the edge, so nothing else knows botocore.
 ADAPTERS = frozenset({
     "worker.storage.s3",            # S3: objects in and out (StorageError)
-    "worker.aws_errors",            # how the adapters above read botocore's errors
+    "worker.aws.errors",            # how the adapters above read botocore's errors
     "worker.fleet.sqs",             # SQS: the fleet's work queue (QueueError)
     "worker.fleet.dynamo",          # DynamoDB: the fleet's job records (RecordError)
     "worker.fleet.autoscaling",     # Auto Scaling: scale-in protection (ScalingError)
@@ -60,9 +60,28 @@ ADAPTERS = frozenset({
 })
 
 #: The low layers and what they must never reach: they are used by the pipeline and the daemon.
-LOW_LAYERS = ("worker.storage", "worker.ledger", "worker.ledger_queue", "worker.ledger_queries",
-              "worker.ledger_schema")
-HIGH_LAYERS = frozenset({"worker.pipeline", "worker.daemon", "worker.fleet.consumer"})
+LOW_LAYERS = ("worker.storage", "worker.state.ledger", "worker.state.queue", "worker.state.queries",
+              "worker.state.schema")
+HIGH_LAYERS = frozenset({"worker.runner.pipeline", "worker.daemon.lifecycle", "worker.fleet.consumer"})
+
+#: The packages from the bottom up: a module may import its own package and those on its floor
+#: or below, never one above (every kind of edge: a wrong-way dependency is wrong even when
+#: deferred or only for mypy). Read from the top it is the data flow: processorctl and the CLI
+#: start the daemon, which fills slots from the fleet's queue or the ledger, which run the
+#: runner's pipeline over the state volume and the object store, on the job model and the config.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("processor_shared", "worker", "worker.errors", "worker.exitcodes"),  # "worker": __version__ only
+    ("worker.config",),
+    ("worker.jobs",),
+    ("worker.aws",),
+    ("worker.state", "worker.storage"),
+    ("worker.telemetry",),
+    ("worker.runner",),
+    ("worker.fleet",),
+    ("worker.daemon",),
+    ("worker.ctl",),
+    ("worker.local", "worker.cli", "worker.__main__"),
+)
 
 KINDS = ("module", "deferred", "typing")
 
@@ -279,6 +298,34 @@ def beyond_stdlib(graph: Graph, packages: Iterable[str]) -> list[str]:
                   and (_ours(graph, t) or t.split(".")[0] not in sys.stdlib_module_names))
 
 
+def floor_of(module: str, floors: Sequence[Sequence[str]]) -> tuple[int, str] | None:
+    """(floor, package) of ``module``: the longest package name of ``floors`` it is in, or None.
+
+    A bare top-level name (``worker``) stands for that module alone, not for its subpackages.
+    """
+    best: tuple[int, str] | None = None
+    for level, names in enumerate(floors):
+        for name in names:
+            inside = module == name or ("." in name and module.startswith(name + "."))
+            if inside and (best is None or len(name) > len(best[1])):
+                best = (level, name)
+    return best
+
+
+def upward(graph: Graph, floors: Sequence[Sequence[str]]) -> list[str]:
+    """Imports (every kind) from a package to one on a higher floor."""
+    found = []
+    for module in graph.edges:
+        here = floor_of(module, floors)
+        if here is None:
+            continue
+        for target in sorted(graph.targets(module)):
+            there = floor_of(target, floors) if graph.internal(target) else None
+            if there is not None and there[0] > here[0]:
+                found.append(f"{module} ({here[1]}) imports {target} ({there[1]}, a floor above)")
+    return sorted(found)
+
+
 # -- the rules fail on broken graphs ----------------------------------------------------------------
 
 def _toy(**sources: str) -> Graph:
@@ -353,10 +400,30 @@ def test_an_sdk_import_outside_the_adapters_is_found() -> None:
     assert importers_of(graph, AWS_SDK, ["pkg"]) == {"pkg.s3", "pkg.util"}
 
 
+def test_an_import_from_a_floor_above_is_found_and_one_below_is_not() -> None:
+    floors = (("pkg.low",), ("pkg.mid", "pkg.side"), ("pkg.high",))
+    graph = build_graph({"pkg": "", "pkg.low": "", "pkg.low.a": "def f():\n    import pkg.high.c\n",
+                         "pkg.mid": "", "pkg.mid.b": "import pkg.low.a\nimport pkg.side.d\n",
+                         "pkg.side": "", "pkg.side.d": "",
+                         "pkg.high": "", "pkg.high.c": "import pkg.mid.b\n"},
+                        ["pkg", "pkg.low", "pkg.mid", "pkg.side", "pkg.high"])
+    assert upward(graph, floors) == ["pkg.low.a (pkg.low) imports pkg.high.c (pkg.high, a floor above)"]
+    assert floor_of("pkg.mid.b", floors) == (1, "pkg.mid") and floor_of("pkg.other", floors) is None
+
+
+def test_every_package_of_worker_has_a_floor(sources: tuple[dict[str, str], list[str]]) -> None:
+    code, _ = sources
+    homeless = [m for m in code if m.startswith("worker") and not m.startswith("worker.examples")
+                and floor_of(m, FLOORS) is None]
+    assert homeless == []
+
+
 # -- the rules hold on the real graph, and catch a break in it ---------------------------------------
 
 RULES: dict[str, Callable[[Graph], Sequence[object]]] = {
     "cycle": cycles,
+    # Packages by floors (FLOORS): never an import from a floor above.
+    "floors": lambda g: upward(g, FLOORS),
     "submit path": lambda g: submit_path_violations(g, "worker.ctl.cli", SUBMIT_MUST_NOT_IMPORT),
     "wrong way": lambda g: wrong_way(g, LOW_LAYERS, HIGH_LAYERS),
     # Equal, not a subset: a module that stops being an adapter must leave the list too.
@@ -378,8 +445,8 @@ def sources() -> tuple[dict[str, str], list[str]]:
 def test_the_graph_is_complete(sources: tuple[dict[str, str], list[str]]) -> None:
     graph = build_graph(*sources)
     assert {"worker.ctl.cli", "worker.storage.s3", "lambda_trigger.handler",
-            "processor_layout"} <= graph.edges.keys()
-    assert "worker.ledger" in loaded_by(graph, "worker.ctl.cli")  # the submit path is followed
+            "processor_shared"} <= graph.edges.keys()
+    assert "worker.state.ledger" in loaded_by(graph, "worker.ctl.cli")  # the submit path is followed
     assert unresolved(graph) == []
 
 
@@ -390,19 +457,23 @@ def test_the_real_graph_keeps_the_rule(rule: str, sources: tuple[dict[str, str],
 
 @pytest.mark.parametrize(("rule", "module", "added"), [
     ("cycle", "worker.errors", "import worker.ctl.cli"),
-    ("submit path", "worker.identity", "import dataclasses"),
-    ("submit path", "worker.identity", "import worker.storage.s3"),
-    ("submit path", "processor_layout", "import dataclasses"),
+    ("floors", "worker.jobs.job", "def f():\n    from worker.runner import pipeline"),
+    ("floors", "worker.state.ledger", "if TYPE_CHECKING:\n    import worker.daemon.lifecycle"),
+    ("floors", "worker.runner.pipeline", "import worker.fleet.consumer"),
+    ("floors", "worker.config.settings", "def f():\n    from worker.jobs import states"),
+    ("submit path", "worker.jobs.identity", "import dataclasses"),
+    ("submit path", "worker.jobs.identity", "import worker.storage.s3"),
+    ("submit path", "processor_shared", "import dataclasses"),
     ("wrong way", "worker.storage.base", "def f():\n    from worker.fleet import consumer"),
-    ("wrong way", "worker.ledger_schema", "if TYPE_CHECKING:\n    import worker.pipeline"),
-    ("adapters", "worker.reconcile", "import botocore.exceptions"),
-    ("lambda apart", "lambda_trigger.events", "from worker.identity import Identity"),
+    ("wrong way", "worker.state.schema", "if TYPE_CHECKING:\n    import worker.runner.pipeline"),
+    ("adapters", "worker.ctl.lost", "import botocore.exceptions"),
+    ("lambda apart", "lambda_trigger.events", "from worker.jobs.identity import Identity"),
     ("lambda apart", "lambda_trigger.handler", "def f():\n    import worker.fleet.workqueue"),
-    ("lambda apart", "processor_layout", "def f():\n    from worker.identity import Identity"),
-    ("shared stdlib only", "processor_layout", "import structlog"),
-    ("shared stdlib only", "processor_layout", "if TYPE_CHECKING:\n    from worker.job import Job"),
-    ("shared stdlib only", "processor_layout", "def f():\n    from lambda_trigger import events"),
-    ("examples apart", "worker.examples.stats", "import processor_layout"),
+    ("lambda apart", "processor_shared", "def f():\n    from worker.jobs.identity import Identity"),
+    ("shared stdlib only", "processor_shared", "import structlog"),
+    ("shared stdlib only", "processor_shared", "if TYPE_CHECKING:\n    from worker.jobs.job import Job"),
+    ("shared stdlib only", "processor_shared", "def f():\n    from lambda_trigger import events"),
+    ("examples apart", "worker.examples.stats", "import processor_shared.layout"),
 ])
 def test_the_rule_catches_a_break_in_the_real_code(
     rule: str, module: str, added: str, sources: tuple[dict[str, str], list[str]],

@@ -7,7 +7,7 @@
 - ``reconcile``       ``processorctl reconcile`` (imports boto3)
 - ``fleet``           ``show s3://…``/``--fleet``, ``fleet``, ``list --fleet``, ``dlq`` (imports boto3)
 - ``render``          tables and JSON for people and machines
-- ``control_client``  the client half of the daemon's control socket (server: worker.control_server)
+- ``control_client``  the client half of the daemon's control socket (server: worker.daemon.control)
 
 "ctl" always means this command line; "control" means the daemon's Unix-socket API.
 """

@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from processor_layout import MAX_KEY_BYTES
+from processor_shared.layout import MAX_KEY_BYTES
 from worker import __version__, exitcodes
-from worker.config import CONFIG_HELP, Settings, config_path, load_settings
+from worker.config.settings import CONFIG_HELP, Settings, config_path, load_settings
 from worker.ctl.control_client import wake
 from worker.errors import ConfigError, JobNotFound, LedgerError, UsageError
-from worker.identity import Identity, bucket_name_problem, decode_key_base64, normalise_etag
-from worker.ledger import Ledger
-from worker.states import JobState
+from worker.jobs.identity import Identity, bucket_name_problem, decode_key_base64, normalise_etag
+from worker.jobs.states import JobState
+from worker.state.ledger import Ledger
 
 if TYPE_CHECKING:
     from worker.ctl.commands import Command
@@ -304,7 +304,7 @@ def _identity(bucket: str, key: str, version_id: str, etag: str) -> Identity:
     if len(encoded) > MAX_KEY_BYTES:
         raise UsageError(f"--key is {len(encoded)} bytes; S3 keys are at most {MAX_KEY_BYTES}")
     # A key too long for <output prefix><key>/_manifest.json is fine: its results
-    # go to the _by-id/<job id>/ fallback (processor_layout).
+    # go to the _by-id/<job id>/ fallback (processor_shared.layout).
     return Identity(bucket, key, version_id or None, normalise_etag(etag))
 
 

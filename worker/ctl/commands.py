@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from processor_layout import MANIFEST_NAME
+from processor_shared.layout import MANIFEST_NAME
 from worker import exitcodes
-from worker.activity import activity, duration
-from worker.config import Settings
+from worker.config.settings import Settings
 from worker.ctl.control_client import request, wake
 from worker.ctl.jobs import (
     DEFAULT_LIMIT,
@@ -33,10 +32,11 @@ from worker.ctl.jobs import (
 )
 from worker.ctl.render import describe, dump_json, fail, first_line, printable, result_location, table, when
 from worker.errors import ControlError, InvalidTransition, UsageError
-from worker.job import Job
-from worker.joblog import was_cut
-from worker.ledger import Ledger
-from worker.states import TERMINAL, JobState
+from worker.jobs.activity import activity, duration
+from worker.jobs.job import Job
+from worker.jobs.states import TERMINAL, JobState
+from worker.runner.joblog import was_cut
+from worker.state.ledger import Ledger
 
 Command = Callable[[argparse.Namespace, Settings, Ledger, TextIO], int]
 

@@ -1,4 +1,4 @@
-"""The client half of the control API (worker.control_server): one request, one reply.
+"""The client half of the control API (worker.daemon.control): one request, one reply.
 
 Stdlib only and apart from the server, which needs ``socketserver`` and
 ``threading``: ``processorctl`` imports this and must start fast.

@@ -23,13 +23,13 @@ from dataclasses import asdict, replace
 from typing import Any, TextIO
 
 from worker import exitcodes
-from worker.config import Settings
+from worker.config.settings import Settings
 from worker.ctl.jobs import split_s3_url
 from worker.ctl.render import dump_json, printable, table, when
 from worker.errors import JobNotFound, UsageError
 from worker.fleet.record import FleetJob, FleetState, RecordConflict, running_by_holder
 from worker.fleet.workqueue import MalformedMessage, parse_message
-from worker.ledger import Ledger
+from worker.state.ledger import Ledger
 
 #: The fleet states ``list --fleet`` reads when no --state is given.
 ALL_STATES = tuple(FleetState)

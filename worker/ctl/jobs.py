@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from worker.errors import JobNotFound, UsageError
-from worker.states import JobState
+from worker.jobs.states import JobState
 
 if TYPE_CHECKING:
-    from worker.job import Job
-    from worker.ledger import Ledger
+    from worker.jobs.job import Job
+    from worker.state.ledger import Ledger
 
 #: How many jobs `processorctl list` shows unless --limit or --all says otherwise (newest first).
 DEFAULT_LIMIT = 50

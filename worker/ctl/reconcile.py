@@ -1,4 +1,4 @@
-"""`processorctl reconcile`: the command-line side of worker.reconcile (imports boto3).
+"""`processorctl reconcile`: the command-line side of worker.ctl.lost (imports boto3).
 
 One global pass: lost objects go into this instance's ledger. In a fleet the
 Lambda's reconcile mode (on a schedule) sends them to the shared queue
@@ -13,14 +13,14 @@ import sys
 import time
 from typing import TextIO
 
-from lambda_trigger.reconcile_plan import Verdict
+from processor_shared.lost import Verdict
 from worker import exitcodes
-from worker.config import Settings
+from worker.config.settings import Settings
 from worker.ctl.control_client import wake
+from worker.ctl.lost import identity_of, plan, result_index
 from worker.ctl.render import dump_json, printable
 from worker.errors import StorageError, UsageError
-from worker.ledger import Ledger
-from worker.reconcile import identity_of, plan, result_index
+from worker.state.ledger import Ledger
 from worker.storage.s3 import S3Store
 
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import processor_layout as layout
-from worker.states import JobState
+import processor_shared.layout as layout
+from worker.jobs.states import JobState
 
 if TYPE_CHECKING:
-    from worker.config import Settings
-    from worker.job import Job
+    from worker.config.settings import Settings
+    from worker.jobs.job import Job
 
 
 # Long on purpose: `show`'s screen, one block per section, in the order it prints.
@@ -22,9 +22,9 @@ def describe(
     out: TextIO, job: Job, settings: Settings, *, facts: Mapping[str, Any] | None = None,
     now: float | None = None, outputs: list[dict[str, Any]] | str | None = None,
 ) -> None:
-    """One job for people; ``facts`` from worker.activity (what it is doing now), ``outputs``
+    """One job for people; ``facts`` from worker.jobs.activity (what it is doing now), ``outputs``
     a success's (or why they were not read)."""
-    from worker.activity import clock, duration, in_words, size
+    from worker.jobs.activity import clock, duration, in_words, size
 
     now = time.time() if now is None else now
     facts = facts or {}
@@ -92,7 +92,7 @@ def result_location(job: Job, settings: Settings) -> dict[str, Any]:
     """Where the job's outcome is (``final``: the ledger recorded it) or is expected to land.
 
     ``fallback`` marks the ``_by-id/<job id>/`` location of keys too long for
-    their results (processor_layout). Until the job ends the expectation is the
+    their results (processor_shared.layout). Until the job ends the expectation is the
     key-only rule; a success whose outputs do not fit still moves to the fallback.
     """
     output_prefix = settings.s3.output_prefix

@@ -20,9 +20,9 @@ import botocore.exceptions
 import botocore.parsers
 from botocore.config import Config
 
-from worker.aws_errors import error_reply
+from worker.aws.errors import error_reply
+from worker.aws.retry import AUTOSCALING_CLIENT
 from worker.errors import ScalingError
-from worker.retry import AUTOSCALING_CLIENT
 
 #: Error codes worth another try: throttling, service faults, and the group
 #: being updated by another call at the same moment (ResourceContention).
@@ -35,7 +35,7 @@ _RETRYABLE_CODES = frozenset(
 )
 
 # A call must end within the guard's bounded close (one last clear of the
-# protection): few attempts, short timeouts (the numbers: worker.retry).
+# protection): few attempts, short timeouts (the numbers: worker.aws.retry).
 _CLIENT_CONFIG = Config(**AUTOSCALING_CLIENT.config())
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from lambda_trigger.aws_edge import backoff_ceiling
+from processor_shared.aws_edge import backoff_ceiling
 from worker.telemetry import metrics
 
 log = structlog.get_logger("processor.queue")

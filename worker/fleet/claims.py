@@ -29,7 +29,7 @@ from worker.fleet.record import (
     plan_claim,
     settled,
 )
-from worker.identity import Identity
+from worker.jobs.identity import Identity
 
 log = structlog.get_logger("processor.queue")
 

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from lambda_trigger.aws_edge import backoff_ceiling
-from worker.config import Settings
+from processor_shared.aws_edge import backoff_ceiling
+from worker.config.settings import Settings
 from worker.errors import Interrupted, LedgerError, StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
@@ -49,14 +49,14 @@ from worker.fleet.workqueue import (
     WorkQueue,
     parse_message,
 )
-from worker.identity import Identity
-from worker.job import Job
-from worker.ledger import Ledger
-from worker.ledger_queue import QueueLedger
-from worker.outcome import Attempt, Outcome
-from worker.pipeline import Pipeline
-from worker.process import StopToken
-from worker.recorder import Recorded
+from worker.jobs.identity import Identity
+from worker.jobs.job import Job
+from worker.jobs.outcome import Attempt, Outcome
+from worker.runner.pipeline import Pipeline
+from worker.runner.process import StopToken
+from worker.runner.recorder import Recorded
+from worker.state.ledger import Ledger
+from worker.state.queue import QueueLedger
 from worker.storage.base import ObjectStore
 
 #: First and longest wait after a failed receive (the endpoint down, throttling).
@@ -79,7 +79,7 @@ log = structlog.get_logger("processor.queue")
 
 
 class QueueSlots(Protocol):
-    """The daemon's slots as the consumer uses them (``worker.slots.Slots``)."""
+    """The daemon's slots as the consumer uses them (``worker.daemon.slots.Slots``)."""
 
     def reserve_for_poll(self, wanted: int) -> int:
         """Reserve up to ``wanted`` free slots for one receive; how many were reserved."""

@@ -19,8 +19,9 @@ import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
-from worker.aws_errors import failure, translated
-from worker.config import Settings, queue_region
+from worker.aws.errors import failure, translated
+from worker.aws.retry import DYNAMODB_CLIENT
+from worker.config.settings import Settings, queue_region
 from worker.fleet.record import (
     FINAL_STATES,
     RECORD_RETENTION_S,
@@ -29,7 +30,6 @@ from worker.fleet.record import (
     RecordConflict,
     RecordError,
 )
-from worker.retry import DYNAMODB_CLIENT
 
 #: The table's indexes (deploy/cloudformation/processor.yaml and worker/local/emulator.py create them).
 STATE_INDEX = "by-state"

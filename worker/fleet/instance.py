@@ -1,11 +1,11 @@
 """The instance guard: Spot interruption and lifecycle watch, and scale-in protection.
 
-The daemon calls three methods (``worker.daemon.InstanceGuard``):
+The daemon calls three methods (``worker.daemon.lifecycle.InstanceGuard``):
 ``set_busy(busy)`` whenever "holds at least one job" changes, ``interruption()``
 on every turn of its loop, and ``close()`` at exit. None of them blocks: one
 background thread does all the I/O.
 
-- It polls the EC2 instance metadata service (IMDSv2, ``worker.imds``) every
+- It polls the EC2 instance metadata service (IMDSv2, ``worker.aws.imds``) every
   ``poll_s`` for the Spot two-minute notice (``spot/instance-action``) and, if
   asked, the Auto Scaling target lifecycle state
   (``autoscaling/target-lifecycle-state``), and remembers the first notice as a reason the daemon reads.
@@ -33,10 +33,10 @@ from typing import Protocol
 
 import structlog
 
-from lambda_trigger.aws_edge import backoff_delay
-from worker.config import Settings
+from processor_shared.aws_edge import backoff_delay
+from worker.aws.imds import INSTANCE_ID_PATH, MetadataClient
+from worker.config.settings import Settings
 from worker.errors import MetadataError
-from worker.imds import INSTANCE_ID_PATH, MetadataClient
 
 _log = structlog.get_logger("processor.instance")
 
@@ -44,7 +44,7 @@ _log = structlog.get_logger("processor.instance")
 #: Auto Scaling call (2 attempts of 2 s connect + 5 s read) fits in it.
 CLOSE_TIMEOUT_S = 15.0
 
-#: IMDS items under /latest/meta-data/ (and INSTANCE_ID_PATH from worker.imds).
+#: IMDS items under /latest/meta-data/ (and INSTANCE_ID_PATH from worker.aws.imds).
 REGION_PATH = "placement/region"
 GROUP_TAG_PATH = "tags/instance/aws:autoscaling:groupName"
 SPOT_ACTION_PATH = "spot/instance-action"
@@ -56,7 +56,7 @@ LEAVING_STATES = frozenset({"Terminated", "Warmed:Terminated", "Warmed:Stopped",
 
 
 class Metadata(Protocol):
-    """What the guard needs of IMDS (worker.imds.MetadataClient)."""
+    """What the guard needs of IMDS (worker.aws.imds.MetadataClient)."""
 
     def get(self, path: str) -> str | None:
         """The item under /latest/meta-data/, None when IMDS says 404; MetadataError else."""

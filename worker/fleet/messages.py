@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import structlog
 
-from worker.config import SQS_MAX_INVISIBLE_S
+from worker.config.settings import SQS_MAX_INVISIBLE_S
 from worker.fleet.workqueue import MAX_DELAY_S, QueueError, WorkQueue
 
 log = structlog.get_logger("processor.queue")

@@ -17,7 +17,7 @@ record, not SQS, says how many attempts a job has spent and who runs it:
   at the limit the job fails with a reason that says so.
 - Waits (storage, space, a drain, exit 75's backoff) are written as
   ``queued``/``waiting`` with the counted attempts the one outcome policy
-  (``worker.outcome.decide``) chose; SQS's receive count decides nothing.
+  (``worker.jobs.outcome.decide``) chose; SQS's receive count decides nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from worker.errors import ProcessorError
-from worker.identity import Identity
+from worker.jobs.identity import Identity
 
 #: How long a finished job's record is kept (the table's TTL attribute ``expires_at``).
 RECORD_RETENTION_S = 90 * 24 * 3600

@@ -14,14 +14,14 @@ from typing import Any
 
 import structlog
 
-from processor_layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
-from processor_layout import result_prefix as layout_result_prefix
+from processor_shared.layout import FAILED_NAME, MANIFEST_NAME, fallback_prefix
+from processor_shared.layout import result_prefix as layout_result_prefix
 from worker import __version__
-from worker.config import Settings
+from worker.config.settings import Settings
 from worker.errors import StorageError
 from worker.fleet.record import FleetJob
 from worker.fleet.workqueue import manifest_matches
-from worker.identity import Identity
+from worker.jobs.identity import Identity
 from worker.storage.base import ObjectStore
 
 log = structlog.get_logger("processor.queue")
@@ -84,7 +84,7 @@ class ResultChecks:
 class ManifestCheck:
     """The manifest reads of one version, started by :meth:`ResultChecks.start_check`.
 
-    Looked for where the job's results land (processor_layout): under the key, and
+    Looked for where the job's results land (processor_shared.layout): under the key, and
     under ``_by-id/<job id>/``, where a success goes when one of its outputs' keys would
     not fit under the key.
     """

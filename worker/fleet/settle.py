@@ -10,7 +10,7 @@ or from the fleet record of a job that ended elsewhere (``Settler.ended``).
 - not recorded (the job still running): released at once.
 
 Each writes the attempt to the fleet record first (``FleetClaims.settle``).
-Settled from the ``Move`` ``worker.recorder`` wrote (target, counted attempts,
+Settled from the ``Move`` ``worker.runner.recorder`` wrote (target, counted attempts,
 due time, result prefix), never from the ledger row read back.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from processor_layout import FAILED_NAME
-from worker.config import Settings
+from processor_shared.layout import FAILED_NAME
+from worker.config.settings import Settings
 from worker.errors import StorageError
 from worker.fleet.breaker import Breaker
 from worker.fleet.claims import FleetClaims
@@ -32,11 +32,11 @@ from worker.fleet.messages import Messages
 from worker.fleet.record import ClaimPlan, FleetState
 from worker.fleet.results import ManifestCheck, ResultChecks
 from worker.fleet.workqueue import Received
-from worker.job import Job
-from worker.outcome import Move, Outcome
-from worker.process import StopToken
-from worker.recorder import Recorded
-from worker.states import JobState
+from worker.jobs.job import Job
+from worker.jobs.outcome import Move, Outcome
+from worker.jobs.states import JobState
+from worker.runner.process import StopToken
+from worker.runner.recorder import Recorded
 
 log = structlog.get_logger("processor.queue")
 

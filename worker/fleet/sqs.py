@@ -18,10 +18,10 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from worker.aws_errors import failure, translated
-from worker.config import Settings, queue_region
+from worker.aws.errors import failure, translated
+from worker.aws.retry import sqs_client
+from worker.config.settings import Settings, queue_region
 from worker.fleet.workqueue import MAX_BATCH, MAX_DELAY_S, QueueError, Received
-from worker.retry import sqs_client
 
 #: Error codes worth another try (throttling, SQS-side faults).
 _RETRYABLE_CODES = frozenset(
@@ -56,7 +56,7 @@ class SQSQueue:
     @classmethod
     def from_settings(cls, settings: Settings) -> SQSQueue:
         q = settings.queue
-        # Retries and timeouts (a long poll's read waits past wait_s): worker.retry.
+        # Retries and timeouts (a long poll's read waits past wait_s): worker.aws.retry.
         config = Config(region_name=queue_region(settings), **sqs_client(q.wait_s).config())
         client = boto3.session.Session().client(
             "sqs", endpoint_url=q.endpoint_url or None, config=config

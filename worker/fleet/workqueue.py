@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worker.errors import ProcessorError
-from worker.identity import Identity, normalise_etag
+from worker.jobs.identity import Identity, normalise_etag
 
 #: SQS's cap on MaxNumberOfMessages per receive.
 MAX_BATCH = 10

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from worker.job import Job
-from worker.states import TERMINAL
+from worker.jobs.job import Job
+from worker.jobs.states import TERMINAL
 
 
 class Interrupts:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.config import load_settings
+from worker.config.settings import load_settings
 from worker.ctl.control_client import request
 from worker.errors import ControlError
 from worker.local.agent import CommandResult, LocalSsmAgent

@@ -29,8 +29,8 @@ from typing import Any, TextIO
 from worker import exitcodes
 from worker.ctl.render import printable
 from worker.errors import ConfigError, LedgerError
-from worker.job import Job
-from worker.ledger import Ledger
+from worker.jobs.job import Job
+from worker.jobs.states import TERMINAL, JobState
 from worker.local import statedir
 from worker.local.agent import CommandResult, parse_content
 from worker.local.emulator import STACK_NAME, Emulator, Resources, provision
@@ -39,7 +39,7 @@ from worker.local.node import Node, start_node
 from worker.local.pump import EventPump, Invocation
 from worker.local.ssmfront import SsmFront
 from worker.local.statedir import StateDirInUse
-from worker.states import TERMINAL, JobState
+from worker.state.ledger import Ledger
 
 #: Where the sample inputs are uploaded in the input bucket.
 SAMPLE_PREFIX = "incoming/"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker import statelock
 from worker.errors import ConfigError, ProcessorError
 from worker.local.emulator import check_port_free
+from worker.state import statelock
 
 #: Marks a directory as ours, so a reset never deletes an operator's files.
 MARKER = ".processor-local"

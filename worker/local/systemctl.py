@@ -3,7 +3,7 @@
 The DrainDocument runs ``systemctl stop processor``; on AWS that stops the
 unit, whose daemon drains on SIGTERM. Under `processor local` the daemon is a
 child process, not a unit, so this does what systemd would: SIGTERM to the
-daemon (its pid is in the state dir's lock file, worker.statelock), then wait
+daemon (its pid is in the state dir's lock file, worker.state.statelock), then wait
 until it has exited, which the released lock shows (the kernel drops an
 ``flock`` when its holder exits). ``is-active processor`` answers like
 systemd (exit 3 when inactive). Anything else is refused with the reason:
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.statelock import LOCK_NAME, read_holder
+from worker.state.statelock import LOCK_NAME, read_holder
 
 #: The units this stand-in knows.
 _UNITS = frozenset({"processor", "processor.service"})

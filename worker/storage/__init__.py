@@ -3,6 +3,6 @@
 - ``base``    the ``ObjectStore`` protocol, listing/metadata records, download verification
 - ``s3``      the S3 adapter (the only boto3 user for S3; errors become ``StorageError``)
 
-Where a job's outcome lands in the output bucket is processor_layout (shared
+Where a job's outcome lands in the output bucket is processor_shared.layout (shared
 with the Lambda). Nothing here imports the pipeline, the daemon or the ledger.
 """

@@ -26,11 +26,11 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from tenacity import RetryCallState
 
-from worker.aws_errors import BOTOCORE_ERRORS, TRANSPORT_ERRORS, error_reply, translated
-from worker.config import S3Settings
+from worker.aws.errors import BOTOCORE_ERRORS, TRANSPORT_ERRORS, error_reply, translated
+from worker.aws.retry import S3_CALL, S3_CLIENT, S3_DOWNLOAD_GET_ATTEMPTS
+from worker.config.settings import S3Settings
 from worker.errors import Interrupted, ObjectChanged, StorageError
-from worker.identity import normalise_etag
-from worker.retry import S3_CALL, S3_CLIENT, S3_DOWNLOAD_GET_ATTEMPTS
+from worker.jobs.identity import normalise_etag
 from worker.storage.base import Listed, ObjectInfo
 
 _log = structlog.get_logger("processor.s3")
@@ -77,7 +77,7 @@ def _log_retry(state: RetryCallState) -> None:
 
 #: Retries on top of botocore's own (which cover single HTTP requests): a whole
 #: call is retried a few times with jittered backoff before the job is requeued
-#: (the numbers, and what the levels add up to: worker.retry).
+#: (the numbers, and what the levels add up to: worker.aws.retry).
 _retrying = S3_CALL.decorator(_is_retryable, _log_retry)
 
 
@@ -253,7 +253,7 @@ class S3Store:
     def from_settings(cls, settings: S3Settings) -> S3Store:
         config = Config(
             region_name=settings.region,
-            **S3_CLIENT.config(),  # retries and timeouts: worker.retry
+            **S3_CLIENT.config(),  # retries and timeouts: worker.aws.retry
             # Path-style for custom endpoints: emulators and most S3-compatible
             # stores do not resolve virtual-hosted bucket names.
             s3={"addressing_style": "path"} if settings.endpoint_url else {},

@@ -23,7 +23,7 @@ formatted stream name, events as dicts, ``END``/``FLUSH`` as int markers),
 ``creating_log_stream`` (a bool attribute emit() checks), and ``FLUSH_TIMEOUT``
 (the seconds close() waits per queue, set by logsetup). They are the same in
 every release of the range setup.cfg pins (3.2, which added FLUSH_TIMEOUT, to
-3.4); tests/unit/test_watchtower_contract.py fails if any of them changes.
+3.4); tests/unit/telemetry/test_watchtower_contract.py fails if any of them changes.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import watchtower
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.config import Settings
-from worker.imds import instance_id
-from worker.retry import LOGS_CLIENT
+from worker.aws.imds import instance_id
+from worker.aws.retry import LOGS_CLIENT
+from worker.config.settings import Settings
 
 #: Longest an event waits in the queue before its batch is sent.
 SEND_INTERVAL_S = 5
@@ -57,7 +57,7 @@ _EMF_EVENT = "before-sign.cloudwatch-logs.PutLogEvents"
 
 # Short timeouts, two attempts: the sender thread retries each batch itself,
 # and a slow endpoint must not hold the shutdown flush for minutes (the
-# numbers, and what they add up to with watchtower's tries: worker.retry).
+# numbers, and what they add up to with watchtower's tries: worker.aws.retry).
 _CLIENT_CONFIG = Config(**LOGS_CLIENT.config())
 
 # Records of the AWS SDK stay out of CloudWatch: the sender thread's own

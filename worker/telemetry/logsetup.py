@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
-from worker.config import Settings
-from worker.dirs import make_dirs
+from worker.config.settings import Settings
+from worker.state.dirs import make_dirs
 from worker.telemetry import metrics
 from worker.telemetry.journal import JournalHandler, stderr_is_journal
 
@@ -163,7 +163,7 @@ def setup(settings: Settings, *, lookup: Callable[[], str | None] | None = None)
     """configure() from ``[logging]``: the daemon's sinks. ``lookup`` replaces the IMDS query."""
     target = None
     if settings.logging.cloudwatch_log_group:
-        from worker.imds import instance_id
+        from worker.aws.imds import instance_id
         from worker.telemetry.cloudwatch import Target
 
         target = Target.from_settings(settings, lookup or instance_id)

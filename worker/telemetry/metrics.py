@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.job import Job
+from worker.jobs.job import Job
 
 #: CloudWatch metric namespace.
 NAMESPACE = "processor"
@@ -64,7 +64,7 @@ _log.setLevel(logging.CRITICAL + 1)  # off until worker.telemetry.logsetup attac
 def document(job: Job, duration_s: float, *, now: float) -> dict[str, Any]:
     """The EMF document of one finished job (``now`` in epoch seconds).
 
-    ``JobCpuTime``/``JobPeakMemory`` (the command's, worker.process) are left out,
+    ``JobCpuTime``/``JobPeakMemory`` (the command's, worker.runner.process) are left out,
     values and declarations, for a job whose command never ran.
     """
     used = {} if job.cpu_s is None else {

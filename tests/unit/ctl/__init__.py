@@ -1,0 +1,1 @@
+"""Unit tests of processorctl (worker/ctl/)."""

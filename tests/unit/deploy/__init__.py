@@ -1,0 +1,1 @@
+"""Unit tests of the deploy/ artifacts: template, SSM documents, unit files, deploy.sh."""

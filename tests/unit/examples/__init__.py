@@ -1,0 +1,1 @@
+"""Unit tests of the example processing program (worker/examples/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the code shared with the Lambda (processor_shared/)."""

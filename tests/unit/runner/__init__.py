@@ -1,0 +1,1 @@
+"""Unit tests of running one job (worker/runner/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the state volume: ledger, lock, directories (worker/state/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of logs, journald, CloudWatch, sd_notify (worker/telemetry/)."""
