@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from processor_shared import lost as reconcile_plan
+from processor_shared import lost
 from processor_shared.layout import job_id, result_prefix
 from processor_shared.lost import Results, Verdict, index_results, plan
 from worker.jobs.identity import Identity
@@ -87,7 +87,7 @@ def test_plan_judges_each_object() -> None:
         ("done.txt", Verdict.HAS_RESULT), ("failed.txt", Verdict.HAS_RESULT),
         ("queued.txt", Verdict.HAS_JOB), ("L" * 12, Verdict.SUBMIT), ("D" * 12, Verdict.HAS_RESULT)]
     assert decisions[0].job_id == Identity("in", "lost.txt", None, "e").job_id()
-    assert reconcile_plan.count(decisions) == {"submit": 2, "has_job": 1, "has_result": 3,
+    assert lost.count(decisions) == {"submit": 2, "has_job": 1, "has_result": 3,
                                           "too_new": 1, "folder": 1}
 
 
