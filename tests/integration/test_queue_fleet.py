@@ -465,10 +465,10 @@ def test_a_spot_notice_drains_the_daemon_and_the_others_take_its_jobs(fleet: Fle
 
 # -- the fleet's job record (issue 18): attempts are the job's, not the queue's ----------
 
-#: How long S3 stays down in the outage test. 60 s in the suite (the old code had
+#: How long S3 stays down in the outage test. 30 s in the suite (the old code had
 #: moved every message to the DLQ within ~20 s: four hand-backs at 1-4 s each);
-#: PROCESSOR_TEST_OUTAGE_S=150 for issue 18's full figure (2.5 min more suite time).
-OUTAGE_S = float(os.environ.get("PROCESSOR_TEST_OUTAGE_S", "60"))
+#: PROCESSOR_TEST_OUTAGE_S=150 for issue 18's full figure (2 min more suite time).
+OUTAGE_S = float(os.environ.get("PROCESSOR_TEST_OUTAGE_S", "30"))
 
 
 def _record(fleet: Fleet, key: str, etag: str) -> dict[str, Any]:
