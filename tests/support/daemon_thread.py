@@ -28,7 +28,7 @@ WAIT_S = 20
 class FakePipeline(Pipeline):
     """The real Pipeline with its attempt faked: the attempt waits until the test releases it,
     or until asked to stop; how it ended goes through the real ``Pipeline.run`` and
-    ``record_crash``, so ``worker.runner.recorder`` writes what ``worker.jobs.outcome.decide`` picks.
+    ``crash``, so ``worker.runner.recorder`` writes what ``worker.jobs.outcome.decide`` picks.
 
     Nothing is downloaded or run; the store is an in-memory one nobody reads.
     """

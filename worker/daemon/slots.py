@@ -260,9 +260,9 @@ class Slots:
         try:
             final = run(job, token)
         except Interrupted as exc:  # a BaseException: the catch-all below never sees a stop
-            final = self._pipeline.record_stopped(job, exc)
-        except Exception as exc:  # noqa: BLE001 (record_crash logs it, traceback included)
-            final = self._pipeline.record_crash(job, exc)
+            final = self._pipeline.stopped(job, exc).job
+        except Exception as exc:  # noqa: BLE001 (crash logs it, traceback included)
+            final = self._pipeline.crash(job, exc).job
         finally:
             # The injected clock is wall time (the ledger's): a step back is no negative duration.
             duration_s = max(0.0, self._clock() - started)

@@ -135,34 +135,27 @@ class Pipeline:
         """Record an attempt that ended outside ``run`` (the fleet's manifest check): see the recorder."""
         return self.recorder.record(job, attempt)
 
-    def record_crash(self, job: Job, exc: Exception) -> Job:
-        return self.crash(job, exc).job  # the daemon's slot needs only the job
-
     def crash(self, job: Job, exc: Exception) -> Recorded:
         """A runner raised (a bug, not the job's fault alone): log it, record a counted retry.
 
-        The one place both slot paths (the daemon's, the queue consumer's) send a
-        crash; if even the ledger write fails, nothing is recorded (the move is
-        None, the job as it stands) and start-up recovery requeues it.
+        The one place both slot paths (the daemon's, the queue consumer's) send a crash.
         """
         log = job_logger(job)
         log.error("job_crashed", exc_info=exc)
-        try:
-            return self.recorder.record(job, crashed(exc), log)
-        except Exception:
-            log.exception("job_not_recorded")
-            return Recorded(job, None)
-
-    def record_stopped(self, job: Job, stop: Interrupted) -> Job:
-        return self.stopped(job, stop).job  # the daemon's slot needs only the job
+        return self._record_escaped(job, crashed(exc), log)
 
     def stopped(self, job: Job, stop: Interrupted) -> Recorded:
         """A stop request that got past the attempt (``_attempt`` turns it into the outcome):
         recorded as that outcome would be, never as a crash (the slot paths' other catch)."""
         log = job_logger(job)
         log.warning("job_stop_escaped_attempt", reason=stop.reason)
+        return self._record_escaped(job, _stopped(stop.reason), log)
+
+    def _record_escaped(self, job: Job, attempt: Attempt, log: Any) -> Recorded:
+        """Record what escaped the attempt; if even the ledger write fails, nothing is (the
+        move is None, the job as it stands) and start-up recovery requeues it."""
         try:
-            return self.recorder.record(job, _stopped(stop.reason), log)
+            return self.recorder.record(job, attempt, log)
         except Exception:
             log.exception("job_not_recorded")
             return Recorded(job, None)

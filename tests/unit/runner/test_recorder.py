@@ -16,7 +16,7 @@ def test_a_crash_of_the_runner_is_recorded_as_a_counted_retry(tmp_path: Path) ->
     pipeline, ledger, store = make(tmp_path, COPY_UPPER, max_attempts=2)
     job = claim(ledger, store, "k")
     with structlog.testing.capture_logs() as logs:
-        queued = pipeline.record_crash(job, RuntimeError("bug"))
+        queued = pipeline.crash(job, RuntimeError("bug")).job
     assert queued.state is JobState.QUEUED and queued.counted_attempts == 1
     assert queued.error == "internal error: RuntimeError: bug"
     assert queued.next_attempt_at > pipeline.clock()
@@ -28,7 +28,7 @@ def test_a_crash_of_the_runner_is_recorded_as_a_counted_retry(tmp_path: Path) ->
     pipeline.clock.offset += 100_000  # type: ignore[attr-defined]
     again = ledger.claim_next()
     assert again is not None
-    failed = pipeline.record_crash(again, RuntimeError("bug"))
+    failed = pipeline.crash(again, RuntimeError("bug")).job
     assert failed.state is JobState.FAILED and failed.counted_attempts == 2
     assert failed.error == "internal error: RuntimeError: bug; gave up after 2 attempts"
     record = store.json(OUT, "results/k/_failed.json")
